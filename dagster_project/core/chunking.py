@@ -1,0 +1,158 @@
+"""Heading-aware, token-budgeted chunking with content-defined boundaries.
+
+Each section (blocks sharing a heading path) is chunked on its own. Inside a section, blocks
+are packed up to the budget, and a chunk also ends after any block whose own hash picks it
+as a boundary once the chunk has a minimum size. Boundaries therefore depend on the text
+around them, not on where the section starts: inserting a paragraph moves only the chunk it
+lands in, and the chunks after it keep their exact text (and their vectors)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .hashing import content_hash
+from .parsing import Block
+from .tokens import TokenCounter
+
+CHUNKER_VERSION = "heading-cdc-v1"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    max_tokens: int = 256
+    overlap_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.overlap_tokens * 2 > self.max_tokens:
+            raise ValueError(
+                f"CHUNK_OVERLAP_TOKENS={self.overlap_tokens} must be at most half of "
+                f"CHUNK_MAX_TOKENS={self.max_tokens}"
+            )
+
+    def version(self, counter: TokenCounter) -> str:
+        """Everything that changes chunk text; part of each row and of the asset's code version."""
+        return f"{CHUNKER_VERSION}:max={self.max_tokens}:overlap={self.overlap_tokens}:tok={counter.name}"
+
+
+@dataclass(frozen=True)
+class ChunkDraft:
+    heading_path: list[str]
+    text: str
+    token_count: int
+
+
+@dataclass
+class _Unit:
+    kind: str
+    text: str
+    tokens: int
+
+
+def _is_boundary(text: str) -> bool:
+    return content_hash(text)[0] % 3 == 0
+
+
+def chunk_blocks(blocks: list[Block], settings: ChunkSettings, counter: TokenCounter) -> list[ChunkDraft]:
+    budget = settings.max_tokens - settings.overlap_tokens
+    sections: list[tuple[list[str], list[Block]]] = []
+    for block in blocks:
+        if sections and sections[-1][0] == block.heading_path:
+            sections[-1][1].append(block)
+        else:
+            sections.append((block.heading_path, [block]))
+    counts = counter.count([b.text for b in blocks])
+    count_iter = iter(counts)
+    drafts: list[ChunkDraft] = []
+    for heading_path, section_blocks in sections:
+        units: list[_Unit] = []
+        for block in section_blocks:
+            tokens = next(count_iter)
+            if tokens <= budget:
+                units.append(_Unit(block.kind, block.text, tokens))
+            else:
+                units.extend(_split_oversize(block, budget, counter))
+        drafts.extend(_pack_section(heading_path, units, settings, budget, counter))
+    return drafts
+
+
+def _pack_section(heading_path, units, settings, budget, counter) -> list[ChunkDraft]:
+    minimum = budget // 4
+    groups: list[list[_Unit]] = []
+    current: list[_Unit] = []
+    size = 0
+    for unit in units:
+        if current and size + unit.tokens > budget:
+            groups.append(current)
+            current, size = [], 0
+        current.append(unit)
+        size += unit.tokens
+        if size >= minimum and _is_boundary(unit.text):
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+
+    texts = ["\n\n".join(u.text for u in group) for group in groups]
+    tails, tail_counts = _overlap_tails([g[-1] for g in groups[:-1]], settings.overlap_tokens, counter)
+    drafts = []
+    for i, (group, text) in enumerate(zip(groups, texts)):
+        tokens = sum(u.tokens for u in group)
+        if i > 0 and tails[i - 1]:
+            text = tails[i - 1] + "\n\n" + text
+            tokens += tail_counts[i - 1]
+        drafts.append(ChunkDraft(list(heading_path), text, tokens))
+    return drafts
+
+
+def _overlap_tails(units: list[_Unit], overlap_tokens: int, counter: TokenCounter) -> tuple[list[str], list[int]]:
+    """The last words of each chunk, repeated at the start of the next, within the overlap
+    budget; never from code, which would be cut mid-statement."""
+    if not units or overlap_tokens == 0:
+        return [""] * len(units), [0] * len(units)
+    words = [u.text.split() if u.kind != "code" else [] for u in units]
+    take = [int(overlap_tokens * 0.6)] * len(units)  # ~0.6 words per token for prose
+    tails, counts = [], []
+    for _ in range(3):  # shrink the few tails that came out over budget
+        tails = [" ".join(w[-n:]) if 0 < n < len(w) else "" for w, n in zip(words, take)]
+        counts = counter.count(tails)
+        over = [i for i, c in enumerate(counts) if c > overlap_tokens]
+        if not over:
+            break
+        for i in over:
+            take[i] = int(take[i] * overlap_tokens / counts[i]) - 1
+    return [t if c <= overlap_tokens else "" for t, c in zip(tails, counts)], [
+        c if c <= overlap_tokens else 0 for c in counts
+    ]
+
+
+def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_Unit]:
+    """A block over budget: code by lines, prose by sentences, then by words."""
+    if block.kind == "code":
+        pieces = block.text.split("\n")
+        joiner = "\n"
+    else:
+        pieces = _SENTENCE_END.split(block.text)
+        joiner = " "
+    counts = counter.count(pieces)
+    expanded: list[tuple[str, int]] = []
+    for piece, tokens in zip(pieces, counts):
+        if tokens <= budget:
+            expanded.append((piece, tokens))
+            continue
+        words = piece.split(" ")
+        word_counts = counter.count(words)
+        expanded.extend(zip(words, word_counts))
+    units: list[_Unit] = []
+    current: list[str] = []
+    size = 0
+    for piece, tokens in expanded:
+        if current and size + tokens > budget:
+            units.append(_Unit(block.kind, joiner.join(current), size))
+            current, size = [], 0
+        current.append(piece)
+        size += tokens
+    if current:
+        units.append(_Unit(block.kind, joiner.join(current), size))
+    return units

@@ -1,0 +1,196 @@
+"""The corpus manifest (corpus.yaml) and the scan of each collection's files.
+
+A scan never raises for a bad file: it returns the file with the reason it cannot be read,
+so one broken file never stops a collection."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .hashing import content_hash
+
+EmbedMode = Literal["full", "metadata_only", "skip"]
+DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm"]
+
+
+class ManifestError(ValueError):
+    """The manifest is unusable; nothing has been written. The message names the problem."""
+
+
+class DocumentDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | None = None
+    doc_type: str | None = None
+    status: str | None = None
+    embed_mode: EmbedMode = "full"
+    pricing_sensitive: bool = False
+
+
+class Collection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    root: Path
+    include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    exclude: list[str] = Field(default_factory=list)
+    defaults: DocumentDefaults = Field(default_factory=DocumentDefaults)
+
+    @field_validator("name")
+    @classmethod
+    def _partition_safe(cls, name: str) -> str:
+        if not name or not all(c.isalnum() or c in "_-" for c in name):
+            raise ValueError(f"collection name {name!r} may only use letters, digits, _ and -")
+        return name
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _globs(cls, globs: list[str]) -> list[str]:
+        for glob in globs:
+            if not isinstance(glob, str) or not glob.strip():
+                raise ValueError(f"globs must be non-empty strings, got {glob!r}")
+        return globs
+
+    def fingerprint(self) -> str:
+        return self.model_dump_json()
+
+
+class Manifest(BaseModel):
+    path: Path
+    collections: dict[str, Collection]
+
+    def collection(self, name: str) -> Collection:
+        try:
+            return self.collections[name]
+        except KeyError:
+            known = ", ".join(self.collections) or "none"
+            raise ManifestError(
+                f"no collection {name!r} in {self.path} (collections: {known})"
+            ) from None
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate corpus.yaml; every problem raises ManifestError before any write."""
+    path = Path(path).expanduser().resolve()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(
+            f"manifest {path} not found: pass --manifest or set CORPUS_MANIFEST"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest {path} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"manifest {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("collections"), dict) or not raw["collections"]:
+        raise ManifestError(
+            f"manifest {path} must have a non-empty mapping `collections:` of name -> {{root, include, ...}}"
+        )
+    collections = {}
+    for name, entry in raw["collections"].items():
+        if not isinstance(entry, dict):
+            raise ManifestError(f"manifest {path}: collection {name!r} must be a mapping with a `root`")
+        try:
+            collection = Collection(name=str(name), **entry)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ManifestError(f"manifest {path}: collection {name!r}: {problems}") from None
+        root = (path.parent / collection.root).resolve()
+        if not root.is_dir():
+            raise ManifestError(
+                f"manifest {path}: collection {name!r} root {root} is not a directory"
+            )
+        collections[collection.name] = collection.model_copy(update={"root": root})
+    return Manifest(path=path, collections=collections)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a collection as found on disk; `problem` is set when it cannot be read."""
+
+    path: str  # relative to the collection root, POSIX separators
+    abs_path: Path
+    size: int = 0
+    data: bytes | None = None
+    content_hash: bytes | None = None
+    problem: str | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    """Gitignore-style glob: `**/` spans directories, `*` and `?` stay within one name.
+
+    (PurePath.full_match does this from Python 3.13; 3.11 must be supported.)"""
+    out, i = [], 0
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _matches(rel: str, globs: list[str]) -> bool:
+    return any(_glob_regex(glob).match(rel) for glob in globs)
+
+
+def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceFile]:
+    """Every regular file under the root that the include/exclude globs select, read and hashed.
+
+    Directory symlinks are not followed (no loops); a file symlink is read through, and a broken
+    or looping one is reported, not raised.
+    """
+    root = collection.root
+    found: list[SourceFile] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            abs_path = Path(dirpath) / filename
+            rel = abs_path.relative_to(root).as_posix()
+            if not _matches(rel, collection.include) or _matches(rel, collection.exclude):
+                continue
+            found.append(_read(rel, abs_path, max_file_bytes))
+    return found
+
+
+def _read(rel: str, abs_path: Path, max_file_bytes: int) -> SourceFile:
+    try:
+        info = abs_path.stat()
+    except OSError as exc:
+        reason = "symlink loop" if exc.errno == 40 else f"cannot be read ({exc.strerror})"
+        return SourceFile(rel, abs_path, problem=reason)
+    if not stat.S_ISREG(info.st_mode):
+        return SourceFile(rel, abs_path, problem="not a regular file (device, socket or pipe)")
+    if info.st_size > max_file_bytes:
+        return SourceFile(
+            rel, abs_path, size=info.st_size,
+            problem=f"{info.st_size} bytes is over MAX_FILE_BYTES={max_file_bytes}: "
+            "split the file, exclude it, or raise the limit",
+        )
+    try:
+        data = abs_path.read_bytes()
+    except OSError as exc:
+        return SourceFile(rel, abs_path, size=info.st_size, problem=f"cannot be read ({exc.strerror})")
+    return SourceFile(rel, abs_path, size=len(data), data=data, content_hash=content_hash(data))

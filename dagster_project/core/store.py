@@ -1,0 +1,393 @@
+"""The vector store: every read and write of the ingestion tables. Writes go through binary
+COPY in transactions that hold a per-collection lock, as the `refinery_writer` role; search
+runs as the read-only `refinery_reader` role."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from .embedders import EmbeddingModel
+from .migrations import migrate
+
+HALFVEC_ABOVE_DIMS = 2000  # pgvector indexes vector up to 2000 dims, halfvec up to 4000
+FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
+
+
+@dataclass
+class DocumentRow:
+    id: uuid.UUID
+    collection: str
+    path: str
+    content_hash: bytes
+    size_bytes: int
+    format: str
+    title: str
+    category: str | None
+    doc_type: str | None
+    status: str | None
+    embed_mode: str
+    pricing_sensitive: bool
+    metadata: dict
+    headings: list
+    blocks: list
+
+
+@dataclass
+class ChunkRow:
+    id: uuid.UUID
+    document_id: uuid.UUID
+    collection: str
+    ordinal: int
+    heading_path: list[str]
+    text: str
+    token_count: int
+    content_hash: bytes
+
+
+@dataclass
+class FileIssue:
+    path: str
+    severity: str  # error | warning
+    reason: str
+
+
+@dataclass
+class DocumentToChunk:
+    id: uuid.UUID
+    path: str
+    content_hash: bytes
+    title: str
+    embed_mode: str
+    metadata: dict
+    blocks: list
+
+
+@dataclass
+class SearchHit:
+    collection: str
+    path: str
+    title: str
+    heading_path: list[str]
+    text: str
+    score: float
+    chunk_id: str
+
+
+@dataclass
+class Consistency:
+    live_chunks: int
+    missing_vectors: int
+    orphan_vectors: int
+    orphan_chunks: int
+    duplicate_chunks: int
+    stale_documents: int
+    examples: dict = field(default_factory=dict)
+
+
+_DOC_COLUMNS = ("id", "collection", "path", "content_hash", "size_bytes", "format", "title",
+                "category", "doc_type", "status", "embed_mode", "pricing_sensitive", "metadata",
+                "headings", "blocks")
+_DOC_TYPES = ("uuid", "text", "text", "bytea", "int8", "text", "text", "text", "text", "text",
+              "text", "bool", "jsonb", "jsonb", "jsonb")
+_CHUNK_COLUMNS = ("id", "document_id", "collection", "ordinal", "heading_path", "text",
+                  "token_count", "content_hash")
+_CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea")
+
+
+class VectorStore:
+    def __init__(self, url: str, *, max_connections: int = 4) -> None:
+        migrate(url)
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=max_connections, configure=register_vector, open=True,
+            kwargs={"application_name": "corpus-refinery"},
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # ------------------------------------------------------------ transactions
+
+    @contextmanager
+    def writing(self, collection: str | None = None) -> Iterator[psycopg.Connection]:
+        """One transaction as refinery_writer; with a collection, runs on the same collection
+        serialize on an advisory lock, so they never interleave rows."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL ROLE refinery_writer")
+            if collection is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:' || %s))", (collection,))
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[psycopg.Connection]:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL ROLE refinery_reader")
+            yield conn
+
+    # ------------------------------------------------------------ documents
+
+    def document_hashes(self, collection: str) -> dict[str, bytes]:
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT path, content_hash FROM documents WHERE collection = %s", (collection,)
+            ).fetchall()
+        return {path: bytes(h) for path, h in rows}
+
+    def apply_documents(self, collection: str, upserts: Sequence[DocumentRow],
+                        deleted_paths: Sequence[str], issues: Sequence[FileIssue]) -> dict[str, int]:
+        """Upsert parsed documents, delete vanished ones with their chunks and vectors, and
+        replace the collection's file issues: all in one transaction."""
+        with self.writing(collection) as conn:
+            removed = {"chunks": 0, "vectors": 0}
+            if deleted_paths:
+                ids = [r[0] for r in conn.execute(
+                    "SELECT id FROM documents WHERE collection = %s AND path = ANY(%s)",
+                    (collection, list(deleted_paths)))]
+                removed = self._delete_chunks(conn, ids)
+                conn.execute("DELETE FROM documents WHERE id = ANY(%s)", (ids,))
+            if upserts:
+                conn.execute("CREATE TEMP TABLE documents_stage (LIKE documents INCLUDING DEFAULTS) ON COMMIT DROP")
+                with conn.cursor().copy(
+                    f"COPY documents_stage ({', '.join(_DOC_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(_DOC_TYPES)
+                    for row in upserts:
+                        copy.write_row((row.id, row.collection, row.path, row.content_hash,
+                                        row.size_bytes, row.format, row.title, row.category,
+                                        row.doc_type, row.status, row.embed_mode,
+                                        row.pricing_sensitive, Jsonb(row.metadata),
+                                        Jsonb(row.headings), Jsonb(row.blocks)))
+                updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS[1:])
+                conn.execute(
+                    f"INSERT INTO documents ({', '.join(_DOC_COLUMNS)}) "
+                    f"SELECT {', '.join(_DOC_COLUMNS)} FROM documents_stage "
+                    f"ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now()"
+                )
+            conn.execute("DELETE FROM ingest_errors WHERE collection = %s", (collection,))
+            if issues:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO ingest_errors (collection, path, severity, reason) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        [(collection, i.path, i.severity, i.reason) for i in issues])
+        return removed
+
+    def _delete_chunks(self, conn: psycopg.Connection, document_ids: Sequence[uuid.UUID]) -> dict[str, int]:
+        hashes = [r[0] for r in conn.execute(
+            "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (list(document_ids),))]
+        return {"chunks": len(hashes), "vectors": self._collect_vectors(conn, hashes)}
+
+    @staticmethod
+    def _collect_vectors(conn: psycopg.Connection, hashes: Sequence[bytes]) -> int:
+        """Drop vectors (of every model) whose text no live chunk has any more."""
+        if not hashes:
+            return 0
+        return conn.execute(
+            "DELETE FROM embeddings e WHERE e.content_hash = ANY(%s) "
+            "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)",
+            (list(set(hashes)),)).rowcount
+
+    # ------------------------------------------------------------ chunks
+
+    def documents_to_chunk(self, collection: str, chunker_version: str) -> list[DocumentToChunk]:
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT id, path, content_hash, title, embed_mode, metadata, blocks FROM documents "
+                "WHERE collection = %s AND (chunked_hash IS DISTINCT FROM content_hash "
+                "OR chunker_version IS DISTINCT FROM %s) ORDER BY path",
+                (collection, chunker_version)).fetchall()
+        return [DocumentToChunk(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def replace_chunks(self, collection: str, documents: Sequence[DocumentToChunk],
+                       chunks: Sequence[ChunkRow], chunker_version: str) -> dict[str, int]:
+        """Swap the chunks of `documents` for `chunks` in one transaction; vectors of text that
+        is gone are dropped, vectors of text that stays are kept."""
+        with self.writing(collection) as conn:
+            ids = [d.id for d in documents]
+            old = [bytes(r[0]) for r in conn.execute(
+                "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (ids,))]
+            with conn.cursor().copy(
+                f"COPY chunks ({', '.join(_CHUNK_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(_CHUNK_TYPES)
+                for c in chunks:
+                    copy.write_row((c.id, c.document_id, c.collection, c.ordinal, c.heading_path,
+                                    c.text, c.token_count, c.content_hash))
+            conn.execute(
+                "UPDATE documents d SET chunked_hash = v.h, chunker_version = %s "
+                "FROM unnest(%s::uuid[], %s::bytea[]) AS v(id, h) WHERE d.id = v.id",
+                (chunker_version, ids, [d.content_hash for d in documents]))
+            new = {c.content_hash for c in chunks}
+            old_set = set(old)
+            vectors_removed = self._collect_vectors(conn, list(old_set - new))
+        return {"new": len(new - old_set), "unchanged": len(new & old_set),
+                "removed": len(old_set - new), "vectors_removed": vectors_removed}
+
+    # ------------------------------------------------------------ embeddings
+
+    def ensure_model(self, model: EmbeddingModel) -> int:
+        with self.writing() as conn:
+            row = conn.execute(
+                "INSERT INTO embedding_models (key, provider, name, dims) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key RETURNING id",
+                (model.key, model.provider, model.name, model.dims)).fetchone()
+        return row[0]
+
+    def model_id(self, model: EmbeddingModel) -> int | None:
+        with self.reading() as conn:
+            row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (model.key,)).fetchone()
+        return row[0] if row else None
+
+    def texts_to_embed(self, collection: str, model_id: int) -> list[tuple[bytes, str]]:
+        """Distinct chunk texts of the collection that have no vector for this model."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT ON (c.content_hash) c.content_hash, c.text FROM chunks c "
+                "WHERE c.collection = %s AND NOT EXISTS (SELECT 1 FROM embeddings e "
+                "WHERE e.model_id = %s AND e.content_hash = c.content_hash) ORDER BY c.content_hash",
+                (collection, model_id)).fetchall()
+        return [(bytes(h), t) for h, t in rows]
+
+    def count_texts(self, collection: str) -> int:
+        with self.reading() as conn:
+            return conn.execute("SELECT count(DISTINCT content_hash) FROM chunks WHERE collection = %s",
+                                (collection,)).fetchone()[0]
+
+    def write_embeddings(self, model_id: int, hashes: Sequence[bytes], vectors: np.ndarray) -> int:
+        """Store vectors; a text embedded meanwhile by a concurrent run is kept as it is."""
+        with self.writing() as conn:
+            conn.execute("CREATE TEMP TABLE embeddings_stage (content_hash bytea, embedding vector) ON COMMIT DROP")
+            with conn.cursor().copy("COPY embeddings_stage FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["bytea", "vector"])
+                for h, v in zip(hashes, vectors):
+                    copy.write_row((h, v))
+            return conn.execute(
+                "INSERT INTO embeddings (model_id, content_hash, embedding) "
+                "SELECT %s, content_hash, embedding FROM embeddings_stage ON CONFLICT DO NOTHING",
+                (model_id,)).rowcount
+
+    @staticmethod
+    def _vector_type(dims: int) -> tuple[str, str]:
+        """The typed vector the model's index is built on, and its cosine operator class."""
+        if dims > HALFVEC_ABOVE_DIMS:
+            return f"halfvec({int(dims)})", "halfvec_cosine_ops"
+        return f"vector({int(dims)})", "vector_cosine_ops"
+
+    def has_index(self, model_id: int) -> bool:
+        with self.reading() as conn:
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                (f"embeddings_hnsw_{model_id}",)).fetchone()[0]
+
+    def ensure_index(self, model_id: int, dims: int) -> bool:
+        """The model's HNSW cosine index; built once, after the first bulk load (building it
+        over loaded rows is far faster than maintaining it row by row). True if built now."""
+        if self.has_index(model_id):
+            return False
+        vtype, ops = self._vector_type(dims)
+        with self.writing() as conn:
+            conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS embeddings_hnsw_{int(model_id)} ON embeddings "
+                f"USING hnsw ((embedding::{vtype}) {ops}) WHERE model_id = {int(model_id)}")
+        return True
+
+    # ------------------------------------------------------------ search
+
+    def search(self, model_id: int, dims: int, query: np.ndarray, k: int = 5,
+               filters: dict[str, str] | None = None, ef_search: int = 100) -> list[SearchHit]:
+        """Nearest chunks by cosine similarity. Filters on document metadata still return k hits
+        when they are selective: pgvector's iterative index scan keeps going until k rows pass."""
+        vtype, _ = self._vector_type(dims)
+        expr = f"(embedding::{vtype})"
+        where, params = ["e.model_id = %(model)s"], {"model": model_id, "k": k, "q": query}
+        for column, value in (filters or {}).items():
+            if column not in FILTER_COLUMNS:
+                raise ValueError(f"unknown filter {column!r}: use one of {', '.join(FILTER_COLUMNS)}")
+            if value is not None:
+                where.append(f"d.{column} = %({column})s")
+                params[column] = value
+        sql = (
+            "WITH nearest AS MATERIALIZED ("
+            f"  SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id,"
+            f"         {expr} <=> %(q)s::{vtype} AS distance"
+            "  FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
+            "  JOIN documents d ON d.id = c.document_id"
+            f"  WHERE {' AND '.join(where)}"
+            f"  ORDER BY {expr} <=> %(q)s::{vtype} LIMIT %(k)s"
+            ") SELECT * FROM nearest ORDER BY distance"
+        )
+        with self.reading() as conn:
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            rows = conn.execute(sql, params).fetchall()
+        return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], 1.0 - float(r[6]), str(r[5])) for r in rows]
+
+    # ------------------------------------------------------------ status and checks
+
+    def status(self, model_id: int | None) -> dict[str, dict]:
+        with self.reading() as conn:
+            docs = dict(conn.execute("SELECT collection, count(*) FROM documents GROUP BY collection").fetchall())
+            chunks = dict(conn.execute("SELECT collection, count(*) FROM chunks GROUP BY collection").fetchall())
+            vectors = dict(conn.execute(
+                "SELECT c.collection, count(*) FROM chunks c JOIN embeddings e "
+                "ON e.content_hash = c.content_hash AND e.model_id = %s GROUP BY c.collection",
+                (model_id,)).fetchall()) if model_id is not None else {}
+            issues = conn.execute(
+                "SELECT collection, path, severity, reason FROM ingest_errors ORDER BY collection, path").fetchall()
+        out: dict[str, dict] = {}
+        for name in sorted(set(docs) | set(chunks) | {i[0] for i in issues}):
+            out[name] = {"documents": docs.get(name, 0), "chunks": chunks.get(name, 0),
+                         "vectors": vectors.get(name, 0), "errors": [], "warnings": []}
+        for collection, path, severity, reason in issues:
+            out[collection]["errors" if severity == "error" else "warnings"].append({"path": path, "reason": reason})
+        return out
+
+    def consistency(self, collection: str, model_id: int | None, chunker_version: str) -> Consistency:
+        with self.reading() as conn:
+            live = conn.execute("SELECT count(*) FROM chunks WHERE collection = %s", (collection,)).fetchone()[0]
+            missing = conn.execute(
+                "SELECT count(*), (array_agg(c.id::text))[1:3] FROM chunks c WHERE c.collection = %s "
+                "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = %s AND e.content_hash = c.content_hash)",
+                (collection, model_id)).fetchone()
+            orphan_vectors = conn.execute(
+                "SELECT count(*) FROM embeddings e WHERE NOT EXISTS "
+                "(SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)").fetchone()[0]
+            orphan_chunks = conn.execute(
+                "SELECT count(*) FROM chunks c WHERE c.collection = %s AND NOT EXISTS "
+                "(SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.collection = c.collection)",
+                (collection,)).fetchone()[0]
+            duplicates = conn.execute(
+                "SELECT count(*) FROM (SELECT document_id FROM chunks WHERE collection = %s "
+                "GROUP BY document_id HAVING count(*) <> max(ordinal) + 1 "
+                "OR count(DISTINCT ordinal) <> count(*) OR count(DISTINCT id) <> count(*)) x",
+                (collection,)).fetchone()[0]
+            stale = conn.execute(
+                "SELECT count(*) FROM documents WHERE collection = %s AND (chunked_hash IS DISTINCT "
+                "FROM content_hash OR chunker_version IS DISTINCT FROM %s)",
+                (collection, chunker_version)).fetchone()[0]
+        return Consistency(live, missing[0], orphan_vectors, orphan_chunks, duplicates, stale,
+                           {"missing_vector_chunk_ids": missing[1] or []})
+
+    def record_step(self, *, run_id: str | None, collection: str, step: str, seconds: float,
+                    documents: int = 0, chunks: int = 0, texts: int = 0, tokens: int = 0,
+                    counts: dict | None = None, warnings: Sequence[str] = ()) -> None:
+        with self.writing() as conn:
+            conn.execute(
+                "INSERT INTO ingestion_runs (run_id, collection, step, documents_processed, "
+                "chunks_processed, texts_embedded, tokens_embedded, seconds, counts, warnings) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (run_id, collection, step, documents, chunks, texts, tokens, seconds,
+                 Jsonb(counts or {}), Jsonb(list(warnings))))
+
+
+def to_json(value) -> str:
+    return json.dumps(value, default=str)

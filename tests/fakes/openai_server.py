@@ -1,0 +1,181 @@
+"""A fake OpenAI-compatible HTTP server on 127.0.0.1 for tests: /v1/embeddings with deterministic
+vectors, /v1/chat/completions with scripted replies, and a queue of scripted failures."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+
+class FakeOpenAI:
+    """Use as `with FakeOpenAI() as fake: OpenAI(base_url=fake.base_url, ...)`."""
+
+    def __init__(self, dims: int = 1536, delay: float = 0.0) -> None:
+        self.dims = dims
+        self.delay = delay
+        self.requests: list[dict[str, Any]] = []  # {"path", "headers" (lower-case names), "body"}
+        self.chat_replies: deque[str] = deque()
+        self._failures: deque[tuple[int, dict[str, str], Any]] = deque()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> FakeOpenAI:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.fake = self  # type: ignore[attr-defined]
+        # A short poll keeps stop() (and each test's teardown) fast.
+        serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        serve.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "the fake server is not running"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def fail_next(
+        self, status: int, times: int = 1, headers: dict[str, str] | None = None, body: Any = None
+    ) -> None:
+        """The next `times` requests (any endpoint) get this answer; a 2xx status with a body
+        scripts a malformed success."""
+        if body is None:
+            body = {"error": {"message": f"fake failure {status}", "type": "fake_error", "code": status}}
+        with self._lock:
+            self._failures.extend([(status, dict(headers or {}), body)] * times)
+
+    def reply(self, *contents: str) -> None:
+        """Queue raw assistant contents for /v1/chat/completions (default '{}')."""
+        with self._lock:
+            self.chat_replies.extend(contents)
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    @property
+    def embedding_inputs(self) -> list[list[str]]:
+        """The inputs of each embeddings request, in arrival order."""
+        with self._lock:
+            bodies = [r["body"] for r in self.requests if r["path"].endswith("/embeddings")]
+        return [_as_list(b.get("input")) for b in bodies]
+
+    @property
+    def max_inputs(self) -> int:
+        return max((len(i) for i in self.embedding_inputs), default=0)
+
+    @staticmethod
+    def vector(text: str, dims: int) -> np.ndarray:
+        """The (not normalized) float32 vector the fake returns for `text`."""
+        seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+        return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+    def _answer(self, path: str, headers: dict[str, str], body: Any) -> tuple[int, dict[str, str], Any]:
+        with self._lock:
+            self.requests.append({"path": path, "headers": headers, "body": body})
+            failure = self._failures.popleft() if self._failures else None
+            chat_reply = "{}"
+            if failure is None and path == "/v1/chat/completions" and self.chat_replies:
+                chat_reply = self.chat_replies.popleft()
+        if self.delay:
+            time.sleep(self.delay)
+        if failure is not None:
+            return failure
+        if path == "/v1/embeddings":
+            return 200, {}, self._embeddings(body)
+        if path == "/v1/chat/completions":
+            return 200, {}, self._chat(body, chat_reply)
+        return 404, {}, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}}
+
+    def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        texts = _as_list(body.get("input"))
+        dims = int(body.get("dimensions") or self.dims)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for i, text in enumerate(texts):
+            vec = self.vector(text, dims)
+            embedding: Any = vec.tolist()
+            if as_base64:  # what the openai client asks for by default
+                embedding = base64.b64encode(vec.astype("<f4").tobytes()).decode()
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        tokens = sum(_tokens(t) for t in texts)
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def _chat(self, body: dict[str, Any], content: str) -> dict[str, Any]:
+        prompt = sum(_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
+        completion = _tokens(content)
+        return {
+            "id": f"chatcmpl-fake-{self.request_count}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [v if isinstance(v, str) else json.dumps(v) for v in value]
+
+
+def _tokens(text: str) -> int:
+    return len(text.split())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    timeout = 10  # idle keep-alive connections must not pin handler threads forever
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = {"_raw": raw.decode(errors="replace")}
+        status, headers, payload = self.server.fake._answer(  # type: ignore[attr-defined]
+            self.path, {k.lower(): v for k, v in self.headers.items()}, body
+        )
+        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
