@@ -118,3 +118,30 @@ class LocalEmbedder:
             list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
         return EmbeddingBatch(np.asarray(vectors, dtype=np.float32), sum(counts), warnings)
+
+
+def embedding_token_counter(provider: str, model: str | None) -> TokenCounter:
+    """The tokenizer of the model that will embed the text; chunk budgets are counted with it."""
+    if provider == "openai":
+        from .tokens import tiktoken_counter
+
+        return tiktoken_counter(model or "text-embedding-3-small")
+    return wordpiece_counter()
+
+
+def build_embedder(settings) -> Embedder:
+    """The embedder EMBED_PROVIDER names, configured from the settings object."""
+    if settings.embed_provider == "hash":
+        return HashEmbedder(dims=settings.embed_dims or 384)
+    if settings.embed_provider == "local":
+        return LocalEmbedder(batch_size=settings.embed_batch_size)
+    from .openai_embedder import OpenAIEmbedder
+
+    return OpenAIEmbedder(
+        model=settings.embed_model or "text-embedding-3-small",
+        dims=settings.embed_dims,
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        base_url=settings.openai_base_url,
+        batch_size=settings.embed_batch_size,
+        concurrency=settings.embed_concurrency,
+    )

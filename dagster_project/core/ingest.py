@@ -96,16 +96,17 @@ def build_document_row(collection: Collection, source: SourceFile,
     return row, warnings
 
 
-def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
-                   dry_run: bool = False) -> StepReport:
+def diff_documents(store: VectorStore, collection: Collection, *,
+                   max_file_bytes: int) -> tuple[StepReport, list[DocumentRow], list[str]]:
+    """Scan the collection against the stored hashes and parse only new or changed files.
+    Returns the report, the rows to upsert and the paths that vanished; writes nothing."""
     started = time.perf_counter()
     report = StepReport(collection.name, "documents")
     files = scan_collection(collection, max_file_bytes)
     stored = store.document_hashes(collection.name)
-    on_disk = {f.path for f in files}
-    deleted = sorted(set(stored) - on_disk)
+    deleted = sorted(set(stored) - {f.path for f in files})
     to_parse: list[SourceFile] = []
-    counts = Counter(new=0, changed=0, unchanged=0, deleted=len(deleted), failed=0)
+    counts = Counter(new=0, changed=0, unchanged=0, deleted=len(deleted), failed=0, skipped=0)
     for f in files:
         if f.problem is not None:
             # A file that exists but cannot be read keeps its last good version in the index.
@@ -125,12 +126,18 @@ def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes
         report.issues.extend(FileIssue(f.path, "warning", w) for w in warnings)
         counts["changed" if f.path in stored else "new"] += 1
         rows.append(row)
-    if not dry_run:
-        removed = store.apply_documents(collection.name, rows, deleted, report.issues)
-        counts["chunks_removed"] = removed["chunks"]
-        counts["vectors_removed"] = removed["vectors"]
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
+    return report, rows, deleted
+
+
+def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> StepReport:
+    report, rows, deleted = diff_documents(store, collection, max_file_bytes=max_file_bytes)
+    started = time.perf_counter()
+    removed = store.apply_documents(collection.name, rows, deleted, report.issues)
+    report.counts["chunks_removed"] = removed["chunks"]
+    report.counts["vectors_removed"] = removed["vectors"]
+    report.seconds += time.perf_counter() - started
     return report
 
 
@@ -164,7 +171,7 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
 
 
 def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
-                counter: TokenCounter, *, dry_run: bool = False) -> StepReport:
+                counter: TokenCounter) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "chunks")
     version = settings.version(counter)
@@ -174,8 +181,7 @@ def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
         batch = documents[start:start + CHUNK_TX_DOCUMENTS]
         rows = [row for d in batch for row in build_chunks(d, collection, settings, counter)]
         counts["chunks"] += len(rows)
-        if not dry_run:
-            counts.update(store.replace_chunks(collection, batch, rows, version))
+        counts.update(store.replace_chunks(collection, batch, rows, version))
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
     return report
@@ -184,21 +190,13 @@ def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
 # ------------------------------------------------------------------ embeddings
 
 def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
-                    dry_run: bool = False, progress=None) -> StepReport:
+                    progress=None) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "embeddings")
-    model_id = store.ensure_model(embedder.model) if not dry_run else store.model_id(embedder.model)
-    pending = store.texts_to_embed(collection, model_id) if model_id is not None else None
+    model_id = store.ensure_model(embedder.model)
+    pending = store.texts_to_embed(collection, model_id)
     total = store.count_texts(collection)
-    if pending is None:  # dry run against a model never used: everything is pending
-        report.counts = {"texts": total, "embedded": total, "reused": 0}
-        report.seconds = time.perf_counter() - started
-        return report
     report.counts = {"texts": total, "reused": total - len(pending), "embedded": 0}
-    if dry_run:
-        report.counts["embedded"] = len(pending)
-        report.seconds = time.perf_counter() - started
-        return report
     for start in range(0, len(pending), EMBED_TX_TEXTS):
         batch = pending[start:start + EMBED_TX_TEXTS]
         result = embedder.embed([text for _, text in batch])
@@ -212,3 +210,27 @@ def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
     report.counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
     report.seconds = time.perf_counter() - started
     return report
+
+
+# ------------------------------------------------------------------ dry run
+
+def plan_collection(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                    settings: ChunkSettings, counter: TokenCounter, model_key: str) -> dict:
+    """What an ingest would do, exactly, without writing or embedding anything: files are
+    parsed and chunked in memory and their chunk texts looked up among the stored vectors."""
+    report, rows, deleted = diff_documents(store, collection, max_file_bytes=max_file_bytes)
+    replaced = {r.id for r in rows}
+    stale = [d for d in store.documents_to_chunk(collection.name, settings.version(counter))
+             if d.id not in replaced]
+    fresh = [DocumentToChunk(r.id, r.path, r.content_hash, r.title, r.embed_mode, r.metadata, r.blocks)
+             for r in rows]
+    rechunked = {d.id for d in stale} | replaced | {
+        i for i in store.document_ids(collection.name, deleted)}
+    hashes = {c.content_hash for d in stale + fresh for c in build_chunks(d, collection.name, settings, counter)}
+    hashes |= store.chunk_hashes(collection.name, exclude_documents=rechunked)
+    embedded = store.embedded_hashes(model_key, hashes)
+    return {"documents": {k: report.counts[k] for k in ("new", "changed", "unchanged", "deleted")},
+            "rechunked_documents": len(stale) + len(fresh), "texts": len(hashes),
+            "embedded": len(hashes - embedded), "reused": len(embedded),
+            "errors": [{"path": i.path, "reason": i.reason} for i in report.errors],
+            "warnings": [{"path": i.path, "reason": i.reason} for i in report.issues if i.severity == "warning"]}

@@ -115,7 +115,16 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def dagster_storage_url(url: str) -> str:
+    """dagster-postgres speaks psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for a bare
+    postgresql:// URL, so name the driver."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
+
+
 def export_urls(urls: DatabaseUrls) -> None:
     """Put the URLs in the environment so Dagster (dagster.yaml) and child processes use them."""
     os.environ["DATABASE_URL"] = urls.vector_store
-    os.environ["DAGSTER_PG_URL"] = urls.dagster
+    os.environ["DAGSTER_PG_URL"] = dagster_storage_url(urls.dagster)

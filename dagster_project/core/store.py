@@ -243,8 +243,11 @@ class VectorStore:
         return row[0]
 
     def model_id(self, model: EmbeddingModel) -> int | None:
+        return self.model_id_by_key(model.key)
+
+    def model_id_by_key(self, key: str) -> int | None:
         with self.reading() as conn:
-            row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (model.key,)).fetchone()
+            row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (key,)).fetchone()
         return row[0] if row else None
 
     def texts_to_embed(self, collection: str, model_id: int) -> list[tuple[bytes, str]]:
@@ -256,6 +259,24 @@ class VectorStore:
                 "WHERE e.model_id = %s AND e.content_hash = c.content_hash) ORDER BY c.content_hash",
                 (collection, model_id)).fetchall()
         return [(bytes(h), t) for h, t in rows]
+
+    def document_ids(self, collection: str, paths: Sequence[str]) -> list[uuid.UUID]:
+        with self.reading() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT id FROM documents WHERE collection = %s AND path = ANY(%s)", (collection, list(paths)))]
+
+    def chunk_hashes(self, collection: str, exclude_documents: set[uuid.UUID]) -> set[bytes]:
+        with self.reading() as conn:
+            return {bytes(r[0]) for r in conn.execute(
+                "SELECT DISTINCT content_hash FROM chunks WHERE collection = %s AND NOT document_id = ANY(%s)",
+                (collection, list(exclude_documents)))}
+
+    def embedded_hashes(self, model_key: str, hashes: set[bytes]) -> set[bytes]:
+        """The subset of `hashes` that already has a vector for the model."""
+        with self.reading() as conn:
+            return {bytes(r[0]) for r in conn.execute(
+                "SELECT e.content_hash FROM embeddings e JOIN embedding_models m ON m.id = e.model_id "
+                "WHERE m.key = %s AND e.content_hash = ANY(%s)", (model_key, list(hashes)))}
 
     def count_texts(self, collection: str) -> int:
         with self.reading() as conn:

@@ -1,0 +1,30 @@
+"""`chunks`: heading-aware, token-budgeted chunks of documents whose text or chunker changed."""
+
+import dagster as dg
+
+from ..core.ingest import sync_chunks
+from ..project import Project
+from ..resources.vector_store import PgVectorStore
+from .reporting import record_and_describe
+
+
+def build_chunks(project: Project) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="chunks", partitions_def=project.partitions, deps=["documents"],
+        group_name="ingestion", code_version=project.chunker_version, kinds={"postgres"},
+        check_specs=[dg.AssetCheckSpec("chunks_match_documents", asset="chunks",
+                                       description="Every document is chunked from its current text with the current chunker.")],
+        description="Table `chunks`: each chunk carries its heading path and token count.",
+    )
+    def chunks(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
+        store = vector_store.store
+        report = sync_chunks(store, context.partition_key, project.chunk_settings, project.token_counter)
+        state = store.consistency(context.partition_key, None, project.chunker_version)
+        return dg.MaterializeResult(
+            metadata=record_and_describe(context, store, report, chunker_version=project.chunker_version),
+            check_results=[dg.AssetCheckResult(
+                check_name="chunks_match_documents", passed=state.stale_documents == 0,
+                metadata={"stale_documents": state.stale_documents})],
+        )
+
+    return chunks

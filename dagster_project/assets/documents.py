@@ -1,0 +1,26 @@
+"""`documents`: one row per source file, parsed; only new or changed files are parsed."""
+
+import dagster as dg
+
+from ..core.ingest import sync_documents
+from ..project import PARSER_VERSION, Project
+from ..resources.vector_store import PgVectorStore
+from .reporting import record_and_describe
+
+
+def build_documents(project: Project) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="documents", partitions_def=project.partitions, deps=["corpus_files"],
+        group_name="ingestion", code_version=PARSER_VERSION, kinds={"postgres"},
+        description="Table `documents`: parsed files with metadata; vanished files are deleted "
+                    "with their chunks and vectors in the same transaction.",
+    )
+    def documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
+        collection = project.manifest.collection(context.partition_key)
+        report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes)
+        for issue in report.issues:
+            log = context.log.error if issue.severity == "error" else context.log.warning
+            log(f"{issue.path}: {issue.reason}")
+        return dg.MaterializeResult(metadata=record_and_describe(context, vector_store.store, report))
+
+    return documents

@@ -1,0 +1,40 @@
+"""Turns a core StepReport into what the UI shows (metadata) and the ingestion_runs log."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ..core.ingest import StepReport
+from ..core.store import VectorStore
+
+MAX_LISTED_ISSUES = 50
+
+
+def record_and_describe(context: dg.AssetExecutionContext, store: VectorStore, report: StepReport,
+                        **extra) -> dict:
+    store.record_step(
+        run_id=context.run_id, collection=report.collection, step=report.step,
+        seconds=report.seconds,
+        documents=sum(report.counts.get(k, 0) for k in ("new", "changed")) if report.step == "documents"
+        else report.counts.get("documents", 0),
+        chunks=report.counts.get("chunks", 0), texts=report.texts_embedded,
+        tokens=report.tokens_embedded, counts=report.counts,
+        warnings=report.warnings + [f"{i.path}: {i.reason}" for i in report.issues],
+    )
+    for warning in report.warnings:
+        context.log.warning(warning)
+    metadata: dict = {k: dg.MetadataValue.int(int(v)) for k, v in report.counts.items()}
+    metadata["seconds"] = dg.MetadataValue.float(round(report.seconds, 3))
+    metadata["errors"] = dg.MetadataValue.int(len(report.errors))
+    if report.step == "embeddings":
+        metadata["texts_embedded"] = dg.MetadataValue.int(report.texts_embedded)
+        metadata["tokens_embedded"] = dg.MetadataValue.int(report.tokens_embedded)
+    if report.issues:
+        rows = "\n".join(f"| {i.severity} | `{i.path}` | {i.reason} |" for i in report.issues[:MAX_LISTED_ISSUES])
+        more = len(report.issues) - MAX_LISTED_ISSUES
+        metadata["file_issues"] = dg.MetadataValue.md(
+            "| severity | file | reason |\n|---|---|---|\n" + rows + (f"\n\n…and {more} more" if more > 0 else ""))
+    if report.warnings:
+        metadata["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
+    metadata.update(extra)
+    return metadata

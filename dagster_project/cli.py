@@ -1,0 +1,277 @@
+"""The `refinery` command: ingest through Dagster, search, status, the database URL, and the UI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .core.corpus import ManifestError
+from .core.embedders import EmbeddingError
+from .core.migrations import MigrationError
+from .core.pg import DatabaseSetupError, DatabaseUrls, export_urls, mask_url, resolve_database_urls
+from .core.settings import PROJECT_ROOT, Settings
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+# The run's events are stored in the instance (and shown in the UI); the terminal gets a summary.
+QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError)
+
+
+class CliError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _settings(args) -> Settings:
+    try:
+        return Settings.from_env(corpus_manifest=getattr(args, "manifest", None))
+    except ValueError as exc:
+        raise CliError(f"bad setting: {exc}") from None
+
+
+def _prepare(settings: Settings) -> DatabaseUrls:
+    """Databases up (embedded unless DATABASE_URL), their URLs and the manifest in the
+    environment, and DAGSTER_HOME holding the project's dagster.yaml."""
+    urls = resolve_database_urls(settings)
+    export_urls(urls)
+    os.environ["CORPUS_MANIFEST"] = str(Path(settings.corpus_manifest).resolve())
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str((settings.refinery_home / "dagster_home").resolve())
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() or (home / "dagster.yaml").read_bytes() != (PROJECT_ROOT / "dagster.yaml").read_bytes():
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return urls
+
+
+def _print(obj, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if as_json else text)
+
+
+# ------------------------------------------------------------------ ingest
+
+def cmd_ingest(args) -> int:
+    from .core.store import VectorStore
+    from .project import Project
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    names = [project.manifest.collection(args.collection).name] if args.collection else sorted(project.manifest.collections)
+    urls = _prepare(settings)
+    if args.dry_run:
+        from .core.ingest import plan_collection
+
+        store = VectorStore(urls.vector_store)
+        try:
+            plans = {n: plan_collection(store, project.manifest.collection(n), max_file_bytes=settings.max_file_bytes,
+                                        settings=project.chunk_settings, counter=project.token_counter,
+                                        model_key=project.embedding_generation) for n in names}
+        finally:
+            store.close()
+        summary = _summarize({n: {"documents": p["documents"], "embedded": p["embedded"], "reused": p["reused"],
+                                  "errors": p["errors"], "warnings": p["warnings"]} for n, p in plans.items()})
+        summary.update(dry_run=True, collections=plans)
+        _print(summary, args.json, _ingest_table(summary, "would ingest"))
+        return 0
+    return _run_ingest(project, names, args.json)
+
+
+def _run_ingest(project, names: list[str], as_json: bool) -> int:
+    import dagster as dg
+
+    from .definitions import INGEST_JOB, build_definitions
+
+    job = build_definitions(project).resolve_job_def(INGEST_JOB)
+    per_collection: dict[str, dict] = {}
+    failed = False
+    with dg.DagsterInstance.get() as instance:
+        for name in names:
+            started = time.perf_counter()
+            result = job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False,
+                                            run_config=QUIET_RUN)
+            steps = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+                     for e in result.get_asset_materialization_events()}
+            checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+            errors = [ev.message for ev in result.all_events if ev.is_step_failure]
+            failed |= not result.success or not all(checks.values())
+            docs, emb = steps.get("documents", {}), steps.get("embeddings", {})
+            per_collection[name] = {
+                "run_id": result.run_id, "success": result.success, "seconds": round(time.perf_counter() - started, 2),
+                "documents": {k: int(docs.get(k, 0)) for k in ("new", "changed", "unchanged", "deleted")},
+                "chunks": {k: int(v) for k, v in steps.get("chunks", {}).items() if isinstance(v, int)},
+                "embedded": int(emb.get("texts_embedded", 0)), "reused": int(emb.get("reused", 0)),
+                "tokens_embedded": int(emb.get("tokens_embedded", 0)),
+                "checks": checks, "failures": errors,
+            }
+    from .core.store import VectorStore
+
+    store = VectorStore(os.environ["DATABASE_URL"])
+    try:
+        status = store.status(None)
+    finally:
+        store.close()
+    for name in names:
+        per_collection[name]["errors"] = status.get(name, {}).get("errors", [])
+        per_collection[name]["warnings"] = status.get(name, {}).get("warnings", [])
+    summary = _summarize(per_collection)
+    summary["collections"] = per_collection
+    _print(summary, as_json, _ingest_table(summary, "ingested"))
+    return 1 if failed else 0
+
+
+def _summarize(per_collection: dict[str, dict]) -> dict:
+    documents = {k: sum(c["documents"][k] for c in per_collection.values())
+                 for k in ("new", "changed", "unchanged", "deleted")}
+    return {"embedded": sum(c["embedded"] for c in per_collection.values()),
+            "reused": sum(c["reused"] for c in per_collection.values()),
+            "documents": documents,
+            "errors": [dict(e, collection=n) for n, c in per_collection.items() for e in c.get("errors", [])]}
+
+
+def _ingest_table(summary: dict, verb: str) -> str:
+    lines = [f"{'collection':<16} {'new':>5} {'changed':>8} {'unchanged':>10} {'deleted':>8} {'embedded':>9} {'reused':>7}"]
+    for name, c in summary["collections"].items():
+        d = c["documents"]
+        lines.append(f"{name:<16} {d['new']:>5} {d['changed']:>8} {d['unchanged']:>10} {d['deleted']:>8} "
+                     f"{c['embedded']:>9} {c['reused']:>7}")
+        for failure in c.get("failures", []):
+            lines.append(f"  FAILED: {failure}")
+        for check, passed in c.get("checks", {}).items():
+            if not passed:
+                lines.append(f"  check failed: {check}")
+    for e in summary["errors"]:
+        lines.append(f"  error {e['collection']}/{e['path']}: {e['reason']}")
+    lines.append(f"{verb}: {summary['embedded']} texts embedded, {summary['reused']} reused")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ search, status, db-url, dev
+
+def cmd_search(args) -> int:
+    from .core.embedders import build_embedder
+    from .core.store import VectorStore
+
+    settings = _settings(args)
+    urls = _prepare(settings)
+    embedder = build_embedder(settings)
+    store = VectorStore(urls.vector_store)
+    try:
+        model_id = store.model_id(embedder.model)
+        if model_id is None:
+            raise CliError(f"nothing is embedded with {embedder.model.key} yet: run `refinery ingest` first")
+        query = embedder.embed([args.query]).vectors[0]
+        filters = {"collection": args.collection, "category": args.category,
+                   "doc_type": args.doc_type, "status": args.status}
+        hits = store.search(model_id, embedder.model.dims, query, k=args.k, filters=filters)
+    finally:
+        store.close()
+    rows = [{"collection": h.collection, "path": h.path, "title": h.title, "heading_path": h.heading_path,
+             "text": h.text, "score": round(h.score, 4), "chunk_id": h.chunk_id} for h in hits]
+    text = "\n\n".join(f"{i + 1}. [{h['score']:.3f}] {h['collection']}/{h['path']} > {' > '.join(h['heading_path'])}\n"
+                       f"   {h['text'][:240].replace(chr(10), ' ')}" for i, h in enumerate(rows)) or "no results"
+    _print(rows, args.json, text)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .core.store import VectorStore
+    from .project import Project
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    urls = _prepare(settings)
+    store = VectorStore(urls.vector_store)
+    try:
+        model_id = store.model_id_by_key(project.embedding_generation)
+        collections = store.status(model_id)
+    finally:
+        store.close()
+    empty = {"documents": 0, "chunks": 0, "vectors": 0, "errors": [], "warnings": []}
+    out = {"collections": {n: collections.get(n, dict(empty)) for n in sorted(project.manifest.collections)},
+           "embedding_model": project.embedding_generation}
+    lines = [f"{'collection':<16} {'documents':>10} {'chunks':>8} {'vectors':>8} {'errors':>7} {'warnings':>9}"]
+    for n, c in out["collections"].items():
+        lines.append(f"{n:<16} {c['documents']:>10} {c['chunks']:>8} {c['vectors']:>8} {len(c['errors']):>7} {len(c['warnings']):>9}")
+        for e in c["errors"]:
+            lines.append(f"  error   {e['path']}: {e['reason']}")
+        for w in c["warnings"]:
+            lines.append(f"  warning {w['path']}: {w['reason']}")
+    _print(out, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_db_url(args) -> int:
+    urls = _prepare(_settings(args))
+    print(urls.vector_store if args.show_password else mask_url(urls.vector_store))
+    return 0
+
+
+def cmd_dev(args) -> int:
+    settings = _settings(args)
+    _prepare(settings)
+    command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)")
+    # A child process, not exec: this process keeps the embedded server alive and stops it last.
+    try:
+        return subprocess.call(command, cwd=PROJECT_ROOT)
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refinery", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="materialize documents, chunks and embeddings through Dagster")
+    p.add_argument("--manifest", help="corpus.yaml (default: CORPUS_MANIFEST or the sample corpus)")
+    p.add_argument("--collection", help="only this collection")
+    p.add_argument("--dry-run", action="store_true", help="say what would change; write and embed nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("search", help="nearest chunks to a question")
+    p.add_argument("query")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--collection")
+    p.add_argument("--category")
+    p.add_argument("--doc-type")
+    p.add_argument("--status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("status", help="documents, chunks, vectors and file errors per collection")
+    p.add_argument("--manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("db-url", help="the vector store's connection string")
+    p.add_argument("--show-password", action="store_true")
+    p.set_defaults(func=cmd_db_url)
+
+    p = sub.add_parser("dev", help="embedded PostgreSQL + the Dagster UI on this code location")
+    p.add_argument("--manifest")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (CliError, *USER_ERRORS) as exc:
+        print(f"refinery: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""What the code location is built from: settings, the manifest and the collection partitions.
+Loaded once when Dagster (or the CLI) loads the definitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import dagster as dg
+
+from .core.chunking import ChunkSettings
+from .core.corpus import Manifest, load_manifest
+from .core.embedders import embedding_token_counter
+from .core.openai_embedder import KNOWN_DIMS
+from .core.settings import Settings
+from .core.tokens import TokenCounter
+
+PARSER_VERSION = "parsers-v1"
+
+
+@dataclass
+class Project:
+    settings: Settings
+    manifest: Manifest
+
+    @classmethod
+    def load(cls, settings: Settings | None = None) -> Project:
+        settings = settings or Settings.from_env()
+        return cls(settings, load_manifest(settings.corpus_manifest))
+
+    @cached_property
+    def partitions(self) -> dg.StaticPartitionsDefinition:
+        return dg.StaticPartitionsDefinition(sorted(self.manifest.collections))
+
+    @cached_property
+    def chunk_settings(self) -> ChunkSettings:
+        return ChunkSettings(self.settings.chunk_max_tokens, self.settings.chunk_overlap_tokens)
+
+    @cached_property
+    def token_counter(self) -> TokenCounter:
+        return embedding_token_counter(self.settings.embed_provider, self.settings.embed_model)
+
+    @property
+    def chunker_version(self) -> str:
+        return self.chunk_settings.version(self.token_counter)
+
+    @property
+    def embedding_generation(self) -> str:
+        """provider:model:dims as configured, known without loading the model."""
+        s = self.settings
+        if s.embed_provider == "hash":
+            return f"hash:feature-hash-v1:{s.embed_dims or 384}"
+        if s.embed_provider == "local":
+            return "local:all-MiniLM-L6-v2:384"
+        model = s.embed_model or "text-embedding-3-small"
+        return f"openai:{model}:{s.embed_dims or KNOWN_DIMS.get(model, 'auto')}"

@@ -1,0 +1,32 @@
+"""The vector store resource: PostgreSQL + pgvector (embedded by default, or DATABASE_URL)."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from ..core.pg import resolve_database_urls
+from ..core.settings import Settings
+from ..core.store import VectorStore
+
+
+class PgVectorStore(dg.ConfigurableResource):
+    """Connection pool, migrations from sql/, binary COPY writes and read-only search.
+
+    With no DATABASE_URL in the environment it starts (or joins) the embedded PostgreSQL under
+    REFINERY_HOME."""
+
+    _store: VectorStore | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        urls = resolve_database_urls(Settings.from_env())
+        self._store = VectorStore(urls.vector_store)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    @property
+    def store(self) -> VectorStore:
+        assert self._store is not None, "PgVectorStore is used outside of a run"
+        return self._store
