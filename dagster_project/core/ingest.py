@@ -134,9 +134,7 @@ def diff_documents(store: VectorStore, collection: Collection, *,
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> StepReport:
     report, rows, deleted = diff_documents(store, collection, max_file_bytes=max_file_bytes)
     started = time.perf_counter()
-    removed = store.apply_documents(collection.name, rows, deleted, report.issues)
-    report.counts["chunks_removed"] = removed["chunks"]
-    report.counts["vectors_removed"] = removed["vectors"]
+    report.counts["chunks_removed"] = store.apply_documents(collection.name, rows, deleted, report.issues)
     report.seconds += time.perf_counter() - started
     return report
 
@@ -176,7 +174,7 @@ def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
     report = StepReport(collection, "chunks")
     version = settings.version(counter)
     documents = store.documents_to_chunk(collection, version)
-    counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, vectors_removed=0, chunks=0)
+    counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, chunks=0)
     for start in range(0, len(documents), CHUNK_TX_DOCUMENTS):
         batch = documents[start:start + CHUNK_TX_DOCUMENTS]
         rows = [row for d in batch for row in build_chunks(d, collection, settings, counter)]
@@ -194,9 +192,11 @@ def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
     started = time.perf_counter()
     report = StepReport(collection, "embeddings")
     model_id = store.ensure_model(embedder.model)
+    vectors_removed = store.drop_unreferenced_vectors()
     pending = store.texts_to_embed(collection, model_id)
     total = store.count_texts(collection)
-    report.counts = {"texts": total, "reused": total - len(pending), "embedded": 0}
+    report.counts = {"texts": total, "reused": total - len(pending), "embedded": 0,
+                     "vectors_removed": vectors_removed}
     for start in range(0, len(pending), EMBED_TX_TEXTS):
         batch = pending[start:start + EMBED_TX_TEXTS]
         result = embedder.embed([text for _, text in batch])
@@ -234,3 +234,14 @@ def plan_collection(store: VectorStore, collection: Collection, *, max_file_byte
             "embedded": len(hashes - embedded), "reused": len(embedded),
             "errors": [{"path": i.path, "reason": i.reason} for i in report.errors],
             "warnings": [{"path": i.path, "reason": i.reason} for i in report.issues if i.severity == "warning"]}
+
+
+def ingest_collection(store: VectorStore, collection: Collection, *, embedder: Embedder,
+                      chunk_settings: ChunkSettings, max_file_bytes: int) -> dict[str, StepReport]:
+    """The three steps in order, without Dagster: for tests, benchmarks and scripts. The
+    assets run the same functions one per asset."""
+    return {
+        "documents": sync_documents(store, collection, max_file_bytes=max_file_bytes),
+        "chunks": sync_chunks(store, collection.name, chunk_settings, embedder.token_counter),
+        "embeddings": sync_embeddings(store, collection.name, embedder),
+    }

@@ -143,17 +143,18 @@ class VectorStore:
         return {path: bytes(h) for path, h in rows}
 
     def apply_documents(self, collection: str, upserts: Sequence[DocumentRow],
-                        deleted_paths: Sequence[str], issues: Sequence[FileIssue]) -> dict[str, int]:
-        """Upsert parsed documents, delete vanished ones with their chunks and vectors, and
-        replace the collection's file issues: all in one transaction."""
+                        deleted_paths: Sequence[str], issues: Sequence[FileIssue]) -> int:
+        """Upsert parsed documents, delete vanished ones with their chunks (so search can never
+        return them again), and replace the collection's file issues: all in one transaction.
+        Returns the number of chunks deleted."""
         with self.writing(collection) as conn:
-            removed = {"chunks": 0, "vectors": 0}
+            removed = 0
             if deleted_paths:
-                ids = [r[0] for r in conn.execute(
-                    "SELECT id FROM documents WHERE collection = %s AND path = ANY(%s)",
-                    (collection, list(deleted_paths)))]
-                removed = self._delete_chunks(conn, ids)
-                conn.execute("DELETE FROM documents WHERE id = ANY(%s)", (ids,))
+                removed = conn.execute(
+                    "DELETE FROM chunks WHERE document_id IN (SELECT id FROM documents "
+                    "WHERE collection = %s AND path = ANY(%s))", (collection, list(deleted_paths))).rowcount
+                conn.execute("DELETE FROM documents WHERE collection = %s AND path = ANY(%s)",
+                             (collection, list(deleted_paths)))
             if upserts:
                 conn.execute("CREATE TEMP TABLE documents_stage (LIKE documents INCLUDING DEFAULTS) ON COMMIT DROP")
                 with conn.cursor().copy(
@@ -181,20 +182,17 @@ class VectorStore:
                         [(collection, i.path, i.severity, i.reason) for i in issues])
         return removed
 
-    def _delete_chunks(self, conn: psycopg.Connection, document_ids: Sequence[uuid.UUID]) -> dict[str, int]:
-        hashes = [r[0] for r in conn.execute(
-            "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (list(document_ids),))]
-        return {"chunks": len(hashes), "vectors": self._collect_vectors(conn, hashes)}
+    def drop_unreferenced_vectors(self) -> int:
+        """Drop vectors (of every model) whose text no chunk holds any more.
 
-    @staticmethod
-    def _collect_vectors(conn: psycopg.Connection, hashes: Sequence[bytes]) -> int:
-        """Drop vectors (of every model) whose text no live chunk has any more."""
-        if not hashes:
-            return 0
-        return conn.execute(
-            "DELETE FROM embeddings e WHERE e.content_hash = ANY(%s) "
-            "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)",
-            (list(set(hashes)),)).rowcount
+        Vectors are a cache keyed by text, so this runs once chunking has settled (in the
+        embeddings step), not when a document goes: a renamed file, or a paragraph moved to
+        another file, finds its vector still there. Search never sees such vectors in the
+        meantime, because it reaches vectors only through live chunks."""
+        with self.writing() as conn:
+            return conn.execute(
+                "DELETE FROM embeddings e WHERE NOT EXISTS "
+                "(SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)").rowcount
 
     # ------------------------------------------------------------ chunks
 
@@ -209,8 +207,7 @@ class VectorStore:
 
     def replace_chunks(self, collection: str, documents: Sequence[DocumentToChunk],
                        chunks: Sequence[ChunkRow], chunker_version: str) -> dict[str, int]:
-        """Swap the chunks of `documents` for `chunks` in one transaction; vectors of text that
-        is gone are dropped, vectors of text that stays are kept."""
+        """Swap the chunks of `documents` for `chunks` in one transaction."""
         with self.writing(collection) as conn:
             ids = [d.id for d in documents]
             old = [bytes(r[0]) for r in conn.execute(
@@ -226,11 +223,8 @@ class VectorStore:
                 "UPDATE documents d SET chunked_hash = v.h, chunker_version = %s "
                 "FROM unnest(%s::uuid[], %s::bytea[]) AS v(id, h) WHERE d.id = v.id",
                 (chunker_version, ids, [d.content_hash for d in documents]))
-            new = {c.content_hash for c in chunks}
-            old_set = set(old)
-            vectors_removed = self._collect_vectors(conn, list(old_set - new))
-        return {"new": len(new - old_set), "unchanged": len(new & old_set),
-                "removed": len(old_set - new), "vectors_removed": vectors_removed}
+        new, old_set = {c.content_hash for c in chunks}, set(old)
+        return {"new": len(new - old_set), "unchanged": len(new & old_set), "removed": len(old_set - new)}
 
     # ------------------------------------------------------------ embeddings
 

@@ -1,0 +1,78 @@
+"""Shared fixtures: one embedded PostgreSQL + pgvector for the session, a fresh migrated
+database per test (cloned from a template, ~50 ms), and a fake OpenAI server."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import psycopg
+import pytest
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+from dagster_project.core.migrations import migrate  # noqa: E402
+from dagster_project.core.pg import start_embedded, _with_database  # noqa: E402
+from dagster_project.core.store import VectorStore  # noqa: E402
+from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_MANIFEST = PROJECT_ROOT / "examples" / "corpus.yaml"
+PEPS = PROJECT_ROOT.parent / "shared" / "corpora" / "peps"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """URL of the session's embedded server (its `postgres` database)."""
+    home = Path(tempfile.mkdtemp(prefix="refinery-test-"))
+    url = start_embedded(home)
+    template = _with_database(url, "refinery")
+    migrate(template)
+    yield url
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def new_database(server_url: str, template: str = "refinery") -> str:
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return _with_database(server_url, name)
+
+
+@pytest.fixture
+def db_url(pg_server) -> str:
+    """A fresh database with every migration applied."""
+    return new_database(pg_server)
+
+
+@pytest.fixture
+def store(db_url):
+    s = VectorStore(db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def fake_openai():
+    with FakeOpenAI(dims=64) as server:
+        yield server
+
+
+@pytest.fixture
+def peps_dir() -> Path:
+    if not PEPS.is_dir():
+        pytest.skip(f"the PEP corpus is not at {PEPS} (it lives in ../shared/corpora beside the project)")
+    return PEPS
+
+
+def write_manifest(root: Path, collections: dict[str, dict]) -> Path:
+    import yaml
+
+    path = root / "corpus.yaml"
+    path.write_text(yaml.safe_dump({"collections": collections}))
+    return path

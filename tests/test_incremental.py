@@ -1,0 +1,170 @@
+"""Exact incrementality on a real PostgreSQL, counted at a fake OpenAI server over real HTTP:
+only texts never embedded with the model are sent, deletes and renames propagate at once."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from dagster_project.core.chunking import ChunkSettings
+from dagster_project.core.corpus import load_manifest
+from dagster_project.core.hashing import content_hash
+from dagster_project.core.ingest import ingest_collection
+from dagster_project.core.openai_embedder import OpenAIEmbedder
+from tests.conftest import SAMPLE_MANIFEST, write_manifest
+
+SETTINGS = ChunkSettings(max_tokens=128, overlap_tokens=16)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "kb"
+    shutil.copytree(SAMPLE_MANIFEST.parent / "knowledge_base" / "product", root)
+    manifest = write_manifest(tmp_path, {"kb": {"root": "kb", "include": ["**/*.md"]}})
+    return root, manifest
+
+
+@pytest.fixture
+def embedder(fake_openai):
+    return OpenAIEmbedder(model="fake-embed", dims=64, api_key="sk-test-key-0000", base_url=fake_openai.base_url)
+
+
+def run(store, manifest, embedder, fake):
+    before = len(fake.embedding_inputs)
+    collection = load_manifest(manifest).collection("kb")
+    reports = ingest_collection(store, collection, embedder=embedder, chunk_settings=SETTINGS,
+                                max_file_bytes=10_000_000)
+    sent = [text for request in fake.embedding_inputs[before:] for text in request]
+    assert reports["embeddings"].texts_embedded == len(sent)
+    return reports, sent
+
+
+def chunk_hashes(store) -> set[bytes]:
+    with store.reading() as conn:
+        return {bytes(r[0]) for r in conn.execute("SELECT content_hash FROM chunks")}
+
+
+def search_paths(store, embedder, text: str, k: int = 50) -> set[str]:
+    model_id = store.model_id(embedder.model)
+    vector = embedder.embed([text]).vectors[0]
+    return {hit.path for hit in store.search(model_id, embedder.model.dims, vector, k=k)}
+
+
+def test_first_run_embeds_each_distinct_text_once_and_rerun_embeds_nothing(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    assert reports["documents"].counts["new"] == 6
+    assert len(sent) == len(set(sent)) == len(chunk_hashes(store)) > 30
+
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    assert sent == []
+    assert reports["documents"].counts == reports["documents"].counts | {"new": 0, "changed": 0, "unchanged": 6, "deleted": 0}
+    assert reports["chunks"].counts["documents"] == 0
+    assert reports["embeddings"].counts["reused"] == len(chunk_hashes(store))
+
+
+def test_insert_paragraph_at_top_embeds_only_the_new_text(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    before = chunk_hashes(store)
+    page = root / "sync-and-offline.md"
+    text = page.read_text()
+    head, body = text.split("\n# ", 1)  # after the front matter, before the first heading
+    paragraph = "Tidewater notice: from May the sync engine keeps a journal of every offline edit for audit."
+    page.write_text(head + "\n" + "# " + body.replace("\n\n", "\n\n" + paragraph + "\n\n", 1))
+
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    after = chunk_hashes(store)
+    assert reports["documents"].counts["changed"] == 1
+    assert reports["chunks"].counts["documents"] == 1
+    # Exactly the chunk texts that did not exist before were sent, and that is very few.
+    assert {content_hash(t) for t in sent} == after - before
+    assert 1 <= len(sent) <= 2
+    assert any(paragraph in t for t in sent)
+
+
+def test_edit_one_file_embeds_only_its_changed_chunks(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    before = chunk_hashes(store)
+    page = root / "search.md"
+    page.write_text(page.read_text().replace("200 results", "250 results"))
+
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    assert reports["documents"].counts["changed"] == 1
+    assert {content_hash(t) for t in sent} == chunk_hashes(store) - before
+    assert len(sent) == 1 and "250 results" in sent[0]
+    # The old text's vector is gone with it: nothing points at nothing.
+    assert store.consistency("kb", store.model_id(embedder.model), SETTINGS.version(embedder.token_counter)).orphan_vectors == 0
+
+
+def test_deleted_file_leaves_search_in_the_same_run(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    assert "security-and-data-residency.md" in search_paths(store, embedder, "customer-managed keys backups regions")
+    (root / "security-and-data-residency.md").unlink()
+
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    assert reports["documents"].counts["deleted"] == 1
+    assert reports["documents"].counts["chunks_removed"] > 0
+    assert sent == []
+    assert "security-and-data-residency.md" not in search_paths(store, embedder, "customer-managed keys backups regions")
+    with store.reading() as conn:
+        assert conn.execute("SELECT count(*) FROM documents WHERE path LIKE 'security%'").fetchone()[0] == 0
+        assert conn.execute(
+            "SELECT count(*) FROM embeddings e WHERE NOT EXISTS "
+            "(SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)").fetchone()[0] == 0
+
+
+def test_rename_moves_the_document_without_embedding_anything(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    (root / "search.md").rename(root / "finding-things.md")
+
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    assert reports["documents"].counts["new"] == 1 and reports["documents"].counts["deleted"] == 1
+    assert sent == []  # same text, same vectors
+    paths = search_paths(store, embedder, "search operators saved searches")
+    assert "finding-things.md" in paths and "search.md" not in paths
+
+
+def test_model_change_embeds_everything_again_beside_the_old_vectors(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    _, first = run(store, manifest, embedder, fake_openai)
+    other = OpenAIEmbedder(model="fake-embed-2", dims=32, api_key="sk-test-key-0000", base_url=fake_openai.base_url)
+    _, second = run(store, manifest, other, fake_openai)
+    assert sorted(second) == sorted(first)
+    with store.reading() as conn:
+        assert conn.execute("SELECT count(DISTINCT model_id) FROM embeddings").fetchone()[0] == 2
+
+
+def test_failed_embedding_call_keeps_stored_rows_and_rerun_finishes(store, corpus, embedder, fake_openai, monkeypatch):
+    from dagster_project.core import ingest as ingest_module
+    from dagster_project.core.embedders import EmbeddingError
+
+    root, manifest = corpus
+    monkeypatch.setattr(ingest_module, "EMBED_TX_TEXTS", 10)  # several transactions
+    failing = OpenAIEmbedder(model="fake-embed", dims=64, api_key="sk-test-key-0000",
+                             base_url=fake_openai.base_url, max_retries=0)
+    calls = {"n": 0}
+    original = failing.embed
+
+    def flaky(texts):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third request fails after two stored batches
+            fake_openai.fail_next(500)
+        return original(texts)
+
+    monkeypatch.setattr(failing, "embed", flaky)
+    collection = load_manifest(manifest).collection("kb")
+    with pytest.raises(EmbeddingError):
+        ingest_collection(store, collection, embedder=failing, chunk_settings=SETTINGS, max_file_bytes=10**7)
+    with store.reading() as conn:
+        stored = conn.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    assert stored == 20  # the two finished batches were kept
+
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    assert reports["embeddings"].counts["reused"] == 20
+    state = store.consistency("kb", store.model_id(embedder.model), SETTINGS.version(embedder.token_counter))
+    assert state.missing_vectors == 0
