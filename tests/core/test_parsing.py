@@ -1,0 +1,320 @@
+"""What the parsers make of real files: title, metadata, heading paths and text blocks per
+format, and which problems stop a file (errors), skip it (warnings) or only warn."""
+
+from __future__ import annotations
+
+import pytest
+
+from dagster_project.core.parsing import ParseError, parse_document
+from tests.conftest import SAMPLE_MANIFEST
+
+SUPPORT = SAMPLE_MANIFEST.parent / "knowledge_base" / "support"
+
+MARKDOWN = """\
+---
+title: Offline sync guide
+category: product
+Doc-Type: guide
+tags: [sync, offline]
+---
+# Sync
+
+How sync works in a few words.
+
+## Conflicts
+
+When two devices edit the same note, the later edit wins.
+
+```python
+def resolve(a, b):
+
+    return max(a, b, key=lambda edit: edit.time)
+```
+
+### Manual merge
+
+Open the history panel to merge by hand.
+
+## Offline mode
+
+- edits are queued
+- queued edits upload on reconnect
+"""
+
+
+def all_text(doc) -> str:
+    return "\n".join(b.text for b in doc.blocks)
+
+
+# ------------------------------------------------------------------ Markdown
+
+def test_markdown_front_matter_gives_title_and_metadata():
+    doc = parse_document("guides/sync.md", MARKDOWN.encode())
+    assert doc.format == "markdown"
+    assert doc.title == "Offline sync guide"  # front matter wins over the first heading
+    assert doc.metadata["category"] == "product"
+    assert doc.metadata["doc_type"] == "guide"  # keys normalized: Doc-Type -> doc_type
+    assert doc.metadata["tags"] == ["sync", "offline"]
+    assert doc.warnings == []
+    # The front matter itself is not indexed text.
+    assert "category: product" not in all_text(doc)
+
+
+def test_markdown_heading_tree_and_paths():
+    doc = parse_document("guides/sync.md", MARKDOWN.encode())
+    assert doc.headings == [
+        {"level": 1, "title": "Sync"},
+        {"level": 2, "title": "Conflicts"},
+        {"level": 3, "title": "Manual merge"},
+        {"level": 2, "title": "Offline mode"},
+    ]
+    path_of = {b.text.splitlines()[0]: b.heading_path for b in doc.blocks}
+    assert path_of["How sync works in a few words."] == ["Sync"]
+    assert path_of["When two devices edit the same note, the later edit wins."] == ["Sync", "Conflicts"]
+    assert path_of["Open the history panel to merge by hand."] == ["Sync", "Conflicts", "Manual merge"]
+    # A level-2 heading after a level-3 one closes the level-3 section.
+    assert path_of["- edits are queued"] == ["Sync", "Offline mode"]
+
+
+def test_markdown_fenced_code_block_is_one_code_block_with_its_blank_line():
+    doc = parse_document("guides/sync.md", MARKDOWN.encode())
+    code = [b for b in doc.blocks if b.kind == "code"]
+    assert len(code) == 1
+    assert "def resolve(a, b):\n\n    return max(a, b, key=lambda edit: edit.time)" in code[0].text
+    assert code[0].heading_path == ["Sync", "Conflicts"]
+    # The code did not also leak into paragraphs.
+    assert not any("def resolve" in b.text for b in doc.blocks if b.kind != "code")
+
+
+def test_markdown_without_front_matter_takes_title_from_first_heading():
+    doc = parse_document("notes/plain.md", b"Intro line.\n\n# Release notes\n\nText.\n")
+    assert doc.title == "Release notes"
+    assert doc.metadata == {}
+
+
+def test_markdown_without_any_title_falls_back_to_file_name():
+    doc = parse_document("notes/quarterly-plan.md", b"Just a paragraph, no heading.\n")
+    assert doc.title == "quarterly-plan"
+
+
+def test_broken_front_matter_still_parses_with_a_warning_naming_the_problem():
+    data = b"---\ntitle: [unclosed\nstatus: : draft\n---\n# Heading\n\nBody text survives.\n"
+    doc = parse_document("broken.md", data)
+    assert doc.metadata == {}
+    assert doc.title == "Heading"
+    assert [b.text for b in doc.blocks] == ["Body text survives."]
+    assert len(doc.warnings) == 1
+    assert "front matter" in doc.warnings[0] and "YAML" in doc.warnings[0]
+
+
+def test_unclosed_front_matter_is_read_as_text_with_a_warning():
+    doc = parse_document("open.md", b"---\ntitle: Never closed\n\n# Heading\n\nBody.\n")
+    assert any("front matter" in w and "closing" in w for w in doc.warnings)
+    assert "Body." in all_text(doc)
+
+
+def test_front_matter_that_is_not_a_mapping_is_ignored_with_a_warning():
+    doc = parse_document("list.md", b"---\n- a\n- b\n---\n# Heading\n\nBody.\n")
+    assert doc.metadata == {}
+    assert any("front matter" in w and "mapping" in w for w in doc.warnings)
+
+
+# ------------------------------------------------------------------ reStructuredText
+
+def test_rst_pep_style_header_block_gives_metadata_and_title():
+    path = SUPPORT / "account-recovery.rst"
+    doc = parse_document("account-recovery.rst", path.read_bytes())
+    assert doc.format == "rst"
+    assert doc.title == "Recovering a locked account"
+    assert doc.metadata["status"] == "published"
+    assert doc.metadata["doc_type"] == "runbook"  # from "Doc-Type:"
+    assert doc.metadata["category"] == "support"
+    text = all_text(doc)
+    assert "Doc-Type" not in text and "Status: published" not in text
+    assert "After 10 failed password attempts within 15 minutes" in text
+
+
+def test_rst_header_block_type_field_also_fills_doc_type():
+    doc = parse_document("pep.rst", b"Title: Some proposal\nStatus: Draft\nType: Informational\n\nBody text.\n")
+    assert doc.title == "Some proposal"
+    assert doc.metadata["doc_type"] == "Informational"
+    assert doc.metadata["status"] == "Draft"
+    assert [b.text for b in doc.blocks] == ["Body text."]
+
+
+def test_rst_section_levels_give_heading_paths():
+    rst = """\
+Handbook
+========
+
+Welcome.
+
+Accounts
+--------
+
+About accounts.
+
+Locked accounts
+~~~~~~~~~~~~~~~
+
+How to unlock.
+
+Billing
+-------
+
+About billing::
+
+    invoice --month 2024-05
+    invoice --send
+"""
+    doc = parse_document("handbook.rst", rst.encode())
+    assert doc.title == "Handbook"
+    assert doc.headings == [
+        {"level": 1, "title": "Handbook"},
+        {"level": 2, "title": "Accounts"},
+        {"level": 3, "title": "Locked accounts"},
+        {"level": 2, "title": "Billing"},
+    ]
+    by_text = {b.text: (b.kind, b.heading_path) for b in doc.blocks}
+    assert by_text["Welcome."] == ("paragraph", ["Handbook"])
+    assert by_text["About accounts."] == ("paragraph", ["Handbook", "Accounts"])
+    assert by_text["How to unlock."] == ("paragraph", ["Handbook", "Accounts", "Locked accounts"])
+    assert by_text["About billing:"] == ("paragraph", ["Handbook", "Billing"])
+    assert by_text["invoice --month 2024-05\ninvoice --send"] == ("code", ["Handbook", "Billing"])
+
+
+def test_rst_unknown_sphinx_roles_leave_no_docutils_messages_in_the_text():
+    rst = b"Guide\n=====\n\nSee :ref:`the-intro` and :py:func:`open`.\n\n.. versionadded:: 2.0\n\n   New in two.\n"
+    doc = parse_document("guide.rst", rst)
+    text = all_text(doc)
+    assert "the-intro" in text
+    for noise in ("No role entry for", "Unknown interpreted text role", "Unknown directive type", "System Message"):
+        assert noise not in text
+
+
+# ------------------------------------------------------------------ HTML
+
+def test_html_script_and_style_text_is_never_indexed():
+    doc = parse_document("status-page-faq.html", (SUPPORT / "status-page-faq.html").read_bytes())
+    assert doc.blocks
+    for block in doc.blocks:
+        assert "ZZSCRIPTMARKER" not in block.text
+        assert "ZZSTYLEMARKER" not in block.text
+        assert "lumenHelpAnalytics" not in block.text
+    assert "ZZ" not in doc.title
+
+
+def test_html_title_headings_and_paths():
+    doc = parse_document("status-page-faq.html", (SUPPORT / "status-page-faq.html").read_bytes())
+    assert doc.format == "html"
+    assert doc.title == "Status page FAQ"
+    assert doc.headings[:3] == [
+        {"level": 1, "title": "Status page FAQ"},
+        {"level": 2, "title": "Reading the status page"},
+        {"level": 3, "title": "Components"},
+    ]
+    assert {"level": 2, "title": "Planned maintenance"} in doc.headings
+    paths = {b.heading_path[-1]: b.heading_path for b in doc.blocks}
+    assert paths["Severity levels"] == ["Status page FAQ", "Incidents", "Severity levels"]
+    assert paths["Maintenance windows"] == ["Status page FAQ", "Planned maintenance", "Maintenance windows"]
+    components = [b for b in doc.blocks if b.kind == "list"]
+    assert components and components[0].heading_path == ["Status page FAQ", "Reading the status page", "Components"]
+    assert "- Sync – delivery of changes between devices and the server." in components[0].text
+
+
+def test_html_meta_tags_become_metadata_and_pre_keeps_its_lines():
+    html = b"""<html><head><title>Deploy notes</title><meta name="Doc-Type" content="runbook">
+    <meta name="status" content="draft"></head><body><h2>Steps</h2>
+    <pre>make build
+make deploy</pre><p>Then   check\n the dashboard.</p></body></html>"""
+    doc = parse_document("deploy.htm", html)
+    assert doc.title == "Deploy notes"
+    assert doc.metadata == {"doc_type": "runbook", "status": "draft"}
+    code, paragraph = doc.blocks
+    assert (code.kind, code.text, code.heading_path) == ("code", "make build\nmake deploy", ["Steps"])
+    assert (paragraph.kind, paragraph.heading_path) == ("paragraph", ["Steps"])
+    assert paragraph.text.split() == ["Then", "check", "the", "dashboard."]
+
+
+# ------------------------------------------------------------------ plain text
+
+def test_plain_text_paragraphs_and_title_from_first_line():
+    data = b"Quarterly maintenance\nplanned for June.\r\n\r\nSecond paragraph.\n\n\n\nThird one.\n"
+    doc = parse_document("notes/maintenance.txt", data)
+    assert doc.format == "text"
+    assert doc.title == "Quarterly maintenance"
+    assert [b.text for b in doc.blocks] == [
+        "Quarterly maintenance\nplanned for June.", "Second paragraph.", "Third one."]
+    assert all(b.heading_path == [] and b.kind == "paragraph" for b in doc.blocks)
+
+
+# ------------------------------------------------------------------ problems
+
+@pytest.mark.parametrize("path", ["data.csv", "Makefile", "image.PNG"])
+def test_unknown_extension_is_a_warning_that_names_it(path):
+    with pytest.raises(ParseError) as info:
+        parse_document(path, b"a,b\n1,2\n")
+    assert info.value.severity == "warning"
+    assert "extension" in info.value.reason
+
+
+def test_nul_bytes_are_an_error():
+    with pytest.raises(ParseError) as info:
+        parse_document("binary.txt", b"PK\x03\x04\x00\x00\x00 zipped data")
+    assert info.value.severity == "error"
+    assert "NUL" in info.value.reason
+
+
+@pytest.mark.parametrize("data", [b"", b"   \n\n\t\n", b"\xef\xbb\xbf"])
+def test_empty_file_is_a_warning(data):
+    with pytest.raises(ParseError) as info:
+        parse_document("empty.md", data)
+    assert info.value.severity == "warning"
+    assert "empty" in info.value.reason
+
+
+def test_invalid_utf8_is_parsed_with_a_warning():
+    data = "# Café menu\n\nCrème brûlée ".encode() + b"\xff\xfe" + " and more text.\n".encode()
+    doc = parse_document("menu.md", data)
+    assert doc.title == "Café menu"
+    assert "Crème brûlée" in all_text(doc) and "and more text." in all_text(doc)
+    assert "\ufffd" in all_text(doc)
+    assert len(doc.warnings) == 1 and "UTF-8" in doc.warnings[0]
+
+
+def test_utf8_bom_is_stripped():
+    doc = parse_document("bom.md", b"\xef\xbb\xbf---\ntitle: With BOM\n---\n# Heading\n\nBody.\n")
+    assert doc.title == "With BOM"  # the BOM did not hide the front matter
+    assert doc.warnings == []
+    assert all("\ufeff" not in b.text for b in doc.blocks)
+    text = parse_document("bom.txt", b"\xef\xbb\xbfFirst line\n\nSecond.\n")
+    assert text.title == "First line"
+    assert "\ufeff" not in text.blocks[0].text
+
+
+# ------------------------------------------------------------------ the PEP corpus
+
+PEP_SAMPLE = 150
+SYSTEM_MESSAGE_TEXT = ("No role entry for", "Unknown interpreted text role", "Unknown directive type",
+                       "System Message", "(ERROR/3)", "(WARNING/2)", "(SEVERE/4)")
+
+
+def test_every_pep_parses_with_title_status_and_no_docutils_noise(peps_dir):
+    files = sorted(p for p in peps_dir.iterdir() if p.suffix in (".rst", ".txt"))
+    assert len(files) > PEP_SAMPLE
+    # Parsing all ~700 takes ~30 s; an evenly spread sample keeps the suite fast.
+    sample = [files[i * len(files) // PEP_SAMPLE] for i in range(PEP_SAMPLE)]
+    problems = []
+    for path in sample:
+        doc = parse_document(path.name, path.read_bytes())
+        if not doc.title or doc.title == path.stem:
+            problems.append(f"{path.name}: no title")
+        if not doc.metadata.get("status"):
+            problems.append(f"{path.name}: no status")
+        if not doc.blocks:
+            problems.append(f"{path.name}: no text")
+        for block in doc.blocks:
+            noise = [n for n in SYSTEM_MESSAGE_TEXT if n in block.text]
+            if noise:
+                problems.append(f"{path.name}: {noise} in {block.text[:80]!r}")
+    assert problems == []

@@ -1,0 +1,168 @@
+"""Migrations, roles, search filters and the consistency checks, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import psycopg
+import pytest
+
+from dagster_project.core.chunking import ChunkSettings
+from dagster_project.core.corpus import load_manifest
+from dagster_project.core.embedders import HashEmbedder
+from dagster_project.core.ingest import ingest_collection
+from dagster_project.core.migrations import MigrationError, migrate
+from tests.conftest import SAMPLE_MANIFEST, new_database
+
+
+# ------------------------------------------------------------------ migrations
+
+def test_migrations_apply_in_order_once(pg_server):
+    url = new_database(pg_server, template="template1")
+    applied = migrate(url)
+    assert applied == sorted(applied) and applied[0].startswith("0001_")
+    assert migrate(url) == []
+    with psycopg.connect(url) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"documents", "chunks", "embeddings", "ingestion_runs", "ingest_errors", "schema_migrations"} <= tables
+
+
+def test_edited_migration_is_refused_with_a_clear_message(pg_server, tmp_path):
+    url = new_database(pg_server, template="template1")
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    (sql_dir / "0001_first.sql").write_text("CREATE TABLE t1 (id int);")
+    migrate(url, sql_dir)
+    (sql_dir / "0001_first.sql").write_text("CREATE TABLE t1 (id bigint);")
+    with pytest.raises(MigrationError, match="0001_first.sql was edited.*new, higher-numbered file"):
+        migrate(url, sql_dir)
+
+
+def test_failed_migration_rolls_back_alone(pg_server, tmp_path):
+    url = new_database(pg_server, template="template1")
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    (sql_dir / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
+    (sql_dir / "0002_bad.sql").write_text("CREATE TABLE half (id int); SELECT no_such_function();")
+    with pytest.raises(psycopg.Error):
+        migrate(url, sql_dir)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT to_regclass('ok') IS NOT NULL, to_regclass('half') IS NULL").fetchone() == (True, True)
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations")] == [1]
+
+
+def test_concurrent_migrators_serialize(pg_server):
+    url = new_database(pg_server, template="template1")
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(migrate(url))
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(len(r) for r in results)[-1] > 0 and sum(1 for r in results if r) == 1
+
+
+# ------------------------------------------------------------------ roles
+
+def test_search_role_cannot_write(store):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with store.reading() as conn:
+            conn.execute("DELETE FROM documents")
+
+
+# ------------------------------------------------------------------ search
+
+@pytest.fixture
+def sample_index(store):
+    embedder = HashEmbedder()
+    manifest = load_manifest(SAMPLE_MANIFEST)
+    for collection in manifest.collections.values():
+        ingest_collection(store, collection, embedder=embedder, chunk_settings=ChunkSettings(),
+                          max_file_bytes=10**7)
+    return store, embedder
+
+
+def _search(store, embedder, text, k=5, **filters):
+    model_id = store.model_id(embedder.model)
+    return store.search(model_id, embedder.model.dims, embedder.embed([text]).vectors[0], k=k, filters=filters)
+
+
+def test_search_finds_the_page_and_reports_heading_path(sample_index):
+    store, embedder = sample_index
+    hits = _search(*sample_index, "conflict copy yellow border keep both", k=3)
+    assert hits[0].path == "sync-and-offline.md"
+    assert hits[0].heading_path[0] == "Sync and offline mode"
+    assert all(-1.0 <= h.score <= 1.0 for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+@pytest.mark.parametrize("filters", [{"collection": "sales"}, {"doc_type": "runbook"}, {"status": "draft"},
+                                     {"category": "support", "doc_type": "faq"}])
+def test_selective_filters_still_return_k_hits(sample_index, filters):
+    store, embedder = sample_index
+    with store.reading() as conn:
+        where = " AND ".join(f"d.{k} = %s" for k in filters)
+        available = conn.execute(f"SELECT count(*) FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {where}",
+                                 list(filters.values())).fetchone()[0]
+    assert available > 0
+    k = min(10, available)
+    hits = _search(store, embedder, "how do I recover my account or pay an invoice", k=k, **filters)
+    assert len(hits) == k
+    with store.reading() as conn:
+        for hit in hits:
+            row = conn.execute("SELECT collection, category, doc_type, status FROM documents WHERE path = %s",
+                               (hit.path,)).fetchone()
+            assert all(row[("collection", "category", "doc_type", "status").index(col)] == val
+                       for col, val in filters.items())
+
+
+def test_unknown_filter_is_refused(sample_index):
+    with pytest.raises(ValueError, match="unknown filter 'author'"):
+        _search(*sample_index, "x", author="me")
+
+
+def test_search_uses_the_model_hnsw_index(sample_index):
+    store, embedder = sample_index
+    model_id = store.model_id(embedder.model)
+    assert store.has_index(model_id)
+    with store.reading() as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT 1 FROM embeddings e WHERE e.model_id = %s "
+            "ORDER BY (embedding::vector(384)) <=> %s::vector(384) LIMIT 5",
+            (model_id, np.zeros(384, dtype=np.float32) + 0.1)))
+    assert f"embeddings_hnsw_{model_id}" in plan
+
+
+# ------------------------------------------------------------------ consistency checks
+
+def test_checks_catch_an_orphan_vector_a_missing_vector_and_duplicates(sample_index):
+    store, embedder = sample_index
+    model_id = store.model_id(embedder.model)
+    version = ChunkSettings().version(embedder.token_counter)
+    clean = store.consistency("product", model_id, version)
+    assert (clean.missing_vectors, clean.orphan_vectors, clean.orphan_chunks, clean.duplicate_chunks,
+            clean.stale_documents) == (0, 0, 0, 0, 0)
+    with store.writing() as conn:
+        conn.execute("INSERT INTO embeddings (model_id, content_hash, embedding) VALUES (%s, %s, %s)",
+                     (model_id, b"\x00" * 32, np.ones(384, dtype=np.float32)))
+        victim = conn.execute("SELECT content_hash FROM chunks WHERE collection = 'product' LIMIT 1").fetchone()[0]
+        conn.execute("DELETE FROM embeddings WHERE content_hash = %s", (victim,))
+        conn.execute(
+            "INSERT INTO chunks (id, document_id, collection, ordinal, heading_path, text, token_count, content_hash) "
+            "SELECT gen_random_uuid(), document_id, collection, ordinal + 1000, heading_path, text, token_count, "
+            "content_hash FROM chunks WHERE collection = 'product' LIMIT 1")
+    broken = store.consistency("product", model_id, version)
+    assert broken.orphan_vectors == 1
+    assert broken.missing_vectors >= 1
+    assert broken.duplicate_chunks == 1
