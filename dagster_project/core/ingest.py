@@ -199,10 +199,10 @@ def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
                      "vectors_removed": vectors_removed}
     for start in range(0, len(pending), EMBED_TX_TEXTS):
         batch = pending[start:start + EMBED_TX_TEXTS]
-        result = embedder.embed([text for _, text in batch])
-        store.write_embeddings(model_id, [h for h, _ in batch], result.vectors)
+        result = embedder.embed([text for _, text, _ in batch])
+        store.write_embeddings(model_id, [h for h, _, _ in batch], result.vectors)
         report.texts_embedded += len(batch)
-        report.tokens_embedded += result.tokens
+        report.tokens_embedded += result.tokens if result.tokens is not None else sum(n for _, _, n in batch)
         report.warnings.extend(w for w in result.warnings if w not in report.warnings)
         if progress is not None:
             progress(report.texts_embedded, len(pending))

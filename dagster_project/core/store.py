@@ -244,15 +244,16 @@ class VectorStore:
             row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (key,)).fetchone()
         return row[0] if row else None
 
-    def texts_to_embed(self, collection: str, model_id: int) -> list[tuple[bytes, str]]:
-        """Distinct chunk texts of the collection that have no vector for this model."""
+    def texts_to_embed(self, collection: str, model_id: int) -> list[tuple[bytes, str, int]]:
+        """Distinct chunk texts of the collection that have no vector for this model, with
+        their token counts."""
         with self.reading() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT ON (c.content_hash) c.content_hash, c.text FROM chunks c "
+                "SELECT DISTINCT ON (c.content_hash) c.content_hash, c.text, c.token_count FROM chunks c "
                 "WHERE c.collection = %s AND NOT EXISTS (SELECT 1 FROM embeddings e "
                 "WHERE e.model_id = %s AND e.content_hash = c.content_hash) ORDER BY c.content_hash",
                 (collection, model_id)).fetchall()
-        return [(bytes(h), t) for h, t in rows]
+        return [(bytes(h), t, n) for h, t, n in rows]
 
     def document_ids(self, collection: str, paths: Sequence[str]) -> list[uuid.UUID]:
         with self.reading() as conn:

@@ -1,0 +1,178 @@
+"""Ingest benchmark on ../shared/corpora/peps: full ingest against a floor measured in the same
+run (parse + chunk alone, plus binary COPY of the same rows alone), a 1% edit, a no-change
+rerun, Dagster's fixed cost, and (with --local N) the local embedder on N files against
+embedding alone. Prints tables; pass/fail is for people, not for CI."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import PEPS, Timer, embedded_server, fresh_database, print_table  # noqa: E402
+from dagster_project.core.chunking import ChunkSettings  # noqa: E402
+from dagster_project.core.corpus import load_manifest, scan_collection  # noqa: E402
+from dagster_project.core.embedders import HashEmbedder  # noqa: E402
+from dagster_project.core.ingest import build_chunks, build_document_row, ingest_collection, parse_files  # noqa: E402
+from dagster_project.core.store import DocumentToChunk, VectorStore  # noqa: E402
+
+MAX_BYTES = 20_000_000
+
+
+def make_corpus(files: list[Path]) -> tuple[Path, Path]:
+    root = Path(tempfile.mkdtemp(prefix="refinery-corpus-"))
+    (root / "peps").mkdir()
+    for f in files:
+        shutil.copy(f, root / "peps" / f.name)
+    manifest = root / "corpus.yaml"
+    manifest.write_text("collections:\n  peps:\n    root: peps\n    include: ['**/*.rst']\n")
+    return root, manifest
+
+
+def floor(server: str, collection, settings: ChunkSettings, embedder) -> dict:
+    """The unavoidable work: read + parse + chunk, and binary COPY of the resulting rows into
+    tables with no indexes beyond their keys (documents, chunks, vectors)."""
+    with Timer() as t_parse:
+        files = scan_collection(collection, MAX_BYTES)
+        parsed = parse_files(files)
+        rows = [build_document_row(collection, f, p)[0] for f, p in zip(files, parsed)]
+        chunks = [c for r in rows for c in build_chunks(
+            DocumentToChunk(r.id, r.path, r.content_hash, r.title, r.embed_mode, r.metadata, r.blocks),
+            collection.name, settings, embedder.token_counter)]
+    vectors = embedder.embed([c.text for c in chunks[:1]]).vectors.repeat(len(chunks), axis=0)
+    store = VectorStore(fresh_database(server))
+    try:
+        with Timer() as t_copy:
+            store.apply_documents(collection.name, rows, [], [])
+            store.replace_chunks(collection.name, [], chunks, "floor")
+            store.write_embeddings(store.ensure_model(embedder.model), [c.content_hash for c in chunks], vectors)
+    finally:
+        store.close()
+    return {"parse_chunk": t_parse.seconds, "copy": t_copy.seconds, "documents": len(rows), "chunks": len(chunks)}
+
+
+def edit_files(root: Path, fraction: float, seed: int = 7) -> list[Path]:
+    files = sorted((root / "peps").glob("*.rst"))
+    chosen = random.Random(seed).sample(files, max(1, round(len(files) * fraction)))
+    for f in chosen:
+        text = f.read_text()
+        cut = text.index("\n\n", len(text) // 2)  # a new paragraph in the middle of the file
+        f.write_text(text[:cut] + "\n\nBenchmark edit: this paragraph was added to measure incremental cost.\n" + text[cut:])
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=0, help="use only the first N PEPs (0 = all)")
+    parser.add_argument("--local", type=int, default=0, help="also time the local embedder on N files")
+    args = parser.parse_args()
+    if not PEPS.is_dir():
+        sys.exit(f"the PEP corpus is not at {PEPS}")
+    files = sorted(PEPS.glob("*.rst"))[: args.files or None]
+    root, manifest_path = make_corpus(files)
+    collection = load_manifest(manifest_path).collection("peps")
+    settings, embedder = ChunkSettings(), HashEmbedder()
+
+    with embedded_server() as server:
+        f = floor(server, collection, settings, embedder)
+        floor_s = f["parse_chunk"] + f["copy"]
+        store = VectorStore(fresh_database(server))
+        run = lambda: ingest_collection(store, collection, embedder=embedder, chunk_settings=settings,  # noqa: E731
+                                        max_file_bytes=MAX_BYTES)
+        with Timer() as t_full:
+            full = run()
+        with Timer() as t_none:
+            none = run()
+        with store.reading() as conn:
+            before = {bytes(r[0]) for r in conn.execute("SELECT content_hash FROM chunks")}
+        edited = edit_files(root, 0.01)
+        with Timer() as t_edit:
+            edit = run()
+        with store.reading() as conn:
+            after = {bytes(r[0]) for r in conn.execute("SELECT content_hash FROM chunks")}
+        dagster_s = dagster_fixed_cost(store, manifest_path)
+        store.close()
+
+        print_table(f"Full ingest, {f['documents']} PEPs, {f['chunks']} chunks, hash embedder (2 cores)", [
+            ("step", "seconds", "x floor", "target"),
+            ("floor: parse + chunk", f"{f['parse_chunk']:.2f}", "", ""),
+            ("floor: binary COPY of the same rows", f"{f['copy']:.2f}", "", ""),
+            ("floor total", f"{floor_s:.2f}", "1.00", ""),
+            ("full ingest (documents+chunks+embeddings+HNSW)", f"{t_full.seconds:.2f}",
+             f"{t_full.seconds / floor_s:.2f}", "<= 1.5"),
+            ("  documents step", f"{full['documents'].seconds:.2f}", "", ""),
+            ("  chunks step", f"{full['chunks'].seconds:.2f}", "", ""),
+            ("  embeddings step (embed + COPY + HNSW build)", f"{full['embeddings'].seconds:.2f}", "", ""),
+        ])
+        new_texts = len(after - before)
+        print_table("Incremental reruns", [
+            ("run", "seconds", "% of full", "texts embedded", "expected", "target"),
+            ("no change", f"{t_none.seconds:.2f}", f"{100 * t_none.seconds / t_full.seconds:.1f}",
+             none["embeddings"].texts_embedded, 0, "0 embedded"),
+            (f"1% edited ({len(edited)} files)", f"{t_edit.seconds:.2f}", f"{100 * t_edit.seconds / t_full.seconds:.1f}",
+             edit["embeddings"].texts_embedded, new_texts, "exact, <= 5%"),
+            ("Dagster fixed start cost (separate)", f"{dagster_s:.2f}", "", "", "", "reported"),
+        ])
+        if args.local:
+            local_comparison(server, files[: args.local], settings)
+
+
+def dagster_fixed_cost(store: VectorStore, manifest_path: Path) -> float:
+    """A no-change run through Dagster minus the same run in plain Python."""
+    import os
+
+    import dagster as dg
+
+    from dagster_project.core.settings import Settings
+    from dagster_project.definitions import INGEST_JOB, build_definitions
+    from dagster_project.project import Project
+
+    os.environ.update(DATABASE_URL=store_url(store), EMBED_PROVIDER="hash")
+    project = Project.load(Settings.from_env(corpus_manifest=str(manifest_path)))
+    job = build_definitions(project).resolve_job_def(INGEST_JOB)
+    collection = project.manifest.collection("peps")
+    with dg.DagsterInstance.ephemeral() as instance:
+        with Timer() as t_dagster:
+            job.execute_in_process(partition_key="peps", instance=instance,
+                                   run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+    with Timer() as t_plain:
+        ingest_collection(store, collection, embedder=HashEmbedder(), chunk_settings=project.chunk_settings,
+                          max_file_bytes=MAX_BYTES)
+    return t_dagster.seconds - t_plain.seconds
+
+
+def store_url(store: VectorStore) -> str:
+    return store._pool.conninfo
+
+
+def local_comparison(server: str, files: list[Path], settings: ChunkSettings) -> None:
+    from dagster_project.core.embedders import LocalEmbedder
+
+    root, manifest_path = make_corpus(files)
+    collection = load_manifest(manifest_path).collection("peps")
+    embedder = LocalEmbedder()
+    embedder.embed(["warm up"])
+    store = VectorStore(fresh_database(server))
+    with Timer() as t_pipeline:
+        reports = ingest_collection(store, collection, embedder=embedder, chunk_settings=settings,
+                                    max_file_bytes=MAX_BYTES)
+    with store.reading() as conn:
+        texts = [r[0] for r in conn.execute("SELECT DISTINCT ON (content_hash) text FROM chunks")]
+    store.close()
+    with Timer() as t_embed:
+        embedder.embed(texts)
+    print_table(f"Local embedder (all-MiniLM-L6-v2, CPU), {len(files)} PEPs, {len(texts)} texts", [
+        ("run", "seconds", "x embedding-only", "target"),
+        ("embedding only", f"{t_embed.seconds:.2f}", "1.00", ""),
+        ("whole pipeline", f"{t_pipeline.seconds:.2f}", f"{t_pipeline.seconds / t_embed.seconds:.2f}", "<= 1.1"),
+        ("  of which embeddings step", f"{reports['embeddings'].seconds:.2f}", "", ""),
+    ])
+
+
+if __name__ == "__main__":
+    main()
