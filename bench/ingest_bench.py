@@ -48,7 +48,7 @@ def floor(server: str, collection, settings: ChunkSettings, embedder) -> dict:
     store = VectorStore(fresh_database(server))
     try:
         with Timer() as t_copy:
-            store.apply_documents(collection.name, rows, [], [])
+            store.apply_documents(collection.name, rows, [], [], [], [])
             store.replace_chunks(collection.name, [], chunks, "floor")
             store.write_embeddings(store.ensure_model(embedder.model), [c.content_hash for c in chunks], vectors)
     finally:

@@ -128,22 +128,23 @@ def _overlap_tails(units: list[_Unit], overlap_tokens: int, counter: TokenCounte
 
 
 def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_Unit]:
-    """A block over budget: code by lines, prose by sentences, then by words."""
+    """A block over budget: code by lines, prose by sentences, then by words, and a "word"
+    with no space in it (CJK prose, minified code, a table rule) by characters."""
     if block.kind == "code":
-        pieces = block.text.split("\n")
-        joiner = "\n"
+        pieces, joiner = block.text.split("\n"), "\n"
     else:
-        pieces = _SENTENCE_END.split(block.text)
-        joiner = " "
-    counts = counter.count(pieces)
+        pieces, joiner = _SENTENCE_END.split(block.text), " "
     expanded: list[tuple[str, int]] = []
-    for piece, tokens in zip(pieces, counts):
+    for piece, tokens in zip(pieces, counter.count(pieces)):
         if tokens <= budget:
             expanded.append((piece, tokens))
             continue
         words = piece.split(" ")
-        word_counts = counter.count(words)
-        expanded.extend(zip(words, word_counts))
+        for word, word_tokens in zip(words, counter.count(words)):
+            if word_tokens <= budget:
+                expanded.append((word, word_tokens))
+            else:
+                expanded.extend(_split_characters(word, word_tokens, budget, counter))
     units: list[_Unit] = []
     current: list[str] = []
     size = 0
@@ -155,4 +156,28 @@ def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_U
         size += tokens
     if current:
         units.append(_Unit(block.kind, joiner.join(current), size))
-    return units
+    # Joining pieces can merge tokens at the seams; recount so every unit's count is exact.
+    for unit, exact in zip(units, counter.count([u.text for u in units])):
+        unit.tokens = exact
+    return [p for u in units for p in ([u] if u.tokens <= budget else _refit(u, budget, counter))]
+
+
+def _split_characters(text: str, tokens: int, budget: int, counter: TokenCounter) -> list[tuple[str, int]]:
+    """Cut a space-less run into pieces that each fit the budget."""
+    pieces: list[tuple[str, int]] = []
+    while text:
+        size = max(1, int(len(text) * budget / max(tokens, 1) * 0.9))
+        while True:
+            head = text[:size]
+            count = counter.count([head])[0]
+            if count <= budget or size == 1:
+                break
+            size = max(1, int(size * budget / count * 0.9))
+        pieces.append((head, count))
+        text = text[size:]
+        tokens = counter.count([text])[0] if text else 0
+    return pieces
+
+
+def _refit(unit: _Unit, budget: int, counter: TokenCounter) -> list[_Unit]:
+    return [_Unit(unit.kind, t, n) for t, n in _split_characters(unit.text, unit.tokens, budget, counter)]

@@ -99,6 +99,8 @@ def load_manifest(path: str | Path) -> Manifest:
     for name, entry in raw["collections"].items():
         if not isinstance(entry, dict):
             raise ManifestError(f"manifest {path}: collection {name!r} must be a mapping with a `root`")
+        if "name" in entry:
+            raise ManifestError(f"manifest {path}: collection {name!r}: remove `name:`; the key above it is the name")
         try:
             collection = Collection(name=str(name), **entry)
         except ValidationError as exc:
@@ -179,7 +181,12 @@ def _read(rel: str, abs_path: Path, max_file_bytes: int) -> SourceFile:
     try:
         info = abs_path.stat()
     except OSError as exc:
-        reason = "symlink loop" if exc.errno == 40 else f"cannot be read ({exc.strerror})"
+        if exc.errno == 40:
+            reason = "symlink loop: point the link at a real file or exclude it"
+        elif abs_path.is_symlink():
+            reason = "broken symlink: its target does not exist"
+        else:
+            reason = f"cannot be read ({exc.strerror})"
         return SourceFile(rel, abs_path, problem=reason)
     if not stat.S_ISREG(info.st_mode):
         return SourceFile(rel, abs_path, problem="not a regular file (device, socket or pipe)")

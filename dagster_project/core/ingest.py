@@ -96,10 +96,18 @@ def build_document_row(collection: Collection, source: SourceFile,
     return row, warnings
 
 
-def diff_documents(store: VectorStore, collection: Collection, *,
-                   max_file_bytes: int) -> tuple[StepReport, list[DocumentRow], list[str]]:
+@dataclass
+class DocumentChanges:
+    report: StepReport
+    rows: list[DocumentRow]  # to upsert
+    deleted: list[str]  # paths that vanished
+    examined: list[str]  # paths read or parsed now: their file issues are replaced
+    present: list[str]  # every path on disk
+
+
+def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> DocumentChanges:
     """Scan the collection against the stored hashes and parse only new or changed files.
-    Returns the report, the rows to upsert and the paths that vanished; writes nothing."""
+    Writes nothing."""
     started = time.perf_counter()
     report = StepReport(collection.name, "documents")
     files = scan_collection(collection, max_file_bytes)
@@ -128,13 +136,16 @@ def diff_documents(store: VectorStore, collection: Collection, *,
         rows.append(row)
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
-    return report, rows, deleted
+    examined = [f.path for f in files if f.problem is not None] + [f.path for f in to_parse]
+    return DocumentChanges(report, rows, deleted, examined, [f.path for f in files])
 
 
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> StepReport:
-    report, rows, deleted = diff_documents(store, collection, max_file_bytes=max_file_bytes)
+    changes = diff_documents(store, collection, max_file_bytes=max_file_bytes)
+    report = changes.report
     started = time.perf_counter()
-    report.counts["chunks_removed"] = store.apply_documents(collection.name, rows, deleted, report.issues)
+    report.counts["chunks_removed"] = store.apply_documents(
+        collection.name, changes.rows, changes.deleted, report.issues, changes.examined, changes.present)
     report.seconds += time.perf_counter() - started
     return report
 
@@ -218,7 +229,8 @@ def plan_collection(store: VectorStore, collection: Collection, *, max_file_byte
                     settings: ChunkSettings, counter: TokenCounter, model_key: str) -> dict:
     """What an ingest would do, exactly, without writing or embedding anything: files are
     parsed and chunked in memory and their chunk texts looked up among the stored vectors."""
-    report, rows, deleted = diff_documents(store, collection, max_file_bytes=max_file_bytes)
+    changes = diff_documents(store, collection, max_file_bytes=max_file_bytes)
+    report, rows, deleted = changes.report, changes.rows, changes.deleted
     replaced = {r.id for r in rows}
     stale = [d for d in store.documents_to_chunk(collection.name, settings.version(counter))
              if d.id not in replaced]

@@ -122,7 +122,7 @@ def _parse_markdown(text: str) -> ParsedDocument:
     i = 0
     while i < len(tokens):
         token = tokens[i]
-        if token.type == "heading_open":
+        if token.type == "heading_open" and token.level == 0:
             level = int(token.tag[1])
             title = tokens[i + 1].content.strip()
             headings.append({"level": level, "title": title})
@@ -148,7 +148,10 @@ def _split_header_block(text: str) -> tuple[dict, str]:
     if not sep or ":" not in first or first[:1].isspace() or " " in first.split(":", 1)[0]:
         return {}, text
     message = email.parser.HeaderParser().parsestr(head + "\n\n")
-    if message.defects or not message.keys() or message.get_payload().strip():
+    if message.defects or message.get_payload().strip():
+        return {}, text
+    # "Note: the API changed." is a paragraph, not a header block: require a title or PEP number.
+    if not {k.lower() for k in message.keys()} & {"title", "pep"}:
         return {}, text
     metadata = _normalize_metadata({k: " ".join(v.split()) for k, v in message.items()})
     if "type" in metadata and "doc_type" not in metadata:
@@ -220,15 +223,16 @@ def _parse_rst(text: str) -> ParsedDocument:
 _HTML_BLOCKS = {"p": "paragraph", "pre": "code", "ul": "list", "ol": "list", "dl": "list",
                 "table": "table", "blockquote": "quote"}
 _HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+_INLINE = {"a", "abbr", "b", "bdi", "bdo", "br", "cite", "code", "data", "dfn", "em", "i", "kbd",
+           "mark", "q", "s", "samp", "small", "span", "strong", "sub", "sup", "time", "u", "var",
+           "img", "label", "wbr", "del", "ins"}
 
 
 def _parse_html(text: str) -> ParsedDocument:
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, Comment, Doctype, NavigableString
 
     soup = BeautifulSoup(text, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template", "head"]):
-        if tag.name == "head":
-            continue
+    for tag in soup(["script", "style", "noscript", "template"]):
         tag.decompose()
     metadata = {}
     for meta in soup.find_all("meta"):
@@ -236,28 +240,54 @@ def _parse_html(text: str) -> ParsedDocument:
         if name and content is not None:
             metadata[name.strip().lower().replace("-", "_")] = content
     html_title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    root = soup.body or soup
+    if soup.head is not None:
+        soup.head.decompose()
     headings: list[dict] = []
     blocks: list[Block] = []
     path: list[tuple[int, str]] = []
-    for element in root.find_all(list(_HTML_BLOCKS) + sorted(_HEADINGS)):
-        if element.find_parent(list(_HTML_BLOCKS)) is not None:
-            continue  # inside a block already taken whole
-        if element.name in _HEADINGS:
-            level, title = int(element.name[1]), element.get_text(" ", strip=True)
-            headings.append({"level": level, "title": title})
-            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
-            continue
-        separator = "" if element.name == "pre" else " "
-        if element.name in ("ul", "ol"):
-            content = "\n".join("- " + li.get_text(" ", strip=True) for li in element.find_all("li"))
-        else:
-            content = element.get_text(separator, strip=element.name != "pre")
-        blocks.append(Block(_HTML_BLOCKS[element.name], content, [t for _, t in path]))
-    if not blocks:  # no block markup at all: keep the visible text
-        blocks.append(Block("paragraph", root.get_text("\n", strip=True), []))
+    loose: list[str] = []  # text outside any block element, e.g. directly inside a <div>
+
+    def flush() -> None:
+        content = " ".join(" ".join(loose).split())
+        if content:
+            blocks.append(Block("paragraph", content, [t for _, t in path]))
+        loose.clear()
+
+    def walk(node) -> None:
+        nonlocal path
+        for child in node.children:
+            if isinstance(child, (Comment, Doctype)):
+                continue
+            if isinstance(child, NavigableString):
+                loose.append(str(child))
+            elif child.name in _HEADINGS:
+                flush()
+                level, title = int(child.name[1]), child.get_text(" ", strip=True)
+                headings.append({"level": level, "title": title})
+                path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
+            elif child.name in _HTML_BLOCKS:
+                flush()
+                blocks.append(Block(_HTML_BLOCKS[child.name], _block_text(child), [t for _, t in path]))
+            elif child.name in _INLINE:
+                loose.append(child.get_text(" "))
+            else:  # div, section, article, main...: a boundary, then whatever it holds
+                flush()
+                walk(child)
+                flush()
+
+    walk(soup.body or soup)
+    flush()
     title = str(metadata.get("title") or html_title or (headings[0]["title"] if headings else ""))
     return ParsedDocument("html", title, metadata, headings, blocks)
+
+
+def _block_text(element) -> str:
+    if element.name == "pre":
+        return element.get_text("")
+    if element.name in ("ul", "ol"):
+        # Direct items only: a nested list is part of its item's text, not a second copy.
+        return "\n".join("- " + li.get_text(" ", strip=True) for li in element.find_all("li", recursive=False))
+    return element.get_text(" ", strip=True)
 
 
 # ---------------------------------------------------------------- plain text

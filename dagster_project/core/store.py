@@ -143,9 +143,11 @@ class VectorStore:
         return {path: bytes(h) for path, h in rows}
 
     def apply_documents(self, collection: str, upserts: Sequence[DocumentRow],
-                        deleted_paths: Sequence[str], issues: Sequence[FileIssue]) -> int:
+                        deleted_paths: Sequence[str], issues: Sequence[FileIssue],
+                        examined_paths: Sequence[str], present_paths: Sequence[str]) -> int:
         """Upsert parsed documents, delete vanished ones with their chunks (so search can never
-        return them again), and replace the collection's file issues: all in one transaction.
+        return them again), and replace the file issues of the files examined now (files left
+        unchanged keep theirs; files gone lose theirs): all in one transaction.
         Returns the number of chunks deleted."""
         with self.writing(collection) as conn:
             removed = 0
@@ -173,7 +175,9 @@ class VectorStore:
                     f"SELECT {', '.join(_DOC_COLUMNS)} FROM documents_stage "
                     f"ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now()"
                 )
-            conn.execute("DELETE FROM ingest_errors WHERE collection = %s", (collection,))
+            conn.execute(
+                "DELETE FROM ingest_errors WHERE collection = %s AND (path = ANY(%s) OR NOT path = ANY(%s))",
+                (collection, list(examined_paths), list(present_paths)))
             if issues:
                 with conn.cursor() as cur:
                     cur.executemany(

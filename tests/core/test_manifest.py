@@ -100,8 +100,6 @@ def test_bad_globs(tmp_path, docs, include):
     assert "include" in message
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="product bug: a `name:` key inside a collection raises TypeError, not ManifestError")
 def test_name_key_inside_a_collection_is_a_manifest_error(tmp_path, docs):
     path = write_manifest(tmp_path, {"kb": {"root": "docs", "name": "knowledge"}})
     assert "name" in manifest_error(path)

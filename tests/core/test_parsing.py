@@ -192,8 +192,6 @@ def test_rst_unknown_sphinx_roles_leave_no_docutils_messages_in_the_text():
         assert noise not in text
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="product bug: a first paragraph that "
-                   "looks like 'Word: text' is taken as a PEP header block and its text leaves the index")
 @pytest.mark.parametrize("first", ["Note: the export API changed in May.",
                                    "http://status.example.com lists every incident."])
 def test_rst_first_paragraph_with_a_colon_is_kept_as_text(first):
@@ -245,8 +243,6 @@ make deploy</pre><p>Then   check\n the dashboard.</p></body></html>"""
     assert paragraph.text.split() == ["Then", "check", "the", "dashboard."]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="product bug: text directly inside "
-                   "<div> or <section> is dropped when the page has any <p>, <pre>, list or table")
 def test_html_text_outside_paragraph_tags_is_kept():
     html = (b"<html><body><h1>Refunds</h1><div class='callout'>Refunds are possible within 30 days.</div>"
             b"<p>Contact billing for anything else.</p><section>Annual plans are refunded pro rata.</section>"
