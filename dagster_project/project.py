@@ -10,8 +10,7 @@ import dagster as dg
 
 from .core.chunking import ChunkSettings
 from .core.corpus import Manifest, load_manifest
-from .core.embedders import embedding_token_counter
-from .core.openai_embedder import KNOWN_DIMS
+from .core.embedders import configured_model_key, embedding_token_counter
 from .core.settings import Settings
 from .core.tokens import TokenCounter
 
@@ -47,10 +46,4 @@ class Project:
     @property
     def embedding_generation(self) -> str:
         """provider:model:dims as configured, known without loading the model."""
-        s = self.settings
-        if s.embed_provider == "hash":
-            return f"hash:feature-hash-v1:{s.embed_dims or 384}"
-        if s.embed_provider == "local":
-            return "local:all-MiniLM-L6-v2:384"
-        model = s.embed_model or "text-embedding-3-small"
-        return f"openai:{model}:{s.embed_dims or KNOWN_DIMS.get(model, 'auto')}"
+        return configured_model_key(self.settings)

@@ -14,8 +14,13 @@ def test_minilm_embeds_offline_and_ranks_meaning(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from dagster_project.core.embedders import LocalEmbedder
 
+    from dagster_project.core.embedders import configured_model_key
+    from dagster_project.core.settings import Settings
+
     embedder = LocalEmbedder()
     assert embedder.model.key == "local:all-MiniLM-L6-v2:384"
+    # Status and code versions name the model without loading it; both must agree.
+    assert configured_model_key(Settings(embed_provider="local")) == embedder.model.key
     batch = embedder.embed([
         "How do I get back into my account after too many wrong passwords?",
         "Recovering a locked account with a recovery code",

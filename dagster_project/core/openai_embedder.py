@@ -16,6 +16,7 @@ import openai
 from .embedders import EmbeddingBatch, EmbeddingError, EmbeddingModel, normalize
 from .tokens import TokenCounter, tiktoken_counter
 
+DEFAULT_MODEL = "text-embedding-3-small"
 KNOWN_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 MAX_INPUTS_PER_REQUEST = 2048  # the API rejects larger `input` arrays
 _PROBE_TEXT = "dimension probe"
@@ -31,7 +32,7 @@ class OpenAIEmbedder:
     def __init__(
         self,
         *,
-        model: str = "text-embedding-3-small",
+        model: str = DEFAULT_MODEL,
         dims: int | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
