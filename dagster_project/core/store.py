@@ -19,7 +19,11 @@ from psycopg_pool import ConnectionPool
 from .embedders import EmbeddingModel
 from .migrations import migrate
 
-HALFVEC_ABOVE_DIMS = 2000  # pgvector indexes vector up to 2000 dims, halfvec up to 4000
+HALFVEC_ABOVE_DIMS = 2000
+# A filter that leaves at most this many chunks is searched exactly: scanning a few thousand
+# vectors takes a few milliseconds and is exact, where the HNSW graph would be walked far
+# (iterative scan) to find k rows that pass the filter.
+EXACT_SEARCH_MAX_ROWS = 10_000  # pgvector indexes vector up to 2000 dims, halfvec up to 4000
 FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
 
 
@@ -324,10 +328,13 @@ class VectorStore:
 
     def search(self, model_id: int, dims: int, query: np.ndarray, k: int = 5,
                filters: dict[str, str] | None = None, ef_search: int = 100) -> list[SearchHit]:
-        """Nearest chunks by cosine similarity. Filters on document metadata still return k hits
-        when they are selective: pgvector's iterative index scan keeps going until k rows pass."""
+        """Nearest chunks by cosine similarity, optionally filtered on document metadata.
+
+        Unfiltered or broad filters use the model's HNSW index with pgvector's iterative scan,
+        which keeps going until k rows pass the filter; a filter that leaves few rows (found
+        by a bounded probe) is answered by an exact scan of those rows."""
         vtype, _ = self._vector_type(dims)
-        expr = f"(embedding::{vtype})"
+        distance = f"(embedding::{vtype}) <=> %(q)s::{vtype}"
         where, params = ["e.model_id = %(model)s"], {"model": model_id, "k": k, "q": query}
         for column, value in (filters or {}).items():
             if column not in FILTER_COLUMNS:
@@ -335,20 +342,27 @@ class VectorStore:
             if value is not None:
                 where.append(f"d.{column} = %({column})s")
                 params[column] = value
-        sql = (
-            "WITH nearest AS MATERIALIZED ("
-            f"  SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id,"
-            f"         {expr} <=> %(q)s::{vtype} AS distance"
-            "  FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
-            "  JOIN documents d ON d.id = c.document_id"
-            f"  WHERE {' AND '.join(where)}"
-            f"  ORDER BY {expr} <=> %(q)s::{vtype} LIMIT %(k)s"
-            ") SELECT * FROM nearest ORDER BY distance"
-        )
+        joins = ("FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash "
+                 "JOIN documents d ON d.id = c.document_id")
         with self.reading() as conn:
-            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-            rows = conn.execute(sql, params).fetchall()
+            exact = False
+            if len(where) > 1:
+                probe = conn.execute(
+                    f"SELECT count(*) FROM (SELECT 1 {joins} WHERE {' AND '.join(where)} "
+                    f"LIMIT {EXACT_SEARCH_MAX_ROWS + 1}) x", params).fetchone()[0]
+                exact = probe <= EXACT_SEARCH_MAX_ROWS
+            if exact:
+                # "+ 0" keeps the planner off the index: an exact scan of the filtered rows.
+                order = f"({distance}) + 0"
+            else:
+                order = distance
+                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            rows = conn.execute(
+                "WITH nearest AS MATERIALIZED ("
+                f"  SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, {distance} AS distance"
+                f"  {joins} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %(k)s"
+                ") SELECT * FROM nearest ORDER BY distance", params).fetchall()
         return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], 1.0 - float(r[6]), str(r[5])) for r in rows]
 
     # ------------------------------------------------------------ status and checks
