@@ -22,7 +22,8 @@ from .tokens import TokenCounter
 
 PARALLEL_PARSE_MIN_FILES = 24
 CHUNK_TX_DOCUMENTS = 250  # documents re-chunked per transaction: a crash keeps finished batches
-EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
+EMBED_TX_TEXTS = 1024
+ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics  # texts embedded and stored per transaction: a failed call loses at most one batch
 
 
 @dataclass
@@ -219,6 +220,8 @@ def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
             progress(report.texts_embedded, len(pending))
     report.counts["embedded"] = report.texts_embedded
     report.counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
+    if report.counts["index_built"] or report.texts_embedded >= ANALYZE_AFTER_TEXTS:
+        store.analyze()
     report.seconds = time.perf_counter() - started
     return report
 
