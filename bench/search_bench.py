@@ -90,6 +90,7 @@ def main() -> None:
             model_id, ids, rare = load(store, vectors)
         with Timer() as t_index:
             store.ensure_index(model_id, DIMS)
+        store.analyze()  # as the embeddings step does after a bulk load
         for q in queries[:20]:  # warm the cache, as a running service would be
             store.search(model_id, DIMS, q, k=10)
         if args.explain:
