@@ -79,13 +79,24 @@ def main() -> None:
     settings, embedder = ChunkSettings(), HashEmbedder()
 
     with embedded_server() as server:
-        f = floor(server, collection, settings, embedder)
+        # Best of two for both sides: this machine's timings wander by a third between runs.
+        f = min((floor(server, collection, settings, embedder) for _ in range(2)),
+                key=lambda r: r["parse_chunk"] + r["copy"])
         floor_s = f["parse_chunk"] + f["copy"]
-        store = VectorStore(fresh_database(server))
+        t_full, full, store = None, None, None
+        for _ in range(2):
+            candidate = VectorStore(fresh_database(server))
+            with Timer() as timer:
+                reports = ingest_collection(candidate, collection, embedder=embedder, chunk_settings=settings,
+                                            max_file_bytes=MAX_BYTES)
+            if t_full is None or timer.seconds < t_full.seconds:
+                if store is not None:
+                    store.close()
+                t_full, full, store = timer, reports, candidate
+            else:
+                candidate.close()
         run = lambda: ingest_collection(store, collection, embedder=embedder, chunk_settings=settings,  # noqa: E731
                                         max_file_bytes=MAX_BYTES)
-        with Timer() as t_full:
-            full = run()
         with Timer() as t_none:
             none = run()
         with store.reading() as conn:
@@ -98,7 +109,7 @@ def main() -> None:
         dagster_s = dagster_fixed_cost(store, manifest_path)
         store.close()
 
-        print_table(f"Full ingest, {f['documents']} PEPs, {f['chunks']} chunks, hash embedder (2 cores)", [
+        print_table(f"Full ingest (best of 2), {f['documents']} PEPs, {f['chunks']} chunks, hash embedder (2 cores)", [
             ("step", "seconds", "x floor", "target"),
             ("floor: parse + chunk", f"{f['parse_chunk']:.2f}", "", ""),
             ("floor: binary COPY of the same rows", f"{f['copy']:.2f}", "", ""),
