@@ -22,8 +22,8 @@ from .tokens import TokenCounter
 
 PARALLEL_PARSE_MIN_FILES = 24
 CHUNK_TX_DOCUMENTS = 250  # documents re-chunked per transaction: a crash keeps finished batches
-EMBED_TX_TEXTS = 1024
-ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics  # texts embedded and stored per transaction: a failed call loses at most one batch
+EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
+ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
 
 
 @dataclass

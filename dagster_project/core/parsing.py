@@ -25,6 +25,9 @@ class ParseError(ValueError):
         self.reason = reason
         self.severity = severity
 
+    def __reduce__(self):  # keep the severity when a parse worker sends the error back
+        return type(self), (self.reason, self.severity)
+
 
 @dataclass
 class Block:

@@ -335,3 +335,22 @@ def test_every_pep_parses_with_title_status_and_no_docutils_noise(peps_dir):
             if noise:
                 problems.append(f"{path.name}: {noise} in {block.text[:80]!r}")
     assert problems == []
+
+
+def test_parallel_parsing_gives_the_same_results_and_severities(tmp_path):
+    """Enough files for the process pool: results, including warning-level errors, come back intact."""
+    from dagster_project.core.corpus import SourceFile
+    from dagster_project.core.ingest import PARALLEL_PARSE_MIN_FILES, parse_files
+    from dagster_project.core.parsing import ParseError
+
+    files = [SourceFile(f"doc{i}.md", tmp_path / f"doc{i}.md", data=f"# Title {i}\n\nBody {i}.\n".encode())
+             for i in range(PARALLEL_PARSE_MIN_FILES)]
+    files += [SourceFile("empty.md", tmp_path / "empty.md", data=b""),
+              SourceFile("data.csv", tmp_path / "data.csv", data=b"a,b"),
+              SourceFile("bin.txt", tmp_path / "bin.txt", data=b"\x00\x01")]
+    parallel = parse_files(files, workers=2)
+    serial = parse_files(files, workers=1)
+    assert [getattr(p, "title", None) for p in parallel] == [getattr(p, "title", None) for p in serial]
+    errors = {f.path: (p.severity, p.reason) for f, p in zip(files, parallel) if isinstance(p, ParseError)}
+    assert errors["empty.md"][0] == "warning" and errors["data.csv"][0] == "warning"
+    assert errors["bin.txt"][0] == "error"
