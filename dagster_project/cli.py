@@ -217,10 +217,12 @@ def cmd_dev(args) -> int:
     settings = _settings(args)
     _prepare(settings)
     command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    # Run from DAGSTER_HOME: a dagster.yaml in the working directory makes Dagster warn that it
+    # is ignored (the copy in DAGSTER_HOME is the one used).
     print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)")
     # A child process, not exec: this process keeps the embedded server alive and stops it last.
     try:
-        return subprocess.call(command, cwd=PROJECT_ROOT)
+        return subprocess.call(command, cwd=os.environ["DAGSTER_HOME"])
     except KeyboardInterrupt:
         return 0
 
