@@ -21,6 +21,7 @@ from .core.settings import PROJECT_ROOT, Settings
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # The run's events are stored in the instance (and shown in the UI); the terminal gets a summary.
+INGEST_JOB_NAME, REFINE_JOB_NAME = "ingest", "refine"  # as in definitions.py, without importing Dagster early
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError)
 
@@ -83,35 +84,45 @@ def cmd_ingest(args) -> int:
     return _run_ingest(project, names, args.json)
 
 
-def _run_ingest(project, names: list[str], as_json: bool) -> int:
+def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
+    """Run a partitioned job once per collection against the instance the UI reads."""
     import dagster as dg
 
-    from .definitions import INGEST_JOB, build_definitions
+    from .definitions import build_definitions
 
-    job = build_definitions(project).resolve_job_def(INGEST_JOB)
-    per_collection: dict[str, dict] = {}
-    failed = False
+    job = build_definitions(project).resolve_job_def(job_name)
+    runs: dict[str, dict] = {}
     with dg.DagsterInstance.get() as instance:
         for name in names:
             started = time.perf_counter()
             result = job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False,
                                             run_config=QUIET_RUN)
-            steps = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-                     for e in result.get_asset_materialization_events()}
-            checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-            errors = [ev.message for ev in result.all_events if ev.is_step_failure]
-            failed |= not result.success or not all(checks.values())
-            docs, emb = steps.get("documents", {}), steps.get("embeddings", {})
-            per_collection[name] = {
-                "run_id": result.run_id, "success": result.success, "seconds": round(time.perf_counter() - started, 2),
-                "documents": {k: int(docs.get(k, 0)) for k in ("new", "changed", "unchanged", "deleted")},
-                "chunks": {k: int(v) for k, v in steps.get("chunks", {}).items() if isinstance(v, int)},
-                "embedded": int(emb.get("texts_embedded", 0)), "reused": int(emb.get("reused", 0)),
-                "tokens_embedded": int(emb.get("tokens_embedded", 0)),
-                "checks": checks, "failures": errors,
+            runs[name] = {
+                "run_id": result.run_id, "success": result.success,
+                "seconds": round(time.perf_counter() - started, 2),
+                "steps": {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+                          for e in result.get_asset_materialization_events()},
+                "checks": {e.check_name: e.passed for e in result.get_asset_check_evaluations()},
+                "failures": [ev.message for ev in result.all_events if ev.is_step_failure],
             }
+    return runs
+
+
+def _run_ingest(project, names: list[str], as_json: bool) -> int:
     from .core.store import VectorStore
 
+    runs = _run_job(project, INGEST_JOB_NAME, names)
+    per_collection: dict[str, dict] = {}
+    for name, run in runs.items():
+        docs, emb = run["steps"].get("documents", {}), run["steps"].get("embeddings", {})
+        per_collection[name] = {
+            "run_id": run["run_id"], "success": run["success"], "seconds": run["seconds"],
+            "documents": {k: int(docs.get(k, 0)) for k in ("new", "changed", "unchanged", "deleted")},
+            "chunks": {k: int(v) for k, v in run["steps"].get("chunks", {}).items() if isinstance(v, int)},
+            "embedded": int(emb.get("texts_embedded", 0)), "reused": int(emb.get("reused", 0)),
+            "tokens_embedded": int(emb.get("tokens_embedded", 0)),
+            "checks": run["checks"], "failures": run["failures"],
+        }
     store = VectorStore(os.environ["DATABASE_URL"])
     try:
         status = store.status(None)
@@ -123,7 +134,11 @@ def _run_ingest(project, names: list[str], as_json: bool) -> int:
     summary = _summarize(per_collection)
     summary["collections"] = per_collection
     _print(summary, as_json, _ingest_table(summary, "ingested"))
-    return 1 if failed else 0
+    return 0 if _all_passed(runs) else 1
+
+
+def _all_passed(runs: dict[str, dict]) -> bool:
+    return all(r["success"] and all(r["checks"].values()) for r in runs.values())
 
 
 def _summarize(per_collection: dict[str, dict]) -> dict:
@@ -150,6 +165,104 @@ def _ingest_table(summary: dict, verb: str) -> str:
         lines.append(f"  error {e['collection']}/{e['path']}: {e['reason']}")
     lines.append(f"{verb}: {summary['embedded']} texts embedded, {summary['reused']} reused")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ refine
+
+def cmd_refine(args) -> int:
+    from .core.llm import LLMConfigError
+    from .project import Project
+    from .resources.llm import build_chain
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    names = [project.manifest.collection(args.collection).name] if args.collection else sorted(project.manifest.collections)
+    try:
+        chain = build_chain(settings)
+    except LLMConfigError as exc:
+        raise CliError(str(exc)) from None
+    urls = _prepare(settings)
+    if args.dry_run:
+        return _refine_dry_run(project, chain, names, urls, args.json)
+    runs = _run_job(project, REFINE_JOB_NAME, names)
+    per_collection = {}
+    for name, run in runs.items():
+        step = run["steps"].get("refined_documents", {})
+        per_collection[name] = {
+            "run_id": run["run_id"], "success": run["success"], "checks": run["checks"], "failures": run["failures"],
+            **{k: step.get(k, 0) for k in ("refined", "skipped", "lightweight", "quarantined", "llm_calls",
+                                            "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd")},
+            "by_link": step.get("by_link", {}), "lightweight_reasons": step.get("lightweight_reasons", {}),
+        }
+    by_link: dict[str, int] = {}
+    for c in per_collection.values():
+        for link, n in c["by_link"].items():
+            by_link[link] = by_link.get(link, 0) + n
+    summary = {
+        "refined": sum(c["refined"] for c in per_collection.values()),
+        "skipped": sum(c["skipped"] for c in per_collection.values()),
+        "lightweight": sum(c["lightweight"] for c in per_collection.values()),
+        "quarantined": sum(c["quarantined"] for c in per_collection.values()),
+        "by_link": by_link,
+        "cost_usd": round(sum(c["cost_usd"] for c in per_collection.values()), 6),
+        "chain": chain.links, "collections": per_collection,
+    }
+    lines = [f"{'collection':<16} {'refined':>8} {'skipped':>8} {'light':>6} {'quarant.':>9} {'calls':>6} {'cost $':>10}"]
+    for name, c in per_collection.items():
+        lines.append(f"{name:<16} {c['refined']:>8} {c['skipped']:>8} {c['lightweight']:>6} {c['quarantined']:>9} "
+                     f"{c['llm_calls']:>6} {c['cost_usd']:>10.4f}")
+        lines.extend(f"  FAILED: {f}" for f in c["failures"])
+    lines.append(f"chain: {' -> '.join(chain.links)}; by link: {by_link}")
+    _print(summary, args.json, "\n".join(lines))
+    return 0 if _all_passed(runs) else 1
+
+
+def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
+    from .core.refine import estimate
+    from .core.store import VectorStore
+    from .resources.llm import prompt_token_counter
+
+    store = VectorStore(urls.vector_store)
+    try:
+        plans = {n: estimate(store, n, chain, prompt_token_counter(project.settings),
+                             budget=project.settings.refine_budget_tokens, thresholds=project.routing_thresholds)
+                 for n in names}
+    finally:
+        store.close()
+    estimated: dict[str, float | None] = {}
+    for plan in plans.values():
+        for model, usd in plan["estimated_usd"].items():
+            estimated[model] = None if usd is None or estimated.get(model, 0) is None else estimated.get(model, 0) + usd
+    summary = {"dry_run": True, "chain": chain.links,
+               "would_refine": sum(p["would_refine"] for p in plans.values()),
+               "to_model": sum(p["to_model"] for p in plans.values()),
+               "prompt_tokens": sum(p["prompt_tokens"] for p in plans.values()),
+               "estimated_usd": estimated, "collections": plans}
+    lines = [f"{n}: {p['would_refine']} to refine ({p['to_model']} to the model, {p['prompt_tokens']} prompt tokens), "
+             f"{p['skipped']} up to date" for n, p in plans.items()]
+    for model, usd in estimated.items():
+        lines.append(f"  if all went to {model}: " + ("no price in LLM_PRICES_FILE" if usd is None else f"~${usd:.4f}"))
+    _print(summary, as_json, "\n".join(lines))
+    return 0
+
+
+def cmd_llm_check(args) -> int:
+    from .core.llm import LLMConfigError
+    from .resources.llm import build_chain
+
+    try:
+        chain = build_chain(_settings(args))
+    except LLMConfigError as exc:
+        raise CliError(str(exc)) from None
+    if not chain.models:
+        _print({"models": [], "chain": chain.links}, args.json,
+               "no LLM_MODEL set: every document gets the extractive refinement")
+        return 0
+    results = chain.check()
+    text = "\n".join(f"{'ok  ' if r['ok'] else 'FAIL'} {r['model']} ({r['latency_ms']:.0f} ms)"
+                     + (f": {r['error']}" if r["error"] else "") for r in results)
+    _print({"models": results, "chain": chain.links}, args.json, text)
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 # ------------------------------------------------------------------ search, status, db-url, dev
@@ -193,12 +306,14 @@ def cmd_status(args) -> int:
         collections = store.status(model_id)
     finally:
         store.close()
-    empty = {"documents": 0, "chunks": 0, "vectors": 0, "errors": [], "warnings": []}
+    empty = {"documents": 0, "chunks": 0, "vectors": 0, "refined": 0, "quarantined": 0, "errors": [], "warnings": []}
     out = {"collections": {n: collections.get(n, dict(empty)) for n in sorted(project.manifest.collections)},
            "embedding_model": project.embedding_generation}
-    lines = [f"{'collection':<16} {'documents':>10} {'chunks':>8} {'vectors':>8} {'errors':>7} {'warnings':>9}"]
+    lines = [f"{'collection':<16} {'documents':>10} {'chunks':>8} {'vectors':>8} {'refined':>8} {'quarant.':>9} "
+             f"{'errors':>7} {'warnings':>9}"]
     for n, c in out["collections"].items():
-        lines.append(f"{n:<16} {c['documents']:>10} {c['chunks']:>8} {c['vectors']:>8} {len(c['errors']):>7} {len(c['warnings']):>9}")
+        lines.append(f"{n:<16} {c['documents']:>10} {c['chunks']:>8} {c['vectors']:>8} {c['refined']:>8} "
+                     f"{c['quarantined']:>9} {len(c['errors']):>7} {len(c['warnings']):>9}")
         for e in c["errors"]:
             lines.append(f"  error   {e['path']}: {e['reason']}")
         for w in c["warnings"]:
@@ -237,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would change; write and embed nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("refine", help="materialize refined_documents through Dagster")
+    p.add_argument("--manifest")
+    p.add_argument("--collection")
+    p.add_argument("--dry-run", action="store_true", help="documents, tokens and estimated dollars; calls nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_refine)
+
+    p = sub.add_parser("llm-check", help="does each configured model answer?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_llm_check)
 
     p = sub.add_parser("search", help="nearest chunks to a question")
     p.add_argument("query")

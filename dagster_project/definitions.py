@@ -10,11 +10,14 @@ from .assets.chunks import build_chunks
 from .assets.corpus import build_corpus_files
 from .assets.documents import build_documents
 from .assets.embeddings import build_embeddings
+from .assets.refined import build_refined_documents
 from .project import Project
 from .resources.embedder import EmbedderResource
+from .resources.llm import LLMResource
 from .resources.vector_store import PgVectorStore
 
 INGEST_JOB = "ingest"
+REFINE_JOB = "refine"
 # corpus_files is an observable source asset, which Dagster still marks beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
@@ -22,12 +25,18 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 def build_definitions(project: Project | None = None) -> dg.Definitions:
     project = project or Project.load()
     ingestion = [build_documents(project), build_chunks(project), build_embeddings(project)]
+    refined = build_refined_documents(project)
     return dg.Definitions(
-        assets=[build_corpus_files(project), *ingestion],
-        jobs=[dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.assets(*ingestion),
-                                  partitions_def=project.partitions,
-                                  description="Documents, chunks and embeddings of one collection.")],
-        resources={"vector_store": PgVectorStore(), "embedder": EmbedderResource()},
+        assets=[build_corpus_files(project), *ingestion, refined],
+        jobs=[
+            dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.assets(*ingestion),
+                                partitions_def=project.partitions,
+                                description="Documents, chunks and embeddings of one collection."),
+            dg.define_asset_job(REFINE_JOB, selection=dg.AssetSelection.assets(refined),
+                                partitions_def=project.partitions,
+                                description="Refined JSON for the documents of one collection."),
+        ],
+        resources={"vector_store": PgVectorStore(), "embedder": EmbedderResource(), "llm": LLMResource()},
     )
 
 

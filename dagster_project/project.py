@@ -11,6 +11,7 @@ import dagster as dg
 from .core.chunking import ChunkSettings
 from .core.corpus import Manifest, load_manifest
 from .core.embedders import configured_model_key, embedding_token_counter
+from .core.quality import RoutingThresholds
 from .core.settings import Settings
 from .core.tokens import TokenCounter
 
@@ -47,3 +48,16 @@ class Project:
     def embedding_generation(self) -> str:
         """provider:model:dims as configured, known without loading the model."""
         return configured_model_key(self.settings)
+
+    @property
+    def routing_thresholds(self) -> RoutingThresholds:
+        return RoutingThresholds(self.settings.refine_min_words, self.settings.refine_min_quality)
+
+    @staticmethod
+    def refinement_key(chain) -> tuple[str, str, str]:
+        """(chain, prompt version, schema version): with the input hash, a row's refinement key."""
+        from .core.prompts import PROMPT_VERSION
+        from .core.refine import chain_key
+        from .core.refined_schema import SCHEMA_VERSION
+
+        return chain_key(chain), PROMPT_VERSION, SCHEMA_VERSION

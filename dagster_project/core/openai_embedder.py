@@ -8,12 +8,12 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import openai
 
 from .embedders import EmbeddingBatch, EmbeddingError, EmbeddingModel, normalize
+from .openai_errors import ErrorExplainer, server_place
 from .tokens import TokenCounter, tiktoken_counter
 
 DEFAULT_MODEL = "text-embedding-3-small"
@@ -48,9 +48,6 @@ class OpenAIEmbedder:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         if not api_key and not base_url:
             raise EmbeddingError("set OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
-        # Kept only to scrub it from error messages; short placeholders ("ollama") are no secret
-        # and scrubbing them would garble words.
-        self._secret = api_key if api_key and len(api_key) >= 8 else ""
         self._name = model
         self._requested_dims = dims
         self._dims = dims or KNOWN_DIMS.get(model)
@@ -62,9 +59,8 @@ class OpenAIEmbedder:
         self.max_retries = max_retries
         self.timeout = timeout
         self.token_counter = token_counter or tiktoken_counter(model)
-        url = urlsplit(base_url or "https://api.openai.com/v1")
-        # hostname[:port] only: a URL may carry credentials in its userinfo
-        self._where = f"the embedding server at {url.hostname}{f':{url.port}' if url.port else ''}"
+        self._where = server_place(base_url, "embedding server")
+        self._errors = ErrorExplainer(where=self._where, secret=api_key, timeout=timeout, max_retries=max_retries)
         # Local servers usually ignore auth, but the client refuses an empty key.
         self._client = openai.OpenAI(
             api_key=api_key or "no-key", base_url=base_url, max_retries=max_retries, timeout=timeout
@@ -141,7 +137,7 @@ class OpenAIEmbedder:
             failure = f"{self._where} sent an unreadable embeddings response ({type(exc).__name__}: {exc})"
         if failure is not None:
             # Raised outside the except block so no chained exception can carry the key.
-            raise EmbeddingError(self._scrub(failure))
+            raise EmbeddingError(self._errors.scrub(failure))
 
         data = sorted(response.data, key=lambda d: d.index)
         if [d.index for d in data] != list(range(len(batch))):
@@ -168,42 +164,14 @@ class OpenAIEmbedder:
         tokens = getattr(usage, "total_tokens", None) or counted
         return np.asarray([d.embedding for d in data], dtype=np.float32), int(tokens)
 
-    def _explain(self, exc: openai.OpenAIError) -> str:
-        retried = f"after {self.max_retries} retries" if self.max_retries else "(retries are off)"
-        if isinstance(exc, openai.APITimeoutError):
-            return (
-                f"{self._where} did not answer within {self.timeout:g}s {retried}: "
-                f"lower EMBED_BATCH_SIZE or check the server's load"
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            return f"could not reach {self._where} {retried}: check OPENAI_BASE_URL and that the server is up"
-        if not isinstance(exc, openai.APIStatusError):
-            return f"the embeddings request to {self._where} failed ({type(exc).__name__}: {exc})"
-        status = exc.status_code
-        detail = self._server_message(exc.body)
-        said = f"{self._where} answered {status}" + (f" ({detail})" if detail else "")
-        if status == 401:
-            return f"{said}: check OPENAI_API_KEY"
-        if status == 403:
-            return f"{said}: check that OPENAI_API_KEY may use {self._name}"
-        if status == 404:
-            return f"{said}: check EMBED_MODEL ({self._name}) and OPENAI_BASE_URL (it usually ends in /v1)"
-        if status == 429:
-            return (
-                f"{said} {retried}: lower EMBED_CONCURRENCY or EMBED_BATCH_SIZE, "
-                f"or check the account's rate limits and quota"
-            )
-        if status >= 500:
-            return f"{said} {retried}: the server is failing; try again later"
-        return f"{said}: check EMBED_MODEL, EMBED_DIMS and the server's message"
-
-    def _server_message(self, body: object) -> str:
-        """The server's own error text, short: it is the best hint at what is wrong."""
-        if isinstance(body, dict):
-            body = body.get("message") or body.get("error") or ""
-        # Scrub before cutting, or a cut key's prefix could slip out.
-        text = self._scrub(" ".join(str(body or "").split()))
-        return text[:200] + ("…" if len(text) > 200 else "")
-
-    def _scrub(self, message: str) -> str:
-        return message.replace(self._secret, "***") if self._secret else message
+    def _explain(self, exc: Exception) -> str:
+        return self._errors.explain(exc, {
+            "timeout": "lower EMBED_BATCH_SIZE or check the server's load",
+            "connection": "check OPENAI_BASE_URL and that the server is up",
+            401: "check OPENAI_API_KEY",
+            403: f"check that OPENAI_API_KEY may use {self._name}",
+            404: f"check EMBED_MODEL ({self._name}) and OPENAI_BASE_URL (it usually ends in /v1)",
+            "rate_limit": "lower EMBED_CONCURRENCY or EMBED_BATCH_SIZE, or check the account's rate limits and quota",
+            "server": "the server is failing; try again later",
+            "other": "check EMBED_MODEL, EMBED_DIMS and the server's message",
+        })

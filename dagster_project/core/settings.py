@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SQL_DIR = PROJECT_ROOT / "sql"
 DEFAULT_MANIFEST = PROJECT_ROOT / "examples" / "corpus.yaml"
+DEFAULT_PRICES = PROJECT_ROOT / "llm_prices.yaml"
 
 
 class Settings(BaseModel):
@@ -30,6 +31,22 @@ class Settings(BaseModel):
     chunk_max_tokens: int = Field(256, ge=16)
     chunk_overlap_tokens: int = Field(32, ge=0)
     max_file_bytes: int = Field(20_000_000, ge=1)
+
+    llm_model: str | None = None  # unset: every document gets the extractive refinement
+    llm_fallback_models: str = ""  # comma-separated, tried in order after LLM_MODEL
+    llm_base_url: str | None = None  # default: OPENAI_BASE_URL
+    llm_concurrency: int = Field(4, ge=1)
+    llm_timeout: float = Field(60.0, gt=0)
+    llm_max_retries: int = Field(4, ge=0)
+    llm_prices_file: Path = DEFAULT_PRICES
+    refine_budget_tokens: int = Field(8000, ge=500)
+    refine_min_words: int = Field(60, ge=0)
+    refine_min_quality: float = Field(0.35, ge=0, le=1)
+
+    @property
+    def llm_models(self) -> list[str]:
+        chain = [self.llm_model] if self.llm_model else []
+        return chain + [m.strip() for m in self.llm_fallback_models.split(",") if m.strip() and self.llm_model]
 
     @field_validator("embed_provider")
     @classmethod

@@ -77,6 +77,39 @@ class DocumentToChunk:
 
 
 @dataclass
+class RefineCandidate:
+    id: uuid.UUID
+    path: str
+    title: str
+    content_hash: bytes
+    pricing_sensitive: bool
+    doc_type: str | None
+    metadata: dict
+    headings: list
+    blocks: list
+    current_key: tuple | None  # (input_hash, chain, prompt_version, schema_version) of its refinement
+
+
+@dataclass
+class RefinementRow:
+    document_id: uuid.UUID
+    input_hash: bytes
+    chain: str
+    prompt_version: str
+    schema_version: str
+    model: str
+    link: str
+    route: str
+    route_reason: str | None
+    refined: dict
+    quality_score: float
+    analysis: dict
+    cited_chunk_ids: list[str]
+    prompt_tokens: int
+    budget_tokens: int
+
+
+@dataclass
 class SearchHit:
     collection: str
     path: str
@@ -371,6 +404,71 @@ class VectorStore:
                 ") SELECT * FROM nearest ORDER BY distance", params).fetchall()
         return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], 1.0 - float(r[6]), str(r[5])) for r in rows]
 
+    # ------------------------------------------------------------ refinement
+
+    def documents_for_refinement(self, collection: str) -> list[RefineCandidate]:
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT d.id, d.path, d.title, d.content_hash, d.pricing_sensitive, d.doc_type, d.metadata, "
+                "d.headings, d.blocks, r.input_hash, r.chain, r.prompt_version, r.schema_version "
+                "FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
+                "WHERE d.collection = %s ORDER BY d.path", (collection,)).fetchall()
+        return [RefineCandidate(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8],
+                                None if r[9] is None else (bytes(r[9]), r[10], r[11], r[12])) for r in rows]
+
+    def chunks_of(self, document_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, list[str], str, int]]]:
+        """(chunk id, heading path, text, tokens) per document, in document order."""
+        out: dict[uuid.UUID, list] = {i: [] for i in document_ids}
+        with self.reading() as conn:
+            for doc_id, chunk_id, path, text, tokens in conn.execute(
+                    "SELECT document_id, id, heading_path, text, token_count FROM chunks "
+                    "WHERE document_id = ANY(%s) ORDER BY document_id, ordinal", (list(document_ids),)):
+                out[doc_id].append((str(chunk_id), list(path), text, tokens))
+        return out
+
+    def write_refinements(self, collection: str, run_id: str | None, asset: str,
+                          refinements: Sequence[RefinementRow], calls: Sequence[tuple[uuid.UUID, object]],
+                          quarantined: Sequence[tuple[uuid.UUID, bytes, object]]) -> None:
+        """Results, their call log and any quarantined answers, in one transaction."""
+        with self.writing(collection) as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO refined_documents (document_id, collection, input_hash, chain, prompt_version, "
+                "schema_version, model, link, route, route_reason, refined, quality_score, cited_chunk_ids, "
+                "prompt_tokens, budget_tokens) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (document_id) DO UPDATE SET input_hash = EXCLUDED.input_hash, chain = EXCLUDED.chain, "
+                "prompt_version = EXCLUDED.prompt_version, schema_version = EXCLUDED.schema_version, "
+                "model = EXCLUDED.model, link = EXCLUDED.link, route = EXCLUDED.route, "
+                "route_reason = EXCLUDED.route_reason, refined = EXCLUDED.refined, "
+                "quality_score = EXCLUDED.quality_score, cited_chunk_ids = EXCLUDED.cited_chunk_ids, "
+                "prompt_tokens = EXCLUDED.prompt_tokens, budget_tokens = EXCLUDED.budget_tokens, refined_at = now()",
+                [(r.document_id, collection, r.input_hash, r.chain, r.prompt_version, r.schema_version, r.model,
+                  r.link, r.route, r.route_reason, Jsonb(r.refined), r.quality_score,
+                  [uuid.UUID(c) for c in r.cited_chunk_ids], r.prompt_tokens, r.budget_tokens) for r in refinements])
+            cur.executemany("UPDATE documents SET analysis = %s WHERE id = %s",
+                            [(Jsonb(r.analysis), r.document_id) for r in refinements])
+            if calls:
+                cur.executemany(
+                    "INSERT INTO llm_calls (run_id, asset, collection, document_id, model, link, attempt, "
+                    "prompt_tokens, completion_tokens, latency_ms, cost_usd, outcome, error) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(run_id, asset, collection, doc_id, c.model, c.link, c.attempt, c.prompt_tokens,
+                      c.completion_tokens, c.latency_ms, c.cost_usd, c.outcome, c.error) for doc_id, c in calls])
+            if quarantined:
+                cur.executemany(
+                    "INSERT INTO refine_quarantine (run_id, collection, document_id, input_hash, model, link, "
+                    "raw_text, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(run_id, collection, doc_id, h, q.model, q.link, q.raw, Jsonb(q.errors))
+                     for doc_id, h, q in quarantined])
+
+    def unrefined_count(self, collection: str, chain: str, prompt_version: str, schema_version: str) -> int:
+        """Documents with no refinement, or one made under another chain, prompt or schema
+        version. (A changed document is caught by its input hash when the step runs.)"""
+        with self.reading() as conn:
+            return conn.execute(
+                "SELECT count(*) FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
+                "WHERE d.collection = %s AND (r.document_id IS NULL OR r.chain <> %s OR r.prompt_version <> %s "
+                "OR r.schema_version <> %s)", (collection, chain, prompt_version, schema_version)).fetchone()[0]
+
     # ------------------------------------------------------------ status and checks
 
     def status(self, model_id: int | None) -> dict[str, dict]:
@@ -383,10 +481,15 @@ class VectorStore:
                 (model_id,)).fetchall()) if model_id is not None else {}
             issues = conn.execute(
                 "SELECT collection, path, severity, reason FROM ingest_errors ORDER BY collection, path").fetchall()
+            refined = dict(conn.execute(
+                "SELECT collection, count(*) FROM refined_documents GROUP BY collection").fetchall())
+            quarantined = dict(conn.execute(
+                "SELECT collection, count(DISTINCT document_id) FROM refine_quarantine GROUP BY collection").fetchall())
         out: dict[str, dict] = {}
         for name in sorted(set(docs) | set(chunks) | {i[0] for i in issues}):
             out[name] = {"documents": docs.get(name, 0), "chunks": chunks.get(name, 0),
-                         "vectors": vectors.get(name, 0), "errors": [], "warnings": []}
+                         "vectors": vectors.get(name, 0), "refined": refined.get(name, 0),
+                         "quarantined": quarantined.get(name, 0), "errors": [], "warnings": []}
         for collection, path, severity, reason in issues:
             out[collection]["errors" if severity == "error" else "warnings"].append({"path": path, "reason": reason})
         return out

@@ -23,6 +23,9 @@ class FakeOpenAI:
         self.delay = delay
         self.requests: list[dict[str, Any]] = []  # {"path", "headers" (lower-case names), "body"}
         self.chat_replies: deque[str] = deque()
+        # Optional: body -> content str, or (status, headers, body) for a scripted failure.
+        self.chat_responder: Any = None
+        self.chat_headers: dict[str, str] = {}  # added to every successful chat answer
         self._failures: deque[tuple[int, dict[str, str], Any]] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -81,6 +84,11 @@ class FakeOpenAI:
         return [_as_list(b.get("input")) for b in bodies]
 
     @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r["body"] for r in self.requests if r["path"].endswith("/chat/completions")]
+
+    @property
     def max_inputs(self) -> int:
         return max((len(i) for i in self.embedding_inputs), default=0)
 
@@ -97,14 +105,20 @@ class FakeOpenAI:
             chat_reply = "{}"
             if failure is None and path == "/v1/chat/completions" and self.chat_replies:
                 chat_reply = self.chat_replies.popleft()
+            responder = self.chat_responder
         if self.delay:
             time.sleep(self.delay)
         if failure is not None:
             return failure
+        if path == "/v1/chat/completions" and responder is not None:
+            answer = responder(body)
+            if isinstance(answer, tuple):
+                return answer
+            return 200, dict(self.chat_headers), self._chat(body, answer)
         if path == "/v1/embeddings":
             return 200, {}, self._embeddings(body)
         if path == "/v1/chat/completions":
-            return 200, {}, self._chat(body, chat_reply)
+            return 200, dict(self.chat_headers), self._chat(body, chat_reply)
         return 404, {}, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}}
 
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,56 @@
+"""`refined_documents`: schema-valid refined JSON per document, from the LLM chain or the
+extractive refiner; only documents whose refinement key has no result are sent."""
+
+import dagster as dg
+
+from ..core.prompts import PROMPT_VERSION
+from ..core.refine import refine_collection
+from ..core.refined_schema import SCHEMA_VERSION
+from ..project import Project
+from ..resources.llm import LLMResource, prompt_token_counter
+from ..resources.vector_store import PgVectorStore
+
+
+def build_refined_documents(project: Project) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks"],
+        group_name="refinement", code_version=f"{PROMPT_VERSION}+{SCHEMA_VERSION}", kinds={"openai", "postgres"},
+        pool="llm_api",
+        check_specs=[dg.AssetCheckSpec("every_document_refined", asset="refined_documents",
+                                       description="Every document has refined JSON under the current key.")],
+        description="Table `refined_documents`: JSON valid against RefinedDocument, with the model, link, "
+                    "prompt and schema versions, input hash and cited chunks. Calls are logged in `llm_calls`.",
+    )
+    def refined_documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore,
+                          llm: LLMResource) -> dg.MaterializeResult:
+        store, chain, settings = vector_store.store, llm.chain, project.settings
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done % 25 == 0:
+                context.log.info(f"refined {done}/{total} documents")
+
+        report = refine_collection(
+            store, context.partition_key, chain, prompt_token_counter(settings),
+            budget=settings.refine_budget_tokens, thresholds=project.routing_thresholds,
+            run_id=context.run_id, progress=progress)
+        for warning in report.warnings:
+            context.log.warning(warning)
+        outstanding = store.unrefined_count(context.partition_key, *project.refinement_key(chain))
+        metadata = {
+            "documents": report.documents, "refined": report.refined, "skipped": report.skipped,
+            "lightweight": report.lightweight, "bypass_rate": round(report.bypass_rate, 3),
+            "quarantined": report.quarantined, "llm_calls": report.calls, "failed_calls": report.failed_calls,
+            "prompt_tokens": report.prompt_tokens, "completion_tokens": report.completion_tokens,
+            "cost_usd": dg.MetadataValue.float(round(report.cost_usd, 6)),
+            "seconds": round(report.seconds, 3),
+            "by_link": dg.MetadataValue.json(dict(report.by_link)),
+            "lightweight_reasons": dg.MetadataValue.json(dict(report.lightweight_reasons)),
+            "chain": " -> ".join(chain.links),
+        }
+        if report.warnings:
+            metadata["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
+        return dg.MaterializeResult(metadata=metadata, check_results=[dg.AssetCheckResult(
+            check_name="every_document_refined", passed=outstanding == 0,
+            metadata={"documents_without_current_refinement": outstanding})])
+
+    return refined_documents

@@ -1,0 +1,263 @@
+"""The LLM chain: OpenAI-compatible chat models tried in order (primary, then fallbacks),
+each answer validated against the refined schema with one repair attempt, and the extractive
+refiner as the last link that never fails. Every call is recorded with tokens and dollars."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+import yaml
+from pydantic import ValidationError
+
+from .openai_errors import ErrorExplainer, server_place
+from .prompts import Prompt
+from .refined_schema import RefinedDocument
+
+EXTRACTIVE = "extractive"
+_HINTS = {
+    "timeout": "raise LLM_TIMEOUT or lower LLM_CONCURRENCY",
+    "connection": "check OPENAI_BASE_URL (or LLM_BASE_URL) and that the server is up",
+    401: "check OPENAI_API_KEY",
+    403: "check that the key may use this model",
+    404: "check LLM_MODEL / LLM_FALLBACK_MODELS and the base URL (it usually ends in /v1)",
+    "rate_limit": "lower LLM_CONCURRENCY or check the account's rate limits",
+    "server": "the server is failing; try again later",
+    "other": "check the model name and the server's message",
+}
+
+
+class LLMConfigError(ValueError):
+    """The LLM settings or price table are unusable; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Price:
+    input_per_million: float
+    output_per_million: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+
+
+def load_prices(path: Path | None) -> dict[str, Price]:
+    """`models: {name: {input_per_million: x, output_per_million: y}}` from a YAML file."""
+    if path is None or not Path(path).exists():
+        return {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        return {name: Price(float(p["input_per_million"]), float(p["output_per_million"]))
+                for name, p in (raw.get("models") or {}).items()}
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LLMConfigError(f"price table {path} is malformed ({exc}): each model needs "
+                             "input_per_million and output_per_million") from None
+
+
+@dataclass
+class CallRecord:
+    model: str
+    link: str  # primary | fallback
+    attempt: str  # answer | repair
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    cost_usd: float = 0.0
+    outcome: str = "ok"  # ok | invalid | error
+    error: str | None = None
+
+
+@dataclass
+class RejectedAnswer:
+    model: str
+    link: str
+    raw: str
+    errors: list[str]
+
+
+@dataclass
+class ChainResult:
+    refined: RefinedDocument
+    model: str  # the model that produced `refined`, or "extractive"
+    link: str  # primary | fallback | extractive
+    calls: list[CallRecord] = field(default_factory=list)
+    rejected: list[RejectedAnswer] = field(default_factory=list)
+
+    @property
+    def quarantined(self) -> bool:
+        """Every model link answered, and no answer was valid even after repair."""
+        return self.link == EXTRACTIVE and bool(self.rejected) and all(c.outcome != "error" for c in self.calls
+                                                                      if c.attempt == "answer")
+
+
+def _parse_duration(value: str) -> float:
+    """OpenAI reset headers: '1s', '6m0s', '20ms', '0.5s'."""
+    total = 0.0
+    for amount, unit in re.findall(r"([\d.]+)(ms|s|m|h)", value or ""):
+        total += float(amount) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    return total
+
+
+class RateGate:
+    """Slows every worker down before a 429: when the server says the request or token budget
+    is nearly spent, calls wait until its reset time."""
+
+    def __init__(self, reserve: int) -> None:
+        self._reserve = reserve
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            delay = self._until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def update(self, headers: Mapping[str, str]) -> None:
+        for kind, reserve in (("requests", self._reserve), ("tokens", self._reserve * 2000)):
+            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+            if remaining is None or not remaining.strip().isdigit() or int(remaining) > reserve:
+                continue
+            reset = _parse_duration(headers.get(f"x-ratelimit-reset-{kind}", "1s")) or 1.0
+            with self._lock:
+                self._until = max(self._until, time.monotonic() + min(reset, 60.0))
+
+
+class LLMChain:
+    def __init__(self, *, models: list[str], base_url: str | None, api_key: str | None,
+                 prices: dict[str, Price], timeout: float = 60.0, max_retries: int = 4,
+                 concurrency: int = 4) -> None:
+        self.models = models
+        self.prices = prices
+        self.concurrency = max(1, concurrency)
+        self._client = None
+        if models:
+            if not api_key and not base_url:
+                raise LLMConfigError("LLM_MODEL is set but neither OPENAI_API_KEY nor OPENAI_BASE_URL is: "
+                                     "set one, or unset LLM_MODEL to use the extractive refiner only")
+            self._client = openai.OpenAI(api_key=api_key or "no-key", base_url=base_url,
+                                         max_retries=max_retries, timeout=timeout)
+        self._errors = ErrorExplainer(where=server_place(base_url, "LLM server"), secret=api_key,
+                                      timeout=timeout, max_retries=max_retries)
+        self._json_schema_ok: dict[str, bool] = {}  # per model: does the server take json_schema?
+        self.gate = RateGate(reserve=self.concurrency)
+        self.unpriced: set[str] = set()
+
+    @property
+    def links(self) -> list[str]:
+        return [*self.models, EXTRACTIVE]
+
+    def refine(self, prompt: Prompt, extractive: Callable[[], RefinedDocument]) -> ChainResult:
+        calls: list[CallRecord] = []
+        rejected: list[RejectedAnswer] = []
+        for position, model in enumerate(self.models):
+            link = "primary" if position == 0 else "fallback"
+            messages = list(prompt.messages)
+            for attempt in ("answer", "repair"):
+                record, raw = self._call(model, link, attempt, messages)
+                calls.append(record)
+                if record.outcome == "error":
+                    break  # the model is unavailable: no repair, next link
+                refined, errors = self._validate(raw)
+                if refined is not None:
+                    return ChainResult(refined, model, link, calls, rejected)
+                record.outcome = "invalid"
+                record.error = "; ".join(errors)[:500]
+                rejected.append(RejectedAnswer(model, link, raw, errors))
+                messages = messages + [
+                    {"role": "assistant", "content": raw[:4000]},
+                    {"role": "user", "content": "That answer is not valid against the schema: "
+                     + "; ".join(errors)[:1500] + ". Answer again with only the corrected JSON object."},
+                ]
+        return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE, calls, rejected)
+
+    def _call(self, model: str, link: str, attempt: str, messages: list[dict]) -> tuple[CallRecord, str]:
+        record = CallRecord(model, link, attempt)
+        self.gate.wait()
+        started = time.perf_counter()
+        try:
+            raw_response = self._create(model, messages)
+            self.gate.update({k.lower(): v for k, v in raw_response.headers.items()})
+            completion = raw_response.parse()
+            content = completion.choices[0].message.content or ""
+            usage = completion.usage
+            record.prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+            record.completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+        except openai.OpenAIError as exc:
+            content = ""
+            record.outcome, record.error = "error", self._errors.explain(exc, _HINTS)
+        except Exception as exc:  # an unreadable body: the model link failed, the chain goes on
+            content = ""
+            record.outcome, record.error = "error", self._errors.scrub(f"unreadable answer ({type(exc).__name__})")
+        record.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        price = self.prices.get(model)
+        if price is None:
+            self.unpriced.add(model)
+        else:
+            record.cost_usd = price.cost(record.prompt_tokens, record.completion_tokens)
+        return record, content
+
+    def _create(self, model: str, messages: list[dict]):
+        """Structured output when the server takes it; JSON mode where it does not."""
+        create = self._client.chat.completions.with_raw_response.create
+        if self._json_schema_ok.get(model, True):
+            try:
+                response = create(model=model, messages=messages, temperature=0, response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "refined_document", "schema": strict_schema(), "strict": True}})
+                self._json_schema_ok[model] = True
+                return response
+            except openai.BadRequestError as exc:
+                if "response_format" not in str(exc) and "json_schema" not in str(exc):
+                    raise
+                self._json_schema_ok[model] = False
+        return create(model=model, messages=messages, temperature=0, response_format={"type": "json_object"})
+
+    @staticmethod
+    def _validate(raw: str) -> tuple[RefinedDocument | None, list[str]]:
+        text = raw.strip()
+        if text.startswith("```"):  # some servers fence JSON even in JSON mode
+            text = text.strip("`").removeprefix("json").strip()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return None, [f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"]
+        try:
+            return RefinedDocument.model_validate(data), []
+        except ValidationError as exc:
+            return None, [f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}" for e in exc.errors()[:10]]
+
+    def check(self) -> list[dict]:
+        """One tiny call per configured model: does it answer?"""
+        results = []
+        for model in self.models:
+            record, _ = self._call(model, "check", "answer", [
+                {"role": "user", "content": 'Answer with the JSON object {"ok": true}.'}])
+            results.append({"model": model, "ok": record.outcome == "ok", "latency_ms": record.latency_ms,
+                            "error": record.error})
+        return results
+
+
+def strict_schema() -> dict:
+    """The schema in the subset strict structured outputs accept: no string-length keywords."""
+    dropped = ("minLength", "maxLength", "title", "description")
+
+    def strip(node):
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key in ("properties", "$defs"):  # names here are fields, not keywords
+                out[key] = {name: strip(sub) for name, sub in value.items()}
+            elif key not in dropped:
+                out[key] = strip(value)
+        return out
+
+    return strip(RefinedDocument.model_json_schema())

@@ -1,0 +1,28 @@
+"""Redaction for pricing-sensitive documents: no number from such a document leaves the
+process. Currency amounts become [AMOUNT], percentages [PERCENT], every other number [NUMBER]."""
+
+from __future__ import annotations
+
+import re
+
+_CURRENCY_SYMBOLS = r"[$€£¥₹₩₽¢]"
+_CURRENCY_CODES = r"(?:USD|EUR|GBP|JPY|CHF|CAD|AUD|INR|CNY|SEK|NOK|DKK|US\$|A\$|C\$)"
+_NUMBER = r"\d[\d,.\u00a0\u202f' ]*\d|\d"
+_AMOUNT = re.compile(
+    rf"(?:{_CURRENCY_SYMBOLS}\s?|{_CURRENCY_CODES}\s?)(?:{_NUMBER})(?:\s?(?:k|K|m|M|bn|million|billion))?"
+    rf"|(?:{_NUMBER})\s?(?:{_CURRENCY_SYMBOLS}|{_CURRENCY_CODES}\b|(?:dollars?|euros?|pounds?|cents?)\b)",
+    re.IGNORECASE,
+)
+_PERCENT = re.compile(rf"(?:{_NUMBER})\s?(?:%|percent\b|per cent\b)", re.IGNORECASE)
+_ANY_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+SENSITIVE_AMOUNTS = 3  # a document quoting this many currency amounts is treated as pricing-sensitive
+
+
+def redact_pricing(text: str) -> str:
+    text = _AMOUNT.sub("[AMOUNT]", text)
+    text = _PERCENT.sub("[PERCENT]", text)
+    return _ANY_NUMBER.sub("[NUMBER]", text)
+
+
+def looks_pricing_sensitive(text: str) -> bool:
+    return len(_AMOUNT.findall(text)) >= SENSITIVE_AMOUNTS
