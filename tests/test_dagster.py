@@ -41,7 +41,7 @@ def test_definitions_load_with_partitions_per_collection():
     job = defs.resolve_job_def("ingest")
     assert sorted(job.partitions_def.get_partition_keys()) == ["product", "sales", "support"]
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"corpus_files", "documents", "chunks", "embeddings"}
+    assert keys == {"corpus_files", "documents", "chunks", "embeddings", "refined_documents"}
 
 
 def test_cli_ingest_runs_through_dagster_and_reruns_as_a_no_op(cli_env):
@@ -95,3 +95,35 @@ def test_db_url_masks_the_password(cli_env):
     # The URL is not reachable; db-url prints it without connecting.
     assert "s3cr3t-pw" not in out.stdout + out.stderr
     assert "writer:***@db.invalid" in out.stdout
+
+
+def test_cli_refine_through_dagster_with_a_model_then_cached(cli_env, fake_openai):
+    from tests.test_refine import valid_answer
+
+    fake_openai.chat_responder = valid_answer
+    assert refinery(cli_env, "ingest", "--collection", "support", "--json").returncode == 0
+    cli_env.update(LLM_MODEL="gpt-4o-mini", OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-test-cli-000000")
+
+    check = json.loads(refinery(cli_env, "llm-check", "--json").stdout)
+    assert check["models"][0]["ok"] is True and check["chain"] == ["gpt-4o-mini", "extractive"]
+
+    plan = json.loads(refinery(cli_env, "refine", "--collection", "support", "--dry-run", "--json").stdout)
+    assert plan["would_refine"] == 5 and plan["prompt_tokens"] > 0 and plan["estimated_usd"]["gpt-4o-mini"] > 0
+    calls_before = len(fake_openai.chat_requests)
+    assert calls_before == 1  # the dry run called nothing; the one call is llm-check's
+
+    done = refinery(cli_env, "refine", "--collection", "support", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["refined"] == 5 and report["quarantined"] == 0
+    assert sum(report["by_link"].values()) == 5 and report["by_link"].get("primary", 0) >= 1
+    assert report["cost_usd"] > 0
+    assert report["collections"]["support"]["checks"] == {"every_document_refined": True}
+
+    again = json.loads(refinery(cli_env, "refine", "--collection", "support", "--json").stdout)
+    assert again["refined"] == 0 and again["skipped"] == 5
+    assert len(fake_openai.chat_requests) == calls_before + report["collections"]["support"]["llm_calls"]
+
+    status = json.loads(refinery(cli_env, "status", "--json").stdout)
+    assert status["collections"]["support"]["refined"] == 5
+    assert "sk-test-cli" not in done.stdout + done.stderr

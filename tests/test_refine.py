@@ -27,7 +27,7 @@ KEY = "sk-test-SECRET-refine-123"
 
 def valid_answer(body: dict) -> str:
     """A schema-valid refinement, titled after the prompt's Title: line."""
-    match = re.search(r"^Title: (.+)$", body["messages"][1]["content"], re.M)
+    match = re.search(r"^Title: (.+)$", "\n".join(m["content"] for m in body["messages"]), re.M)
     title = match.group(1) if match else "Untitled"
     return json.dumps({
         "title": title, "summary": f"A summary of {title} written by {body['model']}.",
