@@ -271,7 +271,15 @@ def cmd_search(args) -> int:
     from .core.embedders import build_embedder
     from .core.store import VectorStore
 
+    from .project import Project
+
     settings = _settings(args)
+    if not args.query.strip():
+        raise CliError("the query is empty: say what you are looking for")
+    if args.k < 1:
+        raise CliError(f"--k must be at least 1, not {args.k}")
+    if args.collection:
+        Project.load(settings).manifest.collection(args.collection)  # names the known ones if unknown
     urls = _prepare(settings)
     embedder = build_embedder(settings)
     store = VectorStore(urls.vector_store)
@@ -280,6 +288,8 @@ def cmd_search(args) -> int:
         if model_id is None:
             raise CliError(f"nothing is embedded with {embedder.model.key} yet: run `refinery ingest` first")
         query = embedder.embed([args.query]).vectors[0]
+        if not query.any():
+            raise CliError("the query has no words the embedder can use: try other words")
         filters = {"collection": args.collection, "category": args.category,
                    "doc_type": args.doc_type, "status": args.status}
         hits = store.search(model_id, embedder.model.dims, query, k=args.k, filters=filters)

@@ -168,3 +168,28 @@ def test_failed_embedding_call_keeps_stored_rows_and_rerun_finishes(store, corpu
     assert reports["embeddings"].counts["reused"] == 20
     state = store.consistency("kb", store.model_id(embedder.model), SETTINGS.version(embedder.token_counter))
     assert state.missing_vectors == 0
+
+
+def test_emptied_file_leaves_search(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    assert "security-and-data-residency.md" in search_paths(store, embedder, "customer-managed keys backups regions")
+    (root / "security-and-data-residency.md").write_text("")
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    assert reports["documents"].counts["changed"] == 1 and sent == []
+    assert "security-and-data-residency.md" not in search_paths(store, embedder, "customer-managed keys backups regions")
+
+
+def test_front_matter_embed_mode_is_case_insensitive_and_unknown_values_never_widen(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    page = root / "search.md"
+    page.write_text(page.read_text().replace("---\n", "---\nembed_mode: Skip\n", 1))
+    (root / "sync-and-offline.md").write_text(
+        (root / "sync-and-offline.md").read_text().replace("---\n", "---\nembed_mode: everything\n", 1))
+    run(store, manifest, embedder, fake_openai)
+    with store.reading() as conn:
+        modes = dict(conn.execute("SELECT path, embed_mode FROM documents"))
+        chunks = dict(conn.execute("SELECT d.path, count(c.id) FROM documents d LEFT JOIN chunks c "
+                                   "ON c.document_id = d.id GROUP BY d.path"))
+    assert modes["search.md"] == "skip" and chunks["search.md"] == 0
+    assert modes["sync-and-offline.md"] == "metadata_only" and chunks["sync-and-offline.md"] == 1

@@ -20,20 +20,13 @@ from dagster_project.core.refine import refine_collection
 from dagster_project.core.refined_schema import RefinedDocument
 from dagster_project.core.tokens import wordpiece_counter
 from tests.conftest import SAMPLE_MANIFEST
+from tests.fakes.openai_server import refinement_answer
 
 PRICES = {"primary-model": Price(1.0, 2.0), "backup-model": Price(0.5, 1.0)}
 KEY = "sk-test-SECRET-refine-123"
 
 
-def valid_answer(body: dict) -> str:
-    """A schema-valid refinement, titled after the prompt's Title: line."""
-    match = re.search(r"^Title: (.+)$", "\n".join(m["content"] for m in body["messages"]), re.M)
-    title = match.group(1) if match else "Untitled"
-    return json.dumps({
-        "title": title, "summary": f"A summary of {title} written by {body['model']}.",
-        "key_points": ["first point"], "topics": ["topic"], "entities": [{"name": "Lumen", "kind": "product"}],
-        "questions_answered": [f"What is {title}?"], "content_type": "guide", "language": "en",
-    })
+valid_answer = refinement_answer
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="documents", partitions_def=project.partitions, deps=["corpus_files"],
         group_name="ingestion", code_version=PARSER_VERSION, kinds={"postgres"},
-        description="Table `documents`: parsed files with metadata; vanished files are deleted "
-                    "with their chunks and vectors in the same transaction.",
+        description="Table `documents`: parsed files with metadata. A vanished file's document and "
+                    "chunks are deleted in one transaction (search stops returning it at once); vectors "
+                    "no chunk uses are dropped by the embeddings step of the same run.",
     )
     def documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
         collection = project.manifest.collection(context.partition_key)

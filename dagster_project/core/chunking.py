@@ -163,20 +163,17 @@ def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_U
 
 
 def _split_characters(text: str, tokens: int, budget: int, counter: TokenCounter) -> list[tuple[str, int]]:
-    """Cut a space-less run into pieces that each fit the budget."""
-    pieces: list[tuple[str, int]] = []
-    while text:
-        size = max(1, int(len(text) * budget / max(tokens, 1) * 0.9))
-        while True:
-            head = text[:size]
-            count = counter.count([head])[0]
-            if count <= budget or size == 1:
-                break
-            size = max(1, int(size * budget / count * 0.9))
-        pieces.append((head, count))
-        text = text[size:]
-        tokens = counter.count([text])[0] if text else 0
-    return pieces
+    """Cut a space-less run into pieces that each fit the budget: one cut at the measured
+    characters-per-token rate, then only the pieces still over budget are cut again."""
+    size = max(1, int(len(text) * budget / max(tokens, 1) * 0.9))
+    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    out: list[tuple[str, int]] = []
+    for piece, count in zip(pieces, counter.count(pieces)):
+        if count <= budget or len(piece) == 1:
+            out.append((piece, count))
+        else:
+            out.extend(_split_characters(piece, count, budget, counter))
+    return out
 
 
 def _refit(unit: _Unit, budget: int, counter: TokenCounter) -> list[_Unit]:

@@ -82,9 +82,12 @@ def build_document_row(collection: Collection, source: SourceFile,
         if meta.get(key) not in (None, ""):
             fields[key] = str(meta[key])
     if "embed_mode" in meta:
-        if meta["embed_mode"] in ("full", "metadata_only", "skip"):
-            fields["embed_mode"] = meta["embed_mode"]
+        mode = str(meta["embed_mode"]).strip().lower()
+        if mode in ("full", "metadata_only", "skip"):
+            fields["embed_mode"] = mode
         else:
+            # An unknown mode must not widen what is indexed: fall back to the stricter choice.
+            fields["embed_mode"] = "skip" if fields["embed_mode"] == "skip" else "metadata_only"
             warnings.append(f"embed_mode {meta['embed_mode']!r} is not full, metadata_only or skip: "
                             f"using {fields['embed_mode']!r}")
     if "pricing_sensitive" in meta:

@@ -4,6 +4,7 @@ refiner as the last link that never fails. Every call is recorded with tokens an
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -146,6 +147,8 @@ class LLMChain:
                                       timeout=timeout, max_retries=max_retries)
         self._json_schema_ok: dict[str, bool] = {}  # per model: does the server take json_schema?
         self.gate = RateGate(reserve=self.concurrency)
+        # Requests in flight never exceed `concurrency`, however many threads call refine().
+        self._in_flight = threading.BoundedSemaphore(self.concurrency)
         self.unpriced: set[str] = set()
 
     @property
@@ -178,10 +181,11 @@ class LLMChain:
 
     def _call(self, model: str, link: str, attempt: str, messages: list[dict]) -> tuple[CallRecord, str]:
         record = CallRecord(model, link, attempt)
-        self.gate.wait()
         started = time.perf_counter()
         try:
-            raw_response = self._create(model, messages)
+            with self._in_flight:
+                self.gate.wait()  # inside the slot: a thread queued for a slot honours a gate set meanwhile
+                raw_response = self._create(model, messages)
             self.gate.update({k.lower(): v for k, v in raw_response.headers.items()})
             completion = raw_response.parse()
             content = completion.choices[0].message.content or ""
@@ -243,6 +247,7 @@ class LLMChain:
         return results
 
 
+@functools.cache
 def strict_schema() -> dict:
     """The schema in the subset strict structured outputs accept: no string-length keywords."""
     dropped = ("minLength", "maxLength", "title", "description")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.parser
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -57,15 +58,27 @@ def parse_document(path: str, data: bytes) -> ParsedDocument:
         )
     text, warnings = decode(data)
     if not text.strip():
-        raise ParseError("empty file: nothing to index", severity="warning")
+        # Stored as a document with no text, so whatever it held before leaves the index.
+        title = posixpath.splitext(posixpath.basename(path))[0]
+        return ParsedDocument(fmt, title, {}, [], [], warnings + ["empty file: nothing to index"])
     parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text}[fmt]
     doc = parser(text)
     doc.warnings[:0] = warnings
+    for block in doc.blocks:
+        block.text = _strip_data_uris(block.text)
     doc.blocks = [b for b in doc.blocks if b.text.strip()]
     if not doc.title.strip():
         doc.title = posixpath.splitext(posixpath.basename(path))[0]
     doc.title = " ".join(doc.title.split())[:300]
     return doc
+
+
+_DATA_URI = re.compile(r"(data:[\w/+.-]+;base64,)[A-Za-z0-9+/=]{64,}")
+
+
+def _strip_data_uris(text: str) -> str:
+    """Inline base64 images are bytes, not text: they would fill chunks with noise."""
+    return _DATA_URI.sub(r"\1…", text)
 
 
 def decode(data: bytes) -> tuple[str, list[str]]:
@@ -99,13 +112,17 @@ def _split_front_matter(text: str) -> tuple[dict, str, list[str]]:
             try:
                 meta = yaml.safe_load(header)
             except yaml.YAMLError as exc:
+                # Front matter may say embed_mode: skip or pricing_sensitive: true; ignoring it
+                # would publish what it protects. The file keeps its last good version instead.
                 mark = getattr(exc, "problem_mark", None)
                 where = f" (line {mark.line + 2})" if mark else ""
-                return {}, body, [f"front matter is not valid YAML{where}: it was ignored; fix the YAML between the --- lines"]
+                raise ParseError(f"front matter is not valid YAML{where}: fix the YAML between the --- lines "
+                                 "(the last good version stays indexed)") from None
             if meta is None:
                 return {}, body, []
             if not isinstance(meta, dict):
-                return {}, body, ["front matter is not a mapping of key: value: it was ignored"]
+                raise ParseError("front matter is not a mapping of key: value: fix it "
+                                 "(the last good version stays indexed)")
             return _normalize_metadata(meta), body, []
     return {}, text, ["front matter has no closing --- line: it was read as text"]
 

@@ -3,6 +3,7 @@ filled with the document's most informative chunks, kept in document order."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -51,30 +52,39 @@ def informativeness(text: str) -> float:
     return len(set(words)) / len(words) * math.log(1 + len(words))
 
 
+_SCHEMA_TEXT = (f"Schema version {SCHEMA_VERSION}. JSON schema of the answer:\n"
+                f"{json.dumps(RefinedDocument.model_json_schema(), separators=(',', ':'))}\n\n")
+
+
+@functools.lru_cache(maxsize=8)
+def _fixed_tokens(counter: TokenCounter) -> int:
+    """The parts every prompt has, counted once per tokenizer."""
+    return sum(counter.count([SYSTEM, _SCHEMA_TEXT + "<document>\n</document>"]))
+
+
 def build_prompt(*, title: str, metadata: dict, chunks: list[PromptChunk], counter: TokenCounter,
                  budget: int = DEFAULT_BUDGET, pricing_sensitive: bool = False) -> Prompt:
     """Pack the document into `budget` tokens: the fixed parts first, then the most informative
-    chunks that fit, restored to document order."""
+    chunks that fit, restored to document order. Each piece is counted once; pieces are joined
+    with blank lines, and 2 tokens per join are kept in reserve so the sum stays an upper bound."""
     clean = redact_pricing if pricing_sensitive else (lambda t: t)
-    schema = json.dumps(RefinedDocument.model_json_schema(), separators=(",", ":"))
-    header = (f"Schema version {SCHEMA_VERSION}. JSON schema of the answer:\n{schema}\n\n"
-              f"Title: {clean(title)}\n")
+    header = f"Title: {clean(title)}\n"
     facts = {k: v for k, v in metadata.items() if k in ("doc_type", "category", "status", "type")}
     if facts:
         header += f"Metadata: {clean(json.dumps(facts, default=str))}\n"
     texts = [clean(f"[{' > '.join(c.heading_path)}]\n{c.text}" if c.heading_path else c.text) for c in chunks]
-    fixed = counter.count([SYSTEM, header + "<document>\n</document>"])
-    counts = counter.count(texts) if texts else []
-    room = budget - sum(fixed) - 16
+    counts = counter.count([header, *texts])
+    tokens = _fixed_tokens(counter) + counts[0] + 8
+    room = budget - tokens
     order = sorted(range(len(chunks)), key=lambda i: -informativeness(texts[i]))
     chosen: list[int] = []
     for i in order:
-        if counts[i] <= room:
+        if counts[i + 1] + 2 <= room:
             chosen.append(i)
-            room -= counts[i] + 2
+            room -= counts[i + 1] + 2
+            tokens += counts[i + 1] + 2
     chosen.sort()
     body = "\n\n".join(texts[i] for i in chosen)
-    user = f"{header}<document>\n{body}\n</document>"
+    user = f"{_SCHEMA_TEXT}{header}<document>\n{body}\n</document>"
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
-    tokens = sum(counter.count([SYSTEM, user]))
     return Prompt(messages, [chunks[i].id for i in chosen], tokens, budget, pricing_sensitive)

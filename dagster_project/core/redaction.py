@@ -24,5 +24,17 @@ def redact_pricing(text: str) -> str:
     return _ANY_NUMBER.sub("[NUMBER]", text)
 
 
+_MARKER = re.compile(rf"{_CURRENCY_SYMBOLS}|\b(?:{_CURRENCY_CODES}|dollars?|euros?|pounds?|cents?)\b", re.IGNORECASE)
+
+
 def looks_pricing_sensitive(text: str) -> bool:
-    return len(_AMOUNT.findall(text)) >= SENSITIVE_AMOUNTS
+    """At least SENSITIVE_AMOUNTS currency amounts. Scans for the (rare) currency markers first
+    and tests only their neighbourhood: the full amount pattern over a whole document is slow."""
+    found = 0
+    for marker in _MARKER.finditer(text):
+        around = text[max(0, marker.start() - 24): marker.end() + 24]
+        if _AMOUNT.search(around):
+            found += 1
+            if found >= SENSITIVE_AMOUNTS:
+                return True
+    return False

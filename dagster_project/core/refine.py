@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .extractive import refine_extractively
 from .hashing import content_hash
-from .llm import EXTRACTIVE, LLMChain
+from .llm import EXTRACTIVE, ChainResult, LLMChain
 from .prompts import PROMPT_VERSION, Prompt, PromptChunk, build_prompt
 from .quality import RoutingThresholds, analyze, route
 from .redaction import looks_pricing_sensitive
@@ -20,6 +20,7 @@ from .store import RefineCandidate, RefinementRow, VectorStore
 from .tokens import TokenCounter
 
 WRITE_EVERY = 20  # finished documents stored per transaction
+PREPARING_WORKERS = 4  # threads beyond LLM_CONCURRENCY that analyze and build prompts
 ESTIMATED_COMPLETION_TOKENS = 400  # for --dry-run cost estimates
 
 
@@ -50,43 +51,46 @@ def chain_key(chain: LLMChain) -> str:
     return chain.models[0] if chain.models else EXTRACTIVE
 
 
-def input_hash(candidate: RefineCandidate, sensitive: bool) -> bytes:
-    return content_hash(b"refine-input\0" + candidate.content_hash + (b"\1" if sensitive else b"\0"))
+def input_hash(content: bytes, pricing_flag: bool) -> bytes:
+    """What the refinement is made from: the document's bytes (which fix its text, front matter
+    and detected sensitivity) and the manifest's pricing flag."""
+    return content_hash(b"refine-input\0" + content + (b"\1" if pricing_flag else b"\0"))
 
 
 @dataclass
 class _Job:
     candidate: RefineCandidate
     input_hash: bytes
-    analysis: object
-    reason: str | None  # lightweight path when set
-    prompt: Prompt | None
+    chunks: list[PromptChunk]
+    analysis: object = None
+    reason: str | None = None  # the lightweight path's reason, when taken
+    prompt: Prompt | None = None
 
 
-def plan_refinement(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter,
-                    *, budget: int, thresholds: RoutingThresholds) -> tuple[list[_Job], int]:
-    """The documents to refine (with their prompts), and how many are already up to date."""
+def pending_jobs(store: VectorStore, collection: str, chain: LLMChain) -> tuple[list[_Job], int]:
+    """Documents whose refinement key has no result, and how many are up to date. Only key
+    columns are read to decide; text is read for the pending documents alone."""
     key_tail = (chain_key(chain), PROMPT_VERSION, SCHEMA_VERSION)
-    candidates = store.documents_for_refinement(collection)
-    pending: list[tuple[RefineCandidate, bytes, bool]] = []
-    for c in candidates:
-        text = "\n".join(b["text"] for b in c.blocks)
-        sensitive = c.pricing_sensitive or looks_pricing_sensitive(text)
-        h = input_hash(c, sensitive)
-        if c.current_key != (h, *key_tail):
-            pending.append((c, h, sensitive))
-    chunks = store.chunks_of([c.id for c, _, _ in pending])
-    jobs = []
-    for c, h, sensitive in pending:
-        analysis = analyze(c.title, c.blocks, c.headings)
-        reason = route(analysis, thresholds) if chain.models else None
-        prompt = None
-        if chain.models and reason is None:
-            prompt = build_prompt(
-                title=c.title, metadata=c.metadata, counter=counter, budget=budget, pricing_sensitive=sensitive,
-                chunks=[PromptChunk(cid, path, text, n) for cid, path, text, n in chunks[c.id]])
-        jobs.append(_Job(c, h, analysis, reason, prompt))
-    return jobs, len(candidates) - len(pending)
+    keys = store.refinement_keys(collection)
+    hashes = {doc_id: input_hash(content, flag) for doc_id, content, flag, _ in keys}
+    pending = [doc_id for doc_id, _, _, current in keys if current != (hashes[doc_id], *key_tail)]
+    candidates = store.documents_for_refinement(pending)
+    chunks = store.chunks_of(pending) if chain.models else {}
+    jobs = [_Job(c, hashes[c.id], [PromptChunk(cid, path, text, n) for cid, path, text, n in chunks.get(c.id, [])])
+            for c in candidates]
+    return jobs, len(keys) - len(jobs)
+
+
+def prepare(job: _Job, chain: LLMChain, counter: TokenCounter, budget: int, thresholds: RoutingThresholds) -> _Job:
+    """Analyze, route, and build the prompt for the model path."""
+    c = job.candidate
+    job.analysis = analyze(c.title, c.blocks, c.headings)
+    job.reason = route(job.analysis, thresholds) if chain.models else None
+    if chain.models and job.reason is None:
+        sensitive = c.pricing_sensitive or looks_pricing_sensitive("\n".join(b["text"] for b in c.blocks))
+        job.prompt = build_prompt(title=c.title, metadata=c.metadata, counter=counter, budget=budget,
+                                  pricing_sensitive=sensitive, chunks=job.chunks)
+    return job
 
 
 def refine_collection(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter, *,
@@ -94,29 +98,31 @@ def refine_collection(store: VectorStore, collection: str, chain: LLMChain, coun
                       asset: str = "refined_documents", progress=None) -> RefineReport:
     started = time.perf_counter()
     report = RefineReport(collection)
-    jobs, report.skipped = plan_refinement(store, collection, chain, counter, budget=budget, thresholds=thresholds)
+    jobs, report.skipped = pending_jobs(store, collection, chain)
     report.documents = len(jobs) + report.skipped
     buffer: list = []
 
     def flush() -> None:
         if buffer:
-            rows = [r for r, _, _ in buffer]
-            calls = [(r.document_id, c) for r, result, _ in buffer for c in result.calls]
-            quarantined = [(r.document_id, r.input_hash, q) for r, result, _ in buffer
+            rows = [r for r, _ in buffer]
+            calls = [(r.document_id, c) for r, result in buffer for c in result.calls]
+            quarantined = [(r.document_id, r.input_hash, q) for r, result in buffer
                            if result.quarantined for q in result.rejected]
             store.write_refinements(collection, run_id, asset, rows, calls, quarantined)
             buffer.clear()
 
-    def run(job: _Job):
+    def run(job: _Job) -> ChainResult:
+        # Analysis and prompt building happen in the workers too, so the first calls go out
+        # at once instead of after every prompt is built.
+        prepare(job, chain, counter, budget, thresholds)
         c = job.candidate
         extractive = lambda: refine_extractively(c.title, c.blocks, c.headings, c.doc_type, job.analysis)  # noqa: E731
         if job.prompt is None:
-            from .llm import ChainResult
-
             return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE)
         return chain.refine(job.prompt, extractive)
 
-    with ThreadPoolExecutor(max_workers=chain.concurrency) as pool:
+    # More workers than request slots: while some wait on the server, others prepare prompts.
+    with ThreadPoolExecutor(max_workers=chain.concurrency + PREPARING_WORKERS) as pool:
         futures = {pool.submit(run, job): job for job in jobs}
         done_count = 0
         while futures:
@@ -124,7 +130,7 @@ def refine_collection(store: VectorStore, collection: str, chain: LLMChain, coun
             for future in done:
                 job = futures.pop(future)
                 result = future.result()
-                buffer.append((_row(job, result, chain), result, job))
+                buffer.append((_row(job, result, chain), result))
                 _tally(report, job, result)
                 done_count += 1
             if len(buffer) >= WRITE_EVERY or not futures:
@@ -172,7 +178,8 @@ def estimate(store: VectorStore, collection: str, chain: LLMChain, counter: Toke
              budget: int, thresholds: RoutingThresholds) -> dict:
     """--dry-run: what would be refined, the prompt tokens, and dollars per model if every
     document went to that model (a completion of ~400 tokens assumed). Calls nothing."""
-    jobs, skipped = plan_refinement(store, collection, chain, counter, budget=budget, thresholds=thresholds)
+    jobs, skipped = pending_jobs(store, collection, chain)
+    jobs = [prepare(job, chain, counter, budget, thresholds) for job in jobs]
     prompt_tokens = sum(j.prompt.tokens for j in jobs if j.prompt)
     to_model = [j for j in jobs if j.prompt]
     per_model = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -55,6 +55,13 @@ class Settings(BaseModel):
         if value not in {"local", "openai", "hash"}:
             raise ValueError(f"EMBED_PROVIDER must be local, openai or hash, not {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> Settings:
+        if self.chunk_overlap_tokens * 2 > self.chunk_max_tokens:
+            raise ValueError(f"CHUNK_OVERLAP_TOKENS={self.chunk_overlap_tokens} must be at most half of "
+                             f"CHUNK_MAX_TOKENS={self.chunk_max_tokens}")
+        return self
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:

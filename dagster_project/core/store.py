@@ -87,7 +87,6 @@ class RefineCandidate:
     metadata: dict
     headings: list
     blocks: list
-    current_key: tuple | None  # (input_hash, chain, prompt_version, schema_version) of its refinement
 
 
 @dataclass
@@ -406,15 +405,22 @@ class VectorStore:
 
     # ------------------------------------------------------------ refinement
 
-    def documents_for_refinement(self, collection: str) -> list[RefineCandidate]:
+    def refinement_keys(self, collection: str) -> list[tuple[uuid.UUID, bytes, bool, tuple | None]]:
+        """(document id, content hash, pricing flag, current refinement key or None): enough to
+        tell which documents need refining without reading any text."""
         with self.reading() as conn:
             rows = conn.execute(
-                "SELECT d.id, d.path, d.title, d.content_hash, d.pricing_sensitive, d.doc_type, d.metadata, "
-                "d.headings, d.blocks, r.input_hash, r.chain, r.prompt_version, r.schema_version "
-                "FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
+                "SELECT d.id, d.content_hash, d.pricing_sensitive, r.input_hash, r.chain, r.prompt_version, "
+                "r.schema_version FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
                 "WHERE d.collection = %s ORDER BY d.path", (collection,)).fetchall()
-        return [RefineCandidate(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8],
-                                None if r[9] is None else (bytes(r[9]), r[10], r[11], r[12])) for r in rows]
+        return [(r[0], bytes(r[1]), r[2], None if r[3] is None else (bytes(r[3]), r[4], r[5], r[6])) for r in rows]
+
+    def documents_for_refinement(self, document_ids: Sequence[uuid.UUID]) -> list[RefineCandidate]:
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT id, path, title, content_hash, pricing_sensitive, doc_type, metadata, headings, blocks "
+                "FROM documents WHERE id = ANY(%s) ORDER BY path", (list(document_ids),)).fetchall()
+        return [RefineCandidate(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
 
     def chunks_of(self, document_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, list[str], str, int]]]:
         """(chunk id, heading path, text, tokens) per document, in document order."""

@@ -191,3 +191,15 @@ def test_chunker_version_changes_with_every_setting_that_changes_chunk_text(coun
     assert ChunkSettings(max_tokens=512, overlap_tokens=32).version(counter) != base
     assert ChunkSettings(max_tokens=256, overlap_tokens=16).version(counter) != base
     assert len({ChunkSettings(m, o).version(counter) for m in (128, 256) for o in (0, 32)}) == 4
+
+
+def test_long_text_without_spaces_is_cut_into_pieces_that_fit():
+
+    counter = wordpiece_counter()
+    blob = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(40_000))  # 40k CJK characters, no space
+    chunks = chunk_blocks([Block("paragraph", blob, ["H"])], ChunkSettings(max_tokens=128, overlap_tokens=0), counter)
+    assert all(c.token_count <= 128 for c in chunks)
+    assert "".join(c.text for c in chunks) == blob  # nothing lost or repeated
+    image = "![shot](data:image/png;base64," + "iVBORw0KGgo" * 2000 + ")"
+    doc = parse_document("page.md", f"# Page\n\nSee {image} here.\n".encode())
+    assert len(doc.blocks[0].text) < 100 and "data:image/png;base64," in doc.blocks[0].text

@@ -97,14 +97,14 @@ def test_markdown_without_any_title_falls_back_to_file_name():
     assert doc.title == "quarterly-plan"
 
 
-def test_broken_front_matter_still_parses_with_a_warning_naming_the_problem():
-    data = b"---\ntitle: [unclosed\nstatus: : draft\n---\n# Heading\n\nBody text survives.\n"
-    doc = parse_document("broken.md", data)
-    assert doc.metadata == {}
-    assert doc.title == "Heading"
-    assert [b.text for b in doc.blocks] == ["Body text survives."]
-    assert len(doc.warnings) == 1
-    assert "front matter" in doc.warnings[0] and "YAML" in doc.warnings[0]
+def test_broken_front_matter_is_an_error_so_what_it_protects_is_never_published():
+    # The metadata may say embed_mode: skip or pricing_sensitive: true; reading the body
+    # without it would index what it protects. The file keeps its last good version instead.
+    data = b"---\ntitle: [unclosed\nembed_mode: skip\n---\n# Heading\n\nSecret body.\n"
+    with pytest.raises(ParseError) as info:
+        parse_document("broken.md", data)
+    assert info.value.severity == "error"
+    assert "front matter" in info.value.reason and "YAML" in info.value.reason and "line" in info.value.reason
 
 
 def test_unclosed_front_matter_is_read_as_text_with_a_warning():
@@ -113,10 +113,10 @@ def test_unclosed_front_matter_is_read_as_text_with_a_warning():
     assert "Body." in all_text(doc)
 
 
-def test_front_matter_that_is_not_a_mapping_is_ignored_with_a_warning():
-    doc = parse_document("list.md", b"---\n- a\n- b\n---\n# Heading\n\nBody.\n")
-    assert doc.metadata == {}
-    assert any("front matter" in w and "mapping" in w for w in doc.warnings)
+def test_front_matter_that_is_not_a_mapping_is_an_error():
+    with pytest.raises(ParseError) as info:
+        parse_document("list.md", b"---\n- a\n- b\n---\n# Heading\n\nBody.\n")
+    assert info.value.severity == "error" and "mapping" in info.value.reason
 
 
 # ------------------------------------------------------------------ reStructuredText
@@ -283,11 +283,11 @@ def test_nul_bytes_are_an_error():
 
 
 @pytest.mark.parametrize("data", [b"", b"   \n\n\t\n", b"\xef\xbb\xbf"])
-def test_empty_file_is_a_warning(data):
-    with pytest.raises(ParseError) as info:
-        parse_document("empty.md", data)
-    assert info.value.severity == "warning"
-    assert "empty" in info.value.reason
+def test_empty_file_is_a_document_without_text_and_a_warning(data):
+    # An emptied file is content ("nothing"), not a broken file: it must replace what it held.
+    doc = parse_document("empty.md", data)
+    assert doc.blocks == [] and doc.title == "empty"
+    assert any("empty" in w for w in doc.warnings)
 
 
 def test_invalid_utf8_is_parsed_with_a_warning():
@@ -352,5 +352,5 @@ def test_parallel_parsing_gives_the_same_results_and_severities(tmp_path):
     serial = parse_files(files, workers=1)
     assert [getattr(p, "title", None) for p in parallel] == [getattr(p, "title", None) for p in serial]
     errors = {f.path: (p.severity, p.reason) for f, p in zip(files, parallel) if isinstance(p, ParseError)}
-    assert errors["empty.md"][0] == "warning" and errors["data.csv"][0] == "warning"
+    assert "empty.md" not in errors and errors["data.csv"][0] == "warning"
     assert errors["bin.txt"][0] == "error"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -159,6 +160,19 @@ class FakeOpenAI:
         }
 
 
+def refinement_answer(body: dict[str, Any]) -> str:
+    """A schema-valid refined document, titled after the prompt's `Title:` line."""
+    import re
+
+    match = re.search(r"^Title: (.+)$", "\n".join(str(m.get("content", "")) for m in body["messages"]), re.M)
+    title = match.group(1) if match else "Untitled"
+    return json.dumps({
+        "title": title, "summary": f"A summary of {title} written by {body['model']}.",
+        "key_points": ["first point"], "topics": ["topic"], "entities": [{"name": "Lumen", "kind": "product"}],
+        "questions_answered": [f"What is {title}?"], "content_type": "guide", "language": "en",
+    })
+
+
 def _as_list(value: Any) -> list[str]:
     if value is None:
         return []
@@ -172,6 +186,12 @@ def _tokens(text: str) -> int:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
     timeout = 10  # idle keep-alive connections must not pin handler threads forever
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as two writes; with Nagle on, the client's delayed ACK holds
+        # the body back ~40 ms per request, which no real server does.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -193,3 +213,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet test output
         pass
+
+
+if __name__ == "__main__":
+    # A fake in its own process (benchmarks: it must not share the client's interpreter lock).
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+    fake = FakeOpenAI(delay=args.delay).start()
+    fake.chat_responder = refinement_answer
+    print(fake.base_url, flush=True)
+    sys.stdin.read()  # until the parent closes stdin
+    fake.stop()
