@@ -42,7 +42,7 @@ def load(store: VectorStore, vectors: np.ndarray) -> tuple[int, list[str], np.nd
     n_docs = len(vectors) // CHUNKS_PER_DOC
     docs = [DocumentRow(stable_id("doc", i), "rare" if i % 100 == 0 else f"c{i % 10}", f"doc-{i}.md",
                         content_hash(f"doc {i}"), 0, "markdown", f"Document {i}", None, None, None,
-                        "full", False, {}, [], []) for i in range(n_docs)]
+                        "full", False, {}, [], [], "bench") for i in range(n_docs)]
     for collection in sorted({d.collection for d in docs}):
         store.apply_documents(collection, [d for d in docs if d.collection == collection], [], [], [], [])
     chunks = [ChunkRow(stable_id("chunk", i), docs[i // CHUNKS_PER_DOC].id, docs[i // CHUNKS_PER_DOC].collection,

@@ -15,7 +15,6 @@ from .core.quality import RoutingThresholds
 from .core.settings import Settings
 from .core.tokens import TokenCounter
 
-PARSER_VERSION = "parsers-v1"
 
 
 @dataclass

@@ -193,3 +193,29 @@ def test_front_matter_embed_mode_is_case_insensitive_and_unknown_values_never_wi
                                    "ON c.document_id = d.id GROUP BY d.path"))
     assert modes["search.md"] == "skip" and chunks["search.md"] == 0
     assert modes["sync-and-offline.md"] == "metadata_only" and chunks["sync-and-offline.md"] == 1
+
+
+def test_manifest_defaults_change_reaches_unchanged_files(store, corpus, embedder, fake_openai, tmp_path):
+    from tests.conftest import write_manifest
+
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    write_manifest(tmp_path, {"kb": {"root": "kb", "include": ["**/*.md"],
+                                     "defaults": {"category": "internal", "embed_mode": "skip"}}})
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    # Front matter may still override per file; everything else takes the new defaults.
+    assert reports["documents"].counts["changed"] == 6 and sent == []
+    with store.reading() as conn:
+        rows = conn.execute("SELECT category, embed_mode, (SELECT count(*) FROM chunks c WHERE c.document_id = d.id) "
+                            "FROM documents d").fetchall()
+    assert all(category == "internal" and mode == "skip" and n == 0 for category, mode, n in rows), rows
+
+
+def test_collection_removed_from_the_manifest_is_pruned(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    assert store.prune_collections(["kb"]) == {}
+    assert store.prune_collections(["other"]) == {"kb": 6}
+    with store.reading() as conn:
+        assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    assert search_paths(store, embedder, "sync offline conflict copies") == set()

@@ -3,7 +3,8 @@
 import dagster as dg
 
 from ..core.ingest import sync_documents
-from ..project import PARSER_VERSION, Project
+from ..core.parsing import PARSER_VERSION
+from ..project import Project
 from ..resources.vector_store import PgVectorStore
 from .reporting import record_and_describe
 
@@ -18,10 +19,14 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
     )
     def documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
         collection = project.manifest.collection(context.partition_key)
+        pruned = vector_store.store.prune_collections(sorted(project.manifest.collections))
+        for name, count in pruned.items():
+            context.log.warning(f"collection {name!r} is no longer in the manifest: removed its {count} documents")
         report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes)
         for issue in report.issues:
             log = context.log.error if issue.severity == "error" else context.log.warning
             log(f"{issue.path}: {issue.reason}")
-        return dg.MaterializeResult(metadata=record_and_describe(context, vector_store.store, report))
+        return dg.MaterializeResult(metadata=record_and_describe(
+            context, vector_store.store, report, pruned_collections=dg.MetadataValue.json(pruned)))
 
     return documents

@@ -16,7 +16,7 @@ from .chunking import ChunkSettings, chunk_blocks
 from .corpus import Collection, SourceFile, scan_collection
 from .embedders import Embedder
 from .hashing import content_hash, stable_id
-from .parsing import Block, ParseError, ParsedDocument, parse_document
+from .parsing import PARSER_VERSION, Block, ParseError, ParsedDocument, parse_document
 from .store import ChunkRow, DocumentRow, DocumentToChunk, FileIssue, VectorStore
 from .tokens import TokenCounter
 
@@ -72,6 +72,11 @@ def _truthy(value) -> bool:
     return str(value).strip().lower() in {"1", "true", "yes", "y", "on"}
 
 
+def source_version(collection: Collection) -> str:
+    """Everything besides a file's bytes that shapes its document row."""
+    return content_hash(f"{PARSER_VERSION}\0{collection.defaults.model_dump_json()}").hex()[:16]
+
+
 def build_document_row(collection: Collection, source: SourceFile,
                        parsed: ParsedDocument) -> tuple[DocumentRow, list[str]]:
     """Manifest defaults, overridden by the file's own metadata."""
@@ -98,7 +103,7 @@ def build_document_row(collection: Collection, source: SourceFile,
         size_bytes=source.size, format=parsed.format, title=parsed.title,
         metadata=json.loads(json.dumps(meta, default=str)), headings=parsed.headings,
         blocks=[{"kind": b.kind, "text": b.text, "path": b.heading_path} for b in parsed.blocks],
-        **fields,
+        source_version=source_version(collection), **fields,
     )
     return row, warnings
 
@@ -118,7 +123,8 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
     started = time.perf_counter()
     report = StepReport(collection.name, "documents")
     files = scan_collection(collection, max_file_bytes)
-    stored = store.document_hashes(collection.name)
+    stored = store.document_versions(collection.name)
+    version = source_version(collection)
     deleted = sorted(set(stored) - {f.path for f in files})
     to_parse: list[SourceFile] = []
     counts = Counter(new=0, changed=0, unchanged=0, deleted=len(deleted), failed=0, skipped=0)
@@ -127,7 +133,7 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
             # A file that exists but cannot be read keeps its last good version in the index.
             report.issues.append(FileIssue(f.path, "error", f.problem))
             counts["failed"] += 1
-        elif stored.get(f.path) == f.content_hash:
+        elif stored.get(f.path) == (f.content_hash, version):
             counts["unchanged"] += 1
         else:
             to_parse.append(f)

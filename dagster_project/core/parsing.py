@@ -14,6 +14,7 @@ from typing import Literal
 import yaml
 
 Severity = Literal["error", "warning"]
+PARSER_VERSION = "parsers-v2"  # bump when parsing changes what a file yields: every file is parsed again
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".txt": "text",
            ".html": "html", ".htm": "html"}
 

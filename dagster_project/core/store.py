@@ -44,6 +44,7 @@ class DocumentRow:
     metadata: dict
     headings: list
     blocks: list
+    source_version: str
 
 
 @dataclass
@@ -132,9 +133,9 @@ class Consistency:
 
 _DOC_COLUMNS = ("id", "collection", "path", "content_hash", "size_bytes", "format", "title",
                 "category", "doc_type", "status", "embed_mode", "pricing_sensitive", "metadata",
-                "headings", "blocks")
+                "headings", "blocks", "source_version")
 _DOC_TYPES = ("uuid", "text", "text", "bytea", "int8", "text", "text", "text", "text", "text",
-              "text", "bool", "jsonb", "jsonb", "jsonb")
+              "text", "bool", "jsonb", "jsonb", "jsonb", "text")
 _CHUNK_COLUMNS = ("id", "document_id", "collection", "ordinal", "heading_path", "text",
                   "token_count", "content_hash")
 _CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea")
@@ -171,12 +172,25 @@ class VectorStore:
 
     # ------------------------------------------------------------ documents
 
-    def document_hashes(self, collection: str) -> dict[str, bytes]:
+    def document_versions(self, collection: str) -> dict[str, tuple[bytes, str]]:
+        """path -> (content hash, source version) of every stored document of the collection."""
         with self.reading() as conn:
-            rows = conn.execute(
-                "SELECT path, content_hash FROM documents WHERE collection = %s", (collection,)
-            ).fetchall()
-        return {path: bytes(h) for path, h in rows}
+            rows = conn.execute("SELECT path, content_hash, source_version FROM documents WHERE collection = %s",
+                                (collection,)).fetchall()
+        return {path: (bytes(h), v) for path, h, v in rows}
+
+    def prune_collections(self, keep: Sequence[str]) -> dict[str, int]:
+        """Delete the documents (and chunks) of collections no longer in the manifest."""
+        with self.writing() as conn:
+            counts = dict(conn.execute(
+                "SELECT collection, count(*) FROM documents WHERE NOT collection = ANY(%s) GROUP BY collection",
+                (list(keep),)).fetchall())
+            if counts:
+                gone = list(counts)
+                conn.execute("DELETE FROM chunks WHERE collection = ANY(%s)", (gone,))
+                conn.execute("DELETE FROM documents WHERE collection = ANY(%s)", (gone,))
+                conn.execute("DELETE FROM ingest_errors WHERE collection = ANY(%s)", (gone,))
+        return counts
 
     def apply_documents(self, collection: str, upserts: Sequence[DocumentRow],
                         deleted_paths: Sequence[str], issues: Sequence[FileIssue],
@@ -204,12 +218,13 @@ class VectorStore:
                                         row.size_bytes, row.format, row.title, row.category,
                                         row.doc_type, row.status, row.embed_mode,
                                         row.pricing_sensitive, Jsonb(row.metadata),
-                                        Jsonb(row.headings), Jsonb(row.blocks)))
+                                        Jsonb(row.headings), Jsonb(row.blocks), row.source_version))
                 updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS[1:])
                 conn.execute(
                     f"INSERT INTO documents ({', '.join(_DOC_COLUMNS)}) "
                     f"SELECT {', '.join(_DOC_COLUMNS)} FROM documents_stage "
-                    f"ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now()"
+                    # A re-parsed row may chunk differently (embed_mode, title): re-chunk it.
+                    f"ON CONFLICT (id) DO UPDATE SET {updates}, chunked_hash = NULL, updated_at = now()"
                 )
             conn.execute(
                 "DELETE FROM ingest_errors WHERE collection = %s AND (path = ANY(%s) OR NOT path = ANY(%s))",
