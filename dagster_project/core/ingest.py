@@ -24,6 +24,7 @@ PARALLEL_PARSE_MIN_FILES = 24
 CHUNK_TX_DOCUMENTS = 250  # documents re-chunked per transaction: a crash keeps finished batches
 EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
 ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
+REBUILD_INDEX_MIN_TEXTS = 10_000  # a load this big, and bigger than what is indexed, rebuilds the index
 
 
 @dataclass
@@ -154,6 +155,11 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
 
 
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> StepReport:
+    with store.step_lock(collection.name):
+        return _sync_documents(store, collection, max_file_bytes)
+
+
+def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int) -> StepReport:
     changes = diff_documents(store, collection, max_file_bytes=max_file_bytes)
     report = changes.report
     started = time.perf_counter()
@@ -194,6 +200,11 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
 
 def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
                 counter: TokenCounter) -> StepReport:
+    with store.step_lock(collection):
+        return _sync_chunks(store, collection, settings, counter)
+
+
+def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, counter: TokenCounter) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "chunks")
     version = settings.version(counter)
@@ -213,6 +224,11 @@ def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
 
 def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
                     progress=None) -> StepReport:
+    with store.step_lock(collection):
+        return _sync_embeddings(store, collection, embedder, progress)
+
+
+def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "embeddings")
     model_id = store.ensure_model(embedder.model)
@@ -221,6 +237,9 @@ def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
     total = store.count_texts(collection)
     report.counts = {"texts": total, "reused": total - len(pending), "embedded": 0,
                      "vectors_removed": vectors_removed}
+    if len(pending) >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) \
+            and len(pending) > store.vector_count(model_id):
+        store.drop_index(model_id)
     for start in range(0, len(pending), EMBED_TX_TEXTS):
         batch = pending[start:start + EMBED_TX_TEXTS]
         result = embedder.embed([text for _, text, _ in batch])

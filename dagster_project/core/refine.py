@@ -96,6 +96,11 @@ def prepare(job: _Job, chain: LLMChain, counter: TokenCounter, budget: int, thre
 def refine_collection(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter, *,
                       budget: int, thresholds: RoutingThresholds, run_id: str | None = None,
                       asset: str = "refined_documents", progress=None) -> RefineReport:
+    with store.step_lock(collection):
+        return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress)
+
+
+def _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress) -> RefineReport:
     started = time.perf_counter()
     report = RefineReport(collection)
     jobs, report.skipped = pending_jobs(store, collection, chain)

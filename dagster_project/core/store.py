@@ -165,6 +165,20 @@ class VectorStore:
             yield conn
 
     @contextmanager
+    def step_lock(self, collection: str) -> Iterator[None]:
+        """Held for a whole step (read the state, work, write): two runs on one collection take
+        turns instead of interleaving, so one never writes what it read before the other wrote.
+        A different key from the transactions' own, which run on other connections."""
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext('refinery-step:' || %s))", (collection,))
+            try:
+                conn.commit()
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('refinery-step:' || %s))", (collection,))
+                conn.commit()
+
+    @contextmanager
     def reading(self) -> Iterator[psycopg.Connection]:
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SET LOCAL ROLE refinery_reader")
@@ -245,6 +259,7 @@ class VectorStore:
         another file, finds its vector still there. Search never sees such vectors in the
         meantime, because it reaches vectors only through live chunks."""
         with self.writing() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:vectors'))")
             return conn.execute(
                 "DELETE FROM embeddings e WHERE NOT EXISTS "
                 "(SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)").rowcount
@@ -264,6 +279,8 @@ class VectorStore:
                        chunks: Sequence[ChunkRow], chunker_version: str) -> dict[str, int]:
         """Swap the chunks of `documents` for `chunks` in one transaction."""
         with self.writing(collection) as conn:
+            # New chunks may reuse vectors: the vector collector must not run meanwhile.
+            conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext('refinery:vectors'))")
             ids = [d.id for d in documents]
             old = [bytes(r[0]) for r in conn.execute(
                 "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (ids,))]
@@ -364,12 +381,29 @@ class VectorStore:
         if self.has_index(model_id):
             return False
         vtype, ops = self._vector_type(dims)
-        with self.writing() as conn:
-            conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
-            conn.execute(
-                f"CREATE INDEX IF NOT EXISTS embeddings_hnsw_{int(model_id)} ON embeddings "
-                f"USING hnsw ((embedding::{vtype}) {ops}) WHERE model_id = {int(model_id)}")
+        try:
+            with self.writing() as conn:
+                # Two first loads at once (a backfill of every partition): one builds, the other
+                # waits, then finds the index (an advisory lock does not refresh the catalog
+                # view, hence the DuplicateTable case below).
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:index:' || %s))", (model_id,))
+                conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+                conn.execute(
+                    f"CREATE INDEX embeddings_hnsw_{int(model_id)} ON embeddings "
+                    f"USING hnsw ((embedding::{vtype}) {ops}) WHERE model_id = {int(model_id)}")
+        except psycopg.errors.DuplicateTable:
+            return False
         return True
+
+    def vector_count(self, model_id: int) -> int:
+        with self.reading() as conn:
+            return conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()[0]
+
+    def drop_index(self, model_id: int) -> None:
+        """Before a load much larger than what is indexed: rebuilding after it beats inserting
+        row by row into the graph. Search keeps working meanwhile, by exact scan."""
+        with self.writing() as conn:
+            conn.execute(f"DROP INDEX IF EXISTS embeddings_hnsw_{int(model_id)}")
 
     def analyze(self) -> None:
         """Fresh planner statistics after a bulk load, so the first searches get good plans
