@@ -16,7 +16,7 @@ from pathlib import Path
 from .core.corpus import ManifestError
 from .core.embedders import EmbeddingError
 from .core.migrations import MigrationError
-from .core.pg import DatabaseSetupError, DatabaseUrls, export_urls, mask_url, resolve_database_urls
+from .core.pg import DatabaseSetupError, DatabaseUrls, check_reachable, export_urls, mask_url, resolve_database_urls
 from .core.settings import PROJECT_ROOT, Settings
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -41,6 +41,10 @@ def _prepare(settings: Settings) -> DatabaseUrls:
     """Databases up (embedded unless DATABASE_URL), their URLs and the manifest in the
     environment, and DAGSTER_HOME holding the project's dagster.yaml."""
     urls = resolve_database_urls(settings)
+    if not urls.embedded:
+        check_reachable(urls.vector_store, "vector store (DATABASE_URL)")
+        if urls.dagster != urls.vector_store:
+            check_reachable(urls.dagster, "Dagster storage (DAGSTER_PG_URL)")
     export_urls(urls)
     os.environ["CORPUS_MANIFEST"] = str(Path(settings.corpus_manifest).resolve())
     if not os.environ.get("DAGSTER_HOME"):
@@ -312,7 +316,7 @@ def cmd_status(args) -> int:
     urls = _prepare(settings)
     store = VectorStore(urls.vector_store)
     try:
-        model_id = store.model_id_by_key(project.embedding_generation)
+        model_id = store.model_id_by_key(store.resolve_model_key(project.embedding_generation))
         collections = store.status(model_id)
     finally:
         store.close()
@@ -333,7 +337,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_db_url(args) -> int:
-    urls = _prepare(_settings(args))
+    urls = resolve_database_urls(_settings(args))  # starts the embedded server if that is the one
     print(urls.vector_store if args.show_password else mask_url(urls.vector_store))
     return 0
 

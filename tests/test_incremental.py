@@ -219,3 +219,17 @@ def test_collection_removed_from_the_manifest_is_pruned(store, corpus, embedder,
     with store.reading() as conn:
         assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
     assert search_paths(store, embedder, "sync offline conflict copies") == set()
+
+
+def test_model_of_unknown_size_costs_no_request_once_stored(store, corpus, fake_openai):
+    """An OpenAI-compatible model the client does not know (e.g. on Ollama): its size is
+    learned once, then read back from the store, so a no-change rerun sends nothing."""
+    root, manifest = corpus
+    unknown = lambda: OpenAIEmbedder(model="nomic-embed-text", api_key="sk-test-key-0000",  # noqa: E731
+                                     base_url=fake_openai.base_url)
+    ingest_collection(store, load_manifest(manifest).collection("kb"), embedder=unknown(),
+                      chunk_settings=SETTINGS, max_file_bytes=10**7)  # learns the size (one probe)
+    before = fake_openai.request_count
+    reports, sent = run(store, manifest, unknown(), fake_openai)
+    assert fake_openai.request_count == before and sent == []
+    assert store.resolve_model_key("openai:nomic-embed-text:auto") == "openai:nomic-embed-text:64"

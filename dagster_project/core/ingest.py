@@ -231,6 +231,10 @@ def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
 def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "embeddings")
+    if getattr(embedder, "needs_dims", False):  # a server-side model of unknown size
+        stored = store.resolve_model_key(f"openai:{embedder.name}:auto")
+        if not stored.endswith(":auto"):
+            embedder.adopt_dims(int(stored.rsplit(":", 1)[1]))
     model_id = store.ensure_model(embedder.model)
     vectors_removed = store.drop_unreferenced_vectors()
     pending = store.texts_to_embed(collection, model_id)
@@ -274,7 +278,7 @@ def plan_collection(store: VectorStore, collection: Collection, *, max_file_byte
         i for i in store.document_ids(collection.name, deleted)}
     hashes = {c.content_hash for d in stale + fresh for c in build_chunks(d, collection.name, settings, counter)}
     hashes |= store.chunk_hashes(collection.name, exclude_documents=rechunked)
-    embedded = store.embedded_hashes(model_key, hashes)
+    embedded = store.embedded_hashes(store.resolve_model_key(model_key), hashes)
     return {"documents": {k: report.counts[k] for k in ("new", "changed", "unchanged", "deleted")},
             "rechunked_documents": len(stale) + len(fresh), "texts": len(hashes),
             "embedded": len(hashes - embedded), "reused": len(embedded),

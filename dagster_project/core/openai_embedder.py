@@ -67,6 +67,21 @@ class OpenAIEmbedder:
         )
 
     @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def needs_dims(self) -> bool:
+        """True while the size is unknown: reading `.model` now would cost a probe request."""
+        return self._dims is None
+
+    def adopt_dims(self, dims: int) -> None:
+        """The size learned on an earlier run (stored with its vectors): no probe needed."""
+        with self._dims_lock:
+            if self._dims is None:
+                self._dims = dims
+
+    @property
     def model(self) -> EmbeddingModel:
         if self._dims is None:
             self._request([_PROBE_TEXT], 0)

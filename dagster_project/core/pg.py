@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .settings import Settings
 
@@ -31,22 +32,57 @@ class DatabaseUrls:
     embedded: bool
 
 
-def with_sslmode(url: str, sslmode: str | None) -> str:
+def _is_url(conninfo: str) -> bool:
+    return conninfo.startswith(("postgresql://", "postgres://", "postgresql+"))
+
+
+def with_sslmode(conninfo: str, sslmode: str | None) -> str:
+    """Add sslmode unless the connection string sets it (URL or key=value form)."""
     if not sslmode:
-        return url
-    parts = urlsplit(url)
+        return conninfo
+    if not _is_url(conninfo):
+        return conninfo if "sslmode" in conninfo_to_dict(conninfo) else make_conninfo(conninfo, sslmode=sslmode)
+    parts = urlsplit(conninfo)
     query = dict(parse_qsl(parts.query))
     query.setdefault("sslmode", sslmode)
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for anything a person or a log may see."""
-    parts = urlsplit(url)
+def mask_url(conninfo: str) -> str:
+    """The connection string with any password replaced by ***, for anything a person or a log
+    may see: user:password@ in a URL, ?password= in its query, password= in key=value form."""
+    if not _is_url(conninfo):
+        try:
+            params = conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError:
+            return "<unparseable connection string>"
+        return make_conninfo(**{k: ("***" if k == "password" else v) for k, v in params.items()})
+    parts = urlsplit(conninfo)
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*/")))
+
+
+def check_reachable(conninfo: str, what: str) -> None:
+    """Fail early with a message that names the server (masked) and the reason."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())
+        for secret in _passwords(conninfo):
+            reason = reason.replace(secret, "***")
+        raise DatabaseSetupError(f"cannot connect to the {what} at {mask_url(conninfo)}: {reason}. "
+                                 f"Check the URL, the server and the credentials.") from None
+
+
+def _passwords(conninfo: str) -> list[str]:
+    try:
+        password = conninfo_to_dict(conninfo.replace("postgresql+psycopg2://", "postgresql://")).get("password")
+    except psycopg.ProgrammingError:
+        return []
+    return [password] if password else []
 
 
 def resolve_database_urls(settings: Settings) -> DatabaseUrls:

@@ -311,6 +311,16 @@ class VectorStore:
     def model_id(self, model: EmbeddingModel) -> int | None:
         return self.model_id_by_key(model.key)
 
+    def resolve_model_key(self, key: str) -> str:
+        """A configured key whose size is learned at run time ("openai:name:auto") becomes the
+        stored key of that model, if it has been used."""
+        if not key.endswith(":auto"):
+            return key
+        with self.reading() as conn:
+            row = conn.execute("SELECT key FROM embedding_models WHERE key LIKE %s ORDER BY id DESC LIMIT 1",
+                               (key[: -len("auto")].replace("%", r"\%").replace("_", r"\_") + "%",)).fetchone()
+        return row[0] if row else key
+
     def model_id_by_key(self, key: str) -> int | None:
         with self.reading() as conn:
             row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (key,)).fetchone()
