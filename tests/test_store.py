@@ -14,6 +14,7 @@ from dagster_project.core.corpus import load_manifest
 from dagster_project.core.embedders import HashEmbedder
 from dagster_project.core.ingest import ingest_collection
 from dagster_project.core.migrations import MigrationError, migrate
+from dagster_project.core.store import VectorStore
 from tests.conftest import SAMPLE_MANIFEST, new_database
 
 
@@ -106,14 +107,9 @@ def test_search_finds_the_page_and_reports_heading_path(sample_index):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
-@pytest.mark.parametrize("path", ["exact", "hnsw-iterative"])
 @pytest.mark.parametrize("filters", [{"collection": "sales"}, {"doc_type": "runbook"}, {"status": "draft"},
                                      {"category": "support", "doc_type": "faq"}])
-def test_selective_filters_still_return_k_hits(sample_index, filters, path, monkeypatch):
-    from dagster_project.core import store as store_module
-
-    if path == "hnsw-iterative":  # as on a big corpus: the filter leaves more rows than an exact scan takes
-        monkeypatch.setattr(store_module, "EXACT_SEARCH_MAX_ROWS", 0)
+def test_selective_filters_still_return_k_hits(sample_index, filters):
     store, embedder = sample_index
     with store.reading() as conn:
         where = " AND ".join(f"d.{k} = %s" for k in filters)
@@ -129,6 +125,35 @@ def test_selective_filters_still_return_k_hits(sample_index, filters, path, monk
                                (hit.path,)).fetchone()
             assert all(row[("collection", "category", "doc_type", "status").index(col)] == val
                        for col, val in filters.items())
+
+
+def test_filtered_search_through_the_hnsw_index_with_iterative_scan(sample_index, db_url, monkeypatch):
+    """As on a big corpus, where the planner picks the index: the filter is applied while the
+    index is scanned, and the scan goes on until k rows pass."""
+    from dagster_project.core import store as store_module
+
+    store, embedder = sample_index
+    from urllib.parse import urlsplit
+
+    dbname = urlsplit(db_url).path.lstrip("/")
+    with psycopg.connect(db_url, autocommit=True) as conn:  # what a large table makes the planner do
+        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+            conn.execute(f'ALTER DATABASE "{dbname}" SET {setting} = off')
+    monkeypatch.setattr(store_module, "EXACT_SEARCH_MAX_ROWS", 0)
+    forced = VectorStore(db_url)
+    try:
+        model_id = forced.model_id(embedder.model)
+        query = embedder.embed(["recover a locked account"]).vectors[0]
+        where, params = forced._search_filters({"collection": "sales"})
+        with forced.reading() as conn:
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + forced.search_sql(384, where, exact=False),
+                                                         {**params, "model": model_id, "k": 10, "q": query}))
+        assert f"embeddings_hnsw_{model_id}" in plan
+        hits = forced.search(model_id, 384, query, k=10, filters={"collection": "sales"})
+        assert len(hits) == 10 and {h.collection for h in hits} == {"sales"}
+    finally:
+        forced.close()
 
 
 def test_unknown_filter_is_refused(sample_index):

@@ -430,37 +430,42 @@ class VectorStore:
         Unfiltered or broad filters use the model's HNSW index with pgvector's iterative scan,
         which keeps going until k rows pass the filter; a filter that leaves few rows (found
         by a bounded probe) is answered by an exact scan of those rows."""
-        vtype, _ = self._vector_type(dims)
-        distance = f"(embedding::{vtype}) <=> %(q)s::{vtype}"
-        where, params = ["e.model_id = %(model)s"], {"model": model_id, "k": k, "q": query}
+        where, params = self._search_filters(filters)
+        params.update(model=model_id, k=k, q=query)
+        with self.reading() as conn:
+            exact = False
+            if where:
+                probe = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM chunks c JOIN documents d ON d.id = c.document_id "
+                    f"WHERE {' AND '.join(where)} LIMIT {EXACT_SEARCH_MAX_ROWS + 1}) x", params).fetchone()[0]
+                exact = probe <= EXACT_SEARCH_MAX_ROWS
+            if not exact:
+                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            rows = conn.execute(self.search_sql(dims, where, exact), params).fetchall()
+        return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], 1.0 - float(r[6]), str(r[5])) for r in rows]
+
+    @staticmethod
+    def _search_filters(filters: dict[str, str] | None) -> tuple[list[str], dict]:
+        where, params = [], {}
         for column, value in (filters or {}).items():
             if column not in FILTER_COLUMNS:
                 raise ValueError(f"unknown filter {column!r}: use one of {', '.join(FILTER_COLUMNS)}")
             if value is not None:
                 where.append(f"d.{column} = %({column})s")
                 params[column] = value
-        joins = ("FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash "
-                 "JOIN documents d ON d.id = c.document_id")
-        with self.reading() as conn:
-            exact = False
-            if len(where) > 1:
-                probe = conn.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM chunks c JOIN documents d ON d.id = c.document_id "
-                    f"WHERE {' AND '.join(where[1:])} LIMIT {EXACT_SEARCH_MAX_ROWS + 1}) x", params).fetchone()[0]
-                exact = probe <= EXACT_SEARCH_MAX_ROWS
-            if exact:
-                # "+ 0" keeps the planner off the index: an exact scan of the filtered rows.
-                order = f"({distance}) + 0"
-            else:
-                order = distance
-                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-            rows = conn.execute(
-                "WITH nearest AS MATERIALIZED ("
+        return where, params
+
+    def search_sql(self, dims: int, where: list[str], exact: bool) -> str:
+        vtype, _ = self._vector_type(dims)
+        distance = f"(embedding::{vtype}) <=> %(q)s::{vtype}"
+        order = f"({distance}) + 0" if exact else distance  # "+ 0": keep the planner off the index
+        return ("WITH nearest AS MATERIALIZED ("
                 f"  SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, {distance} AS distance"
-                f"  {joins} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %(k)s"
-                ") SELECT * FROM nearest ORDER BY distance", params).fetchall()
-        return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], 1.0 - float(r[6]), str(r[5])) for r in rows]
+                "  FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
+                "  JOIN documents d ON d.id = c.document_id"
+                f"  WHERE {' AND '.join(['e.model_id = %(model)s', *where])} ORDER BY {order} LIMIT %(k)s"
+                ") SELECT * FROM nearest ORDER BY distance")
 
     # ------------------------------------------------------------ refinement
 
