@@ -28,6 +28,7 @@ test: install
 bench: install
 	$(BIN)/python bench/ingest_bench.py
 	$(BIN)/python bench/search_bench.py
+	$(BIN)/python bench/refine_bench.py
 
 dev: install
 	$(BIN)/refinery dev
