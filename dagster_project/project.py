@@ -33,7 +33,8 @@ class Project:
 
     @cached_property
     def chunk_settings(self) -> ChunkSettings:
-        return ChunkSettings(self.settings.chunk_max_tokens, self.settings.chunk_overlap_tokens)
+        return ChunkSettings(self.settings.chunk_max_tokens, self.settings.chunk_overlap_tokens,
+                             text_search_config=self.settings.text_search_config)
 
     @cached_property
     def token_counter(self) -> TokenCounter:

@@ -148,7 +148,7 @@ def test_filtered_search_through_the_hnsw_index_with_iterative_scan(sample_index
         with forced.reading() as conn:
             conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + forced.search_sql(384, where, exact=False),
-                                                         {**params, "model": model_id, "k": 10, "q": query}))
+                                                         {**params, "model": model_id, "k": 10, "depth": 10, "q": query}))
         assert f"embeddings_hnsw_{model_id}" in plan
         hits = forced.search(model_id, 384, query, k=10, filters={"collection": "sales"})
         assert len(hits) == 10 and {h.collection for h in hits} == {"sales"}

@@ -15,14 +15,16 @@ from .hashing import content_hash
 from .parsing import Block
 from .tokens import TokenCounter
 
-CHUNKER_VERSION = "heading-cdc-v1"
+CHUNKER_VERSION = "heading-cdc-v2"  # v2: chunks carry their title + heading path context
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    max_tokens: int = 256
+    max_tokens: int = 256  # of the embedded text: context + chunk
     overlap_tokens: int = 32
+    context_tokens: int = 32  # at most this much of the title + heading path is embedded with a chunk
+    text_search_config: str = "english"  # PostgreSQL configuration of the chunks' full-text vectors
 
     def __post_init__(self) -> None:
         if self.overlap_tokens * 2 > self.max_tokens:
@@ -30,10 +32,35 @@ class ChunkSettings:
                 f"CHUNK_OVERLAP_TOKENS={self.overlap_tokens} must be at most half of "
                 f"CHUNK_MAX_TOKENS={self.max_tokens}"
             )
+        if self.max_tokens - self.overlap_tokens - self.context_tokens < 16:
+            raise ValueError(f"CHUNK_MAX_TOKENS={self.max_tokens} leaves no room for text after "
+                             f"{self.context_tokens} tokens of context and {self.overlap_tokens} of overlap")
 
     def version(self, counter: TokenCounter) -> str:
         """Everything that changes chunk text; part of each row and of the asset's code version."""
-        return f"{CHUNKER_VERSION}:max={self.max_tokens}:overlap={self.overlap_tokens}:tok={counter.name}"
+        return (f"{CHUNKER_VERSION}:max={self.max_tokens}:overlap={self.overlap_tokens}:"
+                f"context={self.context_tokens}:ts={self.text_search_config}:tok={counter.name}")
+
+
+def embed_text(context: str, text: str) -> str:
+    """What is embedded (and hashed) for a chunk: its context line, then its text as written."""
+    return f"{context}\n\n{text}" if context else text
+
+
+def chunk_context(title: str, heading_path: list[str], settings: ChunkSettings, counter: TokenCounter) -> tuple[str, int]:
+    """"Title > Section > Subsection", within the context budget: inner headings give way first,
+    then the line is cut."""
+    parts = [p for p in [title, *heading_path] if p]
+    while True:
+        context = " > ".join(parts)
+        tokens = counter.count([context])[0] if context else 0
+        if tokens <= settings.context_tokens or len(parts) <= 2:
+            break
+        parts = [parts[0], *parts[2:]] if len(parts) > 2 else parts
+    while tokens > settings.context_tokens:
+        context = context[: max(1, int(len(context) * settings.context_tokens / tokens * 0.9))]
+        tokens = counter.count([context])[0]
+    return context, tokens
 
 
 @dataclass(frozen=True)
@@ -55,7 +82,7 @@ def _is_boundary(text: str) -> bool:
 
 
 def chunk_blocks(blocks: list[Block], settings: ChunkSettings, counter: TokenCounter) -> list[ChunkDraft]:
-    budget = settings.max_tokens - settings.overlap_tokens
+    budget = settings.max_tokens - settings.overlap_tokens - settings.context_tokens
     sections: list[tuple[list[str], list[Block]]] = []
     for block in blocks:
         if sections and sections[-1][0] == block.heading_path:
@@ -134,28 +161,31 @@ def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_U
         pieces, joiner = block.text.split("\n"), "\n"
     else:
         pieces, joiner = _SENTENCE_END.split(block.text), " "
-    expanded: list[tuple[str, int]] = []
+    # (piece, tokens, glue): the glue goes before the piece when it is not first in its unit.
+    expanded: list[tuple[str, int, str]] = []
     for piece, tokens in zip(pieces, counter.count(pieces)):
         if tokens <= budget:
-            expanded.append((piece, tokens))
+            expanded.append((piece, tokens, joiner))
             continue
         words = piece.split(" ")
-        for word, word_tokens in zip(words, counter.count(words)):
+        for i, (word, word_tokens) in enumerate(zip(words, counter.count(words))):
+            glue = joiner if i == 0 else " "
             if word_tokens <= budget:
-                expanded.append((word, word_tokens))
-            else:
-                expanded.extend(_split_characters(word, word_tokens, budget, counter))
+                expanded.append((word, word_tokens, glue))
+            else:  # the cut pieces of one word rejoin with nothing between them
+                cuts = _split_characters(word, word_tokens, budget, counter)
+                expanded.extend((cut, n, glue if j == 0 else "") for j, (cut, n) in enumerate(cuts))
     units: list[_Unit] = []
-    current: list[str] = []
+    current = ""
     size = 0
-    for piece, tokens in expanded:
+    for piece, tokens, glue in expanded:
         if current and size + tokens > budget:
-            units.append(_Unit(block.kind, joiner.join(current), size))
-            current, size = [], 0
-        current.append(piece)
+            units.append(_Unit(block.kind, current, size))
+            current, size = "", 0
+        current = current + glue + piece if current else piece
         size += tokens
     if current:
-        units.append(_Unit(block.kind, joiner.join(current), size))
+        units.append(_Unit(block.kind, current, size))
     # Joining pieces can merge tokens at the seams; recount so every unit's count is exact.
     for unit, exact in zip(units, counter.count([u.text for u in units])):
         unit.tokens = exact

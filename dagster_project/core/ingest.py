@@ -12,7 +12,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from .chunking import ChunkSettings, chunk_blocks
+from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, SourceFile, scan_collection
 from .embedders import Embedder
 from .hashing import content_hash, stable_id
@@ -179,6 +179,8 @@ def _metadata_text(document: DocumentToChunk) -> str:
 
 def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSettings,
                  counter: TokenCounter) -> list[ChunkRow]:
+    """Chunks carry their context (title and heading path), which is embedded and hashed with
+    them; the stored text stays as written."""
     if document.embed_mode == "skip":
         return []
     if document.embed_mode == "metadata_only":
@@ -187,14 +189,19 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
     else:
         blocks = [Block(b["kind"], b["text"], b["path"]) for b in document.blocks]
         drafts = [(d.heading_path, d.text, d.token_count) for d in chunk_blocks(blocks, settings, counter)]
+    contexts: dict[tuple, tuple[str, int]] = {}
     seen: Counter[bytes] = Counter()
     rows = []
     for ordinal, (heading_path, text, tokens) in enumerate(drafts):
-        digest = content_hash(text)
+        key = tuple(heading_path)
+        if key not in contexts:
+            contexts[key] = chunk_context(document.title, heading_path, settings, counter)
+        context, context_tokens = contexts[key]
+        digest = content_hash(embed_text(context, text))
         occurrence = seen[digest]
         seen[digest] += 1
         rows.append(ChunkRow(stable_id("chunk", document.id.bytes, digest, occurrence), document.id,
-                             collection, ordinal, heading_path, text, tokens, digest))
+                             collection, ordinal, heading_path, text, tokens + context_tokens, digest, context))
     return rows
 
 
@@ -214,7 +221,7 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
         batch = documents[start:start + CHUNK_TX_DOCUMENTS]
         rows = [row for d in batch for row in build_chunks(d, collection, settings, counter)]
         counts["chunks"] += len(rows)
-        counts.update(store.replace_chunks(collection, batch, rows, version))
+        counts.update(store.replace_chunks(collection, batch, rows, version, settings.text_search_config))
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
     return report
@@ -246,7 +253,7 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
         store.drop_index(model_id)
     for start in range(0, len(pending), EMBED_TX_TEXTS):
         batch = pending[start:start + EMBED_TX_TEXTS]
-        result = embedder.embed([text for _, text, _ in batch])
+        result = embedder.embed([text for _, text, _ in batch])  # context + text, as hashed
         store.write_embeddings(model_id, [h for h, _, _ in batch], result.vectors)
         report.texts_embedded += len(batch)
         report.tokens_embedded += result.tokens if result.tokens is not None else sum(n for _, _, n in batch)

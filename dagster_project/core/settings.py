@@ -30,6 +30,7 @@ class Settings(BaseModel):
 
     chunk_max_tokens: int = Field(256, ge=16)
     chunk_overlap_tokens: int = Field(32, ge=0)
+    text_search_config: str = "english"
     max_file_bytes: int = Field(20_000_000, ge=1)
 
     llm_model: str | None = None  # unset: every document gets the extractive refinement

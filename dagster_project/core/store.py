@@ -16,6 +16,7 @@ from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from .chunking import embed_text
 from .embedders import EmbeddingModel
 from .migrations import migrate
 
@@ -23,7 +24,10 @@ HALFVEC_ABOVE_DIMS = 2000
 # A filter that leaves at most this many chunks is searched exactly: scanning a few thousand
 # vectors takes a few milliseconds and is exact, where the HNSW graph would be walked far
 # (iterative scan) to find k rows that pass the filter.
-EXACT_SEARCH_MAX_ROWS = 10_000  # pgvector indexes vector up to 2000 dims, halfvec up to 4000
+EXACT_SEARCH_MAX_ROWS = 10_000
+SEARCH_MODES = ("hybrid", "vector", "text")
+RRF_K = 60  # the usual reciprocal rank fusion constant: 1 / (60 + rank)
+RRF_DEPTH = 50  # hits taken from each leg before fusing  # pgvector indexes vector up to 2000 dims, halfvec up to 4000
 FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
 
 
@@ -56,7 +60,8 @@ class ChunkRow:
     heading_path: list[str]
     text: str
     token_count: int
-    content_hash: bytes
+    content_hash: bytes  # of embed_text(context, text)
+    context: str = ""
 
 
 @dataclass
@@ -118,6 +123,7 @@ class SearchHit:
     text: str
     score: float
     chunk_id: str
+    legs: dict[str, int] = field(default_factory=dict)  # leg -> rank at which it found this chunk
 
 
 @dataclass
@@ -137,8 +143,9 @@ _DOC_COLUMNS = ("id", "collection", "path", "content_hash", "size_bytes", "forma
 _DOC_TYPES = ("uuid", "text", "text", "bytea", "int8", "text", "text", "text", "text", "text",
               "text", "bool", "jsonb", "jsonb", "jsonb", "text")
 _CHUNK_COLUMNS = ("id", "document_id", "collection", "ordinal", "heading_path", "text",
-                  "token_count", "content_hash")
-_CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea")
+                  "token_count", "content_hash", "context", "ts_config")
+# regconfig travels as its oid in binary COPY
+_CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea", "text", "oid")
 
 
 class VectorStore:
@@ -276,7 +283,8 @@ class VectorStore:
         return [DocumentToChunk(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
     def replace_chunks(self, collection: str, documents: Sequence[DocumentToChunk],
-                       chunks: Sequence[ChunkRow], chunker_version: str) -> dict[str, int]:
+                       chunks: Sequence[ChunkRow], chunker_version: str,
+                       text_search_config: str = "english") -> dict[str, int]:
         """Swap the chunks of `documents` for `chunks` in one transaction."""
         with self.writing(collection) as conn:
             # New chunks may reuse vectors: the vector collector must not run meanwhile.
@@ -284,19 +292,29 @@ class VectorStore:
             ids = [d.id for d in documents]
             old = [bytes(r[0]) for r in conn.execute(
                 "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (ids,))]
+            config = self._text_search_config_oid(conn, text_search_config)
             with conn.cursor().copy(
                 f"COPY chunks ({', '.join(_CHUNK_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
             ) as copy:
                 copy.set_types(_CHUNK_TYPES)
                 for c in chunks:
                     copy.write_row((c.id, c.document_id, c.collection, c.ordinal, c.heading_path,
-                                    c.text, c.token_count, c.content_hash))
+                                    c.text, c.token_count, c.content_hash, c.context, config))
             conn.execute(
                 "UPDATE documents d SET chunked_hash = v.h, chunker_version = %s "
                 "FROM unnest(%s::uuid[], %s::bytea[]) AS v(id, h) WHERE d.id = v.id",
                 (chunker_version, ids, [d.content_hash for d in documents]))
         new, old_set = {c.content_hash for c in chunks}, set(old)
         return {"new": len(new - old_set), "unchanged": len(new & old_set), "removed": len(old_set - new)}
+
+    @staticmethod
+    def _text_search_config_oid(conn: psycopg.Connection, name: str) -> int:
+        try:
+            with conn.transaction():
+                return conn.execute("SELECT %s::regconfig::oid", (name,)).fetchone()[0]
+        except psycopg.errors.UndefinedObject:
+            raise ValueError(f"TEXT_SEARCH_CONFIG={name!r} is not a text search configuration of this "
+                             "PostgreSQL (try english, simple, german...)") from None
 
     # ------------------------------------------------------------ embeddings
 
@@ -331,11 +349,11 @@ class VectorStore:
         their token counts."""
         with self.reading() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT ON (c.content_hash) c.content_hash, c.text, c.token_count FROM chunks c "
+                "SELECT DISTINCT ON (c.content_hash) c.content_hash, c.context, c.text, c.token_count FROM chunks c "
                 "WHERE c.collection = %s AND NOT EXISTS (SELECT 1 FROM embeddings e "
                 "WHERE e.model_id = %s AND e.content_hash = c.content_hash) ORDER BY c.content_hash",
                 (collection, model_id)).fetchall()
-        return [(bytes(h), t, n) for h, t, n in rows]
+        return [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
 
     def document_ids(self, collection: str, paths: Sequence[str]) -> list[uuid.UUID]:
         with self.reading() as conn:
@@ -423,27 +441,39 @@ class VectorStore:
 
     # ------------------------------------------------------------ search
 
-    def search(self, model_id: int, dims: int, query: np.ndarray, k: int = 5,
-               filters: dict[str, str] | None = None, ef_search: int = 100) -> list[SearchHit]:
-        """Nearest chunks by cosine similarity, optionally filtered on document metadata.
+    def search(self, model_id: int | None, dims: int, query: np.ndarray | None, k: int = 5,
+               filters: dict[str, str] | None = None, ef_search: int = 100, *, mode: str = "vector",
+               query_text: str = "", text_search_config: str = "english") -> list[SearchHit]:
+        """The k best chunks for a query, optionally filtered on document metadata.
 
-        Unfiltered or broad filters use the model's HNSW index with pgvector's iterative scan,
-        which keeps going until k rows pass the filter; a filter that leaves few rows (found
-        by a bounded probe) is answered by an exact scan of those rows."""
+        mode `vector`: cosine similarity (score = similarity). Unfiltered or broad filters use the
+        model's HNSW index with pgvector's iterative scan, which keeps going until k rows pass the
+        filter; a filter that leaves few rows (found by a bounded probe) gets an exact scan.
+        mode `text`: PostgreSQL full-text search over the chunks' tsvector (score = ts_rank_cd).
+        mode `hybrid`: both legs fused by reciprocal rank fusion in one statement
+        (score = sum of 1 / (60 + rank)). Every hit says at which rank each leg found it."""
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
         where, params = self._search_filters(filters)
-        params.update(model=model_id, k=k, q=query)
+        depth = max(RRF_DEPTH, k) if mode == "hybrid" else k
+        params.update(model=model_id, k=k, depth=depth, q=query, text=query_text, cfg=text_search_config,
+                      rrf=RRF_K)
         with self.reading() as conn:
             exact = False
-            if where:
+            if mode != "text" and where:
                 probe = conn.execute(
                     "SELECT count(*) FROM (SELECT 1 FROM chunks c JOIN documents d ON d.id = c.document_id "
                     f"WHERE {' AND '.join(where)} LIMIT {EXACT_SEARCH_MAX_ROWS + 1}) x", params).fetchone()[0]
                 exact = probe <= EXACT_SEARCH_MAX_ROWS
-            if not exact:
-                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-            rows = conn.execute(self.search_sql(dims, where, exact), params).fetchall()
-        return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], 1.0 - float(r[6]), str(r[5])) for r in rows]
+            with conn.pipeline():  # the settings and the query travel together: one round trip
+                if mode != "text" and not exact:
+                    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                    conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+                cursor = conn.execute(self.search_sql(dims, where, exact, mode), params)
+            rows = cursor.fetchall()
+        return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], float(r[6]), str(r[5]),
+                          {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None})
+                for r in rows]
 
     @staticmethod
     def _search_filters(filters: dict[str, str] | None) -> tuple[list[str], dict]:
@@ -456,16 +486,44 @@ class VectorStore:
                 params[column] = value
         return where, params
 
-    def search_sql(self, dims: int, where: list[str], exact: bool) -> str:
+    def search_sql(self, dims: int, where: list[str], exact: bool, mode: str = "vector") -> str:
+        """One statement per mode; columns: collection, path, title, heading_path, text, chunk id,
+        score, vector rank, text rank."""
         vtype, _ = self._vector_type(dims)
-        distance = f"(embedding::{vtype}) <=> %(q)s::{vtype}"
+        distance = f"(e.embedding::{vtype}) <=> %(q)s::{vtype}"
         order = f"({distance}) + 0" if exact else distance  # "+ 0": keep the planner off the index
-        return ("WITH nearest AS MATERIALIZED ("
-                f"  SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, {distance} AS distance"
-                "  FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
-                "  JOIN documents d ON d.id = c.document_id"
-                f"  WHERE {' AND '.join(['e.model_id = %(model)s', *where])} ORDER BY {order} LIMIT %(k)s"
-                ") SELECT * FROM nearest ORDER BY distance")
+        filters = "".join(f" AND {w}" for w in where)
+        vector_leg = (
+            "SELECT c.id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score FROM ("
+            f"  SELECT c.id AS chunk_id, {distance} AS distance"
+            "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
+            "   JOIN documents d ON d.id = c.document_id"
+            f"  WHERE e.model_id = %(model)s{filters} ORDER BY {order} LIMIT %(depth)s"
+            ") v JOIN chunks c ON c.id = v.chunk_id")
+        # Any of the query's words, ranked by cover density: questions in plain words rarely
+        # contain every word of the passage that answers them.
+        text_leg = (
+            "SELECT t.id, row_number() OVER (ORDER BY t.score DESC, t.id) AS rank, t.score FROM ("
+            "  SELECT c.id, ts_rank_cd(c.tsv, query.q) AS score"
+            "   FROM chunks c JOIN documents d ON d.id = c.document_id,"
+            "   (SELECT replace(plainto_tsquery(%(cfg)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS q) query"
+            f"  WHERE c.tsv @@ query.q{filters} ORDER BY score DESC LIMIT %(depth)s"
+            ") t")
+        if mode == "vector":
+            legs = f"SELECT id, score, rank AS vector_rank, NULL::bigint AS text_rank FROM ({vector_leg}) x"
+        elif mode == "text":
+            legs = f"SELECT id, score, NULL::bigint AS vector_rank, rank AS text_rank FROM ({text_leg}) x"
+        else:
+            legs = (
+                "SELECT id, sum(1.0 / (%(rrf)s + rank)) AS score, max(vector_rank) AS vector_rank,"
+                "       max(text_rank) AS text_rank FROM ("
+                f"  SELECT id, rank, rank AS vector_rank, NULL::bigint AS text_rank FROM ({vector_leg}) v"
+                f"  UNION ALL SELECT id, rank, NULL, rank FROM ({text_leg}) t"
+                ") u GROUP BY id")
+        return (f"WITH hits AS MATERIALIZED ({legs}) "
+                "SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, h.score, h.vector_rank, "
+                "h.text_rank FROM hits h JOIN chunks c ON c.id = h.id JOIN documents d ON d.id = c.document_id "
+                "ORDER BY h.score DESC, c.id LIMIT %(k)s")
 
     # ------------------------------------------------------------ refinement
 

@@ -50,7 +50,7 @@ def sample_blocks() -> list[list[Block]]:
 
 @pytest.mark.parametrize("max_tokens,overlap", [(128, 16), (128, 32), (256, 0)])
 def test_every_chunk_fits_the_budget_and_its_count_is_exact(counter, max_tokens, overlap):
-    settings = ChunkSettings(max_tokens=max_tokens, overlap_tokens=overlap)
+    settings = ChunkSettings(max_tokens=max_tokens, overlap_tokens=overlap, context_tokens=0)
     rng = random.Random(1)
     synthetic = [
         long_section(),
@@ -74,13 +74,13 @@ def test_every_chunk_fits_the_budget_and_its_count_is_exact(counter, max_tokens,
     Block("table", "| Role | Can do |\n|" + "-" * 8 + "|" + "-" * 32 + "|" + "-" * 72 + "|", ["Roles"]),
 ], ids=["cjk", "minified", "table-rule"])
 def test_text_without_spaces_still_fits_the_budget(counter, block):
-    settings = ChunkSettings(max_tokens=64, overlap_tokens=16)
+    settings = ChunkSettings(max_tokens=64, overlap_tokens=16, context_tokens=0)
     drafts = chunk_blocks([block], settings, counter)
     assert all(d.token_count <= settings.max_tokens for d in drafts), [d.token_count for d in drafts]
 
 
 def test_chunks_never_mix_heading_paths(counter):
-    settings = ChunkSettings(max_tokens=256, overlap_tokens=32)
+    settings = ChunkSettings(max_tokens=256, overlap_tokens=32, context_tokens=0)
     rng = random.Random(3)
     sections = {("Guide", "Alpha"): "alphaword", ("Guide", "Bravo"): "bravoword",
                 ("Guide", "Bravo", "Charlie"): "charlieword", ("Guide", "Delta"): "deltaword"}
@@ -102,7 +102,7 @@ def test_chunks_never_mix_heading_paths(counter):
 
 
 def test_code_block_that_fits_stays_whole_in_one_chunk(counter):
-    settings = ChunkSettings(max_tokens=256, overlap_tokens=32)
+    settings = ChunkSettings(max_tokens=256, overlap_tokens=32, context_tokens=0)
     code = code_block(4, ["API", "Example"])
     assert counter.count([code.text])[0] <= settings.max_tokens - settings.overlap_tokens
     blocks = long_section(seed=11, paragraphs=6, path=("API", "Example")) + [code] + \
@@ -117,7 +117,7 @@ def test_code_block_that_fits_stays_whole_in_one_chunk(counter):
 
 
 def test_oversize_code_is_cut_on_line_boundaries_without_overlap(counter):
-    settings = ChunkSettings(max_tokens=128, overlap_tokens=32)
+    settings = ChunkSettings(max_tokens=128, overlap_tokens=32, context_tokens=0)
     code = code_block(60, ["Reference", "Pipeline"])
     assert counter.count([code.text])[0] > 4 * settings.max_tokens
     drafts = chunk_blocks([code], settings, counter)
@@ -133,7 +133,7 @@ def test_oversize_code_is_cut_on_line_boundaries_without_overlap(counter):
 
 
 def test_overlap_repeats_the_end_of_the_previous_prose_chunk(counter):
-    settings = ChunkSettings(max_tokens=128, overlap_tokens=24)
+    settings = ChunkSettings(max_tokens=128, overlap_tokens=24, context_tokens=0)
     blocks = long_section(seed=5)
     drafts = chunk_blocks(blocks, settings, counter)
     assert len(drafts) > 5
@@ -146,7 +146,7 @@ def test_overlap_repeats_the_end_of_the_previous_prose_chunk(counter):
 
 
 def test_no_overlap_is_taken_from_code(counter):
-    settings = ChunkSettings(max_tokens=128, overlap_tokens=32)
+    settings = ChunkSettings(max_tokens=128, overlap_tokens=32, context_tokens=0)
     path = ["Snippets"]
     blocks = [code_block(2, path, tag=f"job{i}") for i in range(12)]
     drafts = chunk_blocks(blocks, settings, counter)
@@ -157,7 +157,7 @@ def test_no_overlap_is_taken_from_code(counter):
 
 
 def test_no_overlap_crosses_a_heading(counter):
-    settings = ChunkSettings(max_tokens=128, overlap_tokens=32)
+    settings = ChunkSettings(max_tokens=128, overlap_tokens=32, context_tokens=0)
     first = long_section(seed=1, paragraphs=6, path=("One",))
     second = long_section(seed=2, paragraphs=6, path=("Two",))
     drafts = chunk_blocks(first + second, settings, counter)
@@ -166,7 +166,7 @@ def test_no_overlap_crosses_a_heading(counter):
 
 
 def test_inserting_a_paragraph_at_the_start_changes_at_most_two_chunks(counter):
-    settings = ChunkSettings(max_tokens=128, overlap_tokens=16)
+    settings = ChunkSettings(max_tokens=128, overlap_tokens=16, context_tokens=0)
     blocks = long_section(seed=7, paragraphs=30)
     before = {d.text for d in chunk_blocks(blocks, settings, counter)}
     assert len(before) > 10
@@ -182,14 +182,14 @@ def test_inserting_a_paragraph_at_the_start_changes_at_most_two_chunks(counter):
 def test_overlap_over_half_the_budget_is_refused():
     with pytest.raises(ValueError, match="at most half"):
         ChunkSettings(max_tokens=64, overlap_tokens=40)
-    ChunkSettings(max_tokens=64, overlap_tokens=32)  # exactly half is allowed
+    ChunkSettings(max_tokens=64, overlap_tokens=32, context_tokens=0)  # exactly half is allowed
 
 
 def test_chunker_version_changes_with_every_setting_that_changes_chunk_text(counter):
-    base = ChunkSettings(max_tokens=256, overlap_tokens=32).version(counter)
-    assert ChunkSettings(max_tokens=256, overlap_tokens=32).version(counter) == base
-    assert ChunkSettings(max_tokens=512, overlap_tokens=32).version(counter) != base
-    assert ChunkSettings(max_tokens=256, overlap_tokens=16).version(counter) != base
+    base = ChunkSettings(max_tokens=256, overlap_tokens=32, context_tokens=0).version(counter)
+    assert ChunkSettings(max_tokens=256, overlap_tokens=32, context_tokens=0).version(counter) == base
+    assert ChunkSettings(max_tokens=512, overlap_tokens=32, context_tokens=0).version(counter) != base
+    assert ChunkSettings(max_tokens=256, overlap_tokens=16, context_tokens=0).version(counter) != base
     assert len({ChunkSettings(m, o).version(counter) for m in (128, 256) for o in (0, 32)}) == 4
 
 
@@ -197,7 +197,7 @@ def test_long_text_without_spaces_is_cut_into_pieces_that_fit():
 
     counter = wordpiece_counter()
     blob = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(40_000))  # 40k CJK characters, no space
-    chunks = chunk_blocks([Block("paragraph", blob, ["H"])], ChunkSettings(max_tokens=128, overlap_tokens=0), counter)
+    chunks = chunk_blocks([Block("paragraph", blob, ["H"])], ChunkSettings(max_tokens=128, overlap_tokens=0, context_tokens=0), counter)
     assert all(c.token_count <= 128 for c in chunks)
     assert "".join(c.text for c in chunks) == blob  # nothing lost or repeated
     image = "![shot](data:image/png;base64," + "iVBORw0KGgo" * 2000 + ")"
