@@ -271,10 +271,33 @@ def cmd_llm_check(args) -> int:
 
 # ------------------------------------------------------------------ search, status, db-url, dev
 
-def cmd_search(args) -> int:
+def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None):
+    """query -> hits in the given mode; the embedding model is loaded only if a vector leg runs."""
     from .core.embedders import build_embedder
-    from .core.store import VectorStore
 
+    model_id, dims, embedder = None, 0, None
+    if mode != "text":
+        embedder = build_embedder(settings)
+        model_id = store.model_id_by_key(store.resolve_model_key(embedder.model.key)
+                                         if getattr(embedder, "needs_dims", False) else embedder.model.key)
+        if model_id is None:
+            raise CliError(f"nothing is embedded with {embedder.model.key} yet: run `refinery ingest` first")
+        dims = embedder.model.dims
+
+    def search(query: str):
+        vector = None
+        if embedder is not None:
+            vector = embedder.embed([query]).vectors[0]
+            if not vector.any():
+                raise CliError("the query has no words the embedder can use: try other words")
+        return store.search(model_id, dims, vector, k=k, filters=filters, mode=mode, query_text=query,
+                            text_search_config=settings.text_search_config)
+
+    return search
+
+
+def cmd_search(args) -> int:
+    from .core.store import VectorStore
     from .project import Project
 
     settings = _settings(args)
@@ -285,25 +308,48 @@ def cmd_search(args) -> int:
     if args.collection:
         Project.load(settings).manifest.collection(args.collection)  # names the known ones if unknown
     urls = _prepare(settings)
-    embedder = build_embedder(settings)
     store = VectorStore(urls.vector_store)
     try:
-        model_id = store.model_id(embedder.model)
-        if model_id is None:
-            raise CliError(f"nothing is embedded with {embedder.model.key} yet: run `refinery ingest` first")
-        query = embedder.embed([args.query]).vectors[0]
-        if not query.any():
-            raise CliError("the query has no words the embedder can use: try other words")
         filters = {"collection": args.collection, "category": args.category,
                    "doc_type": args.doc_type, "status": args.status}
-        hits = store.search(model_id, embedder.model.dims, query, k=args.k, filters=filters)
+        hits = _searcher(settings, store, args.mode, args.k, filters)(args.query)
     finally:
         store.close()
     rows = [{"collection": h.collection, "path": h.path, "title": h.title, "heading_path": h.heading_path,
-             "text": h.text, "score": round(h.score, 4), "chunk_id": h.chunk_id} for h in hits]
-    text = "\n\n".join(f"{i + 1}. [{h['score']:.3f}] {h['collection']}/{h['path']} > {' > '.join(h['heading_path'])}\n"
+             "text": h.text, "score": round(h.score, 4), "chunk_id": h.chunk_id, "legs": h.legs} for h in hits]
+    text = "\n\n".join(f"{i + 1}. [{h['score']:.3f}] {h['collection']}/{h['path']} > {' > '.join(h['heading_path'])}"
+                       f" ({', '.join(f'{leg} #{rank}' for leg, rank in h['legs'].items())})\n"
                        f"   {h['text'][:240].replace(chr(10), ' ')}" for i, h in enumerate(rows)) or "no results"
     _print(rows, args.json, text)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .core.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
+    from .core.store import VectorStore
+
+    settings = _settings(args)
+    urls = _prepare(settings)
+    store = VectorStore(urls.vector_store)
+    try:
+        try:
+            questions = load_questions(args.questions, store.document_keys())
+        except QuestionsError as exc:
+            raise CliError(str(exc)) from None
+        results = {}
+        for mode in (args.mode,) if args.mode != "all" else ("text", "vector", "hybrid"):
+            search = _searcher(settings, store, mode, k=max(50, args.k * 5))
+            results[mode] = evaluate(questions, lambda q, search=search: distinct_documents(search(q))[: args.k])
+    finally:
+        store.close()
+    lines = [f"{'mode':<8} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'MRR@10':>7} {'nDCG@10':>8}"]
+    for mode, r in results.items():
+        lines.append(f"{mode:<8} {r['recall@1']:>9.3f} {r['recall@5']:>9.3f} {r['recall@10']:>10.3f} "
+                     f"{r['mrr@10']:>7.3f} {r['ndcg@10']:>8.3f}")
+    for mode, r in results.items():
+        for miss in r["missed_top5"]:
+            lines.append(f"  {mode} missed: {miss['question']} (expected {', '.join(miss['expected'])})")
+    _print(results if args.mode == "all" else results[args.mode], args.json, "\n".join(lines))
     return 0
 
 
@@ -385,8 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category")
     p.add_argument("--doc-type")
     p.add_argument("--status")
+    p.add_argument("--mode", choices=["hybrid", "vector", "text"], default="hybrid")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", help="recall@1/5/10, MRR@10 and nDCG@10 on a golden questions file")
+    p.add_argument("--questions", required=True, help="YAML: questions: [{question, documents, collection}]")
+    p.add_argument("--mode", choices=["hybrid", "vector", "text", "all"], default="hybrid")
+    p.add_argument("--k", type=int, default=10, help="documents retrieved per question")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("status", help="documents, chunks, vectors and file errors per collection")
     p.add_argument("--manifest")

@@ -76,7 +76,7 @@ def test_cli_ingest_runs_through_dagster_and_reruns_as_a_no_op(cli_env):
 
     hits = json.loads(refinery(cli_env, "search", "recovery codes for a locked account", "--k", "3",
                                "--collection", "support", "--json").stdout)
-    assert len(hits) == 3 and {"path", "heading_path", "text", "score"} <= hits[0].keys()
+    assert len(hits) == 3 and {"path", "heading_path", "text", "score", "legs"} <= hits[0].keys()
     assert all(h["collection"] == "support" for h in hits)
 
 

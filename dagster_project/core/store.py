@@ -355,6 +355,10 @@ class VectorStore:
                 (collection, model_id)).fetchall()
         return [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
 
+    def document_keys(self) -> set[tuple[str, str]]:
+        with self.reading() as conn:
+            return {(c, p) for c, p in conn.execute("SELECT collection, path FROM documents")}
+
     def document_ids(self, collection: str, paths: Sequence[str]) -> list[uuid.UUID]:
         with self.reading() as conn:
             return [r[0] for r in conn.execute(

@@ -1,0 +1,82 @@
+"""Retrieval evaluation at document level: a golden questions file, recall@1/5/10, MRR@10 and
+nDCG@10 per search mode, and the questions that missed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+KS = (1, 5, 10)
+
+
+class QuestionsError(ValueError):
+    """The questions file is unusable; the message names the entry and the problem."""
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    documents: tuple[tuple[str, str], ...]  # (collection, path) of every document that answers it
+
+
+def load_questions(path: str | Path, known_documents: set[tuple[str, str]]) -> list[Question]:
+    """`questions: [{question, documents: [path...], collection}]`; every document must be in the
+    index, so a typo cannot pass for a miss."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QuestionsError(f"questions file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise QuestionsError(f"questions file {path} is not valid YAML: {exc}") from None
+    entries = raw.get("questions") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise QuestionsError(f"{path} must have a non-empty list `questions:`")
+    questions = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"{path}, question {number}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("question"), str) or not entry["question"].strip():
+            raise QuestionsError(f"{where}: each entry needs `question: <text>` (got {entry!r:.80})")
+        documents = entry.get("documents")
+        collection = entry.get("collection")
+        if (not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents)
+                or not isinstance(collection, str)):
+            raise QuestionsError(f"{where}: needs `documents: [path, ...]` and `collection: <name>`")
+        unknown = [d for d in documents if (collection, d) not in known_documents]
+        if unknown:
+            raise QuestionsError(f"{where}: not in the index: {', '.join(f'{collection}/{d}' for d in unknown)} "
+                                 "(check the path and collection, or ingest first)")
+        questions.append(Question(entry["question"].strip(), tuple((collection, d) for d in documents)))
+    return questions
+
+
+def evaluate(questions: list[Question], retrieve: Callable[[str], list[tuple[str, str]]]) -> dict:
+    """`retrieve(question)` returns distinct documents, best first (at least 10 when it can)."""
+    sums = {f"recall@{k}": 0.0 for k in KS} | {"mrr@10": 0.0, "ndcg@10": 0.0}
+    missed = []
+    for question in questions:
+        ranked = retrieve(question.text)[:10]
+        relevant = set(question.documents)
+        for k in KS:
+            sums[f"recall@{k}"] += len(relevant & set(ranked[:k])) / len(relevant)
+        first = next((i for i, d in enumerate(ranked) if d in relevant), None)
+        sums["mrr@10"] += 0.0 if first is None else 1.0 / (first + 1)
+        dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranked) if d in relevant)
+        ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(relevant), 10)))
+        sums["ndcg@10"] += dcg / ideal
+        if first is None or first >= 5:
+            missed.append({"question": question.text, "expected": ["/".join(d) for d in question.documents],
+                           "got": ["/".join(d) for d in ranked[:5]]})
+    n = len(questions)
+    return {"questions": n, **{name: round(total / n, 4) for name, total in sums.items()}, "missed_top5": missed}
+
+
+def distinct_documents(hits) -> list[tuple[str, str]]:
+    seen: dict[tuple[str, str], None] = {}
+    for hit in hits:
+        seen.setdefault((hit.collection, hit.path), None)
+    return list(seen)

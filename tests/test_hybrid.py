@@ -1,0 +1,132 @@
+"""Hybrid search and evaluation: fusion order on a case where each leg alone fails, filters on
+both legs, chunks that carry their context, and the golden-question evaluation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dagster_project.core.chunking import ChunkSettings, embed_text
+from dagster_project.core.corpus import load_manifest
+from dagster_project.core.embedders import EmbeddingModel, HashEmbedder, normalize
+from dagster_project.core.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
+from dagster_project.core.hashing import content_hash, stable_id
+from dagster_project.core.ingest import ingest_collection
+from dagster_project.core.store import ChunkRow, DocumentRow
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
+
+GOLDEN = PROJECT_ROOT / "examples" / "golden_questions.yaml"
+
+
+def add_document(store, name: str, text: str, vector: np.ndarray, model_id: int, collection: str = "kb") -> None:
+    doc = DocumentRow(stable_id("doc", name), collection, f"{name}.md", content_hash(name), 1, "markdown", name,
+                      None, None, None, "full", False, {}, [], [], "test")
+    store.apply_documents(collection, [doc], [], [], [], [])
+    digest = content_hash(text)
+    store.replace_chunks(collection, [], [ChunkRow(stable_id("chunk", name), doc.id, collection, 0, [], text,
+                                                   5, digest)], "test")
+    store.write_embeddings(model_id, [digest], vector[None, :])
+
+
+def test_fusion_ranks_first_what_both_legs_rank_second(store):
+    rng = np.random.default_rng(7)
+    query = normalize(rng.normal(size=(1, 16)).astype(np.float32))[0]
+    model_id = store.ensure_model(EmbeddingModel("test", "fusion", 16))
+
+    def near(similarity: float) -> np.ndarray:
+        other = rng.normal(size=16).astype(np.float32)
+        other -= (other @ query) * query
+        other /= np.linalg.norm(other)
+        return similarity * query + np.sqrt(1 - similarity**2) * other
+
+    add_document(store, "vector-decoy", "tide tables for the harbour", near(0.99), model_id)
+    add_document(store, "answer", "the lighthouse keeper logs every storm", near(0.95), model_id)
+    for i in range(8):
+        add_document(store, f"filler-{i}", f"unrelated note number {i}", near(0.6 - i * 0.01), model_id)
+    add_document(store, "text-decoy", "lighthouse keeper lighthouse keeper lighthouse keeper roster",
+                 near(0.1), model_id)
+
+    def top(mode):
+        hits = store.search(model_id, 16, query, k=3, mode=mode, query_text="lighthouse keeper")
+        return [h.path for h in hits], hits
+
+    assert top("vector")[0][0] == "vector-decoy.md"
+    assert top("text")[0][0] == "text-decoy.md"
+    paths, hits = top("hybrid")
+    assert paths[0] == "answer.md"
+    assert hits[0].legs == {"vector": 2, "text": 2}
+    assert hits[0].score == pytest.approx(2 / 62)
+
+
+@pytest.fixture
+def sample_index(store):
+    embedder = HashEmbedder()
+    for collection in load_manifest(SAMPLE_MANIFEST).collections.values():
+        ingest_collection(store, collection, embedder=embedder, chunk_settings=ChunkSettings(), max_file_bytes=10**7)
+    return store, embedder
+
+
+@pytest.mark.parametrize("mode", ["text", "hybrid", "vector"])
+def test_filters_apply_to_both_legs(sample_index, mode):
+    store, embedder = sample_index
+    question = "refund an annual plan invoice"
+    hits = store.search(store.model_id(embedder.model), 384, embedder.embed([question]).vectors[0], k=8,
+                        filters={"collection": "support"}, mode=mode, query_text=question)
+    assert hits and {h.collection for h in hits} == {"support"}
+    if mode == "hybrid":
+        assert any("text" in h.legs for h in hits) and any("vector" in h.legs for h in hits)
+
+
+def test_chunks_embed_their_context_but_store_their_text(sample_index):
+    store, embedder = sample_index
+    with store.reading() as conn:
+        context, text, token_count, digest = conn.execute(
+            "SELECT c.context, c.text, c.token_count, c.content_hash FROM chunks c JOIN documents d "
+            "ON d.id = c.document_id WHERE d.path = 'sync-and-offline.md' AND cardinality(c.heading_path) > 1 "
+            "LIMIT 1").fetchone()
+    assert context.startswith("Sync and offline mode > ") and context not in text
+    assert bytes(digest) == content_hash(embed_text(context, text))
+    assert token_count == embedder.token_counter.count([embed_text(context, text)])[0] <= 256
+
+
+def test_questions_file_errors_name_the_entry(sample_index, tmp_path):
+    store, _ = sample_index
+    known = store.document_keys()
+    bad = tmp_path / "q.yaml"
+    bad.write_text("questions:\n  - question: Where?\n    documents: [nope.md]\n    collection: product\n")
+    with pytest.raises(QuestionsError, match=r"question 1: not in the index: product/nope.md"):
+        load_questions(bad, known)
+    bad.write_text("questions:\n  - question: Where?\n    documents: nope.md\n")
+    with pytest.raises(QuestionsError, match="question 1: needs `documents"):
+        load_questions(bad, known)
+    bad.write_text("questions: [\n")
+    with pytest.raises(QuestionsError, match="not valid YAML"):
+        load_questions(bad, known)
+
+
+def test_evaluation_on_the_sample_golden_set_is_stable(sample_index):
+    store, embedder = sample_index
+    questions = load_questions(GOLDEN, store.document_keys())
+    model_id = store.model_id(embedder.model)
+
+    def run(mode):
+        return evaluate(questions, lambda q: distinct_documents(store.search(
+            model_id, 384, embedder.embed([q]).vectors[0], k=50, mode=mode, query_text=q))[:10])
+
+    first, second = run("hybrid"), run("hybrid")
+    assert first == second
+    assert first["questions"] == 30 and first["recall@10"] >= 0.9
+    assert 0 < first["recall@1"] <= first["recall@5"] <= first["recall@10"] <= 1
+
+
+def test_eval_cli_refuses_a_bad_questions_file(tmp_path):
+    bad = tmp_path / "q.yaml"
+    bad.write_text("questions:\n  - {question: x}\n")
+    env_home = tmp_path / "home"
+    proc = subprocess.run([sys.executable, "-m", "dagster_project.cli", "eval", "--questions", str(bad), "--json"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "REFINERY_HOME": str(env_home), "EMBED_PROVIDER": "hash"})
+    assert proc.returncode == 2 and "question 1: needs `documents" in proc.stderr and proc.stdout == ""
