@@ -6,6 +6,7 @@ re-ingests incrementally (nothing is re-embedded) and only re-measures."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -32,10 +33,11 @@ def main() -> None:
     parser.add_argument("--home", help="keep the embedded database here (reused by the next run)")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="refinery-retrieval-"))
+    home.mkdir(parents=True, exist_ok=True)
     corpus = home / "corpus"
     if not corpus.exists():
         root, _ = make_corpus(sorted(PEPS.glob("*.rst")))
-        root.rename(corpus)
+        shutil.move(root, corpus)
     collection = load_manifest(corpus / "corpus.yaml").collection("peps")
     server = start_embedded(home / "db")
     ensure_database(server, "retrieval")

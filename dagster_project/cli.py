@@ -18,10 +18,10 @@ from .core.embedders import EmbeddingError
 from .core.migrations import MigrationError
 from .core.pg import DatabaseSetupError, DatabaseUrls, check_reachable, export_urls, mask_url, resolve_database_urls
 from .core.settings import PROJECT_ROOT, Settings
+from .core.store import SEARCH_MODES
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # The run's events are stored in the instance (and shown in the UI); the terminal gets a summary.
-INGEST_JOB_NAME, REFINE_JOB_NAME = "ingest", "refine"  # as in definitions.py, without importing Dagster early
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError)
 
@@ -115,7 +115,9 @@ def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
 def _run_ingest(project, names: list[str], as_json: bool) -> int:
     from .core.store import VectorStore
 
-    runs = _run_job(project, INGEST_JOB_NAME, names)
+    from .definitions import INGEST_JOB
+
+    runs = _run_job(project, INGEST_JOB, names)
     per_collection: dict[str, dict] = {}
     for name, run in runs.items():
         docs, emb = run["steps"].get("documents", {}), run["steps"].get("embeddings", {})
@@ -188,7 +190,9 @@ def cmd_refine(args) -> int:
     urls = _prepare(settings)
     if args.dry_run:
         return _refine_dry_run(project, chain, names, urls, args.json)
-    runs = _run_job(project, REFINE_JOB_NAME, names)
+    from .definitions import REFINE_JOB
+
+    runs = _run_job(project, REFINE_JOB, names)
     per_collection = {}
     for name, run in runs.items():
         step = run["steps"].get("refined_documents", {})
@@ -424,20 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_llm_check)
 
-    p = sub.add_parser("search", help="nearest chunks to a question")
+    p = sub.add_parser("search", help="the chunks that best answer a question")
     p.add_argument("query")
+    p.add_argument("--manifest")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--collection")
     p.add_argument("--category")
     p.add_argument("--doc-type")
     p.add_argument("--status")
-    p.add_argument("--mode", choices=["hybrid", "vector", "text"], default="hybrid")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval", help="recall@1/5/10, MRR@10 and nDCG@10 on a golden questions file")
     p.add_argument("--questions", required=True, help="YAML: questions: [{question, documents, collection}]")
-    p.add_argument("--mode", choices=["hybrid", "vector", "text", "all"], default="hybrid")
+    p.add_argument("--mode", choices=[*SEARCH_MODES, "all"], default="hybrid")
     p.add_argument("--k", type=int, default=10, help="documents retrieved per question")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
