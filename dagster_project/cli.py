@@ -281,9 +281,11 @@ def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None
 
     model_id, dims, embedder = None, 0, None
     if mode != "text":
+        from .core.ingest import adopt_stored_size
+
         embedder = build_embedder(settings)
-        model_id = store.model_id_by_key(store.resolve_model_key(embedder.model.key)
-                                         if getattr(embedder, "needs_dims", False) else embedder.model.key)
+        adopt_stored_size(store, embedder)
+        model_id = store.model_id(embedder.model)
         if model_id is None:
             raise CliError(f"nothing is embedded with {embedder.model.key} yet: run `refinery ingest` first")
         dims = embedder.model.dims

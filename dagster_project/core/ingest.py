@@ -229,6 +229,15 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
 
 # ------------------------------------------------------------------ embeddings
 
+def adopt_stored_size(store: VectorStore, embedder: Embedder) -> None:
+    """A server-side model of unknown size that was used before: take its size from the store,
+    so reading `embedder.model` costs no probe request."""
+    if getattr(embedder, "needs_dims", False):
+        stored = store.resolve_model_key(f"openai:{embedder.name}:auto")
+        if not stored.endswith(":auto"):
+            embedder.adopt_dims(int(stored.rsplit(":", 1)[1]))
+
+
 def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
                     progress=None) -> StepReport:
     with store.step_lock(collection):
@@ -238,10 +247,7 @@ def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
 def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "embeddings")
-    if getattr(embedder, "needs_dims", False):  # a server-side model of unknown size
-        stored = store.resolve_model_key(f"openai:{embedder.name}:auto")
-        if not stored.endswith(":auto"):
-            embedder.adopt_dims(int(stored.rsplit(":", 1)[1]))
+    adopt_stored_size(store, embedder)
     model_id = store.ensure_model(embedder.model)
     vectors_removed = store.drop_unreferenced_vectors()
     pending = store.texts_to_embed(collection, model_id)
