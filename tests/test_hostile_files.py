@@ -15,7 +15,7 @@ from dagster_project.core.chunking import ChunkSettings
 from dagster_project.core.corpus import load_manifest
 from dagster_project.core.embedders import HashEmbedder
 from dagster_project.core.ingest import ingest_collection
-from tests.conftest import PROJECT_ROOT, write_manifest
+from tests.conftest import write_manifest
 
 MAX_FILE_BYTES = 5000
 

@@ -3,7 +3,6 @@ on a real PostgreSQL: outcomes, call log and costs, caching, versions, redaction
 
 from __future__ import annotations
 
-import json
 import re
 import time
 

@@ -19,12 +19,11 @@ def build_chunks(project: Project) -> dg.AssetsDefinition:
     def chunks(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
         store = vector_store.store
         report = sync_chunks(store, context.partition_key, project.chunk_settings, project.token_counter)
-        state = store.consistency(context.partition_key, None, project.chunker_version)
+        stale = store.stale_documents(context.partition_key, project.chunker_version)
         return dg.MaterializeResult(
             metadata=record_and_describe(context, store, report, chunker_version=project.chunker_version),
             check_results=[dg.AssetCheckResult(
-                check_name="chunks_match_documents", passed=state.stale_documents == 0,
-                metadata={"stale_documents": state.stale_documents})],
+                check_name="chunks_match_documents", passed=stale == 0, metadata={"stale_documents": stale})],
         )
 
     return chunks

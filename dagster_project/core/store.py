@@ -4,7 +4,6 @@ runs as the read-only `refinery_reader` role."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -626,6 +625,14 @@ class VectorStore:
             out[collection]["errors" if severity == "error" else "warnings"].append({"path": path, "reason": reason})
         return out
 
+    def stale_documents(self, collection: str, chunker_version: str) -> int:
+        """Documents whose chunks were not made from their current text by this chunker."""
+        with self.reading() as conn:
+            return conn.execute(
+                "SELECT count(*) FROM documents WHERE collection = %s AND (chunked_hash IS DISTINCT "
+                "FROM content_hash OR chunker_version IS DISTINCT FROM %s)",
+                (collection, chunker_version)).fetchone()[0]
+
     def consistency(self, collection: str, model_id: int | None, chunker_version: str) -> Consistency:
         with self.reading() as conn:
             live = conn.execute("SELECT count(*) FROM chunks WHERE collection = %s", (collection,)).fetchone()[0]
@@ -645,10 +652,7 @@ class VectorStore:
                 "GROUP BY document_id HAVING count(*) <> max(ordinal) + 1 "
                 "OR count(DISTINCT ordinal) <> count(*) OR count(DISTINCT id) <> count(*)) x",
                 (collection,)).fetchone()[0]
-            stale = conn.execute(
-                "SELECT count(*) FROM documents WHERE collection = %s AND (chunked_hash IS DISTINCT "
-                "FROM content_hash OR chunker_version IS DISTINCT FROM %s)",
-                (collection, chunker_version)).fetchone()[0]
+        stale = self.stale_documents(collection, chunker_version)
         return Consistency(live, missing[0], orphan_vectors, orphan_chunks, duplicates, stale,
                            {"missing_vector_chunk_ids": missing[1] or []})
 
@@ -663,6 +667,3 @@ class VectorStore:
                 (run_id, collection, step, documents, chunks, texts, tokens, seconds,
                  Jsonb(counts or {}), Jsonb(list(warnings))))
 
-
-def to_json(value) -> str:
-    return json.dumps(value, default=str)
