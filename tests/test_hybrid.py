@@ -15,7 +15,7 @@ from dagster_project.core.embedders import EmbeddingModel, HashEmbedder, normali
 from dagster_project.core.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
 from dagster_project.core.hashing import content_hash, stable_id
 from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.store import ChunkRow, DocumentRow
+from dagster_project.core.store import ChunkRow, DocumentRow, DocumentToChunk
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
 
 GOLDEN = PROJECT_ROOT / "examples" / "golden_questions.yaml"
@@ -59,6 +59,47 @@ def test_fusion_ranks_first_what_both_legs_rank_second(store):
     assert paths[0] == "answer.md"
     assert hits[0].legs == {"vector": 2, "text": 2}
     assert hits[0].score == pytest.approx(2 / 62)
+
+
+def test_text_leg_is_bm25_rare_words_outweigh_common_ones(store):
+    """Inverse document frequency: the one chunk with the rare word beats the chunks that repeat
+    the common word; a chunk matching both comes first."""
+    model_id = store.ensure_model(EmbeddingModel("test", "bm25", 16))
+    vector = normalize(np.ones((1, 16), dtype=np.float32))[0]
+    for i in range(12):
+        add_document(store, f"common-{i}", f"the invoice invoice invoice page number {i}", vector, model_id)
+    add_document(store, "rare", "a walrus in the basement", vector, model_id)
+    add_document(store, "both", "a walrus ate the invoice", vector, model_id)
+    hits = store.search(model_id, 16, vector, k=3, mode="text", query_text="walrus invoice")
+    assert [h.path for h in hits][:2] == ["both.md", "rare.md"]
+
+
+def test_text_postings_follow_every_chunk_write(store):
+    """The BM25 postings and the per-collection document frequencies are kept by the database on
+    every insert and delete (edits, removals), so they always equal a recount from the chunks."""
+    model_id = store.ensure_model(EmbeddingModel("test", "postings", 16))
+    vector = normalize(np.ones((1, 16), dtype=np.float32))[0]
+    add_document(store, "a", "keepers of the lighthouse log storms", vector, model_id)
+    add_document(store, "b", "storms and tides", vector, model_id, collection="other")
+    edited = DocumentToChunk(stable_id("doc", "a"), "a.md", content_hash("a"), "a", "full", {}, [])
+    store.replace_chunks("kb", [edited], [ChunkRow(stable_id("chunk", "a2"), edited.id, "kb", 0, [],
+                                                   "the lighthouse is automated now", 5, content_hash("a2"))], "test")
+    store.apply_documents("other", [], ["b.md"], [], [], [])  # a removal
+
+    with store.reading() as conn:
+        drift = conn.execute(
+            "SELECT count(*) FROM ("
+            " SELECT l.lexeme, c.collection, count(*) AS df FROM chunks c, unnest(tsvector_to_array(c.tsv)) l(lexeme)"
+            " GROUP BY 1, 2) truth"
+            " FULL JOIN (SELECT term, collection, df FROM chunk_term_df WHERE df > 0) kept"
+            " ON kept.term = truth.lexeme AND kept.collection = truth.collection"
+            " WHERE kept.df IS DISTINCT FROM truth.df").fetchone()[0]
+        postings = conn.execute("SELECT count(*) FROM chunk_terms").fetchone()[0]
+        lexemes = conn.execute("SELECT coalesce(sum(length(tsv)), 0) FROM chunks").fetchone()[0]
+    assert drift == 0
+    assert postings == lexemes
+    hits = store.search(model_id, 16, vector, k=5, mode="text", query_text="storms")
+    assert hits == []  # neither the edited-away text nor the removed document is found
 
 
 @pytest.fixture

@@ -26,7 +26,15 @@ HALFVEC_ABOVE_DIMS = 2000
 EXACT_SEARCH_MAX_ROWS = 10_000
 SEARCH_MODES = ("hybrid", "vector", "text")
 RRF_K = 60  # the usual reciprocal rank fusion constant: 1 / (60 + rank)
-RRF_DEPTH = 50  # hits taken from each leg before fusing  # pgvector indexes vector up to 2000 dims, halfvec up to 4000
+RRF_DEPTH = 50  # hits taken from each leg before fusing
+# Hybrid fusion is per document: a document's score in a leg is the sum of 1 / (K + rank) over
+# its chunks in that leg, each further chunk counting this much less than the one before (so a
+# document with several good passages rises, but twenty weak ones do not beat one strong one).
+RRF_SAME_DOCUMENT_DECAY = 0.5
+# Unfiltered text search reads at most this many postings per query term, best BM25 weight first
+# (a term found in more chunks than that contributes little: its idf is low). Filtered text
+# search reads every posting of its terms, so a narrow filter never loses its matches.
+BM25_POSTINGS_PER_TERM = 4000
 FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
 
 
@@ -452,15 +460,17 @@ class VectorStore:
         mode `vector`: cosine similarity (score = similarity). Unfiltered or broad filters use the
         model's HNSW index with pgvector's iterative scan, which keeps going until k rows pass the
         filter; a filter that leaves few rows (found by a bounded probe) gets an exact scan.
-        mode `text`: PostgreSQL full-text search over the chunks' tsvector (score = ts_rank_cd).
-        mode `hybrid`: both legs fused by reciprocal rank fusion in one statement
-        (score = sum of 1 / (60 + rank)). Every hit says at which rank each leg found it."""
+        mode `text`: BM25 over the lexemes of the chunks' tsvector (score = BM25).
+        mode `hybrid`: both legs fused by reciprocal rank fusion per document, in one statement
+        (score = the document's fused score). The best chunk of each document comes first, in
+        document order; further chunks of the same documents follow. Every hit says at which
+        rank each leg found it."""
         if mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
         where, params = self._search_filters(filters)
         depth = max(RRF_DEPTH, k) if mode == "hybrid" else k
         params.update(model=model_id, k=k, depth=depth, q=query, text=query_text, cfg=text_search_config,
-                      rrf=RRF_K)
+                      rrf=RRF_K, decay=RRF_SAME_DOCUMENT_DECAY)
         with self.reading() as conn:
             exact = False
             if mode != "text" and where:
@@ -503,30 +513,55 @@ class VectorStore:
             "   JOIN documents d ON d.id = c.document_id"
             f"  WHERE e.model_id = %(model)s{filters} ORDER BY {order} LIMIT %(depth)s"
             ") v JOIN chunks c ON c.id = v.chunk_id")
-        # Any of the query's words, ranked by cover density: questions in plain words rarely
-        # contain every word of the passage that answers them.
+        # BM25 (sql/0006_bm25.sql): idf from the per-collection document frequencies (N from the
+        # planner's row count, exact for small tables), then the sum of idf * weight over the
+        # query's terms.
+        stats = (
+            "WITH terms AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s))) AS term),"
+            " n AS (SELECT CASE WHEN reltuples > 0 THEN reltuples ELSE (SELECT count(*) FROM chunks) END AS n"
+            "       FROM pg_class WHERE oid = 'chunks'::regclass),"
+            " stats AS MATERIALIZED (SELECT t.term, ln(1 + (greatest(n.n, df.df) - df.df + 0.5) / (df.df + 0.5)) AS idf"
+            "   FROM terms t CROSS JOIN n CROSS JOIN LATERAL"
+            "   (SELECT sum(f.df)::float8 AS df FROM chunk_term_df f WHERE f.term = t.term) df WHERE df.df > 0)")
+        if where:
+            postings = ("stats s JOIN chunk_terms p ON p.term = s.term JOIN chunks c ON c.id = p.chunk_id"
+                        f" JOIN documents d ON d.id = c.document_id WHERE {' AND '.join(where)}")
+        else:
+            postings = ("stats s CROSS JOIN LATERAL (SELECT p.chunk_id, p.weight FROM chunk_terms p"
+                        f" WHERE p.term = s.term ORDER BY p.weight DESC LIMIT {BM25_POSTINGS_PER_TERM}) p")
         text_leg = (
             "SELECT t.id, row_number() OVER (ORDER BY t.score DESC, t.id) AS rank, t.score FROM ("
-            "  SELECT c.id, ts_rank_cd(c.tsv, query.q) AS score"
-            "   FROM chunks c JOIN documents d ON d.id = c.document_id,"
-            "   (SELECT replace(plainto_tsquery(%(cfg)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS q) query"
-            f"  WHERE c.tsv @@ query.q{filters} ORDER BY score DESC LIMIT %(depth)s"
+            f"  {stats} SELECT p.chunk_id AS id, sum(s.idf * p.weight) AS score FROM {postings}"
+            "   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT %(depth)s"
             ") t")
         if mode == "vector":
-            legs = f"SELECT id, score, rank AS vector_rank, NULL::bigint AS text_rank FROM ({vector_leg}) x"
+            legs = (f"SELECT id, 1 AS nth, score, score AS chunk_score, rank AS vector_rank, NULL::bigint AS text_rank"
+                    f" FROM ({vector_leg}) x")
         elif mode == "text":
-            legs = f"SELECT id, score, NULL::bigint AS vector_rank, rank AS text_rank FROM ({text_leg}) x"
+            legs = (f"SELECT id, 1 AS nth, score, score AS chunk_score, NULL::bigint AS vector_rank, rank AS text_rank"
+                    f" FROM ({text_leg}) x")
         else:
             legs = (
-                "SELECT id, sum(1.0 / (%(rrf)s + rank)) AS score, max(vector_rank) AS vector_rank,"
-                "       max(text_rank) AS text_rank FROM ("
-                f"  SELECT id, rank, rank AS vector_rank, NULL::bigint AS text_rank FROM ({vector_leg}) v"
-                f"  UNION ALL SELECT id, rank, NULL, rank FROM ({text_leg}) t"
-                ") u GROUP BY id")
+                f"WITH legs AS (SELECT id, rank, 'v' AS leg FROM ({vector_leg}) v"
+                f"              UNION ALL SELECT id, rank, 't' FROM ({text_leg}) t),"
+                " per AS (SELECT l.id, l.leg, l.rank, c.document_id, row_number() OVER"
+                "         (PARTITION BY l.leg, c.document_id ORDER BY l.rank) AS nth"
+                "         FROM legs l JOIN chunks c ON c.id = l.id),"
+                " docs AS (SELECT document_id, sum(power(%(decay)s, nth - 1) / (%(rrf)s + rank)) AS score"
+                "          FROM per GROUP BY document_id),"
+                " fused AS (SELECT p.id, p.document_id, max(docs.score) AS score,"
+                "           sum(1.0 / (%(rrf)s + p.rank)) AS chunk_score,"
+                "           max(p.rank) FILTER (WHERE p.leg = 'v') AS vector_rank,"
+                "           max(p.rank) FILTER (WHERE p.leg = 't') AS text_rank"
+                "           FROM per p JOIN docs USING (document_id) GROUP BY p.id, p.document_id)"
+                # every document's best chunk first, then the second-best ones...: k hits show the
+                # k best documents, not one document's k passages
+                " SELECT id, row_number() OVER (PARTITION BY document_id ORDER BY chunk_score DESC, id) AS nth,"
+                "        score, chunk_score, vector_rank, text_rank FROM fused")
         return (f"WITH hits AS MATERIALIZED ({legs}) "
                 "SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, h.score, h.vector_rank, "
                 "h.text_rank FROM hits h JOIN chunks c ON c.id = h.id JOIN documents d ON d.id = c.document_id "
-                "ORDER BY h.score DESC, c.id LIMIT %(k)s")
+                "ORDER BY h.nth, h.score DESC, h.chunk_score DESC, c.id LIMIT %(k)s")
 
     # ------------------------------------------------------------ refinement
 
