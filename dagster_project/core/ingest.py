@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
@@ -21,7 +21,7 @@ from .store import ChunkRow, DocumentRow, DocumentToChunk, FileIssue, VectorStor
 from .tokens import TokenCounter
 
 PARALLEL_PARSE_MIN_FILES = 24
-CHUNK_TX_DOCUMENTS = 250  # documents re-chunked per transaction: a crash keeps finished batches
+CHUNK_TX_DOCUMENTS = 50  # documents re-chunked per transaction: a crash keeps finished batches
 EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
 ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
 REBUILD_INDEX_MIN_TEXTS = 10_000  # a load this big, and bigger than what is indexed, rebuilds the index
@@ -217,11 +217,20 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
     version = settings.version(counter)
     documents = store.documents_to_chunk(collection, version)
     counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, chunks=0)
-    for start in range(0, len(documents), CHUNK_TX_DOCUMENTS):
-        batch = documents[start:start + CHUNK_TX_DOCUMENTS]
-        rows = [row for d in batch for row in build_chunks(d, collection, settings, counter)]
-        counts["chunks"] += len(rows)
-        counts.update(store.replace_chunks(collection, batch, rows, version, settings.text_search_config))
+    # One writer thread: while PostgreSQL stores a batch (and indexes its text for BM25), this
+    # thread chunks the next one. Batches still commit one at a time, in order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as writer:
+        writing = None
+        for start in range(0, len(documents), CHUNK_TX_DOCUMENTS):
+            batch = documents[start:start + CHUNK_TX_DOCUMENTS]
+            rows = [row for d in batch for row in build_chunks(d, collection, settings, counter)]
+            counts["chunks"] += len(rows)
+            if writing is not None:
+                counts.update(writing.result())
+            writing = writer.submit(store.replace_chunks, collection, batch, rows, version,
+                                    settings.text_search_config)
+        if writing is not None:
+            counts.update(writing.result())
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
     return report
