@@ -34,7 +34,7 @@ RRF_SAME_DOCUMENT_DECAY = 0.5
 # Unfiltered text search reads at most this many postings per query term, best BM25 weight first
 # (a term found in more chunks than that contributes little: its idf is low). Filtered text
 # search reads every posting of its terms, so a narrow filter never loses its matches.
-BM25_POSTINGS_PER_TERM = 4000
+BM25_POSTINGS_PER_TERM = 3000
 FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
 
 
