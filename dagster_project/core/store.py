@@ -668,6 +668,17 @@ class VectorStore:
                 "FROM content_hash OR chunker_version IS DISTINCT FROM %s)",
                 (collection, chunker_version)).fetchone()[0]
 
+    def text_index_counts(self, collection: str) -> dict[str, int]:
+        """The collection's lexemes (from the chunks' tsvectors), BM25 postings and summed
+        document frequencies: all three are equal when the text index matches the chunks."""
+        with self.reading() as conn:
+            row = conn.execute(
+                "SELECT (SELECT coalesce(sum(length(tsv)), 0) FROM chunks WHERE collection = %(c)s),"
+                " (SELECT count(*) FROM chunk_terms p JOIN chunks c ON c.id = p.chunk_id WHERE c.collection = %(c)s),"
+                " (SELECT coalesce(sum(df), 0) FROM chunk_term_df WHERE collection = %(c)s)",
+                {"c": collection}).fetchone()
+        return {"lexemes": int(row[0]), "postings": int(row[1]), "document_frequencies": int(row[2])}
+
     def consistency(self, collection: str, model_id: int | None, chunker_version: str) -> Consistency:
         with self.reading() as conn:
             live = conn.execute("SELECT count(*) FROM chunks WHERE collection = %s", (collection,)).fetchone()[0]
