@@ -19,8 +19,10 @@ CREATE FUNCTION bm25_tf(weights text[]) RETURNS real
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN greatest(cardinality(weights) + 3 * cardinality(array_positions(weights, 'A')), 1);
 
+-- No foreign key: the triggers below add and remove a chunk's postings with the chunk, and a
+-- per-row key check on a million postings cost more than all the rest of the indexing.
 CREATE TABLE chunk_terms (
-    chunk_id uuid NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
+    chunk_id uuid NOT NULL,
     term     text NOT NULL,
     weight   real NOT NULL
 );
@@ -56,7 +58,7 @@ $$;
 
 CREATE FUNCTION chunks_unindex_terms() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    -- The postings go with their chunks (ON DELETE CASCADE); the frequencies are counted down.
+    DELETE FROM chunk_terms p USING old_chunks o WHERE p.chunk_id = o.id;
     -- A term counted down to 0 keeps its row (readers ignore it): deleting it here would scan.
     WITH gone AS (
         SELECT l.lexeme, o.collection, count(*) AS n FROM old_chunks o, unnest(tsvector_to_array(o.tsv)) l(lexeme)
@@ -72,6 +74,15 @@ CREATE TRIGGER chunks_index_terms AFTER INSERT ON chunks
     REFERENCING NEW TABLE AS new_chunks FOR EACH STATEMENT EXECUTE FUNCTION chunks_index_terms();
 CREATE TRIGGER chunks_unindex_terms AFTER DELETE ON chunks
     REFERENCING OLD TABLE AS old_chunks FOR EACH STATEMENT EXECUTE FUNCTION chunks_unindex_terms();
+
+CREATE FUNCTION chunks_truncate_terms() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE chunk_terms, chunk_term_df;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER chunks_truncate_terms AFTER TRUNCATE ON chunks
+    FOR EACH STATEMENT EXECUTE FUNCTION chunks_truncate_terms();
 
 -- Index the chunks already stored.
 WITH lexemes AS (
