@@ -12,7 +12,7 @@ $(BIN)/refinery $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: an unpinned torch pulled in by sentence-transformers is the CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[local]'
+	$(BIN)/pip install --quiet -e '.[local,test]'
 	touch $(VENV)/.installed
 
 install: $(VENV)/.installed
