@@ -10,6 +10,7 @@ from .assets.chunks import build_chunks
 from .assets.corpus import build_corpus_files
 from .assets.documents import build_documents
 from .assets.embeddings import build_embeddings
+from .assets.feedback import build_feedback_events, build_feedback_views
 from .assets.refined import build_refined_documents
 from .project import Project
 from .resources.embedder import EmbedderResource
@@ -27,7 +28,8 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
     ingestion = [build_documents(project), build_chunks(project), build_embeddings(project)]
     refined = build_refined_documents(project)
     return dg.Definitions(
-        assets=[build_corpus_files(project), *ingestion, refined],
+        assets=[build_corpus_files(project), *ingestion, build_feedback_events(project), refined,
+                build_feedback_views(project)],
         jobs=[
             dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.assets(*ingestion),
                                 partitions_def=project.partitions,

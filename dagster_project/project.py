@@ -11,10 +11,10 @@ import dagster as dg
 from .core.chunking import ChunkSettings
 from .core.corpus import Manifest, load_manifest
 from .core.embedders import configured_model_key, embedding_token_counter
+from .core.feedback import FeedbackPolicy
 from .core.quality import RoutingThresholds
 from .core.settings import Settings
 from .core.tokens import TokenCounter
-
 
 
 @dataclass
@@ -52,6 +52,10 @@ class Project:
     @property
     def routing_thresholds(self) -> RoutingThresholds:
         return RoutingThresholds(self.settings.refine_min_words, self.settings.refine_min_quality)
+
+    @property
+    def feedback_policy(self) -> FeedbackPolicy:
+        return FeedbackPolicy(self.settings.feedback_auto_min_score, self.settings.feedback_prompt_examples)
 
     @staticmethod
     def refinement_key(chain) -> tuple[str, str, str]:

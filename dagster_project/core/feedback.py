@@ -127,9 +127,13 @@ def resolve_document(store: VectorStore, spec: str, collection: str | None = Non
         raise FeedbackError(f"{spec!r} is in several collections ({', '.join(c for c, _ in candidates)}): "
                             "say which with --collection")
     where = f" in collection {collection!r}" if collection else ""
-    names = [f"{c}/{p}" for c, p in known if not collection or c == collection]
-    close = difflib.get_close_matches(spec, names + [p for c, p in known if not collection or c == collection],
-                                      n=3, cutoff=0.5)
+    options: dict[str, list[str]] = {}  # what a person may have meant to type -> the documents it names
+    for c, p in sorted(known):
+        if not collection or c == collection:
+            options.setdefault(p, []).append(f"{c}/{p}")
+            options.setdefault(f"{c}/{p}", []).append(f"{c}/{p}")
+    close = list(dict.fromkeys(name for match in difflib.get_close_matches(spec, options, n=3, cutoff=0.5)
+                               for name in options[match]))[:3]
     hint = f"; did you mean {', '.join(close)}?" if close else " (refinery status lists what is indexed)"
     raise FeedbackError(f"no document {spec!r}{where} in the index{hint}")
 
@@ -161,10 +165,10 @@ _EVENT_COLUMNS = ("event_id", "created_at", "source", "rating", "score", "tags",
 
 
 def list_feedback(store: VectorStore, *, collection: str | None = None, path: str | None = None,
-                  source: str | None = None, limit: int = 50) -> list[dict]:
+                  source: str | None = None, event_id: int | None = None, limit: int = 50) -> list[dict]:
     """The newest events first, with whether the refinement each judged is still the current one."""
     where, params = [], []
-    for column, value in (("collection", collection), ("path", path), ("source", source)):
+    for column, value in (("collection", collection), ("path", path), ("source", source), ("event_id", event_id)):
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
