@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 import warnings
-from datetime import timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from .core.corpus import ManifestError
 from .core.embedders import EmbeddingError
 from .core.migrations import MigrationError
+from .core.monitoring import MonitoringError
 from .core.pg import DatabaseSetupError, DatabaseUrls, check_reachable, export_urls, mask_url, resolve_database_urls
 from .core.settings import PROJECT_ROOT, Settings
 from .core.store import SEARCH_MODES
@@ -24,7 +25,7 @@ from .core.store import SEARCH_MODES
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # The run's events are stored in the instance (and shown in the UI); the terminal gets a summary.
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError)
+USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError, MonitoringError)
 
 
 class CliError(RuntimeError):
@@ -108,6 +109,10 @@ def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
                 "steps": {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
                           for e in result.get_asset_materialization_events()},
                 "checks": {e.check_name: e.passed for e in result.get_asset_check_evaluations()},
+                "check_details": {e.check_name: {"passed": e.passed, "severity": e.severity.value,
+                                                 **{k: v.value for k, v in e.metadata.items()
+                                                    if k in ("value", "status", "thresholds")}}
+                                  for e in result.get_asset_check_evaluations()},
                 "failures": [ev.message for ev in result.all_events if ev.is_step_failure],
             }
     return runs
@@ -380,6 +385,51 @@ def cmd_feedback_summary(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ snapshot
+
+def cmd_snapshot(args) -> int:
+    from .core.metrics import read_snapshot
+    from .core.store import VectorStore
+    from .definitions import SNAPSHOT_JOB
+    from .project import Project
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    today = datetime.now(timezone.utc).date()
+    try:
+        day = date.fromisoformat(args.day) if args.day else today
+    except ValueError:
+        raise CliError(f"--day must be a date as YYYY-MM-DD, not {args.day!r}") from None
+    if day > today:
+        raise CliError(f"{day} has not begun yet (today is {today} UTC)")
+    if day < settings.metrics_start_date:
+        raise CliError(f"{day} is before METRICS_START_DATE ({settings.metrics_start_date}): "
+                       "set it earlier to snapshot that day")
+    project.thresholds  # a broken monitoring.yaml stops here, before any run
+    urls = _prepare(settings)
+    run = _run_job(project, SNAPSHOT_JOB, [day.isoformat()])[day.isoformat()]
+    store = VectorStore(urls.vector_store)
+    try:
+        values = read_snapshot(store, day)
+    finally:
+        store.close()
+    step = run["steps"].get("metric_snapshots", {})
+    out = {"day": day.isoformat(), "run_id": run["run_id"], "success": run["success"],
+           "live_metrics": step.get("live_metrics"),
+           "metrics": [{"metric": v.metric, "dimensions": v.dimensions, "value": v.value, "kind": v.kind}
+                       for v in values],
+           "checks": run["check_details"], "failures": run["failures"]}
+    lines = [f"metric snapshot of {day} (UTC); live metrics: {out['live_metrics']}"]
+    lines += [f"  {v.metric:<24} {v.value:>14.4f}  {v.kind}" for v in values if not v.dimensions]
+    for name, check in sorted(run["check_details"].items()):
+        verdict = "ok" if check["passed"] else check["severity"]
+        lines.append(f"  check {name:<36} {verdict:<5} {check.get('status', '')} ({check.get('thresholds', '')})")
+    lines.extend(f"  FAILED: {f}" for f in run["failures"])
+    _print(out, args.json, "\n".join(lines))
+    critical = any(not c["passed"] and c["severity"] == "ERROR" for c in run["check_details"].values())
+    return 0 if run["success"] and not critical else 1
+
+
 # ------------------------------------------------------------------ search, status, db-url, dev
 
 def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None):
@@ -586,6 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = feedback_sub.add_parser("summary", help="approval per model and prompt version; the refiner's totals")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_feedback_summary)
+
+    p = sub.add_parser("snapshot", help="materialize one day's metric snapshot and its threshold checks")
+    p.add_argument("--day", help="YYYY-MM-DD, a UTC day (default: today)")
+    p.add_argument("--manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("db-url", help="the vector store's connection string")
     p.add_argument("--show-password", action="store_true")
