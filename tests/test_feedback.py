@@ -210,6 +210,17 @@ def test_feedback_views_asset_reports_the_summary(indexed, db_url, monkeypatch):
     assert feedback_versions(indexed)["support"] != version  # the observable source sees every event
 
     monkeypatch.setenv("DATABASE_URL", db_url)
+    # The observable source, observed the way the UI does: one data version per collection.
+    from dagster._core.definitions.observe import observe  # the in-process observation helper
+
+    from dagster_project.assets.feedback import build_feedback_events
+
+    observed = observe([build_feedback_events(Project.load())], resources={"vector_store": PgVectorStore()})
+    versions = {e.event_specific_data.asset_observation.partition:
+                e.event_specific_data.asset_observation.tags["dagster/data_version"]
+                for e in observed.get_asset_observation_events()}
+    assert versions == {"product": "none", "sales": "none", "support": feedback_versions(indexed)["support"]}
+
     asset = build_feedback_views(Project.load())
     result = dg.materialize([asset], resources={"vector_store": PgVectorStore()})
     metadata = result.asset_materializations_for_node("feedback_views")[0].metadata
