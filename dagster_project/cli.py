@@ -18,7 +18,14 @@ from .core.corpus import ManifestError
 from .core.embedders import EmbeddingError
 from .core.migrations import MigrationError
 from .core.monitoring import MonitoringError
-from .core.pg import DatabaseSetupError, DatabaseUrls, check_reachable, export_urls, mask_url, resolve_database_urls
+from .core.pg import (
+    DatabaseSetupError,
+    DatabaseUrls,
+    check_reachable,
+    export_urls,
+    mask_url,
+    resolve_database_urls,
+)
 from .core.settings import PROJECT_ROOT, Settings
 from .core.store import SEARCH_MODES
 
@@ -120,7 +127,6 @@ def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
 
 def _run_ingest(project, names: list[str], as_json: bool) -> int:
     from .core.store import VectorStore
-
     from .definitions import INGEST_JOB
 
     runs = _run_job(project, INGEST_JOB, names)
@@ -285,8 +291,16 @@ def cmd_llm_check(args) -> int:
 # ------------------------------------------------------------------ feedback
 
 def cmd_feedback_add(args) -> int:
-    from .core.feedback import Feedback, FeedbackError, check, parse_rating, parse_tags, record_feedback
-    from .core.feedback import list_feedback, resolve_document
+    from .core.feedback import (
+        Feedback,
+        FeedbackError,
+        check,
+        list_feedback,
+        parse_rating,
+        parse_tags,
+        record_feedback,
+        resolve_document,
+    )
     from .core.store import VectorStore
     from .project import Project
 
@@ -405,7 +419,7 @@ def cmd_snapshot(args) -> int:
     if day < settings.metrics_start_date:
         raise CliError(f"{day} is before METRICS_START_DATE ({settings.metrics_start_date}): "
                        "set it earlier to snapshot that day")
-    project.thresholds  # a broken monitoring.yaml stops here, before any run
+    _ = project.thresholds  # a broken monitoring.yaml stops here, before any run
     urls = _prepare(settings)
     run = _run_job(project, SNAPSHOT_JOB, [day.isoformat()])[day.isoformat()]
     store = VectorStore(urls.vector_store)
@@ -488,7 +502,12 @@ def cmd_search(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .core.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
+    from .core.evaluation import (
+        QuestionsError,
+        distinct_documents,
+        evaluate,
+        load_questions,
+    )
     from .core.store import VectorStore
 
     settings = _settings(args)

@@ -16,8 +16,14 @@ import pytest
 from dagster_project.core.chunking import ChunkSettings
 from dagster_project.core.corpus import load_manifest
 from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.feedback import (Feedback, FeedbackError, feedback_summary, feedback_versions,
-                                           record_feedback, refiner_stats)
+from dagster_project.core.feedback import (
+    Feedback,
+    FeedbackError,
+    feedback_summary,
+    feedback_versions,
+    record_feedback,
+    refiner_stats,
+)
 from dagster_project.core.ingest import ingest_collection
 from dagster_project.core.llm import LLMChain, Price
 from dagster_project.core.quality import RoutingThresholds
@@ -211,7 +217,9 @@ def test_feedback_views_asset_reports_the_summary(indexed, db_url, monkeypatch):
 
     monkeypatch.setenv("DATABASE_URL", db_url)
     # The observable source, observed the way the UI does: one data version per collection.
-    from dagster._core.definitions.observe import observe  # the in-process observation helper
+    from dagster._core.definitions.observe import (
+        observe,  # the in-process observation helper
+    )
 
     from dagster_project.assets.feedback import build_feedback_events
 

@@ -23,7 +23,14 @@ from dagster_project.core.feedback import Feedback, record_feedback
 from dagster_project.core.ingest import ingest_collection
 from dagster_project.core.llm import LLMChain, Price
 from dagster_project.core.metrics import read_snapshot, take_snapshot
-from dagster_project.core.monitoring import CRITICAL, NO_DATA, OK, WARNING, MonitoringError, load_thresholds
+from dagster_project.core.monitoring import (
+    CRITICAL,
+    NO_DATA,
+    OK,
+    WARNING,
+    MonitoringError,
+    load_thresholds,
+)
 from dagster_project.core.quality import RoutingThresholds
 from dagster_project.core.refine import refine_collection
 from dagster_project.core.tokens import wordpiece_counter

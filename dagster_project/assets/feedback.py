@@ -3,7 +3,12 @@ the pipeline write to it), and `feedback_views`, the views and functions over it
 
 import dagster as dg
 
-from ..core.feedback import example_counts, feedback_summary, feedback_versions, refiner_stats
+from ..core.feedback import (
+    example_counts,
+    feedback_summary,
+    feedback_versions,
+    refiner_stats,
+)
 from ..project import Project
 from ..resources.vector_store import PgVectorStore
 from .reporting import markdown_table

@@ -8,7 +8,13 @@ from datetime import date, timedelta
 import dagster as dg
 
 from ..core.charts import trend_png
-from ..core.metrics import METRICS, Snapshot, measure_retrieval, metric_series, take_snapshot
+from ..core.metrics import (
+    METRICS,
+    Snapshot,
+    measure_retrieval,
+    metric_series,
+    take_snapshot,
+)
 from ..core.monitoring import CRITICAL, NO_DATA, OK, Threshold
 from ..core.store import VectorStore
 from ..project import Project

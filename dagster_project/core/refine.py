@@ -11,8 +11,15 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from .extractive import refine_extractively
-from .feedback import (NOTES_PER_DOCUMENT, ApprovedExample, FeedbackPolicy, ReviewNote, approved_examples,
-                       pick_examples, review_notes)
+from .feedback import (
+    NOTES_PER_DOCUMENT,
+    ApprovedExample,
+    FeedbackPolicy,
+    ReviewNote,
+    approved_examples,
+    pick_examples,
+    review_notes,
+)
 from .hashing import content_hash
 from .llm import EXTRACTIVE, ChainResult, LLMChain
 from .prompts import PROMPT_VERSION, Prompt, PromptChunk, Review, build_prompt
