@@ -394,8 +394,14 @@ def cmd_feedback_summary(args) -> int:
         tags = ", ".join(f"{t['tag']} ({t['count']})" for t in r["frequent_tags"])
         lines.append(f"{r['model']:<20} {r['prompt_version']:<10} {r['events']:>7} {r['positive']:>5} {r['negative']:>5} "
                      f"{r['approval_rate']:>9.3f} {approval:>10}  {tags}")
-    _print({"summary": summary, "refiner_stats": stats}, args.json,
-           "\n".join(lines) if summary else "no feedback on refined documents yet")
+    if not summary:
+        lines = ["no feedback on refined documents yet"]
+    lines.append(f"\n{'refiner':<18} {'model':<20} {'link':<10} {'outcome':<12} {'calls':>6} {'documents':>9} {'cost $':>10}")
+    for r in stats:
+        cost = "" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
+        lines.append(f"{r['source']:<18} {r['model']:<20} {r['link']:<10} {r['outcome']:<12} {r['calls'] or '':>6} "
+                     f"{r['documents']:>9} {cost:>10}")
+    _print({"summary": summary, "refiner_stats": stats}, args.json, "\n".join(lines))
     return 0
 
 
