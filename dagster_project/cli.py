@@ -11,19 +11,28 @@ import subprocess
 import sys
 import time
 import warnings
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from .core.corpus import ManifestError
 from .core.embedders import EmbeddingError
 from .core.migrations import MigrationError
-from .core.pg import DatabaseSetupError, DatabaseUrls, check_reachable, export_urls, mask_url, resolve_database_urls
+from .core.monitoring import MonitoringError
+from .core.pg import (
+    DatabaseSetupError,
+    DatabaseUrls,
+    check_reachable,
+    export_urls,
+    mask_url,
+    resolve_database_urls,
+)
 from .core.settings import PROJECT_ROOT, Settings
 from .core.store import SEARCH_MODES
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # The run's events are stored in the instance (and shown in the UI); the terminal gets a summary.
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError)
+USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError, MonitoringError)
 
 
 class CliError(RuntimeError):
@@ -107,6 +116,10 @@ def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
                 "steps": {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
                           for e in result.get_asset_materialization_events()},
                 "checks": {e.check_name: e.passed for e in result.get_asset_check_evaluations()},
+                "check_details": {e.check_name: {"passed": e.passed, "severity": e.severity.value,
+                                                 **{k: v.value for k, v in e.metadata.items()
+                                                    if k in ("value", "status", "thresholds")}}
+                                  for e in result.get_asset_check_evaluations()},
                 "failures": [ev.message for ev in result.all_events if ev.is_step_failure],
             }
     return runs
@@ -114,7 +127,6 @@ def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
 
 def _run_ingest(project, names: list[str], as_json: bool) -> int:
     from .core.store import VectorStore
-
     from .definitions import INGEST_JOB
 
     runs = _run_job(project, INGEST_JOB, names)
@@ -199,7 +211,8 @@ def cmd_refine(args) -> int:
         per_collection[name] = {
             "run_id": run["run_id"], "success": run["success"], "checks": run["checks"], "failures": run["failures"],
             **{k: step.get(k, 0) for k in ("refined", "skipped", "lightweight", "quarantined", "llm_calls",
-                                            "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd")},
+                                            "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd",
+                                            "feedback_redos")},
             "by_link": step.get("by_link", {}), "lightweight_reasons": step.get("lightweight_reasons", {}),
         }
     by_link: dict[str, int] = {}
@@ -211,6 +224,7 @@ def cmd_refine(args) -> int:
         "skipped": sum(c["skipped"] for c in per_collection.values()),
         "lightweight": sum(c["lightweight"] for c in per_collection.values()),
         "quarantined": sum(c["quarantined"] for c in per_collection.values()),
+        "feedback_redos": sum(c["feedback_redos"] for c in per_collection.values()),
         "by_link": by_link,
         "cost_usd": round(sum(c["cost_usd"] for c in per_collection.values()), 6),
         "chain": chain.links, "collections": per_collection,
@@ -233,7 +247,8 @@ def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
     store = VectorStore(urls.vector_store)
     try:
         plans = {n: estimate(store, n, chain, prompt_token_counter(project.settings),
-                             budget=project.settings.refine_budget_tokens, thresholds=project.routing_thresholds)
+                             budget=project.settings.refine_budget_tokens, thresholds=project.routing_thresholds,
+                             feedback=project.feedback_policy)
                  for n in names}
     finally:
         store.close()
@@ -271,6 +286,168 @@ def cmd_llm_check(args) -> int:
                      + (f": {r['error']}" if r["error"] else "") for r in results)
     _print({"models": results, "chain": chain.links}, args.json, text)
     return 0 if all(r["ok"] for r in results) else 1
+
+
+# ------------------------------------------------------------------ feedback
+
+def cmd_feedback_add(args) -> int:
+    from .core.feedback import (
+        Feedback,
+        FeedbackError,
+        check,
+        list_feedback,
+        parse_rating,
+        parse_tags,
+        record_feedback,
+        resolve_document,
+    )
+    from .core.store import VectorStore
+    from .project import Project
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    if args.collection:
+        project.manifest.collection(args.collection)  # names the known ones if unknown
+    try:
+        feedback = Feedback(rating=parse_rating(args.rating), score=args.score, tags=parse_tags(args.tags),
+                            comment=(args.reason or "").strip() or None, author=args.author or _user())
+        check(feedback)  # before any database starts
+    except FeedbackError as exc:
+        raise CliError(str(exc)) from None
+    urls = _prepare(settings)
+    store = VectorStore(urls.vector_store)
+    try:
+        roots = {name: c.root for name, c in project.manifest.collections.items()}
+        feedback.collection, feedback.path = resolve_document(store, args.document, args.collection, roots)
+        event = list_feedback(store, event_id=record_feedback(store, feedback))[0]
+    except FeedbackError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    text = (f"recorded feedback #{event['event_id']}: {event['rating']:+d} on {event['collection']}/{event['path']} "
+            f"({event['model']}, {event['prompt_version']}, {event['schema_version']})")
+    if event["rating"] < 0:
+        text += "\nthe next `refinery refine` redoes this refinement with your reason in the prompt (when LLM_MODEL is set)"
+    _print(event, args.json, text)
+    return 0
+
+
+def _user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment: the event is anonymous
+        return None
+
+
+def cmd_feedback_list(args) -> int:
+    from .core.feedback import SOURCES, FeedbackError, list_feedback, resolve_document
+    from .core.store import VectorStore
+    from .project import Project
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    if args.collection:
+        project.manifest.collection(args.collection)
+    if args.limit < 1:
+        raise CliError(f"--limit must be at least 1, not {args.limit}")
+    if args.source is not None and args.source not in SOURCES:
+        raise CliError(f"--source must be one of {', '.join(SOURCES)}, not {args.source!r}")
+    urls = _prepare(settings)
+    store = VectorStore(urls.vector_store)
+    try:
+        collection, path = args.collection, None
+        if args.document:
+            roots = {name: c.root for name, c in project.manifest.collections.items()}
+            collection, path = resolve_document(store, args.document, args.collection, roots)
+        events = list_feedback(store, collection=collection, path=path, source=args.source, limit=args.limit)
+    except FeedbackError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    lines = [f"{'id':>5} {'when (UTC)':<16} {'source':<9} {'rating':>6} {'score':>5} {'document':<40} {'model':<16} "
+             f"{'prompt':<10} tags / reason"]
+    for e in events:
+        when = e["created_at"].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+        reason = " ".join(filter(None, [",".join(e["tags"]), (e["comment"] or "")[:80].replace("\n", " ")]))
+        lines.append(f"{e['event_id']:>5} {when:<16} {e['source']:<9} {e['rating']:>+6d} {e['score'] or '':>5} "
+                     f"{e['collection'] + '/' + e['path']:<40} {e['model'] or '':<16} {e['prompt_version'] or '':<10} "
+                     f"{reason}")
+    _print(events, args.json, "\n".join(lines) if events else "no feedback yet")
+    return 0
+
+
+def cmd_feedback_summary(args) -> int:
+    from .core.feedback import feedback_summary, refiner_stats
+    from .core.store import VectorStore
+
+    urls = _prepare(_settings(args))
+    store = VectorStore(urls.vector_store)
+    try:
+        summary, stats = feedback_summary(store), refiner_stats(store)
+    finally:
+        store.close()
+    lines = [f"{'model':<20} {'prompt':<10} {'events':>7} {'+':>5} {'-':>5} {'approval':>9} {'user appr.':>10}  frequent tags"]
+    for r in summary:
+        approval = "" if r["user_approval_rate"] is None else f"{r['user_approval_rate']:.3f}"
+        tags = ", ".join(f"{t['tag']} ({t['count']})" for t in r["frequent_tags"])
+        lines.append(f"{r['model']:<20} {r['prompt_version']:<10} {r['events']:>7} {r['positive']:>5} {r['negative']:>5} "
+                     f"{r['approval_rate']:>9.3f} {approval:>10}  {tags}")
+    if not summary:
+        lines = ["no feedback on refined documents yet"]
+    lines.append(f"\n{'refiner':<18} {'model':<20} {'link':<10} {'outcome':<12} {'calls':>6} {'documents':>9} {'cost $':>10}")
+    for r in stats:
+        cost = "" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
+        lines.append(f"{r['source']:<18} {r['model']:<20} {r['link']:<10} {r['outcome']:<12} {r['calls'] or '':>6} "
+                     f"{r['documents']:>9} {cost:>10}")
+    _print({"summary": summary, "refiner_stats": stats}, args.json, "\n".join(lines))
+    return 0
+
+
+# ------------------------------------------------------------------ snapshot
+
+def cmd_snapshot(args) -> int:
+    from .core.metrics import read_snapshot
+    from .core.store import VectorStore
+    from .definitions import SNAPSHOT_JOB
+    from .project import Project
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    today = datetime.now(timezone.utc).date()
+    try:
+        day = date.fromisoformat(args.day) if args.day else today
+    except ValueError:
+        raise CliError(f"--day must be a date as YYYY-MM-DD, not {args.day!r}") from None
+    if day > today:
+        raise CliError(f"{day} has not begun yet (today is {today} UTC)")
+    if day < settings.metrics_start_date:
+        raise CliError(f"{day} is before METRICS_START_DATE ({settings.metrics_start_date}): "
+                       "set it earlier to snapshot that day")
+    _ = project.thresholds  # a broken monitoring.yaml stops here, before any run
+    urls = _prepare(settings)
+    run = _run_job(project, SNAPSHOT_JOB, [day.isoformat()])[day.isoformat()]
+    store = VectorStore(urls.vector_store)
+    try:
+        values = read_snapshot(store, day)
+    finally:
+        store.close()
+    step = run["steps"].get("metric_snapshots", {})
+    out = {"day": day.isoformat(), "run_id": run["run_id"], "success": run["success"],
+           "live_metrics": step.get("live_metrics"),
+           "metrics": [{"metric": v.metric, "dimensions": v.dimensions, "value": v.value, "kind": v.kind}
+                       for v in values],
+           "checks": run["check_details"], "failures": run["failures"]}
+    lines = [f"metric snapshot of {day} (UTC); live metrics: {out['live_metrics']}"]
+    lines += [f"  {v.metric:<24} {v.value:>14.4f}  {v.kind}" for v in values if not v.dimensions]
+    for name, check in sorted(run["check_details"].items()):
+        verdict = "ok" if check["passed"] else check["severity"]
+        lines.append(f"  check {name:<36} {verdict:<5} {check.get('status', '')} ({check.get('thresholds', '')})")
+    lines.extend(f"  FAILED: {f}" for f in run["failures"])
+    _print(out, args.json, "\n".join(lines))
+    critical = any(not c["passed"] and c["severity"] == "ERROR" for c in run["check_details"].values())
+    return 0 if run["success"] and not critical else 1
 
 
 # ------------------------------------------------------------------ search, status, db-url, dev
@@ -331,7 +508,12 @@ def cmd_search(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .core.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
+    from .core.evaluation import (
+        QuestionsError,
+        distinct_documents,
+        evaluate,
+        load_questions,
+    )
     from .core.store import VectorStore
 
     settings = _settings(args)
@@ -453,6 +635,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    feedback = sub.add_parser("feedback", help="judge refined documents; list and summarize the judgements")
+    feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True)
+    p = feedback_sub.add_parser("add", help="record a judgement of a document's current refinement")
+    p.add_argument("--document", required=True,
+                   help="the document: its path in the collection, collection/path, or the file on disk")
+    p.add_argument("--rating", required=True, help="+1 (good) or -1 (bad)")
+    p.add_argument("--reason", help="what is right or wrong with it (a -1 reason goes into the next prompt)")
+    p.add_argument("--tags", nargs="+", metavar="TAG", help="lower-case labels, e.g. wrong-facts missing-steps")
+    p.add_argument("--score", type=int, help="optionally, 1-5 (1-3 with -1, 3-5 with +1)")
+    p.add_argument("--collection", help="the document's collection, when its path is in several")
+    p.add_argument("--author", help="who judges (default: the current user name)")
+    p.add_argument("--manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_feedback_add)
+    p = feedback_sub.add_parser("list", help="feedback events, newest first")
+    p.add_argument("--document", help="only this document")
+    p.add_argument("--collection")
+    p.add_argument("--source", help="user, validator or auto")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_feedback_list)
+    p = feedback_sub.add_parser("summary", help="approval per model and prompt version; the refiner's totals")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_feedback_summary)
+
+    p = sub.add_parser("snapshot", help="materialize one day's metric snapshot and its threshold checks")
+    p.add_argument("--day", help="YYYY-MM-DD, a UTC day (default: today)")
+    p.add_argument("--manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("db-url", help="the vector store's connection string")
     p.add_argument("--show-password", action="store_true")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 
 import dagster as dg
 
@@ -10,6 +11,8 @@ from .assets.chunks import build_chunks
 from .assets.corpus import build_corpus_files
 from .assets.documents import build_documents
 from .assets.embeddings import build_embeddings
+from .assets.feedback import build_feedback_events, build_feedback_views
+from .assets.metrics import build_metric_snapshots
 from .assets.refined import build_refined_documents
 from .project import Project
 from .resources.embedder import EmbedderResource
@@ -18,6 +21,7 @@ from .resources.vector_store import PgVectorStore
 
 INGEST_JOB = "ingest"
 REFINE_JOB = "refine"
+SNAPSHOT_JOB = "snapshot"
 # corpus_files is an observable source asset, which Dagster still marks beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
@@ -26,8 +30,22 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
     project = project or Project.load()
     ingestion = [build_documents(project), build_chunks(project), build_embeddings(project)]
     refined = build_refined_documents(project)
+    snapshots = build_metric_snapshots(project)
+    snapshot_job = dg.define_asset_job(SNAPSHOT_JOB, selection=dg.AssetSelection.assets(snapshots),
+                                       partitions_def=project.daily_partitions,
+                                       description="The metric snapshot of one UTC day and its threshold checks.")
+
+    # Just after midnight, yesterday's snapshot: its live metrics are measured on a state that is
+    # still the day's. Off until switched on in the UI.
+    @dg.schedule(name="daily_metric_snapshot", cron_schedule="15 0 * * *", job=snapshot_job, execution_timezone="UTC")
+    def daily_metric_snapshot(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        day = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
+        return dg.RunRequest(run_key=day, partition_key=day)
+
     return dg.Definitions(
-        assets=[build_corpus_files(project), *ingestion, refined],
+        assets=[build_corpus_files(project), *ingestion, build_feedback_events(project), refined,
+                build_feedback_views(project), snapshots],
+        schedules=[daily_metric_snapshot],
         jobs=[
             dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.assets(*ingestion),
                                 partitions_def=project.partitions,
@@ -35,6 +53,7 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
             dg.define_asset_job(REFINE_JOB, selection=dg.AssetSelection.assets(refined),
                                 partitions_def=project.partitions,
                                 description="Refined JSON for the documents of one collection."),
+            snapshot_job,
         ],
         resources={"vector_store": PgVectorStore(), "embedder": EmbedderResource(), "llm": LLMResource()},
     )

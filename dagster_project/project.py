@@ -11,10 +11,11 @@ import dagster as dg
 from .core.chunking import ChunkSettings
 from .core.corpus import Manifest, load_manifest
 from .core.embedders import configured_model_key, embedding_token_counter
+from .core.feedback import FeedbackPolicy
+from .core.monitoring import Threshold, load_thresholds
 from .core.quality import RoutingThresholds
 from .core.settings import Settings
 from .core.tokens import TokenCounter
-
 
 
 @dataclass
@@ -30,6 +31,16 @@ class Project:
     @cached_property
     def partitions(self) -> dg.StaticPartitionsDefinition:
         return dg.StaticPartitionsDefinition(sorted(self.manifest.collections))
+
+    @cached_property
+    def daily_partitions(self) -> dg.DailyPartitionsDefinition:
+        """UTC days from METRICS_START_DATE through today (today's partition is open all day)."""
+        return dg.DailyPartitionsDefinition(start_date=self.settings.metrics_start_date.isoformat(), timezone="UTC",
+                                            end_offset=1)
+
+    @cached_property
+    def thresholds(self) -> dict[str, Threshold]:
+        return load_thresholds(self.settings.monitoring_file)
 
     @cached_property
     def chunk_settings(self) -> ChunkSettings:
@@ -52,6 +63,10 @@ class Project:
     @property
     def routing_thresholds(self) -> RoutingThresholds:
         return RoutingThresholds(self.settings.refine_min_words, self.settings.refine_min_quality)
+
+    @property
+    def feedback_policy(self) -> FeedbackPolicy:
+        return FeedbackPolicy(self.settings.feedback_auto_min_score, self.settings.feedback_prompt_examples)
 
     @staticmethod
     def refinement_key(chain) -> tuple[str, str, str]:

@@ -33,6 +33,8 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
 
         report = sync_embeddings(store, context.partition_key, model, progress=progress)
         state = store.consistency(context.partition_key, store.model_id(model.model), project.chunker_version)
+        # Recorded with the step: the embedding coverage of the daily metric snapshots.
+        report.counts.update(live_chunks=state.live_chunks, missing_vectors=state.missing_vectors)
         checks = [
             dg.AssetCheckResult(check_name="every_live_chunk_has_vector", passed=state.missing_vectors == 0,
                                 metadata={"live_chunks": state.live_chunks, "missing_vectors": state.missing_vectors,

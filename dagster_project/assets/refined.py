@@ -1,5 +1,6 @@
 """`refined_documents`: schema-valid refined JSON per document, from the LLM chain or the
-extractive refiner; only documents whose refinement key has no result are sent."""
+extractive refiner; only documents whose refinement key has no result, or whose current
+refinement a person rejected since, are sent."""
 
 import dagster as dg
 
@@ -13,13 +14,15 @@ from ..resources.vector_store import PgVectorStore
 
 def build_refined_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
-        name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks"],
+        name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks", "feedback_events"],
         group_name="refinement", code_version=f"{PROMPT_VERSION}+{SCHEMA_VERSION}", kinds={"openai", "postgres"},
         pool="llm_api",
         check_specs=[dg.AssetCheckSpec("every_document_refined", asset="refined_documents",
                                        description="Every document has refined JSON under the current key.")],
         description="Table `refined_documents`: JSON valid against RefinedDocument, with the model, link, "
-                    "prompt and schema versions, input hash and cited chunks. Calls are logged in `llm_calls`.",
+                    "prompt and schema versions, input hash and cited chunks. Calls are logged in `llm_calls`; "
+                    "answers that failed validation and refinements above the auto threshold are judged in "
+                    "`feedback_events`. A refinement a person rejected is redone with their notes.",
     )
     def refined_documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore,
                           llm: LLMResource) -> dg.MaterializeResult:
@@ -32,7 +35,7 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
         report = refine_collection(
             store, context.partition_key, chain, prompt_token_counter(settings),
             budget=settings.refine_budget_tokens, thresholds=project.routing_thresholds,
-            run_id=context.run_id, progress=progress)
+            run_id=context.run_id, progress=progress, feedback=project.feedback_policy)
         for warning in report.warnings:
             context.log.warning(warning)
         outstanding = store.unrefined_count(context.partition_key, *project.refinement_key(chain))
@@ -44,6 +47,8 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
             "cost_usd": dg.MetadataValue.float(round(report.cost_usd, 6)),
             "seconds": round(report.seconds, 3),
             "by_link": dg.MetadataValue.json(dict(report.by_link)),
+            "feedback_redos": report.feedback_redos,
+            "judgements": dg.MetadataValue.json({s: report.judgements.get(s, 0) for s in ("validator", "auto")}),
             "lightweight_reasons": dg.MetadataValue.json(dict(report.lightweight_reasons)),
             "chain": " -> ".join(chain.links),
         }

@@ -38,3 +38,17 @@ def record_and_describe(context: dg.AssetExecutionContext, store: VectorStore, r
         metadata["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
     metadata.update(extra)
     return metadata
+
+
+def markdown_table(rows: list[dict], columns: list[str], limit: int = 50) -> dg.MetadataValue:
+    """Rows as a Markdown table in the UI (the first `limit`)."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            value = round(value, 4)
+        return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n…and {len(rows) - limit} more")
+    return dg.MetadataValue.md("\n".join(lines) if rows else "_none yet_")

@@ -89,3 +89,23 @@ def route(analysis: Analysis, thresholds: RoutingThresholds) -> str | None:
     if analysis.quality < thresholds.min_quality:
         return f"low quality ({analysis.quality:.2f} < {thresholds.min_quality})"
     return None
+
+
+_ALL_STOPWORDS = set().union(*STOPWORDS.values())
+
+
+def _stems(text: str) -> list[str]:
+    """Content words, cut to five letters: a crude stem that lets "summaries" meet "summary"."""
+    return [w.lower()[:5] for w in _WORD.findall(text) if len(w) > 3 and w.lower() not in _ALL_STOPWORDS]
+
+
+def score_refinement(refined, source_text: str) -> float:
+    """0-1, the auto judge of the feedback loop: how much of what the summary and key points say
+    is grounded in the text the refinement was made from (their content words found there), and
+    how complete it is (key points, topics, questions answered). Cheap and deterministic."""
+    claims = _stems(" ".join([refined.summary, *refined.key_points]))
+    source = set(_stems(source_text))
+    grounding = sum(1 for w in claims if w in source) / len(claims) if claims else 0.0
+    completeness = (min(1.0, len(refined.key_points) / 3) + min(1.0, len(refined.topics) / 2)
+                    + min(1.0, len(refined.questions_answered) / 2)) / 3
+    return round(0.7 * grounding + 0.3 * completeness, 3)

@@ -1,6 +1,7 @@
 """The refine step: refined JSON for every document whose refinement key (input hash, chain,
-prompt version, schema version) has no result, through the analyzer's routing and the LLM
-chain; results are stored as they finish, so a failure loses nothing already done."""
+prompt version, schema version) has no result, or whose current refinement a person has rejected
+since it was made, through the analyzer's routing and the LLM chain; results are stored as they
+finish, with the pipeline's own judgement of them, so a failure loses nothing already done."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from .extractive import refine_extractively
+from .feedback import (
+    NOTES_PER_DOCUMENT,
+    ApprovedExample,
+    FeedbackPolicy,
+    ReviewNote,
+    approved_examples,
+    pick_examples,
+    review_notes,
+)
 from .hashing import content_hash
 from .llm import EXTRACTIVE, ChainResult, LLMChain
-from .prompts import PROMPT_VERSION, Prompt, PromptChunk, build_prompt
-from .quality import RoutingThresholds, analyze, route
+from .prompts import PROMPT_VERSION, Prompt, PromptChunk, Review, build_prompt
+from .quality import RoutingThresholds, analyze, route, score_refinement
 from .redaction import looks_pricing_sensitive
 from .refined_schema import SCHEMA_VERSION
-from .store import RefineCandidate, RefinementRow, VectorStore
+from .store import PipelineJudgement, RefineCandidate, RefinementRow, VectorStore
 from .tokens import TokenCounter
 
 WRITE_EVERY = 20  # finished documents stored per transaction
@@ -40,6 +50,8 @@ class RefineReport:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     seconds: float = 0.0
+    feedback_redos: int = 0  # redone with reviewers' notes in the prompt
+    judgements: Counter = field(default_factory=Counter)  # pipeline feedback recorded, per source
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -65,55 +77,78 @@ class _Job:
     analysis: object = None
     reason: str | None = None  # the lightweight path's reason, when taken
     prompt: Prompt | None = None
+    notes: list[ReviewNote] = field(default_factory=list)  # people's rejections of refinements of this input
+    examples: list[ApprovedExample] = field(default_factory=list)
 
 
-def pending_jobs(store: VectorStore, collection: str, chain: LLMChain) -> tuple[list[_Job], int]:
-    """Documents whose refinement key has no result, and how many are up to date. Only key
-    columns are read to decide; text is read for the pending documents alone."""
+def pending_jobs(store: VectorStore, collection: str, chain: LLMChain,
+                 feedback: FeedbackPolicy = FeedbackPolicy()) -> tuple[list[_Job], int]:
+    """Documents whose refinement key has no result, or whose current refinement a person
+    rejected after it was made (with a model to redo it), and how many are up to date. Only key
+    columns are read to decide; text and feedback are read for the pending documents alone."""
     key_tail = (chain_key(chain), PROMPT_VERSION, SCHEMA_VERSION)
     keys = store.refinement_keys(collection)
-    hashes = {doc_id: input_hash(content, flag) for doc_id, content, flag, _ in keys}
-    pending = [doc_id for doc_id, _, _, current in keys if current != (hashes[doc_id], *key_tail)]
+    hashes = {k.document_id: input_hash(k.content_hash, k.pricing_sensitive) for k in keys}
+    pending = [k.document_id for k in keys
+               if k.current != (hashes[k.document_id], *key_tail) or (k.disputed and chain.models)]
     candidates = store.documents_for_refinement(pending)
     chunks = store.chunks_of(pending) if chain.models else {}
-    jobs = [_Job(c, hashes[c.id], [PromptChunk(cid, path, text, n) for cid, path, text, n in chunks.get(c.id, [])])
-            for c in candidates]
+    # Notes only help a model: the extractive refiner would write the same JSON again.
+    notes = review_notes(store, {d: hashes[d] for d in pending}) if chain.models else {}
+    pool = approved_examples(store) if notes and feedback.prompt_examples else []
+    jobs = []
+    for c in candidates:
+        job = _Job(c, hashes[c.id], [PromptChunk(cid, path, text, n) for cid, path, text, n in chunks.get(c.id, [])],
+                   notes=notes.get(c.id, []))
+        if job.notes:
+            job.examples = pick_examples(pool, c.id, collection, feedback.prompt_examples)
+        jobs.append(job)
     return jobs, len(keys) - len(jobs)
 
 
 def prepare(job: _Job, chain: LLMChain, counter: TokenCounter, budget: int, thresholds: RoutingThresholds) -> _Job:
-    """Analyze, route, and build the prompt for the model path."""
+    """Analyze, route, and build the prompt for the model path. A document people rejected goes
+    to the model whatever the analyzer says: the cheap path is what they rejected."""
     c = job.candidate
     job.analysis = analyze(c.title, c.blocks, c.headings)
-    job.reason = route(job.analysis, thresholds) if chain.models else None
+    job.reason = route(job.analysis, thresholds) if chain.models and not job.notes else None
     if chain.models and job.reason is None:
         sensitive = c.pricing_sensitive or looks_pricing_sensitive("\n".join(b["text"] for b in c.blocks))
+        review = None
+        if job.notes:
+            review = Review([n.text() for n in job.notes[:NOTES_PER_DOCUMENT]],
+                            [(e.refined, e.pricing_sensitive) for e in job.examples])
         job.prompt = build_prompt(title=c.title, metadata=c.metadata, counter=counter, budget=budget,
-                                  pricing_sensitive=sensitive, chunks=job.chunks)
+                                  pricing_sensitive=sensitive, chunks=job.chunks, review=review)
     return job
 
 
 def refine_collection(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter, *,
                       budget: int, thresholds: RoutingThresholds, run_id: str | None = None,
-                      asset: str = "refined_documents", progress=None) -> RefineReport:
+                      asset: str = "refined_documents", progress=None,
+                      feedback: FeedbackPolicy = FeedbackPolicy()) -> RefineReport:
     with store.step_lock(collection):
-        return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress)
+        return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress,
+                                  feedback)
 
 
-def _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress) -> RefineReport:
+def _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress,
+                       feedback: FeedbackPolicy) -> RefineReport:
     started = time.perf_counter()
     report = RefineReport(collection)
-    jobs, report.skipped = pending_jobs(store, collection, chain)
+    jobs, report.skipped = pending_jobs(store, collection, chain, feedback)
     report.documents = len(jobs) + report.skipped
     buffer: list = []
 
     def flush() -> None:
         if buffer:
-            rows = [r for r, _ in buffer]
-            calls = [(r.document_id, c) for r, result in buffer for c in result.calls]
-            quarantined = [(r.document_id, r.input_hash, q) for r, result in buffer
+            rows = [r for r, _, _ in buffer]
+            calls = [(r.document_id, c) for r, result, _ in buffer for c in result.calls]
+            quarantined = [(r.document_id, r.input_hash, q) for r, result, _ in buffer
                            if result.quarantined for q in result.rejected]
-            store.write_refinements(collection, run_id, asset, rows, calls, quarantined)
+            judged = [j for _, _, judgements in buffer for j in judgements]
+            report.judgements.update(store.write_refinements(collection, run_id, asset, rows, calls, quarantined,
+                                                             judged))
             buffer.clear()
 
     def run(job: _Job) -> ChainResult:
@@ -135,7 +170,8 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
             for future in done:
                 job = futures.pop(future)
                 result = future.result()
-                buffer.append((_row(job, result, chain), result))
+                row = _row(job, result, chain)
+                buffer.append((row, result, judge(job, row, result, feedback)))
                 _tally(report, job, result)
                 done_count += 1
             if len(buffer) >= WRITE_EVERY or not futures:
@@ -150,17 +186,48 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
 
 def _row(job: _Job, result, chain: LLMChain) -> RefinementRow:
     route_name = "lightweight" if job.reason else "model"
+    c = job.candidate
+    source_text = job.prompt.document_text if job.prompt else "\n".join(b["text"] for b in c.blocks)
     return RefinementRow(
-        document_id=job.candidate.id, input_hash=job.input_hash, chain=chain_key(chain),
+        document_id=c.id, input_hash=job.input_hash, chain=chain_key(chain),
         prompt_version=PROMPT_VERSION, schema_version=SCHEMA_VERSION, model=result.model, link=result.link,
         route=route_name, route_reason=job.reason, refined=result.refined.model_dump(),
         quality_score=job.analysis.quality, analysis=job.analysis.as_dict(),
         cited_chunk_ids=job.prompt.chunk_ids if job.prompt else [],
-        prompt_tokens=job.prompt.tokens if job.prompt else 0, budget_tokens=job.prompt.budget if job.prompt else 0)
+        prompt_tokens=job.prompt.tokens if job.prompt else 0, budget_tokens=job.prompt.budget if job.prompt else 0,
+        refinement_score=score_refinement(result.refined, source_text), quarantined=result.quarantined,
+        feedback_considered=sorted(n.event_id for n in job.notes))
+
+
+def judge(job: _Job, row: RefinementRow, result: ChainResult, policy: FeedbackPolicy) -> list[PipelineJudgement]:
+    """The pipeline's own feedback: each model whose answer failed validation gets a negative
+    judgement (validator) with the errors; a model refinement valid at its first answer and
+    scoring at least the threshold gets a positive one (auto). Stored once per judged version."""
+    version = dict(prompt_version=row.prompt_version, schema_version=row.schema_version, input_hash=row.input_hash)
+    judgements = []
+    errors_by_model: dict[str, list[str]] = {}
+    for rejected in result.rejected:
+        errors_by_model.setdefault(rejected.model, []).extend(rejected.errors)
+    for model, errors in errors_by_model.items():
+        kind = "not-json" if any(e.startswith("not JSON") for e in errors) else "schema-mismatch"
+        judgements.append(PipelineJudgement(row.document_id, "validator", -1, model, tags=["invalid-answer", kind],
+                                            comment="; ".join(dict.fromkeys(errors))[:2000], **version))
+    if (result.link != EXTRACTIVE and result.model not in errors_by_model
+            and row.refinement_score is not None and row.refinement_score >= policy.auto_min_score):
+        judgements.append(PipelineJudgement(row.document_id, "auto", 1, result.model, tags=["auto-approved"],
+                                            score=max(3, _five_point(row.refinement_score)),
+                                            comment=f"refinement score {row.refinement_score:.2f}", **version))
+    return judgements
+
+
+def _five_point(score: float) -> int:
+    """A 0-1 score on the 1-5 scale of feedback events."""
+    return max(1, min(5, 1 + round(score * 4)))
 
 
 def _tally(report: RefineReport, job: _Job, result) -> None:
     report.refined += 1
+    report.feedback_redos += bool(job.notes)
     report.by_link[result.link] += 1
     if job.reason:
         report.lightweight += 1
@@ -180,10 +247,10 @@ def _tally(report: RefineReport, job: _Job, result) -> None:
 
 
 def estimate(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter, *,
-             budget: int, thresholds: RoutingThresholds) -> dict:
+             budget: int, thresholds: RoutingThresholds, feedback: FeedbackPolicy = FeedbackPolicy()) -> dict:
     """--dry-run: what would be refined, the prompt tokens, and dollars per model if every
     document went to that model (a completion of ~400 tokens assumed). Calls nothing."""
-    jobs, skipped = pending_jobs(store, collection, chain)
+    jobs, skipped = pending_jobs(store, collection, chain, feedback)
     jobs = [prepare(job, chain, counter, budget, thresholds) for job in jobs]
     prompt_tokens = sum(j.prompt.tokens for j in jobs if j.prompt)
     to_model = [j for j in jobs if j.prompt]

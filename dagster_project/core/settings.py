@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -11,6 +12,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SQL_DIR = PROJECT_ROOT / "sql"
 DEFAULT_MANIFEST = PROJECT_ROOT / "examples" / "corpus.yaml"
 DEFAULT_PRICES = PROJECT_ROOT / "llm_prices.yaml"
+DEFAULT_MONITORING = PROJECT_ROOT / "monitoring.yaml"
+DEFAULT_GOLDEN_QUESTIONS = PROJECT_ROOT / "examples" / "golden_questions.yaml"
 
 
 class Settings(BaseModel):
@@ -43,6 +46,13 @@ class Settings(BaseModel):
     refine_budget_tokens: int = Field(8000, ge=500)
     refine_min_words: int = Field(60, ge=0)
     refine_min_quality: float = Field(0.35, ge=0, le=1)
+
+    feedback_auto_min_score: float = Field(0.8, ge=0, le=1)  # a model refinement scoring this much is approved
+    feedback_prompt_examples: int = Field(2, ge=0, le=5)  # approved examples in a prompt redone for feedback
+
+    metrics_start_date: date = date(2026, 1, 1)  # the first daily partition of metric_snapshots (UTC days)
+    monitoring_file: Path = DEFAULT_MONITORING
+    golden_questions: Path = DEFAULT_GOLDEN_QUESTIONS  # retrieval metrics of the snapshots
 
     @property
     def llm_models(self) -> list[str]:

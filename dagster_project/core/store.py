@@ -119,6 +119,34 @@ class RefinementRow:
     cited_chunk_ids: list[str]
     prompt_tokens: int
     budget_tokens: int
+    refinement_score: float | None = None
+    quarantined: bool = False
+    feedback_considered: list[int] = field(default_factory=list)  # negative user feedback this redo answers
+
+
+@dataclass
+class PipelineJudgement:
+    """The pipeline's own feedback on one version of a document's refinement: validator (an answer
+    failed validation) or auto (a refinement scored above the threshold)."""
+    document_id: uuid.UUID
+    source: str  # validator | auto
+    rating: int
+    model: str
+    prompt_version: str
+    schema_version: str
+    input_hash: bytes
+    tags: list[str] = field(default_factory=list)
+    score: int | None = None
+    comment: str | None = None
+
+
+@dataclass
+class RefinementKey:
+    document_id: uuid.UUID
+    content_hash: bytes
+    pricing_sensitive: bool
+    current: tuple | None  # (input hash, chain, prompt version, schema version) of the stored refinement
+    disputed: bool  # negative user feedback on the stored refinement that no redo has answered yet
 
 
 @dataclass
@@ -196,6 +224,13 @@ class VectorStore:
     def reading(self) -> Iterator[psycopg.Connection]:
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SET LOCAL ROLE refinery_reader")
+            yield conn
+
+    @contextmanager
+    def giving_feedback(self) -> Iterator[psycopg.Connection]:
+        """One transaction as refinery_feedback: exactly what applications may do (insert feedback)."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL ROLE refinery_feedback")
             yield conn
 
     # ------------------------------------------------------------ documents
@@ -565,15 +600,21 @@ class VectorStore:
 
     # ------------------------------------------------------------ refinement
 
-    def refinement_keys(self, collection: str) -> list[tuple[uuid.UUID, bytes, bool, tuple | None]]:
-        """(document id, content hash, pricing flag, current refinement key or None): enough to
-        tell which documents need refining without reading any text."""
+    def refinement_keys(self, collection: str) -> list[RefinementKey]:
+        """Each document's current refinement key, and whether a person has rejected that very
+        refinement since it was made: enough to tell which documents need refining without
+        reading any text."""
         with self.reading() as conn:
             rows = conn.execute(
                 "SELECT d.id, d.content_hash, d.pricing_sensitive, r.input_hash, r.chain, r.prompt_version, "
-                "r.schema_version FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
+                "r.schema_version, EXISTS (SELECT 1 FROM feedback_events f WHERE f.document_id = d.id "
+                "  AND f.source = 'user' AND f.rating = -1 AND f.target = 'document' AND f.model = r.model "
+                "  AND f.prompt_version = r.prompt_version AND f.schema_version = r.schema_version "
+                "  AND f.input_hash = r.input_hash AND f.id <> ALL (r.feedback_considered)) "
+                "FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
                 "WHERE d.collection = %s ORDER BY d.path", (collection,)).fetchall()
-        return [(r[0], bytes(r[1]), r[2], None if r[3] is None else (bytes(r[3]), r[4], r[5], r[6])) for r in rows]
+        return [RefinementKey(r[0], bytes(r[1]), r[2], None if r[3] is None else (bytes(r[3]), r[4], r[5], r[6]), r[7])
+                for r in rows]
 
     def documents_for_refinement(self, document_ids: Sequence[uuid.UUID]) -> list[RefineCandidate]:
         with self.reading() as conn:
@@ -594,22 +635,29 @@ class VectorStore:
 
     def write_refinements(self, collection: str, run_id: str | None, asset: str,
                           refinements: Sequence[RefinementRow], calls: Sequence[tuple[uuid.UUID, object]],
-                          quarantined: Sequence[tuple[uuid.UUID, bytes, object]]) -> None:
-        """Results, their call log and any quarantined answers, in one transaction."""
+                          quarantined: Sequence[tuple[uuid.UUID, bytes, object]],
+                          judgements: Sequence[PipelineJudgement] = ()) -> dict[str, int]:
+        """Results, their call log, any quarantined answers and the pipeline's own feedback on
+        them, in one transaction. A judgement already recorded for the same version is not
+        recorded again. Returns the judgements recorded now, per source."""
         with self.writing(collection) as conn, conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO refined_documents (document_id, collection, input_hash, chain, prompt_version, "
                 "schema_version, model, link, route, route_reason, refined, quality_score, cited_chunk_ids, "
-                "prompt_tokens, budget_tokens) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "prompt_tokens, budget_tokens, refinement_score, quarantined, feedback_considered) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (document_id) DO UPDATE SET input_hash = EXCLUDED.input_hash, chain = EXCLUDED.chain, "
                 "prompt_version = EXCLUDED.prompt_version, schema_version = EXCLUDED.schema_version, "
                 "model = EXCLUDED.model, link = EXCLUDED.link, route = EXCLUDED.route, "
                 "route_reason = EXCLUDED.route_reason, refined = EXCLUDED.refined, "
                 "quality_score = EXCLUDED.quality_score, cited_chunk_ids = EXCLUDED.cited_chunk_ids, "
-                "prompt_tokens = EXCLUDED.prompt_tokens, budget_tokens = EXCLUDED.budget_tokens, refined_at = now()",
+                "prompt_tokens = EXCLUDED.prompt_tokens, budget_tokens = EXCLUDED.budget_tokens, "
+                "refinement_score = EXCLUDED.refinement_score, quarantined = EXCLUDED.quarantined, "
+                "feedback_considered = EXCLUDED.feedback_considered, refined_at = now()",
                 [(r.document_id, collection, r.input_hash, r.chain, r.prompt_version, r.schema_version, r.model,
                   r.link, r.route, r.route_reason, Jsonb(r.refined), r.quality_score,
-                  [uuid.UUID(c) for c in r.cited_chunk_ids], r.prompt_tokens, r.budget_tokens) for r in refinements])
+                  [uuid.UUID(c) for c in r.cited_chunk_ids], r.prompt_tokens, r.budget_tokens, r.refinement_score,
+                  r.quarantined, list(r.feedback_considered)) for r in refinements])
             cur.executemany("UPDATE documents SET analysis = %s WHERE id = %s",
                             [(Jsonb(r.analysis), r.document_id) for r in refinements])
             if calls:
@@ -625,6 +673,23 @@ class VectorStore:
                     "raw_text, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     [(run_id, collection, doc_id, h, q.model, q.link, q.raw, Jsonb(q.errors))
                      for doc_id, h, q in quarantined])
+            recorded: dict[str, int] = {}
+            if judgements:
+                j = judgements
+                rows = cur.execute(
+                    "INSERT INTO feedback_events (document_id, source, rating, model, prompt_version, schema_version, "
+                    "input_hash, tags, score, comment) "
+                    "SELECT d, s, r, m, p, v, h, string_to_array(t, ','), sc, c FROM unnest(%s::uuid[], %s::text[], "
+                    "%s::int2[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::int2[], %s::text[]) "
+                    "AS x(d, s, r, m, p, v, h, t, sc, c) "
+                    "ON CONFLICT (document_id, source, model, prompt_version, schema_version, input_hash) "
+                    "WHERE source <> 'user' DO NOTHING RETURNING source",
+                    ([x.document_id for x in j], [x.source for x in j], [x.rating for x in j], [x.model for x in j],
+                     [x.prompt_version for x in j], [x.schema_version for x in j], [x.input_hash for x in j],
+                     [",".join(x.tags) for x in j], [x.score for x in j], [x.comment for x in j])).fetchall()
+                for (source,) in rows:
+                    recorded[source] = recorded.get(source, 0) + 1
+        return recorded
 
     def unrefined_count(self, collection: str, chain: str, prompt_version: str, schema_version: str) -> int:
         """Documents with no refinement, or one made under another chain, prompt or schema
