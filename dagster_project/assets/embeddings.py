@@ -4,6 +4,7 @@ that prove the index matches the corpus."""
 import dagster as dg
 
 from ..core.ingest import sync_embeddings
+from ..core.progress import Progress
 from ..project import Project
 from ..resources.embedder import EmbedderResource
 from ..resources.vector_store import PgVectorStore
@@ -28,10 +29,8 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
                    embedder: EmbedderResource) -> dg.MaterializeResult:
         store, model = vector_store.store, embedder.get()
 
-        def progress(done: int, total: int) -> None:
-            context.log.info(f"embedded {done}/{total} texts")
-
-        report = sync_embeddings(store, context.partition_key, model, progress=progress)
+        report = sync_embeddings(store, context.partition_key, model,
+                                 progress=Progress("texts embedded", context.log.info))
         state = store.consistency(context.partition_key, store.model_id(model.model), project.chunker_version)
         # Recorded with the step: the embedding coverage of the daily metric snapshots.
         report.counts.update(live_chunks=state.live_chunks, missing_vectors=state.missing_vectors)

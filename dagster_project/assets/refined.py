@@ -4,6 +4,7 @@ refinement a person rejected since, are sent."""
 
 import dagster as dg
 
+from ..core.progress import Progress
 from ..core.prompts import PROMPT_VERSION
 from ..core.refine import refine_collection
 from ..core.refined_schema import SCHEMA_VERSION
@@ -28,14 +29,11 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
                           llm: LLMResource) -> dg.MaterializeResult:
         store, chain, settings = vector_store.store, llm.chain, project.settings
 
-        def progress(done: int, total: int) -> None:
-            if done == total or done % 25 == 0:
-                context.log.info(f"refined {done}/{total} documents")
-
         report = refine_collection(
             store, context.partition_key, chain, prompt_token_counter(settings),
             budget=settings.refine_budget_tokens, thresholds=project.routing_thresholds,
-            run_id=context.run_id, progress=progress, feedback=project.feedback_policy)
+            run_id=context.run_id, progress=Progress("documents refined", context.log.info),
+            feedback=project.feedback_policy)
         for warning in report.warnings:
             context.log.warning(warning)
         outstanding = store.unrefined_count(context.partition_key, *project.refinement_key(chain))
