@@ -42,14 +42,32 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
         day = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
         return dg.RunRequest(run_key=day, partition_key=day)
 
+    ingest_job = dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.assets(*ingestion),
+                                     partitions_def=project.partitions,
+                                     description="Documents, chunks and embeddings of one collection.")
+
+    # Every collection, whatever the automation saw: cheap when nothing changed (nothing is
+    # parsed, chunked or embedded again). Off until switched on in the UI.
+    @dg.schedule(name="reingest_all_collections", cron_schedule=project.settings.reingest_cron, job=ingest_job,
+                 execution_timezone="UTC")
+    def reingest_all_collections(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        tick = context.scheduled_execution_time.isoformat()
+        return [dg.RunRequest(run_key=f"{tick}:{name}", partition_key=name)
+                for name in project.partitions.get_partition_keys()]
+
+    # On by default: observes corpus_files on CORPUS_OBSERVE_CRON and materializes what changed.
+    automation = dg.AutomationConditionSensorDefinition(
+        "refinery_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=project.settings.automation_interval_seconds,
+        description="Observes the corpus folders and updates the assets of the collections that changed.")
+
     return dg.Definitions(
         assets=[build_corpus_files(project), *ingestion, build_feedback_events(project), refined,
                 build_feedback_views(project), snapshots],
-        schedules=[daily_metric_snapshot],
+        schedules=[daily_metric_snapshot, reingest_all_collections],
+        sensors=[automation],
         jobs=[
-            dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.assets(*ingestion),
-                                partitions_def=project.partitions,
-                                description="Documents, chunks and embeddings of one collection."),
+            ingest_job,
             dg.define_asset_job(REFINE_JOB, selection=dg.AssetSelection.assets(refined),
                                 partitions_def=project.partitions,
                                 description="Refined JSON for the documents of one collection."),

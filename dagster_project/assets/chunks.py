@@ -5,6 +5,7 @@ import dagster as dg
 from ..core.ingest import sync_chunks
 from ..project import Project
 from ..resources.vector_store import PgVectorStore
+from .corpus import ON_UPSTREAM_CHANGE
 from .reporting import record_and_describe
 
 
@@ -12,6 +13,7 @@ def build_chunks(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="chunks", partitions_def=project.partitions, deps=["documents"],
         group_name="ingestion", code_version=project.chunker_version, kinds={"postgres"},
+        automation_condition=ON_UPSTREAM_CHANGE,
         check_specs=[dg.AssetCheckSpec("chunks_match_documents", asset="chunks",
                                        description="Every document is chunked from its current text with the current chunker."),
                      dg.AssetCheckSpec("text_index_matches_chunks", asset="chunks",

@@ -8,6 +8,7 @@ from ..core.progress import Progress
 from ..project import Project
 from ..resources.embedder import EmbedderResource
 from ..resources.vector_store import PgVectorStore
+from .corpus import ON_UPSTREAM_CHANGE
 from .reporting import record_and_describe
 
 CHECKS = {
@@ -21,6 +22,7 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="embeddings", partitions_def=project.partitions, deps=["chunks"],
         group_name="ingestion", code_version=project.embedding_generation, kinds={"pgvector"},
+        automation_condition=ON_UPSTREAM_CHANGE,
         check_specs=[dg.AssetCheckSpec(name, asset="embeddings", description=d) for name, d in CHECKS.items()],
         pool="embedding_api",
         description="Table `embeddings`: one vector per (chunk text, model), HNSW-indexed per model.",

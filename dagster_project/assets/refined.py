@@ -11,12 +11,14 @@ from ..core.refined_schema import SCHEMA_VERSION
 from ..project import Project
 from ..resources.llm import LLMResource, prompt_token_counter
 from ..resources.vector_store import PgVectorStore
+from .corpus import ON_UPSTREAM_CHANGE
 
 
 def build_refined_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks", "feedback_events"],
         group_name="refinement", code_version=f"{PROMPT_VERSION}+{SCHEMA_VERSION}", kinds={"openai", "postgres"},
+        automation_condition=ON_UPSTREAM_CHANGE,
         pool="llm_api",
         check_specs=[dg.AssetCheckSpec("every_document_refined", asset="refined_documents",
                                        description="Every document has refined JSON under the current key.")],

@@ -37,6 +37,11 @@ class Settings(BaseModel):
     max_file_bytes: int = Field(20_000_000, ge=1)
 
     llm_model: str | None = None  # unset: every document gets the extractive refinement
+    # Operations: how often the corpus folders are looked at (cron), how often the automation
+    # sensor evaluates, and the cron of the scheduled full re-ingestion (off until switched on).
+    corpus_observe_cron: str = "*/5 * * * *"
+    automation_interval_seconds: int = Field(30, ge=5)
+    reingest_cron: str = "0 3 * * *"
     llm_fallback_models: str = ""  # comma-separated, tried in order after LLM_MODEL
     llm_base_url: str | None = None  # default: OPENAI_BASE_URL
     llm_concurrency: int = Field(4, ge=1)
