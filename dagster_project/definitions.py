@@ -55,9 +55,11 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
         return [dg.RunRequest(run_key=f"{tick}:{name}", partition_key=name)
                 for name in project.partitions.get_partition_keys()]
 
-    # On by default: observes corpus_files on CORPUS_OBSERVE_CRON and materializes what changed.
+    # On by default (AUTOMATION_SENSOR_DEFAULT): observes corpus_files on CORPUS_OBSERVE_CRON and
+    # materializes what changed.
     automation = dg.AutomationConditionSensorDefinition(
-        "refinery_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+        "refinery_automation", target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus(project.settings.automation_sensor_default.upper()),
         minimum_interval_seconds=project.settings.automation_interval_seconds,
         description="Observes the corpus folders and updates the assets of the collections that changed.")
 

@@ -179,6 +179,8 @@ def _dagster_ui():
     env.update(
         REFINERY_HOME=str(home), DAGSTER_HOME=str(home / "dagster_home"), CORPUS_MANIFEST=str(SAMPLE_MANIFEST),
         EMBED_PROVIDER="hash", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore",
+        # the run under test is the one launched from the browser, not one the automation starts
+        AUTOMATION_SENSOR_DEFAULT="stopped",
         # This checkout's code, and this interpreter's `dagster` executable.
         PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
@@ -41,6 +42,7 @@ class Settings(BaseModel):
     # sensor evaluates, and the cron of the scheduled full re-ingestion (off until switched on).
     corpus_observe_cron: str = "*/5 * * * *"
     automation_interval_seconds: int = Field(30, ge=5)
+    automation_sensor_default: Literal["running", "stopped"] = "running"
     reingest_cron: str = "0 3 * * *"
     llm_fallback_models: str = ""  # comma-separated, tried in order after LLM_MODEL
     llm_base_url: str | None = None  # default: OPENAI_BASE_URL
