@@ -68,6 +68,17 @@ class Project:
     def feedback_policy(self) -> FeedbackPolicy:
         return FeedbackPolicy(self.settings.feedback_auto_min_score, self.settings.feedback_prompt_examples)
 
+    @property
+    def refinement_version(self) -> str:
+        """primary model (or extractive)+prompt version+schema version as configured: the refined
+        asset's code version, so a model, prompt or schema change shows it unsynced."""
+        from .core.llm import EXTRACTIVE
+        from .core.prompts import PROMPT_VERSION
+        from .core.refined_schema import SCHEMA_VERSION
+
+        models = self.settings.llm_models
+        return "+".join((models[0] if models else EXTRACTIVE, PROMPT_VERSION, SCHEMA_VERSION))
+
     @staticmethod
     def refinement_key(chain) -> tuple[str, str, str]:
         """(chain, prompt version, schema version): with the input hash, a row's refinement key."""

@@ -5,9 +5,7 @@ refinement a person rejected since, are sent."""
 import dagster as dg
 
 from ..core.progress import Progress
-from ..core.prompts import PROMPT_VERSION
 from ..core.refine import refine_collection
-from ..core.refined_schema import SCHEMA_VERSION
 from ..project import Project
 from ..resources.llm import LLMResource, prompt_token_counter
 from ..resources.vector_store import PgVectorStore
@@ -17,7 +15,7 @@ from .corpus import ON_UPSTREAM_CHANGE
 def build_refined_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks", "feedback_events"],
-        group_name="refinement", code_version=f"{PROMPT_VERSION}+{SCHEMA_VERSION}", kinds={"openai", "postgres"},
+        group_name="refinement", code_version=project.refinement_version, kinds={"openai", "postgres"},
         automation_condition=ON_UPSTREAM_CHANGE,
         pool="llm_api",
         check_specs=[dg.AssetCheckSpec("every_document_refined", asset="refined_documents",
