@@ -146,12 +146,15 @@ def drop_model(store: VectorStore, key: str, configured_key: str) -> int:
     if model_id is None:
         known = ", ".join(m.key for m in store.models()) or "none"
         raise ModelChangeError(f"no embedding model {key!r} in the store (models: {known})")
+    active_error = ModelChangeError(f"{key} is the active model: search serves it; switch to another model first")
+    if key == store.active_model_key():
+        raise active_error
     if key == configured_key:
         raise ModelChangeError(f"{key} is the configured model (EMBED_*): configure the model you keep, "
                                "or the next `embeddings` run builds it again")
     deleted = store.drop_model_vectors(model_id)
-    if deleted is None:
-        raise ModelChangeError(f"{key} is the active model: search serves it; switch to another model first")
+    if deleted is None:  # activated meanwhile
+        raise active_error
     return deleted
 
 
