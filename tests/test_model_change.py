@@ -167,6 +167,11 @@ def test_a_chunk_written_after_the_gates_were_measured_stops_the_switch(tmp_path
         switch_to_candidate(store, state, force=True)
     assert store.active_model_key() == OLD.model.key
 
+    # The embeddings step embeds the new text with the active model first, then the candidate's.
+    report = sync_embeddings(store, "kb", *models_to_build(store, BETTER, build))
+    assert report.texts_embedded == 2 and gates(store, BETTER).covered
+    assert "b.md" in {path for path, _ in serve(store, "recovery codes unlock")}
+
 
 def test_cli_and_dagster_change_the_model_without_downtime(cli_env):  # noqa: F811
     assert refinery(cli_env, "ingest", "--json").returncode == 0
