@@ -598,6 +598,9 @@ def _configured_embedder(settings: Settings, store):
 
 
 def cmd_model_status(args) -> int:
+    from functools import partial
+
+    from .core.embedders import build_embedder
     from .core.model_change import evaluate_gates, model_status
     from .core.store import VectorStore
 
@@ -607,7 +610,7 @@ def cmd_model_status(args) -> int:
     try:
         configured = _configured_embedder(settings, store)
         models = model_status(store, configured.model.key)
-        gates = evaluate_gates(store, configured, lambda key: _build(settings, key), settings.golden_questions,
+        gates = evaluate_gates(store, configured, partial(build_embedder, settings), settings.golden_questions,
                                settings.text_search_config)
     finally:
         store.close()
@@ -629,12 +632,6 @@ def cmd_model_status(args) -> int:
         lines.append("ready to switch: refinery model switch" if not problems else "not ready: " + "; ".join(problems))
     _print(out, args.json, "\n".join(lines))
     return 0
-
-
-def _build(settings: Settings, key: str):
-    from .core.embedders import build_embedder
-
-    return build_embedder(settings, key)
 
 
 def cmd_model_switch(args) -> int:
