@@ -126,17 +126,17 @@ def switch_to_candidate(store: VectorStore, gates: SwitchGates, *, force: bool =
         raise ModelChangeError(f"no candidate: the configured model is the active one ({gates.active}); "
                                "set EMBED_PROVIDER / EMBED_MODEL / EMBED_DIMS to the new model and "
                                "materialize `embeddings` first")
-    problems = [p for p in (gates.coverage_problem(), None if force else gates.metrics_verdict()) if p]
-    if problems:
-        hint = "" if force or gates.metrics_ok else "; --force skips the golden-set gate"
-        raise ModelChangeError(f"not switching to {gates.candidate}: " + "; ".join(problems) + hint)
-    model_id = store.model_id_by_key(gates.candidate)
+    if not gates.covered:
+        raise ModelChangeError(f"not switching to {gates.candidate}: {gates.coverage_problem()}")
+    if not force and not gates.metrics_ok:
+        raise ModelChangeError(f"not switching to {gates.candidate}: {gates.metrics_verdict()}; "
+                               "--force skips this gate")
     previous, missing = store.switch_active_model(
-        model_id, forced=force and not gates.metrics_ok, gates=gates.to_dict())
+        store.model_id_by_key(gates.candidate), forced=force and not gates.metrics_ok, gates=gates.to_dict())
     if missing:  # a chunk written since the gates were measured
         raise ModelChangeError(f"not switching to {gates.candidate}: {missing} live chunks were added without "
                                "its vector meanwhile; materialize `embeddings` and try again")
-    return None if previous is None else next(m.key for m in store.models() if m.id == previous)
+    return previous
 
 
 def drop_model(store: VectorStore, key: str, configured_key: str) -> int:

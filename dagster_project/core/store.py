@@ -434,10 +434,10 @@ class VectorStore:
             return dict(conn.execute("SELECT collection, count(*) FROM chunks GROUP BY collection "
                                      "ORDER BY collection").fetchall())
 
-    def switch_active_model(self, model_id: int, *, forced: bool, gates: dict) -> tuple[int | None, int]:
+    def switch_active_model(self, model_id: int, *, forced: bool, gates: dict) -> tuple[str | None, int]:
         """Make the model the one search serves, in one transaction, if it has a vector for every
         live chunk (checked again here, under the lock chunk writers share, so no chunk can commit
-        between the check and the switch). Returns (previous model id, live chunks it misses);
+        between the check and the switch). Returns (previous model's key, live chunks it misses);
         with any missing, nothing changes."""
         with self.writing() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:vectors'))")
@@ -445,16 +445,17 @@ class VectorStore:
             missing = conn.execute(
                 "SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
                 "WHERE e.model_id = %s AND e.content_hash = c.content_hash)", (model_id,)).fetchone()[0]
-            row = conn.execute("SELECT model_id FROM active_embedding_model").fetchone()
-            previous = row[0] if row else None
+            row = conn.execute("SELECT a.model_id, m.key FROM active_embedding_model a "
+                               "JOIN embedding_models m ON m.id = a.model_id").fetchone()
+            previous, previous_key = row if row else (None, None)
             if missing or previous == model_id:
-                return previous, missing
+                return previous_key, missing
             conn.execute(
                 "INSERT INTO active_embedding_model (model_id) VALUES (%s) ON CONFLICT (only_row) "
                 "DO UPDATE SET model_id = EXCLUDED.model_id, activated_at = now()", (model_id,))
             conn.execute("INSERT INTO embedding_model_switches (from_model_id, to_model_id, forced, gates) "
                          "VALUES (%s, %s, %s, %s)", (previous, model_id, forced, Jsonb(gates)))
-        return previous, 0
+        return previous_key, 0
 
     def drop_model_vectors(self, model_id: int) -> int | None:
         """Delete a model's vectors and its index; refused (None) for the active model. The
