@@ -97,8 +97,9 @@ def cmd_ingest(args) -> int:
     return _run_ingest(project, names, args.json)
 
 
-def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
-    """Run a partitioned job once per collection against the instance the UI reads."""
+def _run_job(project, job_name: str, names: list[str | None], run_config: dict | None = None) -> dict[str, dict]:
+    """Run a job once per partition (collection or day; None for an unpartitioned job) against
+    the instance the UI reads."""
     import dagster as dg
 
     from .definitions import build_definitions
@@ -109,7 +110,7 @@ def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
         for name in names:
             started = time.perf_counter()
             result = job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False,
-                                            run_config=QUIET_RUN)
+                                            run_config={**QUIET_RUN, **(run_config or {})})
             runs[name] = {
                 "run_id": result.run_id, "success": result.success,
                 "seconds": round(time.perf_counter() - started, 2),
@@ -120,9 +121,18 @@ def _run_job(project, job_name: str, names: list[str]) -> dict[str, dict]:
                                                  **{k: v.value for k, v in e.metadata.items()
                                                     if k in ("value", "status", "thresholds")}}
                                   for e in result.get_asset_check_evaluations()},
-                "failures": [ev.message for ev in result.all_events if ev.is_step_failure],
+                "failures": [_failure_message(ev) for ev in result.all_events if ev.is_step_failure],
             }
     return runs
+
+
+def _failure_message(event) -> str:
+    """A step's failure as its author wrote it (a dg.Failure's description), else Dagster's message."""
+    error = getattr(event.event_specific_data, "error", None)
+    user = getattr(event.event_specific_data, "user_failure_data", None)
+    if user is not None and user.description:
+        return user.description
+    return error.message.strip() if error is not None and error.message else event.message
 
 
 def _run_ingest(project, names: list[str], as_json: bool) -> int:
@@ -453,18 +463,20 @@ def cmd_snapshot(args) -> int:
 # ------------------------------------------------------------------ search, status, db-url, dev
 
 def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None):
-    """query -> hits in the given mode; the embedding model is loaded only if a vector leg runs."""
+    """query -> hits in the given mode, with the active embedding model (loaded only if a vector
+    leg runs)."""
     from .core.embedders import build_embedder
 
     model_id, dims, embedder = None, 0, None
     if mode != "text":
         from .core.ingest import adopt_stored_size
 
-        embedder = build_embedder(settings)
+        active = store.active_model_key()  # what search serves, whatever EMBED_* says
+        if active is None:
+            raise CliError("nothing is embedded yet: run `refinery ingest` first")
+        embedder = build_embedder(settings, active)
         adopt_stored_size(store, embedder)
-        model_id = store.model_id(embedder.model)
-        if model_id is None:
-            raise CliError(f"nothing is embedded with {embedder.model.key} yet: run `refinery ingest` first")
+        model_id = store.model_id_by_key(active)
         dims = embedder.model.dims
 
     def search(query: str):
@@ -550,13 +562,15 @@ def cmd_status(args) -> int:
     urls = _prepare(settings)
     store = VectorStore(urls.vector_store)
     try:
-        model_id = store.model_id_by_key(store.resolve_model_key(project.embedding_generation))
-        collections = store.status(model_id)
+        active = store.active_model_key()
+        collections = store.status(None if active is None else store.model_id_by_key(active))
+        configured = store.resolve_model_key(project.embedding_generation)
     finally:
         store.close()
     empty = {"documents": 0, "chunks": 0, "vectors": 0, "refined": 0, "quarantined": 0, "errors": [], "warnings": []}
     out = {"collections": {n: collections.get(n, dict(empty)) for n in sorted(project.manifest.collections)},
-           "embedding_model": project.embedding_generation}
+           "embedding_model": active or configured,
+           "candidate_model": configured if active is not None and configured != active else None}
     lines = [f"{'collection':<16} {'documents':>10} {'chunks':>8} {'vectors':>8} {'refined':>8} {'quarant.':>9} "
              f"{'errors':>7} {'warnings':>9}"]
     for n, c in out["collections"].items():
@@ -566,7 +580,100 @@ def cmd_status(args) -> int:
             lines.append(f"  error   {e['path']}: {e['reason']}")
         for w in c["warnings"]:
             lines.append(f"  warning {w['path']}: {w['reason']}")
+    lines.append(f"vectors of the active model {out['embedding_model']}"
+                 + (f"; candidate {out['candidate_model']} (refinery model status)" if out["candidate_model"] else ""))
     _print(out, args.json, "\n".join(lines))
+    return 0
+
+
+# ------------------------------------------------------------------ model change
+
+def _configured_embedder(settings: Settings, store):
+    from .core.embedders import build_embedder
+    from .core.ingest import adopt_stored_size
+
+    embedder = build_embedder(settings)
+    adopt_stored_size(store, embedder)
+    return embedder
+
+
+def cmd_model_status(args) -> int:
+    from functools import partial
+
+    from .core.embedders import build_embedder
+    from .core.model_change import evaluate_gates, model_status
+    from .core.store import VectorStore
+
+    settings = _settings(args)
+    urls = _prepare(settings)
+    store = VectorStore(urls.vector_store)
+    try:
+        configured = _configured_embedder(settings, store)
+        models = model_status(store, configured.model.key)
+        gates = evaluate_gates(store, configured, partial(build_embedder, settings), settings.golden_questions,
+                               settings.text_search_config)
+    finally:
+        store.close()
+    out = {"models": models, "configured": configured.model.key, "gates": gates.to_dict()}
+    lines = [f"{'model':<40} {'role':<10} {'vectors':>8} {'missing':>8} {'index':>6}"]
+    for m in models:
+        lines.append(f"{m['key']:<40} {m['role']:<10} {m['vectors']:>8} {m['missing']:>8} "
+                     f"{'yes' if m['indexed'] else 'no':>6}")
+        if m["role"] == "candidate" and m["missing"]:
+            lines.append("  missing: " + ", ".join(f"{c} {n}" for c, n in m["missing_by_collection"].items()))
+    if gates.candidate is None:
+        lines.append(f"no candidate: EMBED_* names the active model ({gates.active or 'none yet'})")
+    else:
+        for who, values in (("active", gates.active_metrics), ("candidate", gates.candidate_metrics)):
+            if values:
+                lines.append(f"golden set, {who}: recall@5 {values['recall@5']:.4f}, MRR@10 {values['mrr@10']:.4f} "
+                             f"({values['questions']} questions)")
+        problems = [p for p in (gates.coverage_problem(), gates.metrics_verdict()) if p]
+        lines.append("ready to switch: refinery model switch" if not problems else "not ready: " + "; ".join(problems))
+    _print(out, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_model_switch(args) -> int:
+    from .definitions import SWITCH_JOB
+    from .project import Project
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    _prepare(settings)
+    run = _run_job(project, SWITCH_JOB, [None],
+                   {"ops": {"active_embedding_model": {"config": {"force": args.force}}}})[None]
+    step = run["steps"].get("active_embedding_model", {})
+    out = {"run_id": run["run_id"], "success": run["success"], "switched": bool(step.get("switched")),
+           "active": step.get("active"), "previous": step.get("previous"), "forced": bool(step.get("forced")),
+           "checks": run["check_details"], "failures": run["failures"]}
+    if not run["success"]:
+        _print(out, args.json, "\n".join(f"refused: {f}" for f in run["failures"]))
+        return 1
+    text = (f"search now serves {out['active']} (was {out['previous']})"
+            + ("; the golden-set gate was forced" if out["forced"] else "")
+            + f"\nthe old vectors stay until: refinery model drop {out['previous']}" if out["switched"]
+            else f"nothing to switch: {out['active']} is active and EMBED_* names it")
+    _print(out, args.json, text)
+    return 0
+
+
+def cmd_model_drop(args) -> int:
+    from .core.model_change import ModelChangeError, drop_model
+    from .core.store import VectorStore
+
+    settings = _settings(args)
+    urls = _prepare(settings)
+    store = VectorStore(urls.vector_store)
+    try:
+        configured = _configured_embedder(settings, store).model.key
+        deleted = drop_model(store, args.model, configured)
+    except ModelChangeError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    _print({"model": args.model, "vectors_deleted": deleted}, args.json,
+           f"dropped {deleted} vectors and the HNSW index of {args.model}")
     return 0
 
 
@@ -667,6 +774,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_snapshot)
+
+    model = sub.add_parser("model", help="change the embedding model without downtime (docs/operations.md)")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    p = model_sub.add_parser("status", help="each model's role, vectors and coverage; the switch gates")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_status)
+    p = model_sub.add_parser("switch", help="make search serve the candidate (the model EMBED_* names)")
+    p.add_argument("--force", action="store_true",
+                   help="switch even if the candidate retrieves worse on the golden set (it must still "
+                        "cover every live chunk)")
+    p.add_argument("--manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_switch)
+    p = model_sub.add_parser("drop", help="delete the vectors and the index of a model search no longer serves")
+    p.add_argument("model", help="its key, provider:name:dims, as `refinery model status` lists it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_drop)
 
     p = sub.add_parser("db-url", help="the vector store's connection string")
     p.add_argument("--show-password", action="store_true")

@@ -10,7 +10,7 @@ import dagster as dg
 from .assets.chunks import build_chunks
 from .assets.corpus import build_corpus_files
 from .assets.documents import build_documents
-from .assets.embeddings import build_embeddings
+from .assets.embeddings import build_active_embedding_model, build_embeddings
 from .assets.feedback import build_feedback_events, build_feedback_views
 from .assets.metrics import build_metric_snapshots
 from .assets.refined import build_refined_documents
@@ -22,6 +22,7 @@ from .resources.vector_store import PgVectorStore
 INGEST_JOB = "ingest"
 REFINE_JOB = "refine"
 SNAPSHOT_JOB = "snapshot"
+SWITCH_JOB = "switch_embedding_model"
 # corpus_files is an observable source asset, which Dagster still marks beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
@@ -30,6 +31,7 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
     project = project or Project.load()
     ingestion = [build_documents(project), build_chunks(project), build_embeddings(project)]
     refined = build_refined_documents(project)
+    active_model = build_active_embedding_model(project)
     snapshots = build_metric_snapshots(project)
     snapshot_job = dg.define_asset_job(SNAPSHOT_JOB, selection=dg.AssetSelection.assets(snapshots),
                                        partitions_def=project.daily_partitions,
@@ -64,7 +66,7 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
         description="Observes the corpus folders and updates the assets of the collections that changed.")
 
     return dg.Definitions(
-        assets=[build_corpus_files(project), *ingestion, build_feedback_events(project), refined,
+        assets=[build_corpus_files(project), *ingestion, active_model, build_feedback_events(project), refined,
                 build_feedback_views(project), snapshots],
         schedules=[daily_metric_snapshot, reingest_all_collections],
         sensors=[automation],
@@ -74,6 +76,9 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
                                 partitions_def=project.partitions,
                                 description="Refined JSON for the documents of one collection."),
             snapshot_job,
+            dg.define_asset_job(SWITCH_JOB, selection=dg.AssetSelection.assets(active_model),
+                                description="Switch search to the candidate embedding model (EMBED_*) once it "
+                                            "covers every live chunk and retrieves at least as well."),
         ],
         resources={"vector_store": PgVectorStore(), "embedder": EmbedderResource(), "llm": LLMResource()},
     )

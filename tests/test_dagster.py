@@ -41,7 +41,7 @@ def test_definitions_load_with_partitions_per_collection():
     job = defs.resolve_job_def("ingest")
     assert sorted(job.partitions_def.get_partition_keys()) == ["product", "sales", "support"]
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"corpus_files", "documents", "chunks", "embeddings", "refined_documents", "feedback_events",
+    assert keys == {"corpus_files", "documents", "chunks", "embeddings", "active_embedding_model", "refined_documents", "feedback_events",
                     "feedback_views", "metric_snapshots"}
     snapshot = defs.resolve_job_def("snapshot")
     assert snapshot.partitions_def.get_partition_keys()[0] == "2026-01-01"

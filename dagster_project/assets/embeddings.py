@@ -1,9 +1,11 @@
-"""`embeddings`: vectors for chunk texts never embedded with the active model, and the checks
-that prove the index matches the corpus."""
+"""`embeddings`: vectors for chunk texts never embedded with the active model (and, during a
+model change, with the candidate beside it), and the checks that prove the index matches the
+corpus. `active_embedding_model`: the model search serves, switched only through its gates."""
 
 import dagster as dg
 
 from ..core.ingest import sync_embeddings
+from ..core.model_change import ModelChangeError, evaluate_gates, models_to_build, switch_to_candidate
 from ..core.progress import Progress
 from ..project import Project
 from ..resources.embedder import EmbedderResource
@@ -12,9 +14,16 @@ from .corpus import ON_UPSTREAM_CHANGE
 from .reporting import record_and_describe
 
 CHECKS = {
-    "every_live_chunk_has_vector": "Every chunk of the collection has a vector for the active model.",
+    "every_live_chunk_has_vector": "Every chunk of the collection has a vector for the active model "
+                                   "(and for the candidate, during a model change).",
     "no_orphans": "No vector whose text no chunk has, no chunk whose document is gone.",
     "no_duplicate_chunks": "Each document's chunks are one gapless sequence with unique ids.",
+}
+SWITCH_CHECKS = {
+    "candidate_covers_every_live_chunk": "The candidate model has a vector for every live chunk of every "
+                                         "collection (never skipped: search would lose chunks).",
+    "candidate_retrieves_at_least_as_well": "The candidate's recall@5 and MRR@10 (hybrid search, golden "
+                                            "questions) are at least the active model's (`force` skips it).",
 }
 
 
@@ -25,28 +34,89 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
         automation_condition=ON_UPSTREAM_CHANGE,
         check_specs=[dg.AssetCheckSpec(name, asset="embeddings", description=d) for name, d in CHECKS.items()],
         pool="embedding_api",
-        description="Table `embeddings`: one vector per (chunk text, model), HNSW-indexed per model.",
+        description="Table `embeddings`: one vector per (chunk text, model), HNSW-indexed per model. "
+                    "Builds the active model's vectors and, when EMBED_* names another model, the "
+                    "candidate's beside them.",
     )
     def embeddings(context: dg.AssetExecutionContext, vector_store: PgVectorStore,
                    embedder: EmbedderResource) -> dg.MaterializeResult:
-        store, model = vector_store.store, embedder.get()
-
-        report = sync_embeddings(store, context.partition_key, model,
+        store = vector_store.store
+        models = models_to_build(store, embedder.get(), embedder.get)
+        report = sync_embeddings(store, context.partition_key, *models,
                                  progress=Progress("texts embedded", context.log.info))
-        state = store.consistency(context.partition_key, store.model_id(model.model), project.chunker_version)
+        states = {m.model.key: store.consistency(context.partition_key, store.model_id(m.model),
+                                                 project.chunker_version) for m in models}
+        active = states[models[0].model.key]  # first: the active model (search serves it)
         # Recorded with the step: the embedding coverage of the daily metric snapshots.
-        report.counts.update(live_chunks=state.live_chunks, missing_vectors=state.missing_vectors)
+        report.counts.update(live_chunks=active.live_chunks, missing_vectors=active.missing_vectors)
         checks = [
-            dg.AssetCheckResult(check_name="every_live_chunk_has_vector", passed=state.missing_vectors == 0,
-                                metadata={"live_chunks": state.live_chunks, "missing_vectors": state.missing_vectors,
-                                          "examples": ", ".join(state.examples["missing_vector_chunk_ids"])}),
+            dg.AssetCheckResult(check_name="every_live_chunk_has_vector",
+                                passed=all(s.missing_vectors == 0 for s in states.values()),
+                                metadata={"live_chunks": active.live_chunks, "missing_vectors": active.missing_vectors,
+                                          **{f"missing_vectors {key}": s.missing_vectors for key, s in states.items()},
+                                          "examples": ", ".join(ex for s in states.values()
+                                                                for ex in s.examples["missing_vector_chunk_ids"])}),
             dg.AssetCheckResult(check_name="no_orphans",
-                                passed=state.orphan_vectors == 0 and state.orphan_chunks == 0,
-                                metadata={"orphan_vectors": state.orphan_vectors, "orphan_chunks": state.orphan_chunks}),
-            dg.AssetCheckResult(check_name="no_duplicate_chunks", passed=state.duplicate_chunks == 0,
-                                metadata={"documents_with_duplicates": state.duplicate_chunks}),
+                                passed=active.orphan_vectors == 0 and active.orphan_chunks == 0,
+                                metadata={"orphan_vectors": active.orphan_vectors, "orphan_chunks": active.orphan_chunks}),
+            dg.AssetCheckResult(check_name="no_duplicate_chunks", passed=active.duplicate_chunks == 0,
+                                metadata={"documents_with_duplicates": active.duplicate_chunks}),
         ]
-        metadata = record_and_describe(context, store, report, model=model.model.key)
+        extra = {"model": models[0].model.key}
+        if len(models) > 1:
+            extra["candidate"] = models[1].model.key
+        metadata = record_and_describe(context, store, report, **extra)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
     return embeddings
+
+
+class SwitchConfig(dg.Config):
+    force: bool = False  # switch even if the candidate retrieves worse on the golden set (coverage is never skipped)
+
+
+def build_active_embedding_model(project: Project) -> dg.AssetsDefinition:
+    settings = project.settings
+
+    @dg.asset(
+        name="active_embedding_model", deps=[dg.AssetDep("embeddings", partition_mapping=dg.AllPartitionMapping())],
+        group_name="ingestion", kinds={"postgres"},
+        check_specs=[dg.AssetCheckSpec(name, asset="active_embedding_model", description=d)
+                     for name, d in SWITCH_CHECKS.items()],
+        description="Table `active_embedding_model`: the model search serves. Materializing it switches to "
+                    "the candidate (the model EMBED_* names) in one transaction once both checks pass "
+                    "(config `force: true` skips the retrieval check); the old vectors stay until "
+                    "`refinery model drop`.",
+    )
+    def active_embedding_model(context: dg.AssetExecutionContext, config: SwitchConfig, vector_store: PgVectorStore,
+                               embedder: EmbedderResource):
+        store = vector_store.store
+        gates = evaluate_gates(store, embedder.get(), embedder.get, settings.golden_questions,
+                               settings.text_search_config)
+        if gates.candidate is None:
+            for name in SWITCH_CHECKS:
+                yield dg.AssetCheckResult(check_name=name, passed=True,
+                                          metadata={"status": "no candidate: EMBED_* names the active model"})
+            yield dg.MaterializeResult(metadata={"active": gates.active or "none yet", "switched": False})
+            return
+        coverage = {"candidate": gates.candidate, "live_chunks": gates.live_chunks, "missing_vectors": gates.missing,
+                    **{f"missing in {c}": n for c, n in gates.missing_by_collection.items()}}
+        yield dg.AssetCheckResult(check_name="candidate_covers_every_live_chunk", passed=gates.covered,
+                                  metadata=coverage)
+        metrics = {f"{who} {m}": v for who, values in (("active", gates.active_metrics),
+                                                       ("candidate", gates.candidate_metrics))
+                   for m, v in (values or {}).items()}
+        yield dg.AssetCheckResult(
+            check_name="candidate_retrieves_at_least_as_well", passed=gates.metrics_ok,
+            severity=dg.AssetCheckSeverity.WARN if config.force else dg.AssetCheckSeverity.ERROR,
+            metadata={"active": gates.active, "candidate": gates.candidate, **metrics,
+                      "verdict": gates.metrics_verdict() or "at least as good", "forced": config.force})
+        try:
+            previous = switch_to_candidate(store, gates, force=config.force)
+        except ModelChangeError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        context.log.info(f"search now serves {gates.candidate} (was {previous})")
+        yield dg.MaterializeResult(metadata={"active": gates.candidate, "previous": previous or "none",
+                                             "switched": True, "forced": config.force and not gates.metrics_ok})
+
+    return active_embedding_model

@@ -54,7 +54,7 @@ def build_metric_snapshots(project: Project) -> dg.AssetsDefinition:
         store = vector_store.store
         day = date.fromisoformat(context.partition_key)
         snapshot = take_snapshot(store, day, measure_live=lambda: measure_retrieval(
-            store, embedder.get(), settings.golden_questions, settings.text_search_config))
+            store, embedder.get(store.active_model_key()), settings.golden_questions, settings.text_search_config))
         context.log.info(f"{day}: {len(snapshot.values)} values; live metrics {snapshot.live}")
         totals = [v for v in snapshot.values if not v.dimensions]
         metadata = {v.metric: dg.MetadataValue.float(v.value) for v in totals}

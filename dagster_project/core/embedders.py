@@ -148,15 +148,47 @@ def configured_model_key(settings) -> str:
     return f"openai:{model}:{settings.embed_dims or KNOWN_DIMS.get(model, 'auto')}"
 
 
-def build_embedder(settings) -> Embedder:
-    """The embedder EMBED_PROVIDER names, configured from the settings object."""
+def parse_model_key(key: str) -> tuple[str, str, int]:
+    """provider, name, dims of a stored key (a name may itself contain ':', as Ollama's do)."""
+    provider, _, rest = key.partition(":")
+    name, _, dims = rest.rpartition(":")
+    if not provider or not name or not dims.isdigit():
+        raise EmbeddingError(f"{key!r} is not an embedding model key (provider:name:dims)")
+    return provider, name, int(dims)
+
+
+def _settings_for_key(settings, key: str):
+    """The settings that build the stored model `key`: its provider, name and size, with the
+    configured credentials and endpoint."""
+    provider, name, dims = parse_model_key(key)
+    if provider == "hash" and name == HashEmbedder.NAME:
+        return settings.model_copy(update={"embed_provider": "hash", "embed_dims": dims})
+    if provider == "local" and name == LocalEmbedder.NAME:
+        return settings.model_copy(update={"embed_provider": "local"})
+    if provider == "openai":
+        from .openai_embedder import DEFAULT_MODEL, KNOWN_DIMS
+
+        if settings.embed_provider == "openai" and (settings.embed_model or DEFAULT_MODEL) == name:
+            requested = settings.embed_dims  # the configured model: exactly as configured
+        else:  # a known model at its native size, or an unknown one, is asked without `dimensions`
+            requested = None if KNOWN_DIMS.get(name, dims) == dims else dims
+        return settings.model_copy(update={"embed_provider": "openai", "embed_model": name, "embed_dims": requested})
+    raise EmbeddingError(f"the vectors of {key} were made by an embedder this version cannot run; "
+                         "embed with another model and switch to it (docs/operations.md)")
+
+
+def build_embedder(settings, key: str | None = None) -> Embedder:
+    """The embedder EMBED_PROVIDER names, configured from the settings object; with `key`, the
+    embedder of that stored model (the active one, say), with the configured credentials."""
+    if key is not None and key != configured_model_key(settings):
+        settings = _settings_for_key(settings, key)
     if settings.embed_provider == "hash":
         return HashEmbedder(dims=settings.embed_dims or 384)
     if settings.embed_provider == "local":
         return LocalEmbedder(batch_size=settings.embed_batch_size)
     from .openai_embedder import DEFAULT_MODEL, OpenAIEmbedder
 
-    return OpenAIEmbedder(
+    embedder = OpenAIEmbedder(
         model=settings.embed_model or DEFAULT_MODEL,
         dims=settings.embed_dims,
         api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
@@ -164,3 +196,6 @@ def build_embedder(settings) -> Embedder:
         batch_size=settings.embed_batch_size,
         concurrency=settings.embed_concurrency,
     )
+    if key is not None and embedder.needs_dims:
+        embedder.adopt_dims(parse_model_key(key)[2])  # an unknown model's size, as stored
+    return embedder

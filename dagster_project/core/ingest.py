@@ -247,22 +247,26 @@ def adopt_stored_size(store: VectorStore, embedder: Embedder) -> None:
             embedder.adopt_dims(int(stored.rsplit(":", 1)[1]))
 
 
-def sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, *,
-                    progress=None) -> StepReport:
+def sync_embeddings(store: VectorStore, collection: str, *embedders: Embedder, progress=None) -> StepReport:
+    """Vectors for the collection's texts that have none, for each model in turn: during a model
+    change, the active model first (search serves it), then the candidate beside it. The first
+    model ever built becomes the active one."""
     with store.step_lock(collection):
-        return _sync_embeddings(store, collection, embedder, progress)
+        report = StepReport(collection, "embeddings")
+        for embedder in embedders:
+            _sync_embeddings(store, collection, embedder, progress, report)
+        return report
 
 
-def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress) -> StepReport:
+def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress, report: StepReport) -> None:
     started = time.perf_counter()
-    report = StepReport(collection, "embeddings")
     adopt_stored_size(store, embedder)
     model_id = store.ensure_model(embedder.model)
+    store.activate_first_model(model_id)
     vectors_removed = store.drop_unreferenced_vectors()
     pending = store.texts_to_embed(collection, model_id)
     total = store.count_texts(collection)
-    report.counts = {"texts": total, "reused": total - len(pending), "embedded": 0,
-                     "vectors_removed": vectors_removed}
+    counts = {"texts": total, "reused": total - len(pending), "embedded": 0, "vectors_removed": vectors_removed}
     if len(pending) >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) \
             and len(pending) > store.vector_count(model_id):
         store.drop_index(model_id)
@@ -270,17 +274,19 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
         batch = pending[start:start + EMBED_TX_TEXTS]
         result = embedder.embed([text for _, text, _ in batch])  # context + text, as hashed
         store.write_embeddings(model_id, [h for h, _, _ in batch], result.vectors)
+        counts["embedded"] += len(batch)
         report.texts_embedded += len(batch)
         report.tokens_embedded += result.tokens if result.tokens is not None else sum(n for _, _, n in batch)
         report.warnings.extend(w for w in result.warnings if w not in report.warnings)
         if progress is not None:
-            progress(report.texts_embedded, len(pending))
-    report.counts["embedded"] = report.texts_embedded
-    report.counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
-    if report.counts["index_built"] or report.texts_embedded >= ANALYZE_AFTER_TEXTS:
+            progress(counts["embedded"], len(pending))
+    counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
+    if counts["index_built"] or counts["embedded"] >= ANALYZE_AFTER_TEXTS:
         store.analyze()
-    report.seconds = time.perf_counter() - started
-    return report
+    # Counts add up over the models; "texts" is the collection's, whatever the number of models.
+    for name, value in counts.items():
+        report.counts[name] = value if name == "texts" else report.counts.get(name, 0) + value
+    report.seconds += time.perf_counter() - started
 
 
 # ------------------------------------------------------------------ dry run

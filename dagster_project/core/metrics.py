@@ -164,21 +164,14 @@ def history_metrics(store: VectorStore, day: date) -> list[MetricValue]:
     return out
 
 
-def measure_retrieval(store: VectorStore, embedder: Embedder, questions_path: Path,
-                      text_search_config: str = "english") -> tuple[list[MetricValue], str | None]:
-    """Recall@5 and MRR@10 of hybrid search on the golden questions, then the latency of each
-    question's search (query vector ready, caches warm from the first pass). Returns the values,
-    or none and the reason they could not be measured."""
+def golden_set_retrieval(store: VectorStore, embedder: Embedder, questions: list,
+                         text_search_config: str = "english") -> tuple[dict, Callable[[str], list]]:
+    """Recall and MRR of hybrid search with the embedder's model on the golden questions, and the
+    search it ran (query vectors ready), for timing."""
     from .ingest import adopt_stored_size
 
     adopt_stored_size(store, embedder)
     model_id = store.model_id(embedder.model)
-    if model_id is None:
-        return [], f"nothing is embedded with {embedder.model.key} yet"
-    try:
-        questions = load_questions(questions_path, store.document_keys())
-    except QuestionsError as exc:
-        return [], str(exc)
     texts = list(dict.fromkeys(q.text for q in questions))
     vectors = dict(zip(texts, embedder.embed(texts).vectors))
 
@@ -186,9 +179,26 @@ def measure_retrieval(store: VectorStore, embedder: Embedder, questions_path: Pa
         return store.search(model_id, embedder.model.dims, vectors[text], k=50, mode="hybrid", query_text=text,
                             text_search_config=text_search_config)
 
-    quality = evaluate(questions, lambda text: distinct_documents(search(text))[:10])
+    return evaluate(questions, lambda text: distinct_documents(search(text))[:10]), search
+
+
+def measure_retrieval(store: VectorStore, embedder: Embedder, questions_path: Path,
+                      text_search_config: str = "english") -> tuple[list[MetricValue], str | None]:
+    """Recall@5 and MRR@10 of hybrid search on the golden questions, then the latency of each
+    question's search (query vector ready, caches warm from the first pass). Returns the values,
+    or none and the reason they could not be measured. `embedder` is the active model's."""
+    from .ingest import adopt_stored_size
+
+    adopt_stored_size(store, embedder)
+    if store.model_id(embedder.model) is None:
+        return [], f"nothing is embedded with {embedder.model.key} yet"
+    try:
+        questions = load_questions(questions_path, store.document_keys())
+    except QuestionsError as exc:
+        return [], str(exc)
+    quality, search = golden_set_retrieval(store, embedder, questions, text_search_config)
     latencies = []
-    for text in texts:
+    for text in dict.fromkeys(q.text for q in questions):
         started = time.perf_counter()
         search(text)
         latencies.append((time.perf_counter() - started) * 1000)

@@ -162,6 +162,24 @@ class SearchHit:
 
 
 @dataclass
+class StoredModel:
+    id: int
+    key: str
+    dims: int
+    active: bool
+    activated_at: object
+    dropped_at: object
+    vectors: int
+    indexed: bool
+    live_chunks: int
+    missing_by_collection: dict[str, int]  # live chunks with no vector of this model
+
+    @property
+    def missing(self) -> int:
+        return sum(self.missing_by_collection.values())
+
+
+@dataclass
 class Consistency:
     live_chunks: int
     missing_vectors: int
@@ -364,9 +382,93 @@ class VectorStore:
         with self.writing() as conn:
             row = conn.execute(
                 "INSERT INTO embedding_models (key, provider, name, dims) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key RETURNING id",
+                "ON CONFLICT (key) DO UPDATE SET dropped_at = NULL RETURNING id",
                 (model.key, model.provider, model.name, model.dims)).fetchone()
         return row[0]
+
+    # ------------------------------------------------------------ the active model
+
+    def active_model_key(self) -> str | None:
+        """The model search serves (None before anything was embedded)."""
+        with self.reading() as conn:
+            row = conn.execute("SELECT m.key FROM active_embedding_model a "
+                               "JOIN embedding_models m ON m.id = a.model_id").fetchone()
+        return row[0] if row else None
+
+    def activate_first_model(self, model_id: int) -> bool:
+        """On a fresh install the first model built becomes active; later models wait for a
+        switch. True if this one was activated now."""
+        with self.writing() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:active-model'))")
+            activated = conn.execute(
+                "INSERT INTO active_embedding_model (model_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                (model_id,)).rowcount == 1
+            if activated:
+                conn.execute("INSERT INTO embedding_model_switches (to_model_id, gates) VALUES (%s, %s)",
+                             (model_id, Jsonb({"reason": "first model built"})))
+        return activated
+
+    def models(self) -> list[StoredModel]:
+        """Every embedding model with its vectors, its live chunks without one (per collection),
+        its index, and whether it is active."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT m.id, m.key, m.dims, a.model_id IS NOT NULL, a.activated_at, m.dropped_at,"
+                " (SELECT count(*) FROM embeddings e WHERE e.model_id = m.id),"
+                " to_regclass('embeddings_hnsw_' || m.id) IS NOT NULL"
+                " FROM embedding_models m LEFT JOIN active_embedding_model a ON a.model_id = m.id ORDER BY m.id"
+            ).fetchall()
+            live = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            out = []
+            for model_id, key, dims, active, activated_at, dropped_at, vectors, indexed in rows:
+                missing = dict(conn.execute(
+                    "SELECT c.collection, count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
+                    "WHERE e.model_id = %s AND e.content_hash = c.content_hash) GROUP BY c.collection "
+                    "ORDER BY c.collection", (model_id,)).fetchall())
+                out.append(StoredModel(model_id, key, dims, active, activated_at, dropped_at, vectors, indexed,
+                                       live, missing))
+        return out
+
+    def chunks_per_collection(self) -> dict[str, int]:
+        with self.reading() as conn:
+            return dict(conn.execute("SELECT collection, count(*) FROM chunks GROUP BY collection "
+                                     "ORDER BY collection").fetchall())
+
+    def switch_active_model(self, model_id: int, *, forced: bool, gates: dict) -> tuple[str | None, int]:
+        """Make the model the one search serves, in one transaction, if it has a vector for every
+        live chunk (checked again here, under the lock chunk writers share, so no chunk can commit
+        between the check and the switch). Returns (previous model's key, live chunks it misses);
+        with any missing, nothing changes."""
+        with self.writing() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:vectors'))")
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:active-model'))")
+            missing = conn.execute(
+                "SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
+                "WHERE e.model_id = %s AND e.content_hash = c.content_hash)", (model_id,)).fetchone()[0]
+            row = conn.execute("SELECT a.model_id, m.key FROM active_embedding_model a "
+                               "JOIN embedding_models m ON m.id = a.model_id").fetchone()
+            previous, previous_key = row if row else (None, None)
+            if missing or previous == model_id:
+                return previous_key, missing
+            conn.execute(
+                "INSERT INTO active_embedding_model (model_id) VALUES (%s) ON CONFLICT (only_row) "
+                "DO UPDATE SET model_id = EXCLUDED.model_id, activated_at = now()", (model_id,))
+            conn.execute("INSERT INTO embedding_model_switches (from_model_id, to_model_id, forced, gates) "
+                         "VALUES (%s, %s, %s, %s)", (previous, model_id, forced, Jsonb(gates)))
+        return previous_key, 0
+
+    def drop_model_vectors(self, model_id: int) -> int | None:
+        """Delete a model's vectors and its index; refused (None) for the active model. The
+        model's row stays, dated, because the metric history names models by it."""
+        with self.writing() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:active-model'))")
+            if conn.execute("SELECT 1 FROM active_embedding_model WHERE model_id = %s", (model_id,)).fetchone():
+                return None
+            conn.execute(f"DROP INDEX IF EXISTS embeddings_hnsw_{int(model_id)}")
+            deleted = conn.execute("DELETE FROM embeddings WHERE model_id = %s", (model_id,)).rowcount
+            conn.execute("UPDATE embedding_models SET dropped_at = coalesce(dropped_at, now()) WHERE id = %s",
+                         (model_id,))
+        return deleted
 
     def model_id(self, model: EmbeddingModel) -> int | None:
         return self.model_id_by_key(model.key)

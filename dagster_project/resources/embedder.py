@@ -1,20 +1,25 @@
-"""The embedder resource: EMBED_PROVIDER local (default), openai or hash."""
+"""The embedder resource: EMBED_PROVIDER local (default), openai or hash, and the embedder of
+any stored model (the active one during a model change)."""
 
 from __future__ import annotations
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..core.embedders import Embedder, build_embedder
+from ..core.embedders import Embedder, build_embedder, configured_model_key
 from ..core.settings import Settings
 
 
 class EmbedderResource(dg.ConfigurableResource):
-    """Loads the model only when a step embeds: steps that only count tokens stay cheap."""
+    """Loads a model only when a step embeds: steps that only count tokens stay cheap."""
 
-    _embedder: Embedder | None = PrivateAttr(default=None)
+    _embedders: dict = PrivateAttr(default_factory=dict)
 
-    def get(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = build_embedder(Settings.from_env())
-        return self._embedder
+    def get(self, key: str | None = None) -> Embedder:
+        """The configured embedder, or with `key` the embedder of that stored model."""
+        settings = Settings.from_env()
+        if key == configured_model_key(settings):
+            key = None  # one instance of the configured model, however it is asked for
+        if key not in self._embedders:
+            self._embedders[key] = build_embedder(settings, key)
+        return self._embedders[key]
