@@ -5,6 +5,7 @@ import dagster as dg
 
 from ..core.ingest import sync_embeddings
 from ..core.progress import Progress
+from ..pools import EMBEDDING_POOL
 from ..project import Project
 from ..resources.embedder import EmbedderResource
 from ..resources.vector_store import PgVectorStore
@@ -24,7 +25,7 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
         group_name="ingestion", code_version=project.embedding_generation, kinds={"pgvector"},
         automation_condition=ON_UPSTREAM_CHANGE,
         check_specs=[dg.AssetCheckSpec(name, asset="embeddings", description=d) for name, d in CHECKS.items()],
-        pool="embedding_api",
+        pool=EMBEDDING_POOL,
         description="Table `embeddings`: one vector per (chunk text, model), HNSW-indexed per model.",
     )
     def embeddings(context: dg.AssetExecutionContext, vector_store: PgVectorStore,

@@ -8,6 +8,7 @@ from ..core.progress import Progress
 from ..core.prompts import PROMPT_VERSION
 from ..core.refine import refine_collection
 from ..core.refined_schema import SCHEMA_VERSION
+from ..pools import LLM_POOL
 from ..project import Project
 from ..resources.llm import LLMResource, prompt_token_counter
 from ..resources.vector_store import PgVectorStore
@@ -19,7 +20,7 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
         name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks", "feedback_events"],
         group_name="refinement", code_version=f"{PROMPT_VERSION}+{SCHEMA_VERSION}", kinds={"openai", "postgres"},
         automation_condition=ON_UPSTREAM_CHANGE,
-        pool="llm_api",
+        pool=LLM_POOL,
         check_specs=[dg.AssetCheckSpec("every_document_refined", asset="refined_documents",
                                        description="Every document has refined JSON under the current key.")],
         description="Table `refined_documents`: JSON valid against RefinedDocument, with the model, link, "
