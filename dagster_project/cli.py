@@ -616,7 +616,8 @@ def cmd_dev(args) -> int:
     _prepare(settings)
     with dg.DagsterInstance.get() as instance:
         apply_pool_limits(instance, settings)
-    command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+               "-h", args.host, "-p", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)", flush=True)
     return _run_until_stopped(command, cwd=os.environ["DAGSTER_HOME"])
 
