@@ -602,8 +602,8 @@ def cmd_pools(args) -> int:
     return 0
 
 
-# Seconds the processes of `dagster dev` get to stop after it exits on Ctrl-C, then after SIGTERM,
-# before what is left is killed.
+# Seconds the processes of `dagster dev` get to stop after it exits, then after SIGTERM, before
+# what is left is killed.
 DEV_STOP_GRACE = (60.0, 15.0)
 
 
@@ -647,14 +647,13 @@ def _run_until_stopped(command: list[str], cwd: str) -> int:
         if stopping:  # a signal came while it started
             _signal_group(proc.pid, signal.SIGINT)
         code = proc.wait()
-        if stopping:  # its webserver, daemon and code server may still be stopping
-            for grace, escalation in zip(DEV_STOP_GRACE, (signal.SIGTERM, signal.SIGKILL)):
-                if _wait_group_gone(proc.pid, grace):
-                    break
-                _signal_group(proc.pid, escalation)
-            _wait_group_gone(proc.pid, 5.0)
-            return 0
-        return code
+        # However it ended, its webserver, daemon and code server may still be stopping.
+        for grace, escalation in zip(DEV_STOP_GRACE, (signal.SIGTERM, signal.SIGKILL)):
+            if _wait_group_gone(proc.pid, grace):
+                break
+            _signal_group(proc.pid, escalation)
+        _wait_group_gone(proc.pid, 5.0)
+        return 0 if stopping else code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
