@@ -99,18 +99,27 @@ def cmd_ingest(args) -> int:
 
 def _run_job(project, job_name: str, names: list[str | None], run_config: dict | None = None) -> dict[str, dict]:
     """Run a job once per partition (collection or day; None for an unpartitioned job) against
-    the instance the UI reads."""
+    the instance the UI reads, with the pool limits from the settings and the steps' progress on
+    stderr."""
     import dagster as dg
 
+    from .core.progress import ProgressDisplay, watching
     from .definitions import build_definitions
+    from .pools import apply_pool_limits
 
     job = build_definitions(project).resolve_job_def(job_name)
     runs: dict[str, dict] = {}
-    with dg.DagsterInstance.get() as instance:
+    display = ProgressDisplay(sys.stderr)
+    with dg.DagsterInstance.get() as instance, watching(display):
+        apply_pool_limits(instance, project.settings)
         for name in names:
+            display.label = name or ""
             started = time.perf_counter()
-            result = job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False,
-                                            run_config={**QUIET_RUN, **(run_config or {})})
+            try:
+                result = job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False,
+                                                run_config={**QUIET_RUN, **(run_config or {})})
+            finally:
+                display.close()
             runs[name] = {
                 "run_id": result.run_id, "success": result.success,
                 "seconds": round(time.perf_counter() - started, 2),
@@ -683,18 +692,96 @@ def cmd_db_url(args) -> int:
     return 0
 
 
-def cmd_dev(args) -> int:
+def cmd_pools(args) -> int:
+    """Set the pool limits from the settings in the instance ($DAGSTER_HOME), then show them."""
+    import dagster as dg
+
+    from .pools import apply_pool_limits, pool_usage
+
     settings = _settings(args)
     _prepare(settings)
-    command = ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
-    # Run from DAGSTER_HOME: a dagster.yaml in the working directory makes Dagster warn that it
-    # is ignored (the copy in DAGSTER_HOME is the one used).
-    print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)")
-    # A child process, not exec: this process keeps the embedded server alive and stops it last.
+    with dg.DagsterInstance.get() as instance:
+        apply_pool_limits(instance, settings)
+        usage = pool_usage(instance)
+    lines = [f"{'pool':<16} {'limit':>6} {'running':>8} {'waiting':>8}"]
+    lines += [f"{pool:<16} {u['limit']:>6} {u['running']:>8} {u['waiting']:>8}" for pool, u in usage.items()]
+    _print(usage, args.json, "\n".join(lines))
+    return 0
+
+
+# Seconds the processes of `dagster dev` get to stop after it exits, then after SIGTERM, before
+# what is left is killed.
+DEV_STOP_GRACE = (60.0, 15.0)
+
+
+def cmd_dev(args) -> int:
+    import dagster as dg
+
+    from .pools import apply_pool_limits
+
+    settings = _settings(args)
+    _prepare(settings)
+    with dg.DagsterInstance.get() as instance:
+        apply_pool_limits(instance, settings)
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+               "-h", args.host, "-p", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)", flush=True)
+    return _run_until_stopped(command, cwd=os.environ["DAGSTER_HOME"])
+
+
+def _run_until_stopped(command: list[str], cwd: str) -> int:
+    """Run `command` in its own process group and stop it on Ctrl-C or SIGTERM: SIGINT goes to
+    the whole group (dagster dev, its webserver, daemon and code server), a further signal or the
+    grace period escalates, and this returns only once every process of the group is gone.
+    This process keeps the embedded PostgreSQL alive, so it stops last, never under Dagster."""
+    import signal
+
+    stopping: list[int] = []
+    proc: subprocess.Popen | None = None
+
+    def forward(signum, _frame) -> None:
+        stopping.append(signum)
+        if proc is not None:  # Ctrl-C once: SIGINT; twice: SIGTERM; more: SIGKILL
+            _signal_group(proc.pid, (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[min(len(stopping), 3) - 1])
+
+    # Handlers before the child starts: a handled signal is reset to its default in the child,
+    # so `dagster dev` takes Ctrl-C even where this process was started with SIGINT ignored.
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(command, cwd=os.environ["DAGSTER_HOME"])
-    except KeyboardInterrupt:
-        return 0
+        # Run from DAGSTER_HOME: a dagster.yaml in the working directory makes Dagster warn that
+        # it is ignored (the copy in DAGSTER_HOME is the one used).
+        proc = subprocess.Popen(command, cwd=cwd, process_group=0)
+        if stopping:  # a signal came while it started
+            _signal_group(proc.pid, signal.SIGINT)
+        code = proc.wait()
+        # However it ended, its webserver, daemon and code server may still be stopping.
+        for grace, escalation in zip(DEV_STOP_GRACE, (signal.SIGTERM, signal.SIGKILL)):
+            if _wait_group_gone(proc.pid, grace):
+                break
+            _signal_group(proc.pid, escalation)
+        _wait_group_gone(proc.pid, 5.0)
+        return 0 if stopping else code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_group_gone(pgid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -795,6 +882,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db-url", help="the vector store's connection string")
     p.add_argument("--show-password", action="store_true")
     p.set_defaults(func=cmd_db_url)
+
+    p = sub.add_parser("pools", help="set the concurrency pool limits from the settings; show limits and use")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pools)
 
     p = sub.add_parser("dev", help="embedded PostgreSQL + the Dagster UI on this code location")
     p.add_argument("--manifest")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from datetime import timedelta
 
@@ -19,12 +20,32 @@ from .resources.embedder import EmbedderResource
 from .resources.llm import LLMResource
 from .resources.vector_store import PgVectorStore
 
+# RUN_EXECUTOR -> (package, executor): the run's steps on Celery or Kubernetes workers.
+EXECUTORS = {"celery": ("dagster_celery", "celery_executor"),
+             "celery_k8s": ("dagster_celery_k8s", "celery_k8s_job_executor"),
+             "k8s_job": ("dagster_k8s", "k8s_job_executor")}
 INGEST_JOB = "ingest"
 REFINE_JOB = "refine"
 SNAPSHOT_JOB = "snapshot"
 SWITCH_JOB = "switch_embedding_model"
 # corpus_files is an observable source asset, which Dagster still marks beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+
+def run_executor(name: str) -> dg.ExecutorDefinition | None:
+    """The executor RUN_EXECUTOR names; None for Dagster's default (multiprocess)."""
+    if name not in EXECUTORS:
+        return None
+    package, attribute = EXECUTORS[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise ImportError(f"RUN_EXECUTOR={name} needs the {package.replace('_', '-')} package "
+                          f"(pip install '.[{name.split('_')[0]}]'), or unset RUN_EXECUTOR") from None
+    executor = getattr(module, attribute)
+    if name == "celery":  # runs the sensor and schedules launch carry no run config: the broker comes from here
+        executor = executor.configured({"broker": {"env": "CELERY_BROKER_URL"}}, name="celery")
+    return executor
 
 
 def build_definitions(project: Project | None = None) -> dg.Definitions:
@@ -81,6 +102,7 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
                                             "covers every live chunk and retrieves at least as well."),
         ],
         resources={"vector_store": PgVectorStore(), "embedder": EmbedderResource(), "llm": LLMResource()},
+        executor=run_executor(project.settings.run_executor),
     )
 
 

@@ -130,3 +130,56 @@ def test_cli_refine_through_dagster_with_a_model_then_cached(cli_env, fake_opena
     status = json.loads(refinery(cli_env, "status", "--json").stdout)
     assert status["collections"]["support"]["refined"] == 5
     assert "sk-test-cli" not in done.stdout + done.stderr
+
+
+def test_cli_shows_progress_as_a_bar_on_a_terminal_and_as_lines_in_a_pipe(cli_env):
+    import pty
+    import threading
+
+    command = [sys.executable, "-m", "dagster_project.cli", "ingest", "--collection", "support", "--json"]
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's last writer is gone
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    on_terminal = subprocess.run(command, env=cli_env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=slave,
+                                 timeout=300)
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    terminal = b"".join(chunks).decode()
+    assert on_terminal.returncode == 0, terminal
+    assert json.loads(on_terminal.stdout)["documents"]["new"] == 5  # stdout stays clean JSON
+    # Each bar is redrawn in place (carriage return, bar, clear to end of line) and ends done.
+    assert "\r[########################] support: texts embedded: " in terminal
+    assert "\r[########################] support: files parsed: 5/5 (100%)" in terminal
+    assert "\x1b[K" in terminal
+
+    in_pipe = refinery(cli_env, "ingest", "--json")  # stderr is a pipe
+    assert in_pipe.returncode == 0, in_pipe.stderr
+    lines = in_pipe.stderr.splitlines()
+    assert "\r" not in in_pipe.stderr and "\x1b" not in in_pipe.stderr
+    # Only the new collections have work: files to parse, documents to chunk, texts to embed.
+    assert any(line.startswith("product: files parsed: 6/6 (100%) in ") for line in lines), lines
+    assert any(line.startswith("sales: texts embedded: ") for line in lines), lines
+    assert not any(line.startswith("support:") for line in lines), lines
+
+
+def test_cli_pools_sets_the_limits_from_the_settings(cli_env):
+    cli_env.update(EMBEDDING_POOL_LIMIT="3", LLM_POOL_LIMIT="1")
+    shown = refinery(cli_env, "pools", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"embedding_api": {"limit": 3, "running": 0, "waiting": 0},
+                                        "llm_api": {"limit": 1, "running": 0, "waiting": 0}}
+    cli_env["EMBEDDING_POOL_LIMIT"] = "2"
+    assert json.loads(refinery(cli_env, "pools", "--json").stdout)["embedding_api"]["limit"] == 2

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from ..core.ingest import sync_chunks
+from ..core.progress import Progress
 from ..project import Project
 from ..resources.vector_store import PgVectorStore
 from .corpus import ON_UPSTREAM_CHANGE
@@ -22,7 +23,8 @@ def build_chunks(project: Project) -> dg.AssetsDefinition:
     )
     def chunks(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
         store = vector_store.store
-        report = sync_chunks(store, context.partition_key, project.chunk_settings, project.token_counter)
+        report = sync_chunks(store, context.partition_key, project.chunk_settings, project.token_counter,
+                             progress=Progress("documents chunked", context.log.info))
         stale = store.stale_documents(context.partition_key, project.chunker_version)
         text_index = store.text_index_counts(context.partition_key)
         return dg.MaterializeResult(

@@ -4,6 +4,7 @@ import dagster as dg
 
 from ..core.ingest import sync_documents
 from ..core.parsing import PARSER_VERSION
+from ..core.progress import Progress
 from ..project import Project
 from ..resources.vector_store import PgVectorStore
 from .corpus import ON_SOURCE_CHANGE
@@ -24,7 +25,8 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
         pruned = vector_store.store.prune_collections(sorted(project.manifest.collections))
         for name, count in pruned.items():
             context.log.warning(f"collection {name!r} is no longer in the manifest: removed its {count} documents")
-        report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes)
+        report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes,
+                                progress=Progress("files parsed", context.log.info))
         for issue in report.issues:
             log = context.log.error if issue.severity == "error" else context.log.warning
             log(f"{issue.path}: {issue.reason}")

@@ -7,6 +7,7 @@ import dagster as dg
 from ..core.ingest import sync_embeddings
 from ..core.model_change import ModelChangeError, evaluate_gates, models_to_build, switch_to_candidate
 from ..core.progress import Progress
+from ..pools import EMBEDDING_POOL
 from ..project import Project
 from ..resources.embedder import EmbedderResource
 from ..resources.vector_store import PgVectorStore
@@ -33,7 +34,7 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
         group_name="ingestion", code_version=project.embedding_generation, kinds={"pgvector"},
         automation_condition=ON_UPSTREAM_CHANGE,
         check_specs=[dg.AssetCheckSpec(name, asset="embeddings", description=d) for name, d in CHECKS.items()],
-        pool="embedding_api",
+        pool=EMBEDDING_POOL,
         description="Table `embeddings`: one vector per (chunk text, model), HNSW-indexed per model. "
                     "Builds the active model's vectors and, when EMBED_* names another model, the "
                     "candidate's beside them.",

@@ -6,6 +6,7 @@ import dagster as dg
 
 from ..core.progress import Progress
 from ..core.refine import refine_collection
+from ..pools import LLM_POOL
 from ..project import Project
 from ..resources.llm import LLMResource, prompt_token_counter
 from ..resources.vector_store import PgVectorStore
@@ -17,7 +18,7 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
         name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks", "feedback_events"],
         group_name="refinement", code_version=project.refinement_version, kinds={"openai", "postgres"},
         automation_condition=ON_UPSTREAM_CHANGE,
-        pool="llm_api",
+        pool=LLM_POOL,
         check_specs=[dg.AssetCheckSpec("every_document_refined", asset="refined_documents",
                                        description="Every document has refined JSON under the current key.")],
         description="Table `refined_documents`: JSON valid against RefinedDocument, with the model, link, "

@@ -118,9 +118,10 @@ class DocumentChanges:
     present: list[str]  # every path on disk
 
 
-def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> DocumentChanges:
+def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                   progress=None) -> DocumentChanges:
     """Scan the collection against the stored hashes and parse only new or changed files.
-    Writes nothing."""
+    Writes nothing. `progress(done, total)` follows the parsing."""
     started = time.perf_counter()
     report = StepReport(collection.name, "documents")
     files = scan_collection(collection, max_file_bytes)
@@ -139,7 +140,9 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
         else:
             to_parse.append(f)
     rows: list[DocumentRow] = []
-    for f, parsed in zip(to_parse, parse_files(to_parse)):
+    for done, (f, parsed) in enumerate(zip(to_parse, parse_files(to_parse)), start=1):
+        if progress is not None:
+            progress(done, len(to_parse))
         if isinstance(parsed, ParseError):
             report.issues.append(FileIssue(f.path, parsed.severity, parsed.reason))
             counts["failed" if parsed.severity == "error" else "skipped"] += 1
@@ -154,13 +157,14 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
     return DocumentChanges(report, rows, deleted, examined, [f.path for f in files])
 
 
-def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> StepReport:
+def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                   progress=None) -> StepReport:
     with store.step_lock(collection.name):
-        return _sync_documents(store, collection, max_file_bytes)
+        return _sync_documents(store, collection, max_file_bytes, progress)
 
 
-def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int) -> StepReport:
-    changes = diff_documents(store, collection, max_file_bytes=max_file_bytes)
+def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress) -> StepReport:
+    changes = diff_documents(store, collection, max_file_bytes=max_file_bytes, progress=progress)
     report = changes.report
     started = time.perf_counter()
     report.counts["chunks_removed"] = store.apply_documents(
@@ -206,12 +210,13 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
 
 
 def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
-                counter: TokenCounter) -> StepReport:
+                counter: TokenCounter, *, progress=None) -> StepReport:
     with store.step_lock(collection):
-        return _sync_chunks(store, collection, settings, counter)
+        return _sync_chunks(store, collection, settings, counter, progress)
 
 
-def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, counter: TokenCounter) -> StepReport:
+def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, counter: TokenCounter,
+                 progress) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "chunks")
     version = settings.version(counter)
@@ -227,10 +232,14 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
             counts["chunks"] += len(rows)
             if writing is not None:
                 counts.update(writing.result())
+                if progress is not None:
+                    progress(start, len(documents))
             writing = writer.submit(store.replace_chunks, collection, batch, rows, version,
                                     settings.text_search_config)
         if writing is not None:
             counts.update(writing.result())
+            if progress is not None:
+                progress(len(documents), len(documents))
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
     return report

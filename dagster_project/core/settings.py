@@ -44,6 +44,12 @@ class Settings(BaseModel):
     automation_interval_seconds: int = Field(30, ge=5)
     automation_sensor_default: Literal["running", "stopped"] = "running"
     reingest_cron: str = "0 3 * * *"
+    # Concurrency pools: steps that call the embedding API / the LLM at once, across all runs.
+    embedding_pool_limit: int = Field(2, ge=1)
+    llm_pool_limit: int = Field(2, ge=1)
+    # How a launched run executes its steps (docs/deployment.md): Dagster's default (a process
+    # per step on the run's machine), or Celery / Kubernetes workers through their dagster-* package.
+    run_executor: Literal["multiprocess", "celery", "celery_k8s", "k8s_job"] = "multiprocess"
     llm_fallback_models: str = ""  # comma-separated, tried in order after LLM_MODEL
     llm_base_url: str | None = None  # default: OPENAI_BASE_URL
     llm_concurrency: int = Field(4, ge=1)

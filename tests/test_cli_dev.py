@@ -1,0 +1,108 @@
+"""`refinery dev` stops cleanly on Ctrl-C: Dagster's webserver, daemon and code server exit
+first, then the embedded PostgreSQL, so nothing loses its database connection on the way out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
+
+STARTUP_TIMEOUT = 60
+STOP_TIMEOUT = 45
+LOST_CONNECTION = ("server closed the connection unexpectedly", "terminating connection",
+                   "connection refused", "OperationalError", "could not connect", "Traceback")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _processes_under(path: Path) -> list[str]:
+    """Command lines of live processes that name `path` (Dagster's processes carry DAGSTER_HOME)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmdline and entry.name.isdigit() and int(entry.name) != os.getpid():
+            found.append(cmdline[:200])
+    return found
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_stopping_refinery_dev_stops_dagster_first_then_the_embedded_database(tmp_path, how):
+    """Ctrl-C in a terminal (SIGINT to the foreground process group) or SIGTERM to `refinery`
+    alone (a service manager, `kill`): either way everything stops, PostgreSQL last."""
+    home, port = tmp_path / "home", _free_port()
+    env = dict(os.environ, REFINERY_HOME=str(home), EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(SAMPLE_MANIFEST),
+               AUTOMATION_SENSOR_DEFAULT="stopped", PYTHONWARNINGS="ignore")
+    for name in ("DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME"):
+        env.pop(name, None)
+    log = tmp_path / "dev.log"
+    with log.open("w") as out:
+        # Its own session, like a shell's foreground job: Ctrl-C is SIGINT to that process group.
+        dev = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "dev", "--port", str(port)],
+                               env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not _answers(f"http://127.0.0.1:{port}/server_info"):
+            if dev.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"refinery dev did not come up:\n{log.read_text()[-3000:]}", pytrace=False)
+            time.sleep(0.5)
+        time.sleep(2)  # the daemon and the code server are polling the database by now
+
+        if how == "ctrl-c":
+            os.killpg(dev.pid, signal.SIGINT)
+        else:
+            dev.send_signal(signal.SIGTERM)
+        try:
+            code = dev.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            code = None
+        time.sleep(1)  # anything left behind would now complain about its database
+        output = log.read_text()
+        left = _processes_under(home)
+    finally:
+        _kill_all(dev, home)
+    assert code == 0, output[-3000:]
+    assert not [s for s in LOST_CONNECTION if s.lower() in output.lower()], output[-3000:]
+    assert left == []  # webserver, daemon, code server and PostgreSQL all gone
+    assert not (home / "pgdata" / "postmaster.pid").exists()
+
+
+def _kill_all(dev: subprocess.Popen, home: Path) -> None:
+    """Whatever a failed stop left behind: the group, anything naming `home`, and PostgreSQL."""
+    try:
+        os.killpg(dev.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    dev.wait()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(home) in cmdline:  # PostgreSQL: SIGINT is its fast shutdown
+                os.kill(int(entry.name), signal.SIGINT if "postgres" in cmdline.split()[0] else signal.SIGKILL)
+        except (OSError, ProcessLookupError, IndexError):
+            continue
