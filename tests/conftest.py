@@ -70,6 +70,19 @@ def peps_dir() -> Path:
     return PEPS
 
 
+@pytest.fixture
+def project_env(db_url, tmp_path, monkeypatch):
+    """The environment the code location is built from: a copy of the sample corpus (tests may
+    edit it), the test database, the hash embedder and no LLM. Returns the monkeypatch."""
+    shutil.copytree(PROJECT_ROOT / "examples", tmp_path / "examples")
+    for name, value in {"DATABASE_URL": db_url, "EMBED_PROVIDER": "hash", "REFINERY_HOME": str(tmp_path / "home"),
+                        "CORPUS_MANIFEST": str(tmp_path / "examples" / SAMPLE_MANIFEST.name)}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("LLM_MODEL", "OPENAI_API_KEY", "CHUNK_MAX_TOKENS"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
 def write_manifest(root: Path, collections: dict[str, dict]) -> Path:
     import yaml
 

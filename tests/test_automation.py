@@ -5,26 +5,18 @@ schedule asks for every collection."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime
 
 import dagster as dg
 import pytest
 from dagster._core.definitions.observe import observe
 
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
 
 AUTOMATED = ("documents", "chunks", "embeddings", "refined_documents")
 
 
 @pytest.fixture
-def automated(db_url, tmp_path, monkeypatch):
-    shutil.copytree(PROJECT_ROOT / "examples", tmp_path / "examples")
-    for name, value in {"DATABASE_URL": db_url, "EMBED_PROVIDER": "hash", "REFINERY_HOME": str(tmp_path / "home"),
-                        "CORPUS_MANIFEST": str(tmp_path / "examples" / SAMPLE_MANIFEST.name)}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("LLM_MODEL", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
+def automated(project_env, tmp_path):
     from dagster_project.definitions import build_definitions
     from dagster_project.project import Project
 

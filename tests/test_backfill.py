@@ -5,30 +5,17 @@ finishes without redoing a row that was finished."""
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 
 import dagster as dg
-import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
 from dagster_project.core import ingest
 from dagster_project.core.embedders import HashEmbedder
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
 
 COLLECTIONS = ("product", "sales", "support")
 INGESTION = ("documents", "chunks", "embeddings")
-
-
-@pytest.fixture
-def project_env(db_url, tmp_path, monkeypatch):
-    shutil.copytree(PROJECT_ROOT / "examples", tmp_path / "examples")
-    for name, value in {"DATABASE_URL": db_url, "EMBED_PROVIDER": "hash", "REFINERY_HOME": str(tmp_path / "home"),
-                        "CORPUS_MANIFEST": str(tmp_path / "examples" / SAMPLE_MANIFEST.name)}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("CHUNK_MAX_TOKENS", raising=False)
-    return monkeypatch
 
 
 def definitions() -> dg.Definitions:
