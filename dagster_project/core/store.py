@@ -419,15 +419,15 @@ class VectorStore:
                 " FROM embedding_models m LEFT JOIN active_embedding_model a ON a.model_id = m.id ORDER BY m.id"
             ).fetchall()
             live = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-            out = []
-            for model_id, key, dims, active, activated_at, dropped_at, vectors, indexed in rows:
-                missing = dict(conn.execute(
-                    "SELECT c.collection, count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
-                    "WHERE e.model_id = %s AND e.content_hash = c.content_hash) GROUP BY c.collection "
-                    "ORDER BY c.collection", (model_id,)).fetchall())
-                out.append(StoredModel(model_id, key, dims, active, activated_at, dropped_at, vectors, indexed,
-                                       live, missing))
-        return out
+            missing: dict[int, dict[str, int]] = {}
+            for model_id, collection, n in conn.execute(  # every model at once
+                    "SELECT m.id, c.collection, count(*) FROM embedding_models m CROSS JOIN chunks c"
+                    " WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.id"
+                    " AND e.content_hash = c.content_hash) GROUP BY m.id, c.collection ORDER BY m.id, c.collection"):
+                missing.setdefault(model_id, {})[collection] = n
+        return [StoredModel(model_id, key, dims, active, activated_at, dropped_at, vectors, indexed, live,
+                            missing.get(model_id, {}))
+                for model_id, key, dims, active, activated_at, dropped_at, vectors, indexed in rows]
 
     def chunks_per_collection(self) -> dict[str, int]:
         with self.reading() as conn:
