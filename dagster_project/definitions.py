@@ -81,7 +81,7 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
     # On by default (AUTOMATION_SENSOR_DEFAULT): observes corpus_files on CORPUS_OBSERVE_CRON and
     # materializes what changed.
     automation = dg.AutomationConditionSensorDefinition(
-        "refinery_automation", target=dg.AssetSelection.all(),
+        "refinery_automation", target=dg.AssetSelection.all(include_sources=True),
         default_status=dg.DefaultSensorStatus(project.settings.automation_sensor_default.upper()),
         minimum_interval_seconds=project.settings.automation_interval_seconds,
         description="Observes the corpus folders and updates the assets of the collections that changed.")

@@ -67,6 +67,32 @@ def test_an_edit_in_one_collection_updates_only_that_collection(automated):
     assert wanted == {key: [] for key in AUTOMATED}
 
 
+def test_a_first_observation_after_a_build_starts_nothing(automated):
+    """The daemon evaluates between a run and the next observations (which wait for the run): they
+    find the versions the run read, not a change. Without the `documents` and `refined_documents`
+    steps recording what they read, these observations redid every collection."""
+    defs, instance, _ = automated
+    wanted, cursor = requested(defs, instance, None)
+    run_requested(defs, instance, wanted)
+    wanted, cursor = requested(defs, instance, cursor)
+    assert wanted == {key: [] for key in AUTOMATED}
+    observe([defs.resolve_assets_def("corpus_files"), defs.resolve_assets_def("feedback_events")],
+            instance=instance)
+    wanted, _ = requested(defs, instance, cursor)
+    assert wanted == {key: [] for key in AUTOMATED}
+
+
+def test_the_sensor_observes_the_sources_on_their_crons(automated):
+    """The sensor's target includes the observable sources: without them, the daemon never
+    observes the corpus and nothing reruns by itself."""
+    defs, instance, _ = automated
+    sensor = defs.resolve_sensor_def("refinery_automation")
+    targeted = sensor.asset_selection.resolve(defs.resolve_asset_graph())
+    assert {dg.AssetKey("corpus_files"), dg.AssetKey("feedback_events")} <= targeted
+    for source in ("corpus_files", "feedback_events"):
+        assert "cron" in defs.resolve_assets_def(source).automation_conditions_by_key[dg.AssetKey(source)].get_label()
+
+
 def test_automation_sensor_runs_by_default_and_reingestion_is_switchable(automated):
     defs, _, _ = automated
     sensor = defs.resolve_sensor_def("refinery_automation")

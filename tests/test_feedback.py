@@ -209,11 +209,11 @@ def test_feedback_views_asset_reports_the_summary(indexed, db_url, monkeypatch):
     from dagster_project.resources.vector_store import PgVectorStore
 
     refine(indexed, EXTRACTIVE_ONLY, "support")
-    assert feedback_versions(indexed) == {}
+    assert feedback_versions(indexed, ["support"]) == {"support": "none"}
     record_feedback(indexed, Feedback(rating=-1, collection="support", path="known-issues.txt", tags=["stale"]))
-    version = feedback_versions(indexed)["support"]
+    version = feedback_versions(indexed, ["support"])["support"]
     record_feedback(indexed, Feedback(rating=1, collection="support", path="known-issues.txt"))
-    assert feedback_versions(indexed)["support"] != version  # the observable source sees every event
+    assert feedback_versions(indexed, ["support"])["support"] != version  # it sees every judgement of a person
 
     monkeypatch.setenv("DATABASE_URL", db_url)
     # The observable source, observed the way the UI does: one data version per collection.
@@ -227,7 +227,7 @@ def test_feedback_views_asset_reports_the_summary(indexed, db_url, monkeypatch):
     versions = {e.event_specific_data.asset_observation.partition:
                 e.event_specific_data.asset_observation.tags["dagster/data_version"]
                 for e in observed.get_asset_observation_events()}
-    assert versions == {"product": "none", "sales": "none", "support": feedback_versions(indexed)["support"]}
+    assert versions == {"product": "none", "sales": "none", "support": feedback_versions(indexed, ["support"])["support"]}
 
     asset = build_feedback_views(Project.load())
     result = dg.materialize([asset], resources={"vector_store": PgVectorStore()})
@@ -255,6 +255,9 @@ def test_pipeline_judgements_are_recorded_once_per_version_whatever_the_reruns(i
     assert (path, model, rating, tags) == ("sync-and-offline.md", "primary-model", -1,
                                            ["invalid-answer", "schema-mismatch"])
     assert "summary" in comment  # the validation errors
+    # The pipeline's own judgements do not change the source's data version: the refine that wrote
+    # them must not start itself again.
+    assert feedback_versions(indexed, ["product"]) == {"product": "none"}
     auto = rows(indexed, "SELECT model, score FROM feedback_events WHERE source = 'auto' ORDER BY path")
     assert {m for m, _ in auto} == {"primary-model", "backup-model"} and all(s >= 4 for _, s in auto)
 

@@ -1,19 +1,11 @@
 """`corpus_files`: the source folders, observed. Its data version per collection changes
 exactly when the manifest entry or any selected file's path or bytes change."""
 
-import hashlib
-
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG  # what observe() writes; no public name
 
-from ..core.corpus import Collection, scan_collection
+from ..core.corpus import collection_version, scan_collection
 from ..project import Project
-
-
-def collection_version(collection: Collection, max_file_bytes: int) -> str:
-    digest = hashlib.sha256(collection.fingerprint().encode())
-    for f in scan_collection(collection, max_file_bytes):
-        digest.update(f.path.encode() + b"\0" + (f.content_hash or (f.problem or "").encode()) + b"\0")
-    return digest.hexdigest()[:24]
 
 
 # `documents` follows the folders: a collection whose files' data version changed (not merely
@@ -37,18 +29,41 @@ ON_UPSTREAM_CHANGE = (
 )
 
 
+def observe_on(cron: str) -> dg.AutomationCondition:
+    """A source's observation: the automation sensor (whose target includes the sources) launches
+    one observation run per collection at each tick of `cron`, unless one is still queued or
+    running (runs of a collection wait for each other, so a slow ingest must not pile them up)."""
+    return (dg.AutomationCondition.cron_tick_passed(cron) & ~dg.AutomationCondition.in_progress()).with_label(
+        f"observe on cron {cron}")
+
+
+def record_observed_version(context: dg.AssetExecutionContext, source: str, version: str) -> None:
+    """A step records the data version of the source it read (`documents`: corpus_files;
+    `refined_documents`: feedback_events) as an observation of that source: the next observation
+    finds it unchanged, so the automation does not redo what a run (its own first build,
+    `refinery ingest`, the UI) just did."""
+    context.log_event(dg.AssetObservation(asset_key=source, partition=context.partition_key,
+                                          tags={DATA_VERSION_TAG: version}))
+
+
+def observed_collections(context, project: Project) -> list[str]:
+    """The collections an observation covers: its run's partition (the automation sensor observes
+    one collection per run), or every collection (Observe in the UI without a partition)."""
+    return [context.partition_key] if context.has_partition_key else sorted(project.manifest.collections)
+
+
 def build_corpus_files(project: Project) -> dg.SourceAsset:
     @dg.observable_source_asset(
         name="corpus_files", partitions_def=project.partitions, group_name="ingestion",
         description="Files selected by corpus.yaml, one partition per collection. Observed by the "
                     "automation sensor on CORPUS_OBSERVE_CRON.",
-        # the automation sensor observes it at each tick of the cron
-        automation_condition=dg.AutomationCondition.cron_tick_passed(project.settings.corpus_observe_cron),
+        automation_condition=observe_on(project.settings.corpus_observe_cron),
     )
     def corpus_files(context) -> dg.DataVersionsByPartition:
+        collections = [project.manifest.collection(name) for name in observed_collections(context, project)]
         return dg.DataVersionsByPartition({
-            name: dg.DataVersion(collection_version(collection, project.settings.max_file_bytes))
-            for name, collection in project.manifest.collections.items()
+            c.name: dg.DataVersion(collection_version(c, scan_collection(c, project.settings.max_file_bytes)))
+            for c in collections
         })
 
     return corpus_files

@@ -7,7 +7,7 @@ from ..core.parsing import PARSER_VERSION
 from ..core.progress import Progress
 from ..project import Project
 from ..resources.vector_store import PgVectorStore
-from .corpus import ON_SOURCE_CHANGE
+from .corpus import ON_SOURCE_CHANGE, record_observed_version
 from .reporting import record_and_describe
 
 
@@ -30,6 +30,7 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
         for issue in report.issues:
             log = context.log.error if issue.severity == "error" else context.log.warning
             log(f"{issue.path}: {issue.reason}")
+        record_observed_version(context, "corpus_files", report.source_version)
         return dg.MaterializeResult(metadata=record_and_describe(
             context, vector_store.store, report, pruned_collections=dg.MetadataValue.json(pruned)))
 

@@ -11,6 +11,7 @@ from ..core.feedback import (
 )
 from ..project import Project
 from ..resources.vector_store import PgVectorStore
+from .corpus import observe_on, observed_collections
 from .reporting import markdown_table
 
 # The views live in versioned SQL (migrations run when the store opens); a change is a new file.
@@ -23,12 +24,13 @@ def build_feedback_events(project: Project) -> dg.SourceAsset:
         required_resource_keys={"vector_store"},
         description="Table `feedback_events`: judgements of refined documents and search hits by people "
                     "(`refinery feedback add`, or applications as the `refinery_feedback` role) and by the "
-                    "pipeline (validator, auto). Data version per collection: newest event id and count.",
+                    "pipeline (validator, auto). Data version per collection: newest id and count of the judgements from people and applications. "
+                    "Observed by the automation sensor on FEEDBACK_OBSERVE_CRON.",
+        automation_condition=observe_on(project.settings.feedback_observe_cron),
     )
     def feedback_events(context) -> dg.DataVersionsByPartition:
-        versions = feedback_versions(context.resources.vector_store.store)
-        return dg.DataVersionsByPartition({name: dg.DataVersion(versions.get(name, "none"))
-                                           for name in project.manifest.collections})
+        versions = feedback_versions(context.resources.vector_store.store, observed_collections(context, project))
+        return dg.DataVersionsByPartition({name: dg.DataVersion(v) for name, v in versions.items()})
 
     return feedback_events
 

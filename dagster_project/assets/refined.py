@@ -4,13 +4,14 @@ refinement a person rejected since, are sent."""
 
 import dagster as dg
 
+from ..core.feedback import feedback_versions
 from ..core.progress import Progress
 from ..core.refine import refine_collection
 from ..pools import LLM_POOL
 from ..project import Project
 from ..resources.llm import LLMResource, prompt_token_counter
 from ..resources.vector_store import PgVectorStore
-from .corpus import ON_UPSTREAM_CHANGE
+from .corpus import ON_UPSTREAM_CHANGE, record_observed_version
 
 
 def build_refined_documents(project: Project) -> dg.AssetsDefinition:
@@ -30,6 +31,7 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
                           llm: LLMResource) -> dg.MaterializeResult:
         store, chain, settings = vector_store.store, llm.chain, project.settings
 
+        feedback_read = feedback_versions(store, [context.partition_key])[context.partition_key]
         report = refine_collection(
             store, context.partition_key, chain, prompt_token_counter(settings),
             budget=settings.refine_budget_tokens, thresholds=project.routing_thresholds,
@@ -37,6 +39,7 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
             feedback=project.feedback_policy)
         for warning in report.warnings:
             context.log.warning(warning)
+        record_observed_version(context, "feedback_events", feedback_read)
         outstanding = store.unrefined_count(context.partition_key, *project.refinement_key(chain))
         metadata = {
             "documents": report.documents, "refined": report.refined, "skipped": report.skipped,

@@ -6,6 +6,7 @@ so one broken file never stops a collection."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import stat
@@ -175,6 +176,15 @@ def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceF
                 continue
             found.append(_read(rel, abs_path, max_file_bytes))
     return found
+
+
+def collection_version(collection: Collection, files: list[SourceFile]) -> str:
+    """The data version of a scanned collection: it changes exactly when the manifest entry or any
+    selected file's path or bytes change (or a file becomes unreadable, or readable again)."""
+    digest = hashlib.sha256(collection.fingerprint().encode())
+    for f in files:
+        digest.update(f.path.encode() + b"\0" + (f.content_hash or (f.problem or "").encode()) + b"\0")
+    return digest.hexdigest()[:24]
 
 
 def _read(rel: str, abs_path: Path, max_file_bytes: int) -> SourceFile:

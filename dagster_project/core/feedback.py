@@ -204,11 +204,17 @@ def example_counts(store: VectorStore) -> dict[str, int]:
         }
 
 
-def feedback_versions(store: VectorStore) -> dict[str, str]:
-    """Per collection, a data version that changes with every new event: the newest id and the count."""
+def feedback_versions(store: VectorStore, collections: list[str]) -> dict[str, str]:
+    """Per collection, a data version that changes with every judgement from a person or an
+    application (the newest id and the count; "none" before the first). The pipeline's own
+    judgements (validator, auto) are left out: they ask for no redo, and the refine step that
+    writes them must not trigger itself again."""
     with store.reading() as conn:
-        rows = conn.execute("SELECT collection, max(id), count(*) FROM feedback_events GROUP BY collection").fetchall()
-    return {collection: f"{newest}-{count}" for collection, newest, count in rows}
+        rows = conn.execute("SELECT collection, max(id), count(*) FROM feedback_events "
+                            "WHERE source = 'user' AND collection = ANY(%s) GROUP BY collection",
+                            (collections,)).fetchall()
+    found = {collection: f"{newest}-{count}" for collection, newest, count in rows}
+    return {name: found.get(name, "none") for name in collections}
 
 
 # ------------------------------------------------------------------ what the refiner reads back

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
-from .corpus import Collection, SourceFile, scan_collection
+from .corpus import Collection, SourceFile, collection_version, scan_collection
 from .embedders import Embedder
 from .hashing import content_hash, stable_id
 from .parsing import PARSER_VERSION, Block, ParseError, ParsedDocument, parse_document
@@ -37,6 +37,7 @@ class StepReport:
     seconds: float = 0.0
     issues: list[FileIssue] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    source_version: str | None = None  # documents: the data version of the files read (corpus.collection_version)
 
     @property
     def errors(self) -> list[FileIssue]:
@@ -152,6 +153,7 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
         counts["changed" if f.path in stored else "new"] += 1
         rows.append(row)
     report.counts = dict(counts)
+    report.source_version = collection_version(collection, files)
     report.seconds = time.perf_counter() - started
     examined = [f.path for f in files if f.problem is not None] + [f.path for f in to_parse]
     return DocumentChanges(report, rows, deleted, examined, [f.path for f in files])

@@ -38,9 +38,10 @@ class Settings(BaseModel):
     max_file_bytes: int = Field(20_000_000, ge=1)
 
     llm_model: str | None = None  # unset: every document gets the extractive refinement
-    # Operations: how often the corpus folders are looked at (cron), how often the automation
+    # Operations: how often the corpus folders and the feedback log are looked at (cron), how often the automation
     # sensor evaluates, and the cron of the scheduled full re-ingestion (off until switched on).
     corpus_observe_cron: str = "*/5 * * * *"
+    feedback_observe_cron: str = "*/5 * * * *"
     automation_interval_seconds: int = Field(30, ge=5)
     automation_sensor_default: Literal["running", "stopped"] = "running"
     reingest_cron: str = "0 3 * * *"
