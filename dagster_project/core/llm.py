@@ -38,6 +38,10 @@ class LLMConfigError(ValueError):
     """The LLM settings or price table are unusable; the message says what to fix."""
 
 
+class ChainStopped(Exception):
+    """The caller's stop event was set: no further request was sent for this prompt."""
+
+
 @dataclass(frozen=True)
 class Price:
     input_per_million: float
@@ -155,14 +159,16 @@ class LLMChain:
     def links(self) -> list[str]:
         return [*self.models, EXTRACTIVE]
 
-    def refine(self, prompt: Prompt, extractive: Callable[[], RefinedDocument]) -> ChainResult:
+    def refine(self, prompt: Prompt, extractive: Callable[[], RefinedDocument],
+               stop: threading.Event | None = None) -> ChainResult:
+        """Raises ChainStopped instead of sending a request once `stop` is set."""
         calls: list[CallRecord] = []
         rejected: list[RejectedAnswer] = []
         for position, model in enumerate(self.models):
             link = "primary" if position == 0 else "fallback"
             messages = list(prompt.messages)
             for attempt in ("answer", "repair"):
-                record, raw = self._call(model, link, attempt, messages)
+                record, raw = self._call(model, link, attempt, messages, stop)
                 calls.append(record)
                 if record.outcome == "error":
                     break  # the model is unavailable: no repair, next link
@@ -179,11 +185,16 @@ class LLMChain:
                 ]
         return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE, calls, rejected)
 
-    def _call(self, model: str, link: str, attempt: str, messages: list[dict]) -> tuple[CallRecord, str]:
+    def _call(self, model: str, link: str, attempt: str, messages: list[dict],
+              stop: threading.Event | None = None) -> tuple[CallRecord, str]:
         record = CallRecord(model, link, attempt)
         started = time.perf_counter()
         try:
             with self._in_flight:
+                # Checked once a slot is free: threads queued for a slot would otherwise each
+                # send one more request after the caller gave up.
+                if stop is not None and stop.is_set():
+                    raise ChainStopped
                 self.gate.wait()  # inside the slot: a thread queued for a slot honours a gate set meanwhile
                 raw_response = self._create(model, messages)
             self.gate.update({k.lower(): v for k, v in raw_response.headers.items()})
@@ -192,6 +203,8 @@ class LLMChain:
             usage = completion.usage
             record.prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
             record.completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+        except ChainStopped:
+            raise
         except openai.OpenAIError as exc:
             content = ""
             record.outcome, record.error = "error", self._errors.explain(exc, _HINTS)
