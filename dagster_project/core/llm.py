@@ -155,6 +155,10 @@ class LLMChain:
         self._in_flight = threading.BoundedSemaphore(self.concurrency)
         self.unpriced: set[str] = set()
 
+    def scrub(self, text: str) -> str:
+        """`text` without the API key or anything that looks like one."""
+        return self._errors.scrub(text)
+
     @property
     def links(self) -> list[str]:
         return [*self.models, EXTRACTIVE]
@@ -199,7 +203,9 @@ class LLMChain:
                 raw_response = self._create(model, messages)
             self.gate.update({k.lower(): v for k, v in raw_response.headers.items()})
             completion = raw_response.parse()
-            content = completion.choices[0].message.content or ""
+            # An answer is stored (as refined JSON, or raw in the quarantine) and may be quoted
+            # in errors: a server or model echoing the key must not put it there.
+            content = self._errors.scrub(completion.choices[0].message.content or "")
             usage = completion.usage
             record.prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
             record.completion_tokens = getattr(usage, "completion_tokens", 0) or 0

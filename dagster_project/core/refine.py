@@ -27,6 +27,7 @@ from .prompts import PROMPT_VERSION, Prompt, PromptChunk, Review, build_prompt
 from .quality import RoutingThresholds, analyze, route, score_refinement
 from .redaction import looks_pricing_sensitive
 from .refined_schema import SCHEMA_VERSION
+from .secrets import errors_scrubbed
 from .store import PipelineJudgement, RefineCandidate, RefinementRow, VectorStore
 from .tokens import TokenCounter
 
@@ -128,7 +129,7 @@ def refine_collection(store: VectorStore, collection: str, chain: LLMChain, coun
                       budget: int, thresholds: RoutingThresholds, run_id: str | None = None,
                       asset: str = "refined_documents", progress=None,
                       feedback: FeedbackPolicy = FeedbackPolicy()) -> RefineReport:
-    with store.step_lock(collection):
+    with errors_scrubbed(chain.scrub), store.step_lock(collection):
         return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress,
                                   feedback)
 
