@@ -55,7 +55,7 @@ def count(url: str, sql: str) -> int:
 
 def test_terminated_sessions_stop_the_model_calls_keep_what_was_stored_and_a_rerun_finishes(
         notes, db_url, fake_openai):
-    fake_openai.delay = 0.05
+    fake_openai.delay = 0.2  # a slot turns over slower than the step notices a failed write
     seen = {"chat": 0, "stored_at_kill": None}
     lock = threading.Lock()
 
