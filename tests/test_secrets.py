@@ -16,7 +16,12 @@ import psycopg
 import pytest
 
 from dagster_project.core.llm import LLMChain
-from dagster_project.core.pg import DatabaseSetupError, check_url, dagster_storage_url, mask_url
+from dagster_project.core.pg import (
+    DatabaseSetupError,
+    check_url,
+    dagster_storage_url,
+    mask_url,
+)
 from dagster_project.core.quality import RoutingThresholds
 from dagster_project.core.refine import refine_collection
 from dagster_project.core.secrets import ECHO_MIN, scrub
@@ -107,7 +112,7 @@ def echoing_server(fake) -> dict[str, int]:
     lock = threading.Lock()
 
     def responder(body):
-        title = re.search(r"^Title: (.+)$", body["messages"][1]["content"], re.M).group(1)
+        title = re.search(r"^Title: (.+)$", body["messages"][1]["content"], re.MULTILINE).group(1)
         with lock:
             way = assigned.setdefault(title, ways[len(assigned) % len(ways)])
             used[way] += 1
