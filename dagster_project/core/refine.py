@@ -229,8 +229,8 @@ class RefineInterrupted(RuntimeError):
 
 def _interrupted(collection: str, error: Exception, stored: int, pending: int) -> str:
     reason = " ".join(str(error).split())[:300] or type(error).__name__
-    return (f"refining {collection} stopped: results could not be stored ({type(error).__name__}: {reason}); "
-            f"no model request was sent after that. {stored} of the {pending} documents to refine are stored "
+    return (f"refining {collection} stopped: results could not be stored ({type(error).__name__}: {reason}), "
+            f"so no new model request was sent. {stored} of the {pending} documents to refine are stored "
             f"and kept: run the refine again to finish the other {pending - stored} (only they are sent).")
 
 
