@@ -38,6 +38,10 @@ class LLMConfigError(ValueError):
     """The LLM settings or price table are unusable; the message says what to fix."""
 
 
+class ChainStopped(Exception):
+    """The caller's stop event was set: no further request was sent for this prompt."""
+
+
 @dataclass(frozen=True)
 class Price:
     input_per_million: float
@@ -151,18 +155,24 @@ class LLMChain:
         self._in_flight = threading.BoundedSemaphore(self.concurrency)
         self.unpriced: set[str] = set()
 
+    def scrub(self, text: str) -> str:
+        """`text` without the API key or anything that looks like one."""
+        return self._errors.scrub(text)
+
     @property
     def links(self) -> list[str]:
         return [*self.models, EXTRACTIVE]
 
-    def refine(self, prompt: Prompt, extractive: Callable[[], RefinedDocument]) -> ChainResult:
+    def refine(self, prompt: Prompt, extractive: Callable[[], RefinedDocument],
+               stop: threading.Event | None = None) -> ChainResult:
+        """Raises ChainStopped instead of sending a request once `stop` is set."""
         calls: list[CallRecord] = []
         rejected: list[RejectedAnswer] = []
         for position, model in enumerate(self.models):
             link = "primary" if position == 0 else "fallback"
             messages = list(prompt.messages)
             for attempt in ("answer", "repair"):
-                record, raw = self._call(model, link, attempt, messages)
+                record, raw = self._call(model, link, attempt, messages, stop)
                 calls.append(record)
                 if record.outcome == "error":
                     break  # the model is unavailable: no repair, next link
@@ -179,19 +189,28 @@ class LLMChain:
                 ]
         return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE, calls, rejected)
 
-    def _call(self, model: str, link: str, attempt: str, messages: list[dict]) -> tuple[CallRecord, str]:
+    def _call(self, model: str, link: str, attempt: str, messages: list[dict],
+              stop: threading.Event | None = None) -> tuple[CallRecord, str]:
         record = CallRecord(model, link, attempt)
         started = time.perf_counter()
         try:
             with self._in_flight:
+                # Checked once a slot is free: threads queued for a slot would otherwise each
+                # send one more request after the caller gave up.
+                if stop is not None and stop.is_set():
+                    raise ChainStopped
                 self.gate.wait()  # inside the slot: a thread queued for a slot honours a gate set meanwhile
                 raw_response = self._create(model, messages)
             self.gate.update({k.lower(): v for k, v in raw_response.headers.items()})
             completion = raw_response.parse()
-            content = completion.choices[0].message.content or ""
+            # An answer is stored (as refined JSON, or raw in the quarantine) and may be quoted
+            # in errors: a server or model echoing the key must not put it there.
+            content = self._errors.scrub(completion.choices[0].message.content or "")
             usage = completion.usage
             record.prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
             record.completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+        except ChainStopped:
+            raise
         except openai.OpenAIError as exc:
             content = ""
             record.outcome, record.error = "error", self._errors.explain(exc, _HINTS)

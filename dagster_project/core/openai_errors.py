@@ -1,5 +1,6 @@
 """Errors from OpenAI-compatible servers turned into one sentence that says what failed and
-what to fix, with the API key scrubbed out. Shared by the embedder and the LLM client."""
+what to fix, with the API key (and echoes of it) scrubbed out. Shared by the embedder and the
+LLM client."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import openai
+
+from .secrets import scrub
 
 
 def server_place(base_url: str | None, what: str) -> str:
@@ -24,7 +27,7 @@ class ErrorExplainer:
         self.max_retries = max_retries
 
     def scrub(self, message: str) -> str:
-        return message.replace(self._secret, "***") if self._secret else message
+        return scrub(message, [self._secret])
 
     def explain(self, exc: Exception, hints: Mapping[int | str, str]) -> str:
         """`hints` by HTTP status, plus "timeout", "connection", "rate_limit", "server" and "other"."""

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .secrets import scrub
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,18 +52,56 @@ def with_sslmode(conninfo: str, sslmode: str | None) -> str:
 
 def mask_url(conninfo: str) -> str:
     """The connection string with any password replaced by ***, for anything a person or a log
-    may see: user:password@ in a URL, ?password= in its query, password= in key=value form."""
-    if not _is_url(conninfo):
+    may see: user:password@ in a URL, ?password= in its query, password= in key=value form.
+    Reads the string without a parser that could fail on it: a malformed one is masked too."""
+    if "://" in conninfo:
+        scheme, _, rest = conninfo.partition("://")
+        userinfo, at, host_part = rest.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            rest = f"{user}{':***' if colon else ''}@{host_part}"
+        return f"{scheme}://" + _QUERY_PASSWORD.sub(r"\1***", rest)
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "<unparseable connection string>"
+    return make_conninfo(**{k: ("***" if k == "password" else v) for k, v in params.items()})
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+_DRIVER = re.compile(r"^(postgres(?:ql)?)\+\w+://")  # SQLAlchemy's postgresql+psycopg2://
+_URL_HINT = ("write it as postgresql://user:password@host:port/database, with special characters in the user "
+             "or password percent-encoded (% as %25, @ as %40, / as %2F, ? as %3F, # as %23, space as %20)")
+
+
+def check_url(conninfo: str, variable: str) -> None:
+    """Refuse a connection string libpq or urllib would misread, saying what to fix and never
+    showing its password: parsers quote the text they choke on, so their words are not used."""
+    problem = None
+    plain = _DRIVER.sub(r"\1://", conninfo)
+    if "://" in plain:
+        scheme, _, rest = plain.partition("://")
+        userinfo = rest.split("?", 1)[0].rpartition("@")[0]
+        if scheme not in ("postgresql", "postgres"):
+            problem = f"the scheme is {scheme[:20]!r}, not postgresql"
+        elif any(c in userinfo for c in "@/#") or any(c.isspace() for c in userinfo):
+            problem = "the user or password holds a character that must be percent-encoded"
+        else:
+            try:
+                urlsplit(plain).port  # noqa: B018 - reading it is the check
+            except ValueError as exc:
+                problem = "the port is not a number" if "Port" in str(exc) else "it is not a valid URL"
+    if problem is None:
         try:
-            params = conninfo_to_dict(conninfo)
-        except psycopg.ProgrammingError:
-            return "<unparseable connection string>"
-        return make_conninfo(**{k: ("***" if k == "password" else v) for k, v in params.items()})
-    parts = urlsplit(conninfo)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*/")))
+            conninfo_to_dict(plain)
+        except psycopg.ProgrammingError as exc:
+            # libpq quotes the input it choked on: keep its words, not the quotes' content.
+            reason = re.sub(r'"[^"]*"', lambda m: m[0] if len(m[0]) <= 3 else '"…"', " ".join(str(exc).split()))
+            problem = f"libpq cannot read it ({scrub(reason, _passwords(conninfo))})"
+    if problem is not None:
+        raise DatabaseSetupError(f"{variable} is not a valid PostgreSQL connection string: {problem}. "
+                                 f"It reads {mask_url(conninfo)}; {_URL_HINT}.")
 
 
 def check_reachable(conninfo: str, what: str) -> None:
@@ -70,26 +110,33 @@ def check_reachable(conninfo: str, what: str) -> None:
         with psycopg.connect(conninfo, connect_timeout=5):
             pass
     except psycopg.Error as exc:
-        reason = " ".join(str(exc).split())
-        for secret in _passwords(conninfo):
-            reason = reason.replace(secret, "***")
+        reason = scrub(" ".join(str(exc).split()), _passwords(conninfo))
         raise DatabaseSetupError(f"cannot connect to the {what} at {mask_url(conninfo)}: {reason}. "
                                  f"Check the URL, the server and the credentials.") from None
 
 
 def _passwords(conninfo: str) -> list[str]:
+    """Every string that may be the password, found by several readings of the string (as it
+    is written and percent-decoded), so a malformed one cannot slip past."""
+    found = []
+    if "://" in conninfo:
+        userinfo = conninfo.partition("://")[2].rpartition("@")[0]
+        found.append(userinfo.partition(":")[2])
+        found += [m.group(0).partition("=")[2] for m in _QUERY_PASSWORD.finditer(conninfo)]
+    else:
+        found += [m.group(1).strip("'") for m in _KEYWORD_PASSWORD.finditer(conninfo)]
     try:
-        password = conninfo_to_dict(conninfo.replace("postgresql+psycopg2://", "postgresql://")).get("password")
+        found.append(conninfo_to_dict(_DRIVER.sub(r"\1://", conninfo)).get("password") or "")
     except psycopg.ProgrammingError:
-        return []
-    return [password] if password else []
+        pass
+    return [p for candidate in found if candidate for p in (candidate, unquote(candidate))]
 
 
 def resolve_database_urls(settings: Settings) -> DatabaseUrls:
     if settings.database_url is not None:
-        vector_url = with_sslmode(settings.database_url.get_secret_value(), settings.pgssl_mode)
+        vector_url = _given_url(settings.database_url.get_secret_value(), "DATABASE_URL", settings.pgssl_mode)
         dagster_url = (
-            with_sslmode(settings.dagster_pg_url.get_secret_value(), settings.pgssl_mode)
+            _given_url(settings.dagster_pg_url.get_secret_value(), "DAGSTER_PG_URL", settings.pgssl_mode)
             if settings.dagster_pg_url is not None
             else vector_url
         )
@@ -98,6 +145,13 @@ def resolve_database_urls(settings: Settings) -> DatabaseUrls:
     return DatabaseUrls(
         _with_database(server_url, VECTOR_DB), _with_database(server_url, DAGSTER_DB), embedded=True
     )
+
+
+def _given_url(conninfo: str, variable: str, sslmode: str | None) -> str:
+    """A user's connection string, checked, without a SQLAlchemy driver suffix (psycopg reads
+    plain URLs; dagster_storage_url adds psycopg2 back for Dagster), and with PGSSL_MODE."""
+    check_url(conninfo, variable)
+    return with_sslmode(_DRIVER.sub(r"\1://", conninfo), sslmode)
 
 
 def _with_database(url: str, database: str) -> str:

@@ -5,6 +5,7 @@ finish, with the pipeline's own judgement of them, so a failure loses nothing al
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -21,11 +22,12 @@ from .feedback import (
     review_notes,
 )
 from .hashing import content_hash
-from .llm import EXTRACTIVE, ChainResult, LLMChain
+from .llm import EXTRACTIVE, ChainResult, ChainStopped, LLMChain
 from .prompts import PROMPT_VERSION, Prompt, PromptChunk, Review, build_prompt
 from .quality import RoutingThresholds, analyze, route, score_refinement
 from .redaction import looks_pricing_sensitive
 from .refined_schema import SCHEMA_VERSION
+from .secrets import errors_scrubbed
 from .store import PipelineJudgement, RefineCandidate, RefinementRow, VectorStore
 from .tokens import TokenCounter
 
@@ -127,7 +129,7 @@ def refine_collection(store: VectorStore, collection: str, chain: LLMChain, coun
                       budget: int, thresholds: RoutingThresholds, run_id: str | None = None,
                       asset: str = "refined_documents", progress=None,
                       feedback: FeedbackPolicy = FeedbackPolicy()) -> RefineReport:
-    with store.step_lock(collection):
+    with errors_scrubbed(chain.scrub), store.step_lock(collection):
         return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress,
                                   feedback)
 
@@ -139,8 +141,11 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
     jobs, report.skipped = pending_jobs(store, collection, chain, feedback)
     report.documents = len(jobs) + report.skipped
     buffer: list = []
+    stored = 0
+    stop = threading.Event()  # set when results can no longer be stored: no request is sent after it
 
     def flush() -> None:
+        nonlocal stored
         if buffer:
             rows = [r for r, _, _ in buffer]
             calls = [(r.document_id, c) for r, result, _ in buffer for c in result.calls]
@@ -149,9 +154,12 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
             judged = [j for _, _, judgements in buffer for j in judgements]
             report.judgements.update(store.write_refinements(collection, run_id, asset, rows, calls, quarantined,
                                                              judged))
+            stored += len(buffer)
             buffer.clear()
 
     def run(job: _Job) -> ChainResult:
+        if stop.is_set():
+            raise ChainStopped
         # Analysis and prompt building happen in the workers too, so the first calls go out
         # at once instead of after every prompt is built.
         prepare(job, chain, counter, budget, thresholds)
@@ -159,29 +167,71 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
         extractive = lambda: refine_extractively(c.title, c.blocks, c.headings, c.doc_type, job.analysis)  # noqa: E731
         if job.prompt is None:
             return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE)
-        return chain.refine(job.prompt, extractive)
+        return chain.refine(job.prompt, extractive, stop)
 
+    def give_up(futures) -> None:
+        stop.set()
+        for future in futures:
+            future.cancel()  # a cancelled future counts as done: the loop below drains it
+
+    write_error: Exception | None = None
     # More workers than request slots: while some wait on the server, others prepare prompts.
     with ThreadPoolExecutor(max_workers=chain.concurrency + PREPARING_WORKERS) as pool:
         futures = {pool.submit(run, job): job for job in jobs}
         done_count = 0
-        while futures:
-            done, _ = wait(futures, return_when=FIRST_COMPLETED)
-            for future in done:
-                job = futures.pop(future)
-                result = future.result()
-                row = _row(job, result, chain)
-                buffer.append((row, result, judge(job, row, result, feedback)))
-                _tally(report, job, result)
-                done_count += 1
-            if len(buffer) >= WRITE_EVERY or not futures:
-                flush()
-            if progress is not None:
-                progress(done_count, len(jobs))
+        try:
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = futures.pop(future)
+                    if future.cancelled():
+                        continue
+                    try:
+                        result = future.result()
+                    except ChainStopped:
+                        continue
+                    row = _row(job, result, chain)
+                    buffer.append((row, result, judge(job, row, result, feedback)))
+                    _tally(report, job, result)
+                    done_count += 1
+                # A result that cost a model call is stored at once, so a killed run keeps what
+                # it paid for; free (extractive) ones are batched.
+                due = len(buffer) >= WRITE_EVERY or not futures or any(r.calls for _, r, _ in buffer)
+                if buffer and due and write_error is None:
+                    try:
+                        flush()
+                    except Exception as exc:  # noqa: BLE001 - whatever the cause, nothing more can be stored
+                        write_error = exc
+                        give_up(futures)
+                if progress is not None:
+                    progress(done_count, len(jobs))
+        except BaseException:
+            give_up(futures)
+            raise
+    if write_error is not None:
+        # The requests in flight have finished: their answers were paid for, so try once more to
+        # store them on a fresh connection (a terminated session is often the only damage).
+        try:
+            store.drop_broken_connections()
+            flush()
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
+        raise RefineInterrupted(_interrupted(collection, write_error, stored, len(jobs)))
     for model in sorted(chain.unpriced):
         report.warnings.append(f"no price for {model} in LLM_PRICES_FILE: its calls are logged at $0")
     report.seconds = time.perf_counter() - started
     return report
+
+
+class RefineInterrupted(RuntimeError):
+    """Results could not be stored, so no more model calls were made; a rerun finishes the job."""
+
+
+def _interrupted(collection: str, error: Exception, stored: int, pending: int) -> str:
+    reason = " ".join(str(error).split())[:300] or type(error).__name__
+    return (f"refining {collection} stopped: results could not be stored ({type(error).__name__}: {reason}), "
+            f"so no new model request was sent. {stored} of the {pending} documents to refine are stored "
+            f"and kept: run the refine again to finish the other {pending - stored} (only they are sent).")
 
 
 def _row(job: _Job, result, chain: LLMChain) -> RefinementRow:

@@ -212,6 +212,10 @@ class VectorStore:
     def close(self) -> None:
         self._pool.close()
 
+    def drop_broken_connections(self) -> None:
+        """Replace pooled connections whose session died (e.g. terminated by an administrator)."""
+        self._pool.check()
+
     # ------------------------------------------------------------ transactions
 
     @contextmanager
@@ -235,8 +239,11 @@ class VectorStore:
                 conn.commit()
                 yield
             finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext('refinery-step:' || %s))", (collection,))
-                conn.commit()
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(hashtext('refinery-step:' || %s))", (collection,))
+                    conn.commit()
+                except psycopg.OperationalError:
+                    pass  # the session died, and its lock with it; the error that killed it is reported
 
     @contextmanager
     def reading(self) -> Iterator[psycopg.Connection]:
