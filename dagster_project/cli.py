@@ -33,7 +33,8 @@ from .core.store import SEARCH_MODES
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # The run's events are stored in the instance (and shown in the UI); the terminal gets a summary.
-QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Step failures come back in the summary as one line each, not as Dagster's tracebacks.
+QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError, MonitoringError)
 
 
@@ -260,6 +261,8 @@ def _failure_message(event) -> str:
     user = getattr(event.event_specific_data, "user_failure_data", None)
     if user is not None and user.description:
         return user.description
+    while error is not None and error.cause is not None:  # Dagster's wrapper: the step's own error
+        error = error.cause
     return error.message.strip() if error is not None and error.message else event.message
 
 
