@@ -1,10 +1,14 @@
 """The concurrency pools of the rate-limited API steps and their limits. Dagster keeps a pool's
 limit in the instance's storage, not in dagster.yaml, so `refinery` sets it from the settings
-whenever it uses the instance (and `refinery pools` does it on its own, e.g. in a deployment job)."""
+whenever it uses the instance (and `refinery pools` does it on its own, e.g. in a deployment job).
+Also: the runs of `refinery` processes that died, and what a waiting run waits for."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -49,3 +53,91 @@ def pool_usage(instance: dg.DagsterInstance) -> dict[str, dict]:
         info = instance.event_log_storage.get_concurrency_info(pool)
         usage[pool] = {"limit": info.slot_count, "running": info.active_slot_count, "waiting": info.pending_step_count}
     return usage
+
+
+# ------------------------------------------------------------------ runs of dead processes
+#
+# `refinery ingest/refine/snapshot` run their jobs in process: a run's only worker is the CLI
+# process itself. Killed (SIGKILL, OOM, power loss), it leaves its run STARTED and its pool
+# slots claimed forever, and every later step of that pool waits for them. Each such run is
+# tagged with its process, so a later `refinery` can prove the process is gone and end the run.
+
+PID_TAG = "refinery/pid"
+HOST_TAG = "refinery/host"
+PROCESS_STARTED_TAG = "refinery/process_started"  # tells a reused pid from the original process
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process, for the runs it executes in process."""
+    import psutil
+
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(),
+            PROCESS_STARTED_TAG: f"{psutil.Process().create_time():.2f}"}
+
+
+def process_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process named by a run's tags still runs; None when it cannot be known here
+    (another host, or a run not started by `refinery`)."""
+    import psutil
+
+    if PID_TAG not in tags or tags.get(HOST_TAG) != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(int(tags[PID_TAG]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = float(tags.get(PROCESS_STARTED_TAG, "0"))
+        return not started or abs(proc.create_time() - started) < 1.0
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def release_dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Mark failed the in-progress runs whose `refinery` process is dead, and free the pool
+    slots of every run that has ended (however it ended); returns the runs marked failed."""
+    from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+    dead = [run for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS,
+                                                                   tags={HOST_TAG: socket.gethostname()}))
+            if process_alive(run.tags) is False]
+    for run in dead:
+        instance.report_run_failed(run, message=f"The refinery process that ran it (pid {run.tags[PID_TAG]}) "
+                                                "died without ending it; marked failed by a later refinery.")
+    storage = instance.event_log_storage
+    holders = storage.get_concurrency_run_ids()
+    if holders:
+        for run in instance.get_runs(filters=dg.RunsFilter(run_ids=list(holders))):
+            if run.status in FINISHED_STATUSES:
+                storage.free_concurrency_slots_for_run(run.run_id)
+        # A run deleted from the UI while it held slots: nothing else frees them.
+        for run_id in holders - {r.run_id for r in instance.get_runs(filters=dg.RunsFilter(run_ids=list(holders)))}:
+            storage.free_concurrency_slots_for_run(run_id)
+    return dead
+
+
+def waiting_for(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """What the run's steps wait for, as one line (the pool, its limit, the runs holding it and
+    their processes), or None when no step of the run waits for a pool slot."""
+    storage = instance.event_log_storage
+    for pool in (EMBEDDING_POOL, LLM_POOL):
+        info = storage.get_concurrency_info(pool)
+        if run_id not in info.pending_run_ids:
+            continue
+        holders = []
+        for holder in sorted(info.active_run_ids):
+            run = instance.get_run_by_id(holder)
+            who = f"run {holder[:8]}"
+            if run is not None:
+                who += f" ({run.status.value.lower()}"
+                if PID_TAG in run.tags:
+                    who += f", pid {run.tags[PID_TAG]} on {run.tags.get(HOST_TAG, '?')}"
+                who += ")"
+            holders.append(who)
+        return (f"waiting for a slot in pool {pool} (limit {info.slot_count}), held by "
+                + (", ".join(holders) or "no run") + "; Ctrl-C stops")
+    return None

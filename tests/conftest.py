@@ -26,6 +26,22 @@ PEPS = PROJECT_ROOT.parent / "shared" / "corpora" / "peps"
 _counter = itertools.count()
 
 
+def enterable(path: Path) -> Path:
+    """Under root the embedded server runs as `pgserver`, and refinery changes no permission
+    outside its home: let that user cross pytest's own (0700) temporary directories."""
+    if os.geteuid() == 0:
+        for directory in (path, *path.parents):
+            if directory.stat().st_mode & 0o011 != 0o011:  # it keeps root's groups
+                directory.chmod(directory.stat().st_mode | 0o011)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _enterable_tmp_path(request):
+    if "tmp_path" in request.fixturenames:
+        enterable(request.getfixturevalue("tmp_path"))
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """URL of the session's embedded server (its `postgres` database)."""

