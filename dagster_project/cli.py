@@ -104,7 +104,6 @@ def _run_job(project, job_name: str, names: list[str | None], run_config: dict |
     """Run a job once per partition (collection or day; None for an unpartitioned job) against
     the instance the UI reads, with the pool limits from the settings and the steps' progress on
     stderr."""
-    import dagster as dg
 
     from .core.progress import ProgressDisplay, watching
     from .definitions import build_definitions

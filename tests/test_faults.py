@@ -211,7 +211,7 @@ def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_sigterm(corpus, ho
         holder.send_signal(signal.SIGSTOP)  # alive, holding the pool's only slot
         waiter = _ingest(home, corpus, "--collection", "small", EMBEDDING_POOL_LIMIT="1")
         lines = _until(waiter, "waiting for a slot", timeout=90)
-        assert f"waiting for a slot in pool embedding_api (limit 1), held by run" in lines[-1]
+        assert "waiting for a slot in pool embedding_api (limit 1), held by run" in lines[-1]
         assert f"pid {holder.pid}" in lines[-1]
         started = time.monotonic()
         waiter.send_signal(signal.SIGTERM)
