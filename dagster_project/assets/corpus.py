@@ -41,9 +41,12 @@ def record_observed_version(context: dg.AssetExecutionContext, source: str, vers
     """A step records the data version of the source it read (`documents`: corpus_files;
     `refined_documents`: feedback_events) as an observation of that source: the next observation
     finds it unchanged, so the automation does not redo what a run (its own first build,
-    `refinery ingest`, the UI) just did."""
-    context.log_event(dg.AssetObservation(asset_key=source, partition=context.partition_key,
-                                          tags={DATA_VERSION_TAG: version}))
+    `refinery ingest`, the UI) just did. Call it before returning the materialization."""
+    context.instance.report_runless_asset_event(dg.AssetObservation(
+        asset_key=source, partition=context.partition_key, tags={DATA_VERSION_TAG: version}))
+    # Dagster read the inputs' versions when the step started; the materialization's provenance
+    # must name this observation, or the asset shows "upstream data changed" after its own run.
+    context.op_execution_context._step_execution_context.fetch_external_input_asset_version_info()
 
 
 def observed_collections(context, project: Project) -> list[str]:
