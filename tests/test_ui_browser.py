@@ -2,7 +2,7 @@
 PostgreSQL) on 127.0.0.1, headless Chromium materializes one collection's ingestion assets by
 clicking through the asset graph, the run succeeds, and its metadata (counts) is on the run page.
 
-Needs Debian's `chromium` (`apt-get install -y chromium chromium-driver`; `.ci/run` installs it)
+Needs Debian's `chromium` (`apt-get install -y chromium chromium-driver`; `make test` installs it)
 and the `playwright` Python package (the `test` extra); Playwright's own browser download is
 not used. A screenshot and the server log go to $ARTIFACTS_DIR/ui (default `artifacts/ui`).
 """
@@ -38,7 +38,7 @@ UI_TIMEOUT_MS = 60_000
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-dev-shm-usage"]
 INSTALL_HINT = ("install Debian's Chromium: `sudo apt-get install -y chromium chromium-driver` "
-                "(.ci/run does this), or point CHROMIUM at a Chromium binary")
+                "(`make test` does this), or point CHROMIUM at a Chromium binary")
 
 
 def _chromium() -> str:
