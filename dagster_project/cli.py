@@ -108,7 +108,7 @@ def _run_job(project, job_name: str, names: list[str | None], run_config: dict |
     from .definitions import build_definitions
     from .pools import apply_pool_limits
 
-    job = build_definitions(project).resolve_job_def(job_name)
+    job = build_definitions(project).resolve_job_def(job_name).with_logger_defs({"console": _console_logger()})
     runs: dict[str, dict] = {}
     display = ProgressDisplay(sys.stderr)
     with dg.DagsterInstance.get() as instance, watching(display):
@@ -133,7 +133,35 @@ def _run_job(project, job_name: str, names: list[str | None], run_config: dict |
                                   for e in result.get_asset_check_evaluations()},
                 "failures": [_failure_message(ev) for ev in result.all_events if ev.is_step_failure],
             }
+            if _interrupted(result):  # Dagster took the Ctrl-C and failed the run: stop, and say so (main)
+                raise KeyboardInterrupt
     return runs
+
+
+INTERRUPTED = "DagsterExecutionInterruptedError"
+
+
+def _console_logger():
+    """Dagster's console logger without its tracebacks of a Ctrl-C (the CLI says it in one line)."""
+    import dagster as dg
+
+    @dg.logger(dg.colored_console_logger.config_schema, description="The console logger of refinery commands.")
+    def console(init_context):
+        log = dg.colored_console_logger.logger_fn(init_context)
+        log.addFilter(lambda record: INTERRUPTED not in record.getMessage())
+        return log
+
+    return console
+
+
+def _interrupted(result) -> bool:
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None:
+            if error.cls_name == INTERRUPTED:
+                return True
+            error = error.cause
+    return False
 
 
 def _failure_message(event) -> str:
@@ -1081,14 +1109,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run Dagster jobs in process. Dagster's helper processes of a run (the tails of its
+# captured logs and their watchers) join this process's group, so a terminal's Ctrl-C would reach
+# each of them and each would print a traceback. These commands run in a child in its own session
+# instead, and this process passes Ctrl-C (or SIGTERM) to that child alone: Dagster then stops the
+# run and its helpers, and the child prints the one line of main().
+JOB_COMMANDS = ("ingest", "refine", "snapshot")
+SUPERVISED = "REFINERY_SUPERVISED"
+
+
+def _run_supervised(argv: list[str]) -> int:
+    import signal
+
+    child: list[subprocess.Popen] = []
+
+    def forward(signum, _frame) -> None:
+        if child:
+            try:
+                os.kill(child[0].pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        child.append(subprocess.Popen([sys.executable, "-m", "dagster_project.cli", *argv],
+                                      env={**os.environ, SUPERVISED: "1"}, start_new_session=True))
+        while True:
+            try:
+                return child[0].wait()
+            except KeyboardInterrupt:  # a signal between the handler swap and Popen
+                forward(signal.SIGINT, None)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.command in JOB_COMMANDS and not os.environ.get(SUPERVISED):
+        return _run_supervised(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except (CliError, *USER_ERRORS) as exc:
         print(f"refinery: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this line into a traceback
+        print(f"refinery: interrupted; {_kept_after_interrupt(args.command)}; run `refinery {args.command}` again "
+              "to finish the job (what is stored is not redone)", file=sys.stderr)
+        return 130
+
+
+def _kept_after_interrupt(command: str) -> str:
+    """What the stores hold now, for the line a Ctrl-C prints: every batch committed before it is kept."""
+    url = os.environ.get("DATABASE_URL")
+    if command not in ("ingest", "refine") or not url:
+        return "everything already stored is kept"
+    from .core.store import VectorStore
+
+    try:
+        store = VectorStore(url)
+        try:
+            active = store.active_model_key()
+            totals = store.status(None if active is None else store.model_id_by_key(active))
+        finally:
+            store.close()
+    except Exception:  # the line must come out even if the database went away with the interrupt
+        return "everything already stored is kept"
+    if command == "refine":
+        return f"kept {sum(c['refined'] for c in totals.values())} refined documents"
+    return (f"kept {sum(c['documents'] for c in totals.values())} documents, "
+            f"{sum(c['chunks'] for c in totals.values())} chunks and "
+            f"{sum(c['vectors'] for c in totals.values())} vectors")
 
 
 if __name__ == "__main__":
