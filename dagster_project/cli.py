@@ -1133,7 +1133,7 @@ def _run_supervised(argv: list[str]) -> int:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         child.append(subprocess.Popen([sys.executable, "-m", "dagster_project.cli", *argv],
-                                      env={**os.environ, SUPERVISED: "1"}, start_new_session=True))
+                                      env={**os.environ, SUPERVISED: str(os.getpid())}, start_new_session=True))
         while True:
             try:
                 return child[0].wait()
@@ -1144,11 +1144,25 @@ def _run_supervised(argv: list[str]) -> int:
             signal.signal(s, handler)
 
 
+def _die_with_supervisor(supervisor: int) -> None:
+    """A supervised command dies with its supervisor (killed, it is killed too, as before)."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != supervisor:  # it died before that
+        os._exit(128 + signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    if args.command in JOB_COMMANDS and not os.environ.get(SUPERVISED):
-        return _run_supervised(argv)
+    if args.command in JOB_COMMANDS:
+        if not os.environ.get(SUPERVISED):
+            return _run_supervised(argv)
+        _die_with_supervisor(int(os.environ[SUPERVISED]))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
