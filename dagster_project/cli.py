@@ -470,9 +470,9 @@ def cmd_snapshot(args) -> int:
         raise CliError(f"--day must be a date as YYYY-MM-DD, not {args.day!r}") from None
     if day > today:
         raise CliError(f"{day} has not begun yet (today is {today} UTC)")
-    if day < settings.metrics_start_date:
-        raise CliError(f"{day} is before METRICS_START_DATE ({settings.metrics_start_date}): "
-                       "set it earlier to snapshot that day")
+    if day < project.metrics_start_date:
+        raise CliError(f"{day} is before the first metric day ({project.metrics_start_date}): "
+                       "set METRICS_START_DATE earlier to snapshot that day")
     _ = project.thresholds  # a broken monitoring.yaml stops here, before any run
     urls = _prepare(settings)
     run = _run_job(project, SNAPSHOT_JOB, [day.isoformat()])[day.isoformat()]

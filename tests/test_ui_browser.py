@@ -1,6 +1,7 @@
 """The Dagster UI in a real browser: `refinery dev` (webserver + daemon on the embedded
 PostgreSQL) on 127.0.0.1, headless Chromium materializes one collection's ingestion assets by
-clicking through the asset graph, the run succeeds, and its metadata (counts) is on the run page.
+clicking through the asset graph, the run succeeds, and its metadata (counts) is on the run page;
+the asset page of `embeddings` and a check's detail name the collection they describe.
 
 Needs Debian's `chromium` (`apt-get install -y chromium chromium-driver`; `make test` installs it)
 and the `playwright` Python package (the `test` extra); Playwright's own browser download is
@@ -294,8 +295,25 @@ def _materialize_from_the_ui(dagster_ui: Server, chromium: str, screenshot: Path
 
                 counts = {(asset, label): shown(asset, label) for asset, label in (
                     ("documents", "new"), ("documents", "errors"), ("chunks", "documents"), ("chunks", "chunks"),
-                    ("embeddings", "texts"), ("embeddings", "embedded"), ("embeddings", "texts_embedded"))}
+                    ("embeddings", "texts"), ("embeddings", "embedded"), ("embeddings", "texts_embedded"),
+                    ("embeddings", "total_vectors"))}
                 page.screenshot(path=str(screenshot))
+
+            with step("the asset page of embeddings names the collection of its latest materialization"):
+                page.goto(f"{dagster_ui.base_url}/assets/embeddings")
+                main = page.locator("main, body").first
+                expect(main.get_by_text("Latest materialization").first).to_be_visible()
+                expect(main.get_by_text(COLLECTION, exact=True).first).to_be_visible()
+                page.screenshot(path=str(ARTIFACTS / "embeddings-asset.png"), full_page=True)
+
+            with step("a check's detail names the collection its result was computed on"):
+                page.goto(f"{dagster_ui.base_url}/assets/embeddings?view=checks&checkDetail=every_live_chunk_has_vector")
+                expect(page.get_by_text("Latest execution").first).to_be_visible()
+                metadata = page.locator("tr", has=page.get_by_text("collection", exact=True)).first
+                expect(metadata).to_contain_text(COLLECTION)
+                counts[("every_live_chunk_has_vector", "missing_vectors")] = int(page.locator(
+                    "xpath=//tr[td[1][normalize-space()='missing_vectors']]/td[2]").first.inner_text().strip())
+                page.screenshot(path=str(ARTIFACTS / "embeddings-check.png"), full_page=True)
         finally:
             browser.close()
 
@@ -318,3 +336,5 @@ def test_materialize_one_collection_from_the_asset_graph():
     chunks = counts[("chunks", "chunks")]
     assert chunks > 0 and counts[("embeddings", "texts")] == counts[("embeddings", "embedded")] == chunks, counts
     assert counts[("embeddings", "texts_embedded")] == chunks, counts
+    assert counts[("embeddings", "total_vectors")] == chunks, counts
+    assert counts[("every_live_chunk_has_vector", "missing_vectors")] == 0, counts

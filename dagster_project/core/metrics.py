@@ -19,6 +19,7 @@ from .embedders import Embedder
 from .evaluation import QuestionsError, distinct_documents, evaluate, load_questions
 from .store import VectorStore
 
+FIRST_DAY_FILE = "first_day"  # under REFINERY_HOME: the UTC day the project was first loaded
 APPROVAL_WINDOW_DAYS = 7  # feedback approval: user judgements of the last seven days
 # What each metric means. (history): recomputed from the logs as of the day's end. (live): measured
 # when the day is snapshotted. (day): what happened during the day; otherwise the state at its end.
@@ -52,12 +53,48 @@ METRICS = {
 LIVE_METRICS = ("recall_at_5", "mrr_at_10", "search_latency_p50_ms", "search_latency_p95_ms")
 
 
+def first_day(home: Path) -> date:
+    """The UTC day the project was first loaded with this home, recorded then and read ever after
+    (so the metric days start where the project's data does and stay put across loads)."""
+    path = Path(home) / FIRST_DAY_FILE
+    try:
+        return date.fromisoformat(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    today = datetime.now(timezone.utc).date()
+    try:
+        with open(path, "x") as f:  # the first of concurrent loads writes it; the others read it
+            f.write(today.isoformat() + "\n")
+        return today
+    except FileExistsError:
+        return date.fromisoformat(path.read_text().strip())
+
+
 @dataclass
 class MetricValue:
     metric: str
     value: float
     dimensions: dict = field(default_factory=dict)
     kind: str = "history"  # history | live
+
+
+def first_day(home: Path) -> date:
+    """The UTC day the project was first loaded with this home, recorded then and read ever after
+    (so the metric days start where the project's data does and stay put across loads)."""
+    path = Path(home) / FIRST_DAY_FILE
+    try:
+        return date.fromisoformat(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    today = datetime.now(timezone.utc).date()
+    try:
+        with open(path, "x") as f:  # the first of concurrent loads writes it; the others read it
+            f.write(today.isoformat() + "\n")
+        return today
+    except FileExistsError:
+        return date.fromisoformat(path.read_text().strip())
 
 
 @dataclass
