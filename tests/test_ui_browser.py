@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,8 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 class Server:
-    def __init__(self, base_url: str, log: Path):
-        self.base_url, self.log = base_url, log
+    def __init__(self, base_url: str, log: Path, env: dict[str, str]):
+        self.base_url, self.log, self.env = base_url, log, env
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         request = urllib.request.Request(
@@ -193,7 +194,7 @@ def _dagster_ui():
         proc = subprocess.Popen([sys.executable, "-c", DEV, "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", log)
+    server = Server(f"http://127.0.0.1:{port}", log, env)
     try:
         _wait_until_loaded(server, proc)
         yield server
@@ -301,9 +302,8 @@ def _materialize_from_the_ui(dagster_ui: Server, chromium: str, screenshot: Path
 
             with step("the asset page of embeddings names the collection of its latest materialization"):
                 page.goto(f"{dagster_ui.base_url}/assets/embeddings")
-                main = page.locator("main, body").first
-                expect(main.get_by_text("Latest materialization").first).to_be_visible()
-                expect(main.get_by_text(COLLECTION, exact=True).first).to_be_visible()
+                latest = page.locator("xpath=//*[normalize-space()='Latest materialization']/..").first
+                expect(latest).to_contain_text(COLLECTION)
                 page.screenshot(path=str(ARTIFACTS / "embeddings-asset.png"), full_page=True)
 
             with step("a check's detail names the collection its result was computed on"):
@@ -314,6 +314,19 @@ def _materialize_from_the_ui(dagster_ui: Server, chromium: str, screenshot: Path
                 counts[("every_live_chunk_has_vector", "missing_vectors")] = int(page.locator(
                     "xpath=//tr[td[1][normalize-space()='missing_vectors']]/td[2]").first.inner_text().strip())
                 page.screenshot(path=str(ARTIFACTS / "embeddings-check.png"), full_page=True)
+
+            with step("a metric check shows its day and its trend inline"):
+                today = datetime.now(timezone.utc).date().isoformat()
+                snapshot = subprocess.run([sys.executable, "-m", "dagster_project.cli", "snapshot"],
+                                          env=dagster_ui.env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                          timeout=RUN_TIMEOUT)
+                assert snapshot.returncode in (0, 1), snapshot.stderr  # 1: a threshold is breached
+                page.goto(f"{dagster_ui.base_url}/assets/metric_snapshots?view=checks"
+                          "&checkDetail=embedding_coverage_within_thresholds")
+                expect(page.locator("tr", has=page.get_by_text("day", exact=True)).first).to_contain_text(today)
+                trend = page.locator("tr", has=page.get_by_text(today, exact=True)).filter(has_text="█").first
+                expect(trend).to_be_visible()  # the table's bar, not a dialog
+                page.screenshot(path=str(ARTIFACTS / "metric-check.png"), full_page=True)
         finally:
             browser.close()
 

@@ -83,7 +83,9 @@ def threshold_check(context: dg.AssetExecutionContext, store: VectorStore, snaps
     days = [first + timedelta(days=i) for i in range((snapshot.day - first).days + 1)]
     bars = trend_bars({d: series.get(d) for d in days}, threshold)
     metadata = {
-        "value": dg.MetadataValue.float(value) if value is not None else dg.MetadataValue.text("no data"),
+        # Text, not a number: the UI plots a check's numbers by run time, and a metric is by day
+        # (the trend below, and the asset's Plots by partition).
+        "value": dg.MetadataValue.text(f"{value:g}" if value is not None else "no data"),
         "status": dg.MetadataValue.text(status),
         "thresholds": dg.MetadataValue.text(threshold.describe()),
         # A table, not Markdown or an image: the UI shows it inline in the check's page.
