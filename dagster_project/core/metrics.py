@@ -57,18 +57,19 @@ def first_day(home: Path) -> date:
     """The UTC day the project was first loaded with this home, recorded then and read ever after
     (so the metric days start where the project's data does and stay put across loads)."""
     path = Path(home) / FIRST_DAY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "x") as f:  # the first of concurrent loads writes it; the others read it
+                f.write(datetime.now(timezone.utc).date().isoformat() + "\n")
+        except FileExistsError:
+            pass
+    text = path.read_text().strip()
     try:
-        return date.fromisoformat(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    today = datetime.now(timezone.utc).date()
-    try:
-        with open(path, "x") as f:  # the first of concurrent loads writes it; the others read it
-            f.write(today.isoformat() + "\n")
-        return today
-    except FileExistsError:
-        return date.fromisoformat(path.read_text().strip())
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{path} must hold the first metric day as YYYY-MM-DD, not {text!r}: fix it, "
+                         "or set METRICS_START_DATE") from None
 
 
 @dataclass
@@ -77,24 +78,6 @@ class MetricValue:
     value: float
     dimensions: dict = field(default_factory=dict)
     kind: str = "history"  # history | live
-
-
-def first_day(home: Path) -> date:
-    """The UTC day the project was first loaded with this home, recorded then and read ever after
-    (so the metric days start where the project's data does and stay put across loads)."""
-    path = Path(home) / FIRST_DAY_FILE
-    try:
-        return date.fromisoformat(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    today = datetime.now(timezone.utc).date()
-    try:
-        with open(path, "x") as f:  # the first of concurrent loads writes it; the others read it
-            f.write(today.isoformat() + "\n")
-        return today
-    except FileExistsError:
-        return date.fromisoformat(path.read_text().strip())
 
 
 @dataclass
