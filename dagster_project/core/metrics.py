@@ -5,6 +5,7 @@ metrics (retrieval quality, search latency) can only be measured now, and are ke
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,11 +60,14 @@ def first_day(home: Path) -> date:
     path = Path(home) / FIRST_DAY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(path, "x") as f:  # the first of concurrent loads writes it; the others read it
-                f.write(datetime.now(timezone.utc).date().isoformat() + "\n")
+        draft = path.with_name(f".{FIRST_DAY_FILE}.{os.getpid()}")
+        draft.write_text(datetime.now(timezone.utc).date().isoformat() + "\n")
+        try:  # a link appears whole: the first of concurrent loads records the day, the others read it
+            os.link(draft, path)
         except FileExistsError:
             pass
+        finally:
+            draft.unlink()
     text = path.read_text().strip()
     try:
         return date.fromisoformat(text)
