@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export PYTHONWARNINGS := ignore::UserWarning
 
-.PHONY: install demo test bench dev clean
+.PHONY: install chromium demo test bench dev clean
 
 $(BIN)/refinery $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,19 @@ demo: install
 	$(BIN)/refinery status
 	$(BIN)/refinery search "How do I get back into a locked account?" --k 3
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q
+
+# The browser test drives Debian's Chromium, never a downloaded one: installed here when missing
+# (apt-get, through sudo unless root). CHROMIUM=/path/to/chromium uses that one instead.
+chromium:
+	@if [ -z "$$CHROMIUM" ] && ! command -v chromium >/dev/null 2>&1; then \
+	    command -v apt-get >/dev/null 2>&1 || { echo "make test needs Chromium: install it, or set CHROMIUM=/path/to/chromium" >&2; exit 1; }; \
+	    sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	    echo "installing Debian's chromium and chromium-driver for the browser test (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
 
 bench: install
 	$(BIN)/python bench/ingest_bench.py

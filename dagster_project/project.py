@@ -4,6 +4,7 @@ Loaded once when Dagster (or the CLI) loads the definitions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from functools import cached_property
 
 import dagster as dg
@@ -33,9 +34,16 @@ class Project:
         return dg.StaticPartitionsDefinition(sorted(self.manifest.collections))
 
     @cached_property
+    def metrics_start_date(self) -> date:
+        """METRICS_START_DATE, else the day this REFINERY_HOME was first used."""
+        from .core.metrics import first_day
+
+        return self.settings.metrics_start_date or first_day(self.settings.refinery_home)
+
+    @cached_property
     def daily_partitions(self) -> dg.DailyPartitionsDefinition:
-        """UTC days from METRICS_START_DATE through today (today's partition is open all day)."""
-        return dg.DailyPartitionsDefinition(start_date=self.settings.metrics_start_date.isoformat(), timezone="UTC",
+        """UTC days from metrics_start_date through today (today's partition is open all day)."""
+        return dg.DailyPartitionsDefinition(start_date=self.metrics_start_date.isoformat(), timezone="UTC",
                                             end_offset=1)
 
     @cached_property

@@ -4,7 +4,6 @@ cannot drift from the tables, thresholds that fail their checks, and the `refine
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -55,6 +54,7 @@ def pipeline(db_url, corpus, monkeypatch, tmp_path):
     monkeypatch.setenv("EMBED_PROVIDER", "hash")
     monkeypatch.setenv("CORPUS_MANIFEST", str(corpus / "corpus.yaml"))
     monkeypatch.setenv("MONITORING_FILE", str(write_monitoring(tmp_path, {})))
+    monkeypatch.setenv("METRICS_START_DATE", (TODAY - timedelta(days=30)).isoformat())  # past days to snapshot
     pipeline = Pipeline(db_url)
     yield pipeline
     pipeline.store.close()
@@ -250,14 +250,16 @@ def test_a_threshold_breach_fails_its_check_with_its_severity(pipeline, corpus, 
         "feedback_approval_within_thresholds": (True, dg.AssetCheckSeverity.WARN, NO_DATA),
     }
     documents = checks["documents_within_thresholds"].metadata
-    assert documents["value"].value == 14.0
-    week = documents["last_8_days"].value.records
+    assert documents["value"].value == "14"  # text: a check's numbers are plotted by run time, not by day
+    assert documents["day"].value == TODAY.isoformat()  # the partition the verdict belongs to
+    week = documents["trend"].value.records
     assert [r.data["day"] for r in week] == [(TODAY - timedelta(days=i)).isoformat() for i in range(8)]
     # The documents arrived today: the days before had none (and two days ago was never snapshotted).
     assert [r.data["value"] for r in week[:4]] == [14.0, 0.0, None, 0.0]
-    png = documents["trend"].value.split("base64,", 1)[1].rstrip(")")
-    assert base64.b64decode(png).startswith(b"\x89PNG\r\n\x1a\n")
-    assert "trend" not in checks["feedback_approval_within_thresholds"].metadata  # nothing to draw
+    # Bars on one scale, up to the target (100): today's 14 is 2.8 of 20 characters.
+    assert [r.data["trend"] for r in week[:4]] == ["██▊", "▏", "", "▏"]
+    approval = checks["feedback_approval_within_thresholds"].metadata["trend"].value.records
+    assert all(r.data["trend"] == "" for r in approval)  # nothing to draw
 
 
 def test_monitoring_file_errors_name_the_metric(tmp_path):
@@ -295,7 +297,7 @@ def test_cli_snapshot(pg_server, tmp_path):
 
     for day, message in (("2026-02-30", "--day must be a date as YYYY-MM-DD"),
                          ((TODAY + timedelta(days=1)).isoformat(), "has not begun yet"),
-                         ("2020-01-01", "is before METRICS_START_DATE")):
+                         ("2020-01-01", "is before the first metric day")):
         out = refinery("--day", day)
         assert out.returncode == 2 and message in out.stderr and out.stdout == "", out.stderr
 

@@ -1,8 +1,9 @@
 """The Dagster UI in a real browser: `refinery dev` (webserver + daemon on the embedded
 PostgreSQL) on 127.0.0.1, headless Chromium materializes one collection's ingestion assets by
-clicking through the asset graph, the run succeeds, and its metadata (counts) is on the run page.
+clicking through the asset graph, the run succeeds, and its metadata (counts) is on the run page;
+the asset page of `embeddings` and a check's detail name the collection they describe.
 
-Needs Debian's `chromium` (`apt-get install -y chromium chromium-driver`; `.ci/run` installs it)
+Needs Debian's `chromium` (`apt-get install -y chromium chromium-driver`; `make test` installs it)
 and the `playwright` Python package (the `test` extra); Playwright's own browser download is
 not used. A screenshot and the server log go to $ARTIFACTS_DIR/ui (default `artifacts/ui`).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ UI_TIMEOUT_MS = 60_000
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-dev-shm-usage"]
 INSTALL_HINT = ("install Debian's Chromium: `sudo apt-get install -y chromium chromium-driver` "
-                "(.ci/run does this), or point CHROMIUM at a Chromium binary")
+                "(`make test` does this), or point CHROMIUM at a Chromium binary")
 
 
 def _chromium() -> str:
@@ -118,8 +120,35 @@ def _materialize_from_the_ui(dagster_ui: Server, chromium: str, screenshot: Path
 
                 counts = {(asset, label): shown(asset, label) for asset, label in (
                     ("documents", "new"), ("documents", "errors"), ("chunks", "documents"), ("chunks", "chunks"),
-                    ("embeddings", "texts"), ("embeddings", "embedded"), ("embeddings", "texts_embedded"))}
+                    ("embeddings", "texts"), ("embeddings", "embedded"), ("embeddings", "texts_embedded"),
+                    ("embeddings", "total_vectors"))}
                 page.screenshot(path=str(screenshot))
+
+            with step("the asset page of embeddings names the collection of its latest materialization"):
+                page.goto(f"{dagster_ui.base_url}/assets/embeddings")
+                latest = page.locator("xpath=//*[normalize-space()='Latest materialization']/..").first
+                expect(latest).to_contain_text(COLLECTION)
+                page.screenshot(path=str(ARTIFACTS / "embeddings-asset.png"), full_page=True)
+
+            with step("a check's detail names the collection its result was computed on"):
+                page.goto(f"{dagster_ui.base_url}/assets/embeddings?view=checks&checkDetail=every_live_chunk_has_vector")
+                expect(page.get_by_text("Latest execution").first).to_be_visible()
+                metadata = page.locator("tr", has=page.get_by_text("collection", exact=True)).first
+                expect(metadata).to_contain_text(COLLECTION)
+                counts[("every_live_chunk_has_vector", "missing_vectors")] = int(page.locator(
+                    "xpath=//tr[td[1][normalize-space()='missing_vectors']]/td[2]").first.inner_text().strip())
+                page.screenshot(path=str(ARTIFACTS / "embeddings-check.png"), full_page=True)
+
+            with step("a metric check shows its day and its trend inline"):
+                today = datetime.now(timezone.utc).date().isoformat()
+                snapshot = dagster_ui.refinery("snapshot")
+                assert snapshot.returncode in (0, 1), snapshot.stderr  # 1: a threshold is breached
+                page.goto(f"{dagster_ui.base_url}/assets/metric_snapshots?view=checks"
+                          "&checkDetail=embedding_coverage_within_thresholds")
+                expect(page.locator("tr", has=page.get_by_text("day", exact=True)).first).to_contain_text(today)
+                trend = page.locator("tr", has=page.get_by_text(today, exact=True)).filter(has_text="█").first
+                expect(trend).to_be_visible()  # the table's bar, not a dialog
+                page.screenshot(path=str(ARTIFACTS / "metric-check.png"), full_page=True)
         finally:
             browser.close()
 
@@ -142,3 +171,5 @@ def test_materialize_one_collection_from_the_asset_graph():
     chunks = counts[("chunks", "chunks")]
     assert chunks > 0 and counts[("embeddings", "texts")] == counts[("embeddings", "embedded")] == chunks, counts
     assert counts[("embeddings", "texts_embedded")] == chunks, counts
+    assert counts[("embeddings", "total_vectors")] == chunks, counts
+    assert counts[("every_live_chunk_has_vector", "missing_vectors")] == 0, counts

@@ -7,19 +7,23 @@ from ..core.progress import Progress
 from ..project import Project
 from ..resources.vector_store import PgVectorStore
 from .corpus import ON_UPSTREAM_CHANGE
-from .reporting import record_and_describe
+from .reporting import partition_check, record_and_describe
+from .tables import OWNERS, table_metadata
 
 
 def build_chunks(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="chunks", partitions_def=project.partitions, deps=["documents"],
-        group_name="ingestion", code_version=project.chunker_version, kinds={"postgres"},
-        automation_condition=ON_UPSTREAM_CHANGE,
-        check_specs=[dg.AssetCheckSpec("chunks_match_documents", asset="chunks",
-                                       description="Every document is chunked from its current text with the current chunker."),
-                     dg.AssetCheckSpec("text_index_matches_chunks", asset="chunks",
-                                       description="The BM25 postings and term frequencies hold exactly the chunks' lexemes.")],
-        description="Table `chunks`: each chunk carries its heading path and token count.",
+        group_name="ingestion", code_version=project.chunker_version, kinds={"postgres", "python"},
+        owners=OWNERS, metadata=table_metadata("chunks"), automation_condition=ON_UPSTREAM_CHANGE,
+        check_specs=[dg.AssetCheckSpec("chunks_match_documents", asset="chunks", partitions_def=project.partitions,
+                                       description="Every document of the collection is chunked from its current "
+                                                   "text with the current chunker."),
+                     dg.AssetCheckSpec("text_index_matches_chunks", asset="chunks", partitions_def=project.partitions,
+                                       description="The collection's BM25 postings and term frequencies hold exactly "
+                                                   "its chunks' lexemes.")],
+        description="Table chunks: heading-aware, token-budgeted chunks of each document, with their heading "
+                    "path and token count.",
     )
     def chunks(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
         store = vector_store.store
@@ -30,10 +34,8 @@ def build_chunks(project: Project) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata=record_and_describe(context, store, report, chunker_version=project.chunker_version),
             check_results=[
-                dg.AssetCheckResult(check_name="chunks_match_documents", passed=stale == 0,
-                                    metadata={"stale_documents": stale}),
-                dg.AssetCheckResult(check_name="text_index_matches_chunks",
-                                    passed=len(set(text_index.values())) == 1, metadata=text_index),
+                partition_check(context, "chunks_match_documents", stale == 0, {"stale_documents": stale}),
+                partition_check(context, "text_index_matches_chunks", len(set(text_index.values())) == 1, text_index),
             ],
         )
 

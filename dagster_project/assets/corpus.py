@@ -6,6 +6,7 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG  # what obse
 
 from ..core.corpus import collection_version, scan_collection
 from ..project import Project
+from .tables import kind_tags
 
 
 # `documents` follows the folders: a collection whose files' data version changed (not merely
@@ -13,20 +14,22 @@ from ..project import Project
 # handled: a failed run is not retried until the next change.
 # `since_last_handled` starts afresh at a deployment's first evaluation, so what is missing then
 # is asked for by its own branch.
-MISSING_AT_START = dg.AutomationCondition.missing() & dg.AutomationCondition.initial_evaluation()
-ON_SOURCE_CHANGE = (
+MISSING_AT_START = (dg.AutomationCondition.missing() & dg.AutomationCondition.initial_evaluation()
+                    ).with_label("missing when the automation started")
+ON_SOURCE_CHANGE = ((
     (dg.AutomationCondition.newly_missing()
      | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
      | dg.AutomationCondition.code_version_changed()).since_last_handled()
     | MISSING_AT_START
-) & ~dg.AutomationCondition.any_deps_in_progress() & ~dg.AutomationCondition.in_progress()
+) & ~dg.AutomationCondition.any_deps_in_progress() & ~dg.AutomationCondition.in_progress()).with_label(
+    "the collection's files, manifest entry or parser changed")
 # Downstream assets follow their parents' materializations, and their own code version. A source
 # never observed (feedback_events before any feedback) does not block them.
 ON_UPSTREAM_CHANGE = (
     dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
     | (dg.AutomationCondition.code_version_changed().since_last_handled() & ~dg.AutomationCondition.in_progress())
     | MISSING_AT_START
-)
+).with_label("an upstream partition was updated, or this asset's code version changed")
 
 
 def observe_on(cron: str) -> dg.AutomationCondition:
@@ -58,6 +61,7 @@ def observed_collections(context, project: Project) -> list[str]:
 def build_corpus_files(project: Project) -> dg.SourceAsset:
     @dg.observable_source_asset(
         name="corpus_files", partitions_def=project.partitions, group_name="ingestion",
+        tags=kind_tags("python", "file"),
         description="Files selected by corpus.yaml, one partition per collection. Observed by the "
                     "automation sensor on CORPUS_OBSERVE_CRON.",
         automation_condition=observe_on(project.settings.corpus_observe_cron),

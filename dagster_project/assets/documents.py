@@ -9,14 +9,15 @@ from ..project import Project
 from ..resources.vector_store import PgVectorStore
 from .corpus import ON_SOURCE_CHANGE, record_observed_version
 from .reporting import record_and_describe
+from .tables import OWNERS, table_metadata
 
 
 def build_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="documents", partitions_def=project.partitions, deps=["corpus_files"],
-        group_name="ingestion", code_version=PARSER_VERSION, kinds={"postgres"},
-        automation_condition=ON_SOURCE_CHANGE,
-        description="Table `documents`: parsed files with metadata. A vanished file's document and "
+        group_name="ingestion", code_version=PARSER_VERSION, kinds={"postgres", "python"},
+        owners=OWNERS, metadata=table_metadata("documents"), automation_condition=ON_SOURCE_CHANGE,
+        description="Table documents: parsed files with metadata. A vanished file's document and "
                     "chunks are deleted in one transaction (search stops returning it at once); vectors "
                     "no chunk uses are dropped by the embeddings step of the same run.",
     )

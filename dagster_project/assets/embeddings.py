@@ -12,7 +12,8 @@ from ..project import Project
 from ..resources.embedder import EmbedderResource
 from ..resources.vector_store import PgVectorStore
 from .corpus import ON_UPSTREAM_CHANGE
-from .reporting import record_and_describe
+from .reporting import partition_check, record_and_describe
+from .tables import OWNERS, table_metadata
 
 CHECKS = {
     "every_live_chunk_has_vector": "Every chunk of the collection has a vector for the active model "
@@ -24,18 +25,19 @@ SWITCH_CHECKS = {
     "candidate_covers_every_live_chunk": "The candidate model has a vector for every live chunk of every "
                                          "collection (never skipped: search would lose chunks).",
     "candidate_retrieves_at_least_as_well": "The candidate's recall@5 and MRR@10 (hybrid search, golden "
-                                            "questions) are at least the active model's (`force` skips it).",
+                                            "questions) are at least the active model's (config force skips it).",
 }
 
 
 def build_embeddings(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="embeddings", partitions_def=project.partitions, deps=["chunks"],
-        group_name="ingestion", code_version=project.embedding_generation, kinds={"pgvector"},
-        automation_condition=ON_UPSTREAM_CHANGE,
-        check_specs=[dg.AssetCheckSpec(name, asset="embeddings", description=d) for name, d in CHECKS.items()],
+        group_name="ingestion", code_version=project.embedding_generation, kinds={"pgvector", "postgres", "python"},
+        owners=OWNERS, metadata=table_metadata("embeddings"), automation_condition=ON_UPSTREAM_CHANGE,
+        check_specs=[dg.AssetCheckSpec(name, asset="embeddings", description=d, partitions_def=project.partitions)
+                     for name, d in CHECKS.items()],
         pool=EMBEDDING_POOL,
-        description="Table `embeddings`: one vector per (chunk text, model), HNSW-indexed per model. "
+        description="Table embeddings: one vector per (chunk text, model), HNSW-indexed per model. "
                     "Builds the active model's vectors and, when EMBED_* names another model, the "
                     "candidate's beside them.",
     )
@@ -51,17 +53,15 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
         # Recorded with the step: the embedding coverage of the daily metric snapshots.
         report.counts.update(live_chunks=active.live_chunks, missing_vectors=active.missing_vectors)
         checks = [
-            dg.AssetCheckResult(check_name="every_live_chunk_has_vector",
-                                passed=all(s.missing_vectors == 0 for s in states.values()),
-                                metadata={"live_chunks": active.live_chunks, "missing_vectors": active.missing_vectors,
-                                          **{f"missing_vectors {key}": s.missing_vectors for key, s in states.items()},
-                                          "examples": ", ".join(ex for s in states.values()
-                                                                for ex in s.examples["missing_vector_chunk_ids"])}),
-            dg.AssetCheckResult(check_name="no_orphans",
-                                passed=active.orphan_vectors == 0 and active.orphan_chunks == 0,
-                                metadata={"orphan_vectors": active.orphan_vectors, "orphan_chunks": active.orphan_chunks}),
-            dg.AssetCheckResult(check_name="no_duplicate_chunks", passed=active.duplicate_chunks == 0,
-                                metadata={"documents_with_duplicates": active.duplicate_chunks}),
+            partition_check(context, "every_live_chunk_has_vector", all(s.missing_vectors == 0 for s in states.values()),
+                            {"live_chunks": active.live_chunks, "missing_vectors": active.missing_vectors,
+                             **{f"missing_vectors {key}": s.missing_vectors for key, s in states.items()},
+                             "examples": ", ".join(ex for s in states.values()
+                                                   for ex in s.examples["missing_vector_chunk_ids"])}),
+            partition_check(context, "no_orphans", active.orphan_vectors == 0 and active.orphan_chunks == 0,
+                            {"orphan_vectors": active.orphan_vectors, "orphan_chunks": active.orphan_chunks}),
+            partition_check(context, "no_duplicate_chunks", active.duplicate_chunks == 0,
+                            {"documents_with_duplicates": active.duplicate_chunks}),
         ]
         extra = {"model": models[0].model.key}
         if len(models) > 1:
@@ -79,15 +79,22 @@ class SwitchConfig(dg.Config):
 def build_active_embedding_model(project: Project) -> dg.AssetsDefinition:
     settings = project.settings
 
-    @dg.asset(
-        name="active_embedding_model", deps=[dg.AssetDep("embeddings", partition_mapping=dg.AllPartitionMapping())],
-        group_name="ingestion", kinds={"postgres"},
-        check_specs=[dg.AssetCheckSpec(name, asset="active_embedding_model", description=d)
+    # A multi-asset of one, for can_subset: with no candidate the gates yield no result (the UI
+    # shows them skipped) rather than a pass. The coverage gate blocks: a model missing vectors is
+    # never switched to.
+    @dg.multi_asset(
+        name="active_embedding_model", can_subset=True,
+        specs=[dg.AssetSpec(
+            "active_embedding_model", deps=[dg.AssetDep("embeddings", partition_mapping=dg.AllPartitionMapping())],
+            group_name="search", kinds={"postgres", "python"}, owners=OWNERS,
+            metadata=table_metadata("active_embedding_model"),
+            description="Table active_embedding_model: the model search serves. Materializing it switches to "
+                        "the candidate (the model EMBED_* names) in one transaction once both checks pass "
+                        "(config force: true skips the retrieval check); the old vectors stay until "
+                        "refinery model drop. With no candidate the checks are skipped, not passed.")],
+        check_specs=[dg.AssetCheckSpec(name, asset="active_embedding_model", description=d,
+                                       blocking=name == "candidate_covers_every_live_chunk")
                      for name, d in SWITCH_CHECKS.items()],
-        description="Table `active_embedding_model`: the model search serves. Materializing it switches to "
-                    "the candidate (the model EMBED_* names) in one transaction once both checks pass "
-                    "(config `force: true` skips the retrieval check); the old vectors stay until "
-                    "`refinery model drop`.",
     )
     def active_embedding_model(context: dg.AssetExecutionContext, config: SwitchConfig, vector_store: PgVectorStore,
                                embedder: EmbedderResource):
@@ -95,10 +102,10 @@ def build_active_embedding_model(project: Project) -> dg.AssetsDefinition:
         gates = evaluate_gates(store, embedder.get(), embedder.get, settings.golden_questions,
                                settings.text_search_config)
         if gates.candidate is None:
-            for name in SWITCH_CHECKS:
-                yield dg.AssetCheckResult(check_name=name, passed=True,
-                                          metadata={"status": "no candidate: EMBED_* names the active model"})
-            yield dg.MaterializeResult(metadata={"active": gates.active or "none yet", "switched": False})
+            # No result for the gates: the UI shows them skipped for this run, not passed.
+            context.log.info(f"gates skipped: no candidate (EMBED_* names the active model, {gates.active})")
+            yield dg.MaterializeResult(metadata={"active": gates.active or "none yet", "switched": False,
+                                                 "gates": "skipped: no candidate (EMBED_* names the active model)"})
             return
         coverage = {"candidate": gates.candidate, "live_chunks": gates.live_chunks, "missing_vectors": gates.missing,
                     **{f"missing in {c}": n for c, n in gates.missing_by_collection.items()}}

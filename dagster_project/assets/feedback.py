@@ -13,6 +13,7 @@ from ..project import Project
 from ..resources.vector_store import PgVectorStore
 from .corpus import observe_on, observed_collections
 from .reporting import markdown_table
+from .tables import OWNERS, kind_tags, table_metadata
 
 # The views live in versioned SQL (migrations run when the store opens); a change is a new file.
 FEEDBACK_VIEWS_SQL = "0008_feedback_views"
@@ -21,11 +22,13 @@ FEEDBACK_VIEWS_SQL = "0008_feedback_views"
 def build_feedback_events(project: Project) -> dg.SourceAsset:
     @dg.observable_source_asset(
         name="feedback_events", partitions_def=project.partitions, group_name="feedback",
+        tags=kind_tags("postgres", "python"), metadata=table_metadata("feedback_events"),
         required_resource_keys={"vector_store"},
-        description="Table `feedback_events`: judgements of refined documents and search hits by people "
-                    "(`refinery feedback add`, or applications as the `refinery_feedback` role) and by the "
-                    "pipeline (validator, auto). Data version per collection: newest id and count of the judgements from people and applications. "
-                    "Observed by the automation sensor on FEEDBACK_OBSERVE_CRON.",
+        description="Table feedback_events: judgements of refined documents and search hits by people "
+                    "(refinery feedback add, or applications as the refinery_feedback role) and by the "
+                    "pipeline (validator, auto). Data version per collection: newest id and count of the "
+                    "judgements from people and applications. Observed by the automation sensor on "
+                    "FEEDBACK_OBSERVE_CRON.",
         automation_condition=observe_on(project.settings.feedback_observe_cron),
     )
     def feedback_events(context) -> dg.DataVersionsByPartition:
@@ -38,10 +41,10 @@ def build_feedback_events(project: Project) -> dg.SourceAsset:
 def build_feedback_views(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="feedback_views", deps=["feedback_events", "refined_documents"], group_name="feedback",
-        code_version=FEEDBACK_VIEWS_SQL, kinds={"postgres"},
-        description="Views `feedback_positive_examples`, `feedback_negative_examples`, `feedback_summary` "
+        code_version=FEEDBACK_VIEWS_SQL, kinds={"postgres", "python"}, owners=OWNERS,
+        description="Views feedback_positive_examples, feedback_negative_examples, feedback_summary "
                     "(per model and prompt version: counts, approval rate, frequent tags) and functions "
-                    "`feedback_training_examples(max_examples, min_rating)` and `get_refiner_stats()`, "
+                    "feedback_training_examples(max_examples, min_rating) and get_refiner_stats(), "
                     f"defined in sql/{FEEDBACK_VIEWS_SQL}.sql. Materializing reports what they hold.",
     )
     def feedback_views(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:

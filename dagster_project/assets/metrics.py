@@ -1,13 +1,12 @@
 """`metric_snapshots`: one partition per UTC day holding that day's metrics, and one check per
 metric in monitoring.yaml (WARN past the warning level, ERROR past the critical one), each with
-the day against the previous seven and a trend chart."""
+the day against the previous seven days that exist, drawn as a trend."""
 
-import base64
 from datetime import date, timedelta
 
 import dagster as dg
 
-from ..core.charts import trend_png
+from ..core.charts import trend_bars
 from ..core.metrics import (
     METRICS,
     Snapshot,
@@ -20,7 +19,8 @@ from ..core.store import VectorStore
 from ..project import Project
 from ..resources.embedder import EmbedderResource
 from ..resources.vector_store import PgVectorStore
-from .reporting import markdown_table
+from .reporting import markdown_table, partition_check
+from .tables import OWNERS, table_metadata
 
 METRICS_VERSION = "metrics-v1"  # bump when a metric's definition changes: every day is stale
 TREND_DAYS = 8  # the day and the seven before it
@@ -36,14 +36,16 @@ def build_metric_snapshots(project: Project) -> dg.AssetsDefinition:
 
     @dg.asset(
         name="metric_snapshots", partitions_def=project.daily_partitions, group_name="monitoring",
-        code_version=METRICS_VERSION, kinds={"postgres"},
+        code_version=METRICS_VERSION, kinds={"postgres", "python"}, owners=OWNERS,
+        metadata=table_metadata("metric_snapshots"),
         deps=["feedback_views",
               dg.AssetDep("embeddings", partition_mapping=dg.AllPartitionMapping()),
               dg.AssetDep("refined_documents", partition_mapping=dg.AllPartitionMapping())],
         check_specs=[dg.AssetCheckSpec(check_name(t.metric), asset="metric_snapshots",
+                                       partitions_def=project.daily_partitions,
                                        description=f"{METRICS[t.metric]}: {t.describe()}")
                      for t in thresholds.values()],
-        description="Table `metric_snapshots` (day, metric, dimensions, value, kind): the day's documents, "
+        description="Table metric_snapshots (day, metric, dimensions, value, kind): the day's documents, "
                     "chunks, vectors, embedding coverage, texts and tokens embedded, LLM tokens and dollars, "
                     "refine outcomes, bypass rate, feedback, ingest errors (from the logs, as of the day's "
                     "end: a backfill gives the same numbers), and retrieval recall@5, MRR@10 and search "
@@ -57,38 +59,44 @@ def build_metric_snapshots(project: Project) -> dg.AssetsDefinition:
             store, embedder.get(store.active_model_key()), settings.golden_questions, settings.text_search_config))
         context.log.info(f"{day}: {len(snapshot.values)} values; live metrics {snapshot.live}")
         totals = [v for v in snapshot.values if not v.dimensions]
+        # Numbers per metric: the asset's Plots (by partition) draw each metric by day.
         metadata = {v.metric: dg.MetadataValue.float(v.value) for v in totals}
+        metadata["dagster/row_count"] = dg.MetadataValue.int(len(snapshot.values))
         metadata["live_metrics"] = dg.MetadataValue.text(snapshot.live)
         metadata["snapshot"] = markdown_table(
             [{"metric": v.metric, "dimensions": ", ".join(f"{k}={d}" for k, d in v.dimensions.items()),
               "value": v.value, "kind": v.kind} for v in snapshot.values],
             ["metric", "dimensions", "value", "kind"], limit=200)
-        return dg.MaterializeResult(metadata=metadata,
-                                    check_results=[threshold_check(store, snapshot, t) for t in thresholds.values()])
+        return dg.MaterializeResult(metadata=metadata, check_results=[
+            threshold_check(context, store, snapshot, t, project.metrics_start_date) for t in thresholds.values()])
 
     return metric_snapshots
 
 
-def threshold_check(store: VectorStore, snapshot: Snapshot, threshold: Threshold) -> dg.AssetCheckResult:
+def threshold_check(context: dg.AssetExecutionContext, store: VectorStore, snapshot: Snapshot,
+                    threshold: Threshold, first_day: date) -> dg.AssetCheckResult:
     value = snapshot.value(threshold.metric)
     status = threshold.status(value)
-    first = snapshot.day - timedelta(days=TREND_DAYS - 1)
+    # The day and the ones before it, back to the first metric day: no days before the project.
+    first = max(snapshot.day - timedelta(days=TREND_DAYS - 1), first_day)
     series = metric_series(store, threshold.metric, first, snapshot.day)
-    days = [first + timedelta(days=i) for i in range(TREND_DAYS)]
+    days = [first + timedelta(days=i) for i in range((snapshot.day - first).days + 1)]
+    bars = trend_bars({d: series.get(d) for d in days}, threshold)
     metadata = {
-        "value": dg.MetadataValue.float(value) if value is not None else dg.MetadataValue.text("no data"),
+        # Text, not a number: the UI plots a check's numbers by run time, and a metric is by day
+        # (the trend below, and the asset's Plots by partition).
+        "value": dg.MetadataValue.text(f"{value:g}" if value is not None else "no data"),
         "status": dg.MetadataValue.text(status),
         "thresholds": dg.MetadataValue.text(threshold.describe()),
-        "last_8_days": dg.MetadataValue.table(
+        # A table, not Markdown or an image: the UI shows it inline in the check's page.
+        "trend": dg.MetadataValue.table(
             records=[dg.TableRecord({"day": d.isoformat(), "value": series.get(d),
-                                     "status": threshold.status(series.get(d))}) for d in reversed(days)],
+                                     "status": threshold.status(series.get(d)), "trend": bars[d]})
+                     for d in reversed(days)],
             schema=dg.TableSchema(columns=[dg.TableColumn("day", "string"), dg.TableColumn("value", "float"),
-                                           dg.TableColumn("status", "string")])),
+                                           dg.TableColumn("status", "string"), dg.TableColumn("trend", "string")])),
     }
-    if series:
-        png = base64.b64encode(trend_png(threshold.metric, series, threshold)).decode()
-        metadata["trend"] = dg.MetadataValue.md(f"![{threshold.metric}, last {TREND_DAYS} days](data:image/png;base64,{png})")
-    return dg.AssetCheckResult(
-        check_name=check_name(threshold.metric), passed=status in (OK, NO_DATA),
+    return partition_check(
+        context, check_name(threshold.metric), status in (OK, NO_DATA),
         severity=dg.AssetCheckSeverity.ERROR if status == CRITICAL else dg.AssetCheckSeverity.WARN,
         metadata=metadata)

@@ -12,20 +12,24 @@ from ..project import Project
 from ..resources.llm import LLMResource, prompt_token_counter
 from ..resources.vector_store import PgVectorStore
 from .corpus import ON_UPSTREAM_CHANGE, record_observed_version
+from .reporting import ROW_COUNT_OF, collection_totals, partition_check
+from .tables import OWNERS, table_metadata
 
 
 def build_refined_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks", "feedback_events"],
-        group_name="refinement", code_version=project.refinement_version, kinds={"openai", "postgres"},
-        automation_condition=ON_UPSTREAM_CHANGE,
+        group_name="refinement", code_version=project.refinement_version, kinds={"openai", "postgres", "python"},
+        owners=OWNERS, metadata=table_metadata("refined_documents"), automation_condition=ON_UPSTREAM_CHANGE,
         pool=LLM_POOL,
         check_specs=[dg.AssetCheckSpec("every_document_refined", asset="refined_documents",
-                                       description="Every document has refined JSON under the current key.")],
-        description="Table `refined_documents`: JSON valid against RefinedDocument, with the model, link, "
-                    "prompt and schema versions, input hash and cited chunks. Calls are logged in `llm_calls`; "
+                                       partitions_def=project.partitions,
+                                       description="Every document of the collection has refined JSON under the "
+                                                   "current key.")],
+        description="Table refined_documents: JSON valid against RefinedDocument, with the model, link, "
+                    "prompt and schema versions, input hash and cited chunks. Calls are logged in llm_calls; "
                     "answers that failed validation and refinements above the auto threshold are judged in "
-                    "`feedback_events`. A refinement a person rejected is redone with their notes.",
+                    "feedback_events. A refinement a person rejected is redone with their notes.",
     )
     def refined_documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore,
                           llm: LLMResource) -> dg.MaterializeResult:
@@ -56,8 +60,8 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
         }
         if report.warnings:
             metadata["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
-        return dg.MaterializeResult(metadata=metadata, check_results=[dg.AssetCheckResult(
-            check_name="every_document_refined", passed=outstanding == 0,
-            metadata={"documents_without_current_refinement": outstanding})])
+        metadata.update(collection_totals(store, context.partition_key, ROW_COUNT_OF["refined_documents"]))
+        return dg.MaterializeResult(metadata=metadata, check_results=[partition_check(
+            context, "every_document_refined", outstanding == 0, {"documents_without_current_refinement": outstanding})])
 
     return refined_documents

@@ -36,8 +36,35 @@ def record_and_describe(context: dg.AssetExecutionContext, store: VectorStore, r
             "| severity | file | reason |\n|---|---|---|\n" + rows + (f"\n\n…and {more} more" if more > 0 else ""))
     if report.warnings:
         metadata["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
+    metadata.update(collection_totals(store, report.collection, ROW_COUNT_OF[report.step]))
     metadata.update(extra)
     return metadata
+
+
+# The rows each asset's dagster/row_count counts, from VectorStore.collection_totals.
+ROW_COUNT_OF = {"documents": "documents", "chunks": "chunks", "embeddings": "vectors", "refined_documents": "refined"}
+
+
+def collection_totals(store: VectorStore, collection: str, rows: str) -> dict:
+    """The collection as it stands after the run, beside what the run changed: a run with nothing
+    to do still shows how much the collection holds."""
+    totals = store.collection_totals(collection)
+    return {
+        "dagster/row_count": dg.MetadataValue.int(totals[rows]),
+        "collection": dg.MetadataValue.text(collection),
+        **{f"total_{k}": dg.MetadataValue.int(v) for k, v in totals.items() if k != "refined" or rows == "refined"},
+        "embedding_coverage": dg.MetadataValue.float(round(totals["vectors"] / totals["chunks"], 4)
+                                                     if totals["chunks"] else 1.0),
+    }
+
+
+def partition_check(context: dg.AssetExecutionContext, check_name: str, passed: bool, metadata: dict,
+                    **kwargs) -> dg.AssetCheckResult:
+    """A check result that names the partition (collection or day) it was computed on."""
+    dimension = "day" if isinstance(context.assets_def.partitions_def, dg.TimeWindowPartitionsDefinition) \
+        else "collection"
+    return dg.AssetCheckResult(check_name=check_name, passed=passed,
+                               metadata={dimension: context.partition_key, **metadata}, **kwargs)
 
 
 def markdown_table(rows: list[dict], columns: list[str], limit: int = 50) -> dg.MetadataValue:

@@ -5,6 +5,7 @@ metrics (retrieval quality, search latency) can only be measured now, and are ke
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .embedders import Embedder
 from .evaluation import QuestionsError, distinct_documents, evaluate, load_questions
 from .store import VectorStore
 
+FIRST_DAY_FILE = "first_day"  # under REFINERY_HOME: the UTC day the project was first loaded
 APPROVAL_WINDOW_DAYS = 7  # feedback approval: user judgements of the last seven days
 # What each metric means. (history): recomputed from the logs as of the day's end. (live): measured
 # when the day is snapshotted. (day): what happened during the day; otherwise the state at its end.
@@ -50,6 +52,28 @@ METRICS = {
     "search_latency_p95_ms": "95th percentile hybrid search time over the golden questions (live)",
 }
 LIVE_METRICS = ("recall_at_5", "mrr_at_10", "search_latency_p50_ms", "search_latency_p95_ms")
+
+
+def first_day(home: Path) -> date:
+    """The UTC day the project was first loaded with this home, recorded then and read ever after
+    (so the metric days start where the project's data does and stay put across loads)."""
+    path = Path(home) / FIRST_DAY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{FIRST_DAY_FILE}.{os.getpid()}")
+        draft.write_text(datetime.now(timezone.utc).date().isoformat() + "\n")
+        try:  # a link appears whole: the first of concurrent loads records the day, the others read it
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    text = path.read_text().strip()
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{path} must hold the first metric day as YYYY-MM-DD, not {text!r}: fix it, "
+                         "or set METRICS_START_DATE") from None
 
 
 @dataclass

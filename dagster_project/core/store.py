@@ -842,6 +842,19 @@ class VectorStore:
             out[collection]["errors" if severity == "error" else "warnings"].append({"path": path, "reason": reason})
         return out
 
+    def collection_totals(self, collection: str) -> dict[str, int]:
+        """What one collection holds now: documents, chunks, chunks with a vector of the active
+        model, refined documents."""
+        with self.reading() as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM documents WHERE collection = %(c)s),"
+                " (SELECT count(*) FROM chunks WHERE collection = %(c)s),"
+                " (SELECT count(*) FROM chunks c WHERE c.collection = %(c)s AND EXISTS (SELECT 1 FROM embeddings e"
+                "   JOIN active_embedding_model a ON a.model_id = e.model_id WHERE e.content_hash = c.content_hash)),"
+                " (SELECT count(*) FROM refined_documents WHERE collection = %(c)s)",
+                {"c": collection}).fetchone()
+        return dict(zip(("documents", "chunks", "vectors", "refined"), map(int, row)))
+
     def stale_documents(self, collection: str, chunker_version: str) -> int:
         """Documents whose chunks were not made from their current text by this chunker."""
         with self.reading() as conn:
