@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, enterable
 
 ARTIFACTS_ROOT = Path(os.environ.get("ARTIFACTS_DIR") or PROJECT_ROOT / "artifacts")
 STARTUP_TIMEOUT = 120
@@ -154,7 +154,7 @@ def refinery_dev(name: str, manifest: Path = SAMPLE_MANIFEST, **settings: str):
     embedder and `manifest`; `settings` are further environment variables (the automation sensor
     is stopped unless AUTOMATION_SENSOR_DEFAULT says otherwise). The server log goes to
     $ARTIFACTS_DIR/`name`/server.log."""
-    workdir = Path(tempfile.mkdtemp(prefix="refinery-dev-"))  # short: PostgreSQL's socket lives in it
+    workdir = enterable(Path(tempfile.mkdtemp(prefix="refinery-dev-")))  # short: PostgreSQL's socket lives in it
     home, log = workdir / "home", workdir / "server.log"
     port = free_port()
     env = {k: v for k, v in os.environ.items()

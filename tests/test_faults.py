@@ -182,14 +182,23 @@ def reference(corpus) -> dict:
 
 # ------------------------------------------------------------------ 12.1: killed runs
 
+def _worker(proc: subprocess.Popen) -> int:
+    """The pid of the process running the job: `refinery ingest` runs it in a child of its own
+    (cli.JOB_COMMANDS), which dies with it."""
+    import psutil
+
+    (child,) = psutil.Process(proc.pid).children()
+    return child.pid
+
+
 def test_two_ingests_killed_mid_embedding_then_a_third_finishes_exactly(corpus, reference, home):
     killed, said = [], []
     for _ in range(2):
         proc = _ingest(home, corpus, "--collection", "peps")
         said.append("".join(_until(proc, "texts embedded")))  # a batch is stored; the step holds its slot
+        killed.append(_worker(proc))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        killed.append(proc.pid)
     assert _postmaster(home) is not None  # the dead processes are still listed as its users
 
     code, summary, err = _finish(_ingest(home, corpus, "--collection", "peps"))
@@ -206,13 +215,15 @@ def test_two_ingests_killed_mid_embedding_then_a_third_finishes_exactly(corpus, 
 
 def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_sigterm(corpus, home):
     holder = _ingest(home, corpus, "--collection", "peps", EMBEDDING_POOL_LIMIT="1")
+    holder_worker = None
     try:
         _until(holder, "texts embedded")
-        holder.send_signal(signal.SIGSTOP)  # alive, holding the pool's only slot
+        holder_worker = _worker(holder)
+        os.kill(holder_worker, signal.SIGSTOP)  # alive, holding the pool's only slot
         waiter = _ingest(home, corpus, "--collection", "small", EMBEDDING_POOL_LIMIT="1")
         lines = _until(waiter, "waiting for a slot", timeout=90)
         assert "waiting for a slot in pool embedding_api (limit 1), held by run" in lines[-1]
-        assert f"pid {holder.pid}" in lines[-1]
+        assert f"pid {holder_worker}" in lines[-1]
         started = time.monotonic()
         waiter.send_signal(signal.SIGTERM)
         code, _, err = _finish(waiter, timeout=30)
@@ -220,7 +231,8 @@ def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_sigterm(corpus, ho
         assert "refinery: stopped by SIGTERM: run" in err and "canceled and its pool slots freed" in err
         _no_traceback(err)
     finally:
-        holder.send_signal(signal.SIGCONT)
+        if holder_worker is not None:
+            os.kill(holder_worker, signal.SIGCONT)
     code, summary, err = _finish(holder)
     assert code == 0, err[-3000:]
     # The canceled waiter holds nothing: `small` now ingests without waiting.
