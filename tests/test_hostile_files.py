@@ -4,6 +4,7 @@ file that breaks after it was indexed keeps its last good version."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,41 @@ def test_cli_refuses_a_broken_manifest_before_writing_anything(tmp_path):
     assert result.stdout == ""
     assert not home.exists() or list(home.iterdir()) == []
     assert not (tmp_path / ".refinery").exists()
+
+
+# ------------------------------------------------------------------ memory
+
+ONE_LINE_BYTES = 3_000_000
+MAX_RSS_MB = 400  # measured: ~230 MB with the bound, ~750 MB without it (counting the whole line at once)
+INGEST_AND_MEASURE = """
+import json, resource, sys
+from dagster_project.core.chunking import ChunkSettings
+from dagster_project.core.corpus import load_manifest
+from dagster_project.core.embedders import HashEmbedder
+from dagster_project.core.ingest import ingest_collection
+from dagster_project.core.store import VectorStore
+
+store = VectorStore(sys.argv[1])
+reports = ingest_collection(store, load_manifest(sys.argv[2]).collection("kb"), embedder=HashEmbedder(),
+                            chunk_settings=ChunkSettings(), max_file_bytes=20_000_000)
+store.close()
+print(json.dumps({"chunks": reports["chunks"].counts["chunks"], "errors": len(reports["documents"].errors),
+                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+"""
+
+
+def test_a_long_one_line_file_is_ingested_in_memory_bounded_by_its_size(db_url, tmp_path):
+    """Issue 12 §11: a 19.5 MB one-line file took 3.6 GB (the tokenizer counted the line whole).
+    Here a 3 MB line, in a process of its own, whose peak RSS must stay under MAX_RSS_MB."""
+    (tmp_path / "kb").mkdir()
+    words = ("ledger", "otter", "glacier", "invoice", "lantern", "a", "backoff", "quarterly")
+    line = " ".join(words[(i * 7919) % len(words)] + str(i % 97) for i in range(ONE_LINE_BYTES // 8))
+    (tmp_path / "kb" / "one-line.txt").write_text(line[:ONE_LINE_BYTES] + "\n")
+    manifest = write_manifest(tmp_path, {"kb": {"root": "kb"}})
+    result = subprocess.run([sys.executable, "-c", INGEST_AND_MEASURE, db_url, str(manifest)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(measured)
+    assert measured["errors"] == 0 and measured["chunks"] > ONE_LINE_BYTES // 2000
+    assert measured["max_rss_mb"] < MAX_RSS_MB, measured
