@@ -31,6 +31,11 @@ GOOD = {
 INDEXED_WITH_WARNING = {
     "latin1.md": ("UTF-8", b"# Caf\xe9 rules\n\nOtter receipts use the caf\xe9 ledger template.\n"),
     "empty.md": ("empty", b""),  # a document with no text: it holds nothing searchable
+    # Metadata PostgreSQL's jsonb refuses (NaN, NUL) once failed the whole collection's step.
+    "nan-front-matter.md": ("not a JSON number", b"---\npriority: .nan\nweight: .inf\n2024: year\n"
+                            b"reviewed: 2024-05-01\n---\n# Puffin\n\nPuffin rosters rotate every fortnight.\n"),
+    "nul-front-matter.md": ("NUL", b'---\ntitle: "Stork\\0 notes"\n---\n\nStork permits renew each spring.\n'),
+    "comment-only.rst": ("no text", b".. a comment and nothing else\n"),
 }
 # Skipped with a warning: nothing to index.
 SKIPPED = {"data.csv": "extension"}
@@ -43,7 +48,11 @@ ERRORS = {
     "binary.txt": "NUL",
     "big.md": "MAX_FILE_BYTES",
     "pipe.md": "regular file",
+    # 9^4 strings from 200 bytes: enough to show aliases are refused (the real bomb is in test_parsing).
+    "alias-bomb.md": "alias",
+    "outside-link.md": "outside the collection root",
 }
+OUTSIDE_SECRET = "Cormorant vault passphrase is hunter2 and must never be indexed.\n"
 
 
 def build_collection(root: Path) -> None:
@@ -65,6 +74,12 @@ def build_collection(root: Path) -> None:
     (root / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     (root / "big.md").write_bytes(b"# Big\n\n" + b"word " * 1200)  # 6007 bytes
     os.mkfifo(root / "pipe.md")
+    (root / "alias-bomb.md").write_bytes(
+        b"---\na: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        b"d: [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n---\n# Bomb\n\nGannet text.\n")
+    # A link to a file outside the root (think /etc/shadow).
+    (root.parent / "secret.md").write_text(OUTSIDE_SECRET)
+    (root / "outside-link.md").symlink_to(root.parent / "secret.md")
 
 
 @pytest.fixture
@@ -126,8 +141,14 @@ def test_hostile_files_are_reported_and_good_files_are_searchable(store, collect
                         ("with space.md", "pelican invoices archived quarter"),
                         ("quote's \"name\".md", "walrus tickets escalate tier two"),
                         ("naïve-ünïcode.md", "flamingo exports zstd compressed tarballs"),
-                        ("latin1.md", "otter receipts ledger template")]:
+                        ("latin1.md", "otter receipts ledger template"),
+                        ("nan-front-matter.md", "puffin rosters rotate fortnight"),
+                        ("nul-front-matter.md", "stork permits renew spring")]:
         assert search_paths(store, embedder, query)[0] == path, query
+    with store.reading() as conn:
+        assert conn.execute("SELECT count(*) FROM chunks WHERE text LIKE '%%hunter2%%'").fetchone()[0] == 0
+        metadata = conn.execute("SELECT metadata FROM documents WHERE path = 'nan-front-matter.md'").fetchone()[0]
+    assert metadata == {"priority": "nan", "weight": "inf", "2024": "year", "reviewed": "2024-05-01"}
 
 
 def test_second_run_over_hostile_files_is_a_no_op(store, collection):
@@ -179,6 +200,44 @@ def test_file_that_breaks_after_indexing_keeps_its_chunks_and_gets_an_error(stor
     assert search_paths(store, embedder, query)[0] == "good.md"
 
 
+def test_bad_metadata_does_not_block_later_changes_of_the_collection(store, collection):
+    """One file with NaN in its front matter once failed the documents step for every file: a
+    deleted file stayed searchable and no error was recorded."""
+    embedder = HashEmbedder()
+    ingest(store, collection, embedder)
+    (collection.root / "good.md").unlink()
+    (collection.root / "guides" / "nested.md").write_text("# Lantern sync\n\nLantern sync now uses a fixed delay.\n")
+    reports = ingest(store, collection, embedder)
+    assert reports["documents"].counts["deleted"] == 1 and reports["documents"].counts["changed"] == 1
+    assert "good.md" not in document_paths(store)
+    assert "good.md" not in search_paths(store, embedder, "glacier backups snapshots cold storage", k=20)
+    assert "alias-bomb.md" in issues(store, embedder)["errors"]
+
+
+def test_symlink_out_of_the_root_is_refused_unless_the_manifest_allows_it(store, tmp_path):
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "inside.md").write_text("# Inside\n\nHeron audits run monthly.\n")
+    (root / "alias.md").symlink_to(root / "inside.md")  # inside the root: fine
+    (tmp_path / "secret.md").write_text(OUTSIDE_SECRET)
+    (root / "outside-link.md").symlink_to(tmp_path / "secret.md")
+    embedder = HashEmbedder()
+
+    allowed = load_manifest(write_manifest(tmp_path, {"kb": {"root": "kb", "follow_external_symlinks": True}}))
+    ingest(store, allowed.collection("kb"), embedder)
+    assert document_paths(store) == {"inside.md", "alias.md", "outside-link.md"}
+
+    # Switched off (the default), the link is refused, and what it published before leaves the index.
+    refused = load_manifest(write_manifest(tmp_path, {"kb": {"root": "kb"}}))
+    reports = ingest(store, refused.collection("kb"), embedder)
+    assert document_paths(store) == {"inside.md", "alias.md"}
+    assert reports["documents"].counts["deleted"] == 1
+    [reason] = issues(store, embedder)["errors"]["outside-link.md"]
+    assert "outside the collection root" in reason and "follow_external_symlinks" in reason
+    with store.reading() as conn:
+        assert conn.execute("SELECT count(*) FROM chunks WHERE text LIKE '%%hunter2%%'").fetchone()[0] == 0
+
+
 # ------------------------------------------------------------------ CLI
 
 def test_cli_refuses_a_broken_manifest_before_writing_anything(tmp_path):
@@ -206,7 +265,7 @@ def test_cli_refuses_a_broken_manifest_before_writing_anything(tmp_path):
 # ------------------------------------------------------------------ memory
 
 ONE_LINE_BYTES = 3_000_000
-MAX_RSS_MB = 400  # measured: ~230 MB with the bound, ~750 MB without it (counting the whole line at once)
+MAX_RSS_MB = 400  # measured: 152 MB with the bound, 755 MB without it (the tokenizer counting the line whole)
 INGEST_AND_MEASURE = """
 import json, resource, sys
 from dagster_project.core.chunking import ChunkSettings
