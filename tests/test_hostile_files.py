@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from dagster_project.core.chunking import ChunkSettings
 from dagster_project.core.corpus import load_manifest
 from dagster_project.core.embedders import HashEmbedder
 from dagster_project.core.ingest import ingest_collection
-from tests.conftest import write_manifest
+from dagster_project.core.store import VectorStore
+from tests.conftest import SAMPLE_MANIFEST, new_database, write_manifest
 
 MAX_FILE_BYTES = 5000
 
@@ -240,9 +242,19 @@ def test_symlink_out_of_the_root_is_refused_unless_the_manifest_allows_it(store,
 
 # ------------------------------------------------------------------ CLI
 
-def test_cli_refuses_a_broken_manifest_before_writing_anything(tmp_path):
+@pytest.mark.parametrize("manifest, named", [
+    ({"kb": {"root": "docs", "inlcude": ["**/*.md"]}}, ("inlcude", "'kb'")),
+    # safe_load keeps the second of two equal keys: the first collection would silently vanish.
+    ("collections:\n  kb: {root: docs}\n  other: {root: docs}\n  kb: {root: docs, exclude: [x]}\n",
+     ("'kb'", "twice", "lines 2 and 4")),
+])
+def test_cli_refuses_a_broken_manifest_before_writing_anything(tmp_path, manifest, named):
     (tmp_path / "docs").mkdir()
-    bad = write_manifest(tmp_path, {"kb": {"root": "docs", "inlcude": ["**/*.md"]}})
+    if isinstance(manifest, str):
+        bad = tmp_path / "corpus.yaml"
+        bad.write_text(manifest)
+    else:
+        bad = write_manifest(tmp_path, manifest)
     home = tmp_path / "refinery-home"
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME", "CORPUS_MANIFEST")}
@@ -255,7 +267,7 @@ def test_cli_refuses_a_broken_manifest_before_writing_anything(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("refinery: ")
-    assert "inlcude" in lines[0] and "'kb'" in lines[0]
+    assert all(word in lines[0] for word in named), lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not home.exists() or list(home.iterdir()) == []
@@ -298,3 +310,58 @@ def test_a_long_one_line_file_is_ingested_in_memory_bounded_by_its_size(db_url, 
     print(measured)
     assert measured["errors"] == 0 and measured["chunks"] > ONE_LINE_BYTES // 2000
     assert measured["max_rss_mb"] < MAX_RSS_MB, measured
+
+
+def refinery(env, *args) -> dict:
+    result = subprocess.run([sys.executable, "-m", "dagster_project.cli", *args, "--json"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_a_manifest_listing_fewer_collections_deletes_nothing_until_refinery_prune(pg_server, db_url, tmp_path):
+    """Issue 12 §2: an ingest with a manifest that lacked two collections (or the default one,
+    --manifest forgotten) deleted their documents, chunks and vectors, and said `deleted: 0`."""
+    shutil.copytree(SAMPLE_MANIFEST.parent, tmp_path / "examples")
+    full = load_manifest(tmp_path / "examples" / SAMPLE_MANIFEST.name)
+    store = VectorStore(db_url)
+    try:
+        for name in ("sales", "support"):
+            ingest_collection(store, full.collection(name), embedder=HashEmbedder(), chunk_settings=ChunkSettings(),
+                              max_file_bytes=10_000_000)
+        before = store.collections_outside(["product"])
+    finally:
+        store.close()
+    assert set(before) == {"sales", "support"} and before["sales"]["documents"] == 3
+    assert all(c["chunks"] > 0 and c["vectors"] > 0 for c in before.values())
+    # A manifest of its own folder, listing only `product` (a root outside that folder).
+    (tmp_path / "other").mkdir()
+    product_only = write_manifest(tmp_path / "other", {"product": {"root": "../examples/knowledge_base/product"}})
+    env = {k: v for k, v in os.environ.items() if k not in ("CORPUS_MANIFEST", "LLM_MODEL", "OPENAI_API_KEY")}
+    env.update(DATABASE_URL=db_url, DAGSTER_PG_URL=new_database(pg_server, template="template1"),
+               DAGSTER_HOME=str(tmp_path / "dagster_home"), REFINERY_HOME=str(tmp_path / "home"),
+               EMBED_PROVIDER="hash")
+    manifest = ("--manifest", str(product_only))
+
+    ingested = refinery(env, "ingest", *manifest)
+    assert ingested["documents"]["new"] == 6 and ingested["collections"]["product"]["success"]
+    assert ingested["not_in_manifest"] == before  # nothing of the others was deleted
+    status = refinery(env, "status", *manifest)
+    assert status["not_in_manifest"] == before
+    assert status["collections"]["product"]["root_outside_manifest_folder"] is True
+
+    plan = refinery(env, "prune", "--dry-run", *manifest)
+    assert plan["dry_run"] is True and plan["collections"] == before
+    assert refinery(env, "status", *manifest)["not_in_manifest"] == before  # the dry run deleted nothing
+
+    pruned = refinery(env, "prune", *manifest)
+    assert pruned["collections"] == before
+    assert refinery(env, "status", *manifest)["not_in_manifest"] == {}
+    store = VectorStore(db_url)
+    try:
+        with store.reading() as conn:
+            left = conn.execute("SELECT DISTINCT collection FROM chunks").fetchall()
+        assert left == [("product",)]
+        assert store.consistency("product", None, "").orphan_vectors == 0
+    finally:
+        store.close()
