@@ -75,15 +75,12 @@ def parse_document(path: str, data: bytes) -> ParsedDocument:
     doc.warnings[:0] = warnings
     doc.metadata = json_safe_metadata(doc.metadata, doc.warnings)
     for block in doc.blocks:
-        # NUL can come from markup (an escape, a character reference); PostgreSQL text refuses it.
-        block.text = _strip_data_uris(block.text).replace("\0", "")
+        block.text = _strip_data_uris(block.text)
     doc.blocks = [b for b in doc.blocks if b.text.strip()]
     if not doc.blocks:
         doc.warnings.append("the file yields no text (only markup, comments or headings?): nothing of it "
                             "is searchable but its title; check its markup")
-    for heading in doc.headings:
-        heading["title"] = heading["title"].replace("\0", "")
-    title = doc.title.replace("\0", "")
+    title = doc.title.replace("\0", "")  # a title from front matter (PostgreSQL text refuses NUL)
     if not title.strip():
         title = posixpath.splitext(posixpath.basename(path))[0]
     # Cut before collapsing whitespace: splitting a whole one-line file into words costs ~10x its size.

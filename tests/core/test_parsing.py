@@ -345,11 +345,6 @@ def test_front_matter_values_are_made_json_safe_with_a_warning_for_what_changed(
         assert what in warned, (what, doc.warnings)
 
 
-def test_nul_in_rst_text_and_headings_is_removed():
-    doc = parse_document("nul.rst", "Ti\\ |n| tle\n===========\n\n.. |n| unicode:: 0x00\n\nBody |n| text.\n".encode())
-    assert all("\0" not in b.text for b in doc.blocks) and "\0" not in doc.title
-
-
 def test_oversized_front_matter_or_metadata_is_an_error():
     from dagster_project.core.parsing import MAX_FRONT_MATTER_BYTES, MAX_METADATA_BYTES
 
