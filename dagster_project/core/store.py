@@ -269,22 +269,26 @@ class VectorStore:
 
     @staticmethod
     def _outside(conn, keep: list[str]) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
+        # Chunks go with their documents (cascade): the documents and the file issues name them all.
+        gone = [r[0] for r in conn.execute(
+            "SELECT DISTINCT collection FROM documents WHERE NOT collection = ANY(%(k)s) UNION "
+            "SELECT DISTINCT collection FROM ingest_errors WHERE NOT collection = ANY(%(k)s)", {"k": keep})]
+        counts = {name: dict.fromkeys(("documents", "chunks", "vectors", "refined", "file_issues"), 0)
+                  for name in sorted(gone)}
+        if not gone:
+            return counts
         for what, sql in (
-                ("documents", "SELECT collection, count(*) FROM documents WHERE NOT collection = ANY(%(k)s) GROUP BY 1"),
-                ("chunks", "SELECT collection, count(*) FROM chunks WHERE NOT collection = ANY(%(k)s) GROUP BY 1"),
+                ("documents", "SELECT collection, count(*) FROM documents WHERE collection = ANY(%(g)s) GROUP BY 1"),
+                ("chunks", "SELECT collection, count(*) FROM chunks WHERE collection = ANY(%(g)s) GROUP BY 1"),
                 ("vectors", "SELECT c.collection, count(DISTINCT (e.model_id, e.content_hash)) FROM chunks c "
-                            "JOIN embeddings e ON e.content_hash = c.content_hash WHERE NOT c.collection = ANY(%(k)s) "
+                            "JOIN embeddings e ON e.content_hash = c.content_hash WHERE c.collection = ANY(%(g)s) "
                             "AND NOT EXISTS (SELECT 1 FROM chunks o WHERE o.content_hash = c.content_hash "
-                            "AND o.collection = ANY(%(k)s)) GROUP BY 1"),
-                ("refined", "SELECT collection, count(*) FROM refined_documents WHERE NOT collection = ANY(%(k)s) "
-                            "GROUP BY 1"),
-                ("file_issues", "SELECT collection, count(*) FROM ingest_errors WHERE NOT collection = ANY(%(k)s) "
-                                "GROUP BY 1")):
-            for name, n in conn.execute(sql, {"k": keep}).fetchall():
-                counts.setdefault(name, {})[what] = n
-        return {name: {w: c.get(w, 0) for w in ("documents", "chunks", "vectors", "refined", "file_issues")}
-                for name, c in sorted(counts.items()) if c.get("documents") or c.get("chunks") or c.get("file_issues")}
+                            "AND NOT o.collection = ANY(%(g)s)) GROUP BY 1"),
+                ("refined", "SELECT collection, count(*) FROM refined_documents WHERE collection = ANY(%(g)s) GROUP BY 1"),
+                ("file_issues", "SELECT collection, count(*) FROM ingest_errors WHERE collection = ANY(%(g)s) GROUP BY 1")):
+            for name, n in conn.execute(sql, {"g": gone}).fetchall():
+                counts[name][what] = n
+        return counts
 
     def prune_collections(self, keep: Sequence[str]) -> dict[str, dict[str, int]]:
         """Delete every row of the collections not in `keep` (the manifest): documents, chunks,
