@@ -53,6 +53,7 @@ ERRORS = {
     # 9^4 strings from 200 bytes: enough to show aliases are refused (the real bomb is in test_parsing).
     "alias-bomb.md": "alias",
     "outside-link.md": "outside the collection root",
+    "bad\ufffdname.md": "not valid UTF-8",  # its name on disk has the byte 0xff
 }
 OUTSIDE_SECRET = "Cormorant vault passphrase is hunter2 and must never be indexed.\n"
 
@@ -79,6 +80,8 @@ def build_collection(root: Path) -> None:
     (root / "alias-bomb.md").write_bytes(
         b"---\na: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
         b"d: [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n---\n# Bomb\n\nGannet text.\n")
+    with open(os.fsencode(root) + b"/bad\xffname.md", "wb") as f:  # PostgreSQL text cannot hold this name
+        f.write(b"# Bad name\n\nGrebe text.\n")
     # A link to a file outside the root (think /etc/shadow).
     (root.parent / "secret.md").write_text(OUTSIDE_SECRET)
     (root / "outside-link.md").symlink_to(root.parent / "secret.md")

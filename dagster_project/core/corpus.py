@@ -203,8 +203,21 @@ def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceF
             rel = abs_path.relative_to(root).as_posix()
             if not _matches(rel, collection.include) or _matches(rel, collection.exclude):
                 continue
+            if _undecodable(rel):
+                # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
+                found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
+                                        problem="file name is not valid UTF-8: rename the file"))
+                continue
             found.append(_read(rel, abs_path, max_file_bytes, root=None if collection.follow_external_symlinks else root.resolve()))
     return found
+
+
+def _undecodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def _read(rel: str, abs_path: Path, max_file_bytes: int, root: Path | None) -> SourceFile:
