@@ -139,11 +139,11 @@ def _overlap_tails(units: list[_Unit], overlap_tokens: int, counter: TokenCounte
     budget; never from code, which would be cut mid-statement."""
     if not units or overlap_tokens == 0:
         return [""] * len(units), [0] * len(units)
-    words = [u.text.split() if u.kind != "code" else [] for u in units]
+    texts = [u.text if u.kind != "code" else "" for u in units]
     take = [int(overlap_tokens * 0.6)] * len(units)  # ~0.6 words per token for prose
     tails, counts = [], []
     for _ in range(3):  # shrink the few tails that came out over budget
-        tails = [" ".join(w[-n:]) if 0 < n < len(w) else "" for w, n in zip(words, take)]
+        tails = [_last_words(t, n) for t, n in zip(texts, take)]
         counts = counter.count(tails)
         over = [i for i, c in enumerate(counts) if c > overlap_tokens]
         if not over:
@@ -153,6 +153,15 @@ def _overlap_tails(units: list[_Unit], overlap_tokens: int, counter: TokenCounte
     return [t if c <= overlap_tokens else "" for t, c in zip(tails, counts)], [
         c if c <= overlap_tokens else 0 for c in counts
     ]
+
+
+def _last_words(text: str, n: int) -> str:
+    """The last n words, if the text has more than n: split only that far (splitting every
+    chunk into all its words held ~10x the corpus in memory)."""
+    if n <= 0:
+        return ""
+    words = text.rsplit(None, n)
+    return " ".join(words[-n:]) if n < len(words) else ""
 
 
 def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_Unit]:
