@@ -91,8 +91,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
+            # Merged keys (`<<: *defaults`) may be overridden: only keys written out count.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) and key in seen:
+            if key in seen:
                 raise ManifestError(
                     f"{key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}): "
                     "each collection (and each key of a mapping) may be listed once; rename or merge them")

@@ -112,6 +112,14 @@ def test_a_collection_listed_twice_is_refused_naming_it(tmp_path, docs):
     assert "'kb'" in message and "twice" in message and "lines 2 and 5" in message and "corpus.yaml" in message
 
 
+def test_shared_settings_through_yaml_merge_keys_are_not_duplicates(tmp_path, docs):
+    manifest = load_manifest(write_raw(tmp_path, "shared: &shared\n  include: ['**/*.md']\n  defaults: {category: x}\n"
+                                                 "collections:\n  kb: {<<: *shared, root: docs}\n"
+                                                 "  faq: {<<: *shared, root: docs, include: ['**/*.rst']}\n"))
+    assert manifest.collection("kb").include == ["**/*.md"] and manifest.collection("faq").include == ["**/*.rst"]
+    assert manifest.collection("faq").defaults.category == "x"
+
+
 def test_names_that_only_yaml_tells_apart_are_refused_as_the_same_collection(tmp_path, docs):
     message = manifest_error(write_raw(tmp_path, "collections:\n  1: {root: docs}\n  '1': {root: docs}\n"))
     assert "'1'" in message and "twice" in message
