@@ -1,6 +1,7 @@
 """A collection full of files that cannot (or should not) be indexed: each is reported with a
 reason a user can act on, none stops the run or hangs it, the good files are searchable, and a
-file that breaks after it was indexed keeps its last good version."""
+file that breaks after it was indexed keeps its last good version. Also the slips around them:
+a huge one-line file (memory), a manifest listing fewer collections, a broken manifest."""
 
 from __future__ import annotations
 
