@@ -91,11 +91,12 @@ def cmd_ingest(args) -> int:
             plans = {n: plan_collection(store, project.manifest.collection(n), max_file_bytes=settings.max_file_bytes,
                                         settings=project.chunk_settings, counter=project.token_counter,
                                         model_key=project.embedding_generation) for n in names}
+            outside = store.collections_outside(sorted(project.manifest.collections))
         finally:
             store.close()
         summary = _summarize({n: {"documents": p["documents"], "embedded": p["embedded"], "reused": p["reused"],
                                   "errors": p["errors"], "warnings": p["warnings"]} for n, p in plans.items()})
-        summary.update(dry_run=True, collections=plans)
+        summary.update(dry_run=True, collections=plans, not_in_manifest=outside)
         _print(summary, args.json, _ingest_table(summary, "would ingest"))
         return 0
     return _run_ingest(project, names, args.json)
@@ -285,6 +286,7 @@ def _run_ingest(project, names: list[str], as_json: bool) -> int:
     store = VectorStore(os.environ["DATABASE_URL"])
     try:
         status = store.status(None)
+        outside = store.collections_outside(sorted(project.manifest.collections))
     finally:
         store.close()
     for name in names:
@@ -292,6 +294,7 @@ def _run_ingest(project, names: list[str], as_json: bool) -> int:
         per_collection[name]["warnings"] = status.get(name, {}).get("warnings", [])
     summary = _summarize(per_collection)
     summary["collections"] = per_collection
+    summary["not_in_manifest"] = outside
     _print(summary, as_json, _ingest_table(summary, "ingested"))
     return 0 if _all_passed(runs) else 1
 
@@ -323,7 +326,38 @@ def _ingest_table(summary: dict, verb: str) -> str:
     for e in summary["errors"]:
         lines.append(f"  error {e['collection']}/{e['path']}: {e['reason']}")
     lines.append(f"{verb}: {summary['embedded']} texts embedded, {summary['reused']} reused")
+    lines += _not_in_manifest_lines(summary.get("not_in_manifest", {}))
     return "\n".join(lines)
+
+
+def _not_in_manifest_lines(outside: dict[str, dict]) -> list[str]:
+    return [f"note: collection {name!r} is in the database ({c['documents']} documents, {c['chunks']} chunks) "
+            "but not in the manifest; it stays searchable until `refinery prune` removes it"
+            for name, c in outside.items()]
+
+
+# ------------------------------------------------------------------ prune
+
+def cmd_prune(args) -> int:
+    from .core.store import VectorStore
+    from .project import Project
+
+    settings = _settings(args)
+    project = Project.load(settings)
+    urls = _prepare(settings)
+    keep = sorted(project.manifest.collections)
+    store = VectorStore(urls.vector_store)
+    try:
+        counts = store.collections_outside(keep) if args.dry_run else store.prune_collections(keep)
+    finally:
+        store.close()
+    out = {"dry_run": args.dry_run, "manifest": str(project.manifest.path), "collections": counts}
+    verb = "would delete" if args.dry_run else "deleted"
+    lines = [f"{verb} collection {name!r}: {c['documents']} documents, {c['chunks']} chunks, {c['vectors']} vectors, "
+             f"{c['refined']} refinements, {c['file_issues']} file issues" for name, c in counts.items()]
+    lines = lines or [f"nothing to prune: every stored collection is in {project.manifest.path}"]
+    _print(out, args.json, "\n".join(lines))
+    return 0
 
 
 # ------------------------------------------------------------------ refine
@@ -696,10 +730,16 @@ def cmd_status(args) -> int:
         active = store.active_model_key()
         collections = store.status(None if active is None else store.model_id_by_key(active))
         configured = store.resolve_model_key(project.embedding_generation)
+        outside = store.collections_outside(sorted(project.manifest.collections))
     finally:
         store.close()
     empty = {"documents": 0, "chunks": 0, "vectors": 0, "refined": 0, "quarantined": 0, "errors": [], "warnings": []}
-    out = {"collections": {n: collections.get(n, dict(empty)) for n in sorted(project.manifest.collections)},
+    external = project.manifest.external_roots()
+    out = {"collections": {n: {**collections.get(n, dict(empty)), "root": str(c.root),
+                               "root_outside_manifest_folder": n in external,
+                               "follow_external_symlinks": c.follow_external_symlinks}
+                           for n, c in sorted(project.manifest.collections.items())},
+           "not_in_manifest": outside,
            "embedding_model": active or configured,
            "candidate_model": configured if active is not None and configured != active else None}
     lines = [f"{'collection':<16} {'documents':>10} {'chunks':>8} {'vectors':>8} {'refined':>8} {'quarant.':>9} "
@@ -707,10 +747,15 @@ def cmd_status(args) -> int:
     for n, c in out["collections"].items():
         lines.append(f"{n:<16} {c['documents']:>10} {c['chunks']:>8} {c['vectors']:>8} {c['refined']:>8} "
                      f"{c['quarantined']:>9} {len(c['errors']):>7} {len(c['warnings']):>9}")
+        if c["root_outside_manifest_folder"]:
+            lines.append(f"  note: root {c['root']} is outside the manifest's folder")
+        if c["follow_external_symlinks"]:
+            lines.append("  note: follow_external_symlinks is on: symlinks may publish files from outside the root")
         for e in c["errors"]:
             lines.append(f"  error   {e['path']}: {e['reason']}")
         for w in c["warnings"]:
             lines.append(f"  warning {w['path']}: {w['reason']}")
+    lines += _not_in_manifest_lines(outside)
     lines.append(f"vectors of the active model {out['embedding_model']}"
                  + (f"; candidate {out['candidate_model']} (refinery model status)" if out["candidate_model"] else ""))
     _print(out, args.json, "\n".join(lines))
@@ -1086,6 +1131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would change; write and embed nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("prune", help="delete the collections stored in the database but absent from the manifest")
+    p.add_argument("--manifest", help="corpus.yaml (default: CORPUS_MANIFEST or the sample corpus)")
+    p.add_argument("--dry-run", action="store_true", help="list them and what would be deleted; delete nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("refine", help="materialize refined_documents through Dagster")
     p.add_argument("--manifest")

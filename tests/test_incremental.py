@@ -215,9 +215,14 @@ def test_collection_removed_from_the_manifest_is_pruned(store, corpus, embedder,
     root, manifest = corpus
     run(store, manifest, embedder, fake_openai)
     assert store.prune_collections(["kb"]) == {}
-    assert store.prune_collections(["other"]) == {"kb": 6}
+    with store.reading() as conn:
+        chunks, vectors = conn.execute("SELECT count(*), (SELECT count(*) FROM embeddings) FROM chunks").fetchone()
+    expected = {"kb": {"documents": 6, "chunks": chunks, "vectors": vectors, "refined": 0, "file_issues": 0}}
+    assert store.collections_outside(["other"]) == expected
+    assert store.prune_collections(["other"]) == expected
     with store.reading() as conn:
         assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 0
     assert search_paths(store, embedder, "sync offline conflict copies") == set()
 
 

@@ -23,9 +23,12 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
     )
     def documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
         collection = project.manifest.collection(context.partition_key)
-        pruned = vector_store.store.prune_collections(sorted(project.manifest.collections))
-        for name, count in pruned.items():
-            context.log.warning(f"collection {name!r} is no longer in the manifest: removed its {count} documents")
+        # A collection missing from the manifest is left alone (a manifest slip must not delete
+        # data): `refinery prune` removes it, and status and ingest point at it.
+        outside = vector_store.store.collections_outside(sorted(project.manifest.collections))
+        for name, counts in outside.items():
+            context.log.warning(f"collection {name!r} is in the database ({counts['documents']} documents) but not in "
+                                f"the manifest: `refinery prune` removes it")
         report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes,
                                 progress=Progress("files parsed", context.log.info))
         for issue in report.issues:
@@ -33,6 +36,6 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
             log(f"{issue.path}: {issue.reason}")
         record_observed_version(context, "corpus_files", report.source_version)
         return dg.MaterializeResult(metadata=record_and_describe(
-            context, vector_store.store, report, pruned_collections=dg.MetadataValue.json(pruned)))
+            context, vector_store.store, report, collections_not_in_manifest=dg.MetadataValue.json(outside)))
 
     return documents

@@ -9,11 +9,12 @@ lands in, and the chunks after it keep their exact text (and their vectors)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .hashing import content_hash
 from .parsing import Block
-from .tokens import TokenCounter
+from .tokens import COUNT_BATCH_CHARS, TokenCounter
 
 CHUNKER_VERSION = "heading-cdc-v2"  # v2: chunks carry their title + heading path context
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
@@ -138,11 +139,11 @@ def _overlap_tails(units: list[_Unit], overlap_tokens: int, counter: TokenCounte
     budget; never from code, which would be cut mid-statement."""
     if not units or overlap_tokens == 0:
         return [""] * len(units), [0] * len(units)
-    words = [u.text.split() if u.kind != "code" else [] for u in units]
+    texts = [u.text if u.kind != "code" else "" for u in units]
     take = [int(overlap_tokens * 0.6)] * len(units)  # ~0.6 words per token for prose
     tails, counts = [], []
     for _ in range(3):  # shrink the few tails that came out over budget
-        tails = [" ".join(w[-n:]) if 0 < n < len(w) else "" for w, n in zip(words, take)]
+        tails = [_last_words(t, n) for t, n in zip(texts, take)]
         counts = counter.count(tails)
         over = [i for i, c in enumerate(counts) if c > overlap_tokens]
         if not over:
@@ -154,31 +155,22 @@ def _overlap_tails(units: list[_Unit], overlap_tokens: int, counter: TokenCounte
     ]
 
 
+def _last_words(text: str, n: int) -> str:
+    """The last n words, if the text has more than n: split only that far (splitting every
+    chunk into all its words held ~10x the corpus in memory)."""
+    if n <= 0:
+        return ""
+    words = text.rsplit(None, n)
+    return " ".join(words[-n:]) if n < len(words) else ""
+
+
 def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_Unit]:
     """A block over budget: code by lines, prose by sentences, then by words, and a "word"
     with no space in it (CJK prose, minified code, a table rule) by characters."""
-    if block.kind == "code":
-        pieces, joiner = block.text.split("\n"), "\n"
-    else:
-        pieces, joiner = _SENTENCE_END.split(block.text), " "
-    # (piece, tokens, glue): the glue goes before the piece when it is not first in its unit.
-    expanded: list[tuple[str, int, str]] = []
-    for piece, tokens in zip(pieces, counter.count(pieces)):
-        if tokens <= budget:
-            expanded.append((piece, tokens, joiner))
-            continue
-        words = piece.split(" ")
-        for i, (word, word_tokens) in enumerate(zip(words, counter.count(words))):
-            glue = joiner if i == 0 else " "
-            if word_tokens <= budget:
-                expanded.append((word, word_tokens, glue))
-            else:  # the cut pieces of one word rejoin with nothing between them
-                cuts = _split_characters(word, word_tokens, budget, counter)
-                expanded.extend((cut, n, glue if j == 0 else "") for j, (cut, n) in enumerate(cuts))
     units: list[_Unit] = []
     current = ""
     size = 0
-    for piece, tokens, glue in expanded:
+    for piece, tokens, glue in _expand(block, budget, counter):
         if current and size + tokens > budget:
             units.append(_Unit(block.kind, current, size))
             current, size = "", 0
@@ -190,6 +182,38 @@ def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_U
     for unit, exact in zip(units, counter.count([u.text for u in units])):
         unit.tokens = exact
     return [p for u in units for p in ([u] if u.tokens <= budget else _refit(u, budget, counter))]
+
+
+def _expand(block: Block, budget: int, counter: TokenCounter) -> Iterator[tuple[str, int, str]]:
+    """(piece, tokens, glue) of a block over budget, each piece within it; the glue goes before
+    the piece when it is not first in its unit. A generator, and words are taken a batch at a
+    time: one huge line would otherwise be held as millions of words at once (~25x its size)."""
+    if block.kind == "code":
+        pieces, joiner = block.text.split("\n"), "\n"
+    else:
+        pieces, joiner = _SENTENCE_END.split(block.text), " "
+    for piece, tokens in zip(pieces, counter.count(pieces)):
+        if tokens <= budget:
+            yield piece, tokens, joiner
+            continue
+        glue = joiner
+        for words in _word_batches(piece):
+            for word, word_tokens in zip(words, counter.count(words)):
+                if word_tokens <= budget:
+                    yield word, word_tokens, glue
+                else:  # the cut pieces of one word rejoin with nothing between them
+                    cuts = _split_characters(word, word_tokens, budget, counter)
+                    yield from ((cut, n, glue if j == 0 else "") for j, (cut, n) in enumerate(cuts))
+                glue = " "
+
+
+def _word_batches(text: str) -> Iterator[list[str]]:
+    """text.split(" "), in lists of about COUNT_BATCH_CHARS characters."""
+    start = 0
+    while (end := text.find(" ", start + COUNT_BATCH_CHARS)) >= 0:
+        yield text[start:end].split(" ")
+        start = end + 1
+    yield text[start:].split(" ")
 
 
 def _split_characters(text: str, tokens: int, budget: int, counter: TokenCounter) -> list[tuple[str, int]]:

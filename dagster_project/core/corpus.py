@@ -45,6 +45,8 @@ class Collection(BaseModel):
     include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
     exclude: list[str] = Field(default_factory=list)
     defaults: DocumentDefaults = Field(default_factory=DocumentDefaults)
+    # A symlink out of the root would publish whatever it points at (/etc/shadow): only by choice.
+    follow_external_symlinks: bool = False
 
     @field_validator("name")
     @classmethod
@@ -69,6 +71,10 @@ class Manifest(BaseModel):
     path: Path
     collections: dict[str, Collection]
 
+    def external_roots(self) -> dict[str, Path]:
+        """Collections whose root lies outside the manifest's folder (allowed, but worth showing)."""
+        return {name: c.root for name, c in self.collections.items() if not c.root.is_relative_to(self.path.parent)}
+
     def collection(self, name: str) -> Collection:
         try:
             return self.collections[name]
@@ -79,11 +85,30 @@ class Manifest(BaseModel):
             ) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load keeps the last of two equal keys: a collection listed twice would silently lose
+    its first entry."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            # Merged keys (`<<: *defaults`) may be overridden: only keys written out count.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ManifestError(
+                    f"{key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}): "
+                    "each collection (and each key of a mapping) may be listed once; rename or merge them")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate corpus.yaml; every problem raises ManifestError before any write."""
     path = Path(path).expanduser().resolve()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ManifestError(
             f"manifest {path} not found: pass --manifest or set CORPUS_MANIFEST"
@@ -92,6 +117,8 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"manifest {path} cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"manifest {path} is not valid YAML: {exc}") from None
+    except ManifestError as exc:
+        raise ManifestError(f"manifest {path}: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("collections"), dict) or not raw["collections"]:
         raise ManifestError(
             f"manifest {path} must have a non-empty mapping `collections:` of name -> {{root, include, ...}}"
@@ -109,6 +136,9 @@ def load_manifest(path: str | Path) -> Manifest:
                 f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
             )
             raise ManifestError(f"manifest {path}: collection {name!r}: {problems}") from None
+        if collection.name in collections:  # e.g. `1:` and `"1":`
+            raise ManifestError(f"manifest {path}: collection {collection.name!r} is listed twice: "
+                                "rename or merge them")
         root = (path.parent / collection.root).resolve()
         if not root.is_dir():
             raise ManifestError(
@@ -128,6 +158,8 @@ class SourceFile:
     data: bytes | None = None
     content_hash: bytes | None = None
     problem: str | None = None
+    # Refused by policy rather than unreadable: a version indexed earlier leaves the index too.
+    withdrawn: bool = False
 
 
 @functools.lru_cache(maxsize=256)
@@ -162,8 +194,9 @@ def _matches(rel: str, globs: list[str]) -> bool:
 def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceFile]:
     """Every regular file under the root that the include/exclude globs select, read and hashed.
 
-    Directory symlinks are not followed (no loops); a file symlink is read through, and a broken
-    or looping one is reported, not raised.
+    Directory symlinks are not followed (no loops); a file symlink is read through if it stays
+    inside the root (or the collection sets follow_external_symlinks), and a broken, looping or
+    escaping one is reported, not raised.
     """
     root = collection.root
     found: list[SourceFile] = []
@@ -174,7 +207,12 @@ def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceF
             rel = abs_path.relative_to(root).as_posix()
             if not _matches(rel, collection.include) or _matches(rel, collection.exclude):
                 continue
-            found.append(_read(rel, abs_path, max_file_bytes))
+            if _undecodable(rel):
+                # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
+                found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
+                                        problem="file name is not valid UTF-8: rename the file"))
+                continue
+            found.append(_read(rel, abs_path, max_file_bytes, root=None if collection.follow_external_symlinks else root.resolve()))
     return found
 
 
@@ -187,7 +225,16 @@ def collection_version(collection: Collection, files: list[SourceFile]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _read(rel: str, abs_path: Path, max_file_bytes: int) -> SourceFile:
+def _undecodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _read(rel: str, abs_path: Path, max_file_bytes: int, root: Path | None) -> SourceFile:
+    """`root`: the folder the file must resolve into (None: anywhere)."""
     try:
         info = abs_path.stat()
     except OSError as exc:
@@ -198,6 +245,10 @@ def _read(rel: str, abs_path: Path, max_file_bytes: int) -> SourceFile:
         else:
             reason = f"cannot be read ({exc.strerror})"
         return SourceFile(rel, abs_path, problem=reason)
+    if root is not None and abs_path.is_symlink() and not abs_path.resolve().is_relative_to(root):
+        return SourceFile(rel, abs_path, withdrawn=True, problem=(
+            f"symlink to {abs_path.resolve()}, outside the collection root: refused (move the file into "
+            "the root, exclude the link, or set follow_external_symlinks: true on the collection)"))
     if not stat.S_ISREG(info.st_mode):
         return SourceFile(rel, abs_path, problem="not a regular file (device, socket or pipe)")
     if info.st_size > max_file_bytes:

@@ -4,7 +4,6 @@ only texts never embedded with the current model are sent to the embedder."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -103,7 +102,7 @@ def build_document_row(collection: Collection, source: SourceFile,
         id=stable_id("document", collection.name, source.path),
         collection=collection.name, path=source.path, content_hash=source.content_hash,
         size_bytes=source.size, format=parsed.format, title=parsed.title,
-        metadata=json.loads(json.dumps(meta, default=str)), headings=parsed.headings,
+        metadata=meta, headings=parsed.headings,
         blocks=[{"kind": b.kind, "text": b.text, "path": b.heading_path} for b in parsed.blocks],
         source_version=source_version(collection), **fields,
     )
@@ -128,7 +127,7 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
     files = scan_collection(collection, max_file_bytes)
     stored = store.document_versions(collection.name)
     version = source_version(collection)
-    deleted = sorted(set(stored) - {f.path for f in files})
+    deleted = sorted(set(stored) - {f.path for f in files if not f.withdrawn})
     to_parse: list[SourceFile] = []
     counts = Counter(new=0, changed=0, unchanged=0, deleted=len(deleted), failed=0, skipped=0)
     for f in files:

@@ -5,16 +5,24 @@ standard library's RFC 822 header parser."""
 
 from __future__ import annotations
 
+import datetime
 import email.parser
+import json
+import math
 import posixpath
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 import yaml
 
 Severity = Literal["error", "warning"]
-PARSER_VERSION = "parsers-v2"  # bump when parsing changes what a file yields: every file is parsed again
+PARSER_VERSION = "parsers-v3"  # bump when parsing changes what a file yields: every file is parsed again
+# Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
+# hostile header from costing gigabytes.
+MAX_FRONT_MATTER_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 64 * 1024  # a document's metadata as stored (JSON)
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".txt": "text",
            ".html": "html", ".htm": "html"}
 
@@ -65,13 +73,62 @@ def parse_document(path: str, data: bytes) -> ParsedDocument:
     parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text}[fmt]
     doc = parser(text)
     doc.warnings[:0] = warnings
+    doc.metadata = json_safe_metadata(doc.metadata, doc.warnings)
     for block in doc.blocks:
         block.text = _strip_data_uris(block.text)
     doc.blocks = [b for b in doc.blocks if b.text.strip()]
-    if not doc.title.strip():
-        doc.title = posixpath.splitext(posixpath.basename(path))[0]
-    doc.title = " ".join(doc.title.split())[:300]
+    if not doc.blocks:
+        doc.warnings.append("the file yields no text (only markup, comments or headings?): nothing of it "
+                            "is searchable but its title; check its markup")
+    title = doc.title.replace("\0", "")  # a title from front matter (PostgreSQL text refuses NUL)
+    if not title.strip():
+        title = posixpath.splitext(posixpath.basename(path))[0]
+    # Cut before collapsing whitespace: splitting a whole one-line file into words costs ~10x its size.
+    doc.title = " ".join(title[:3000].split())[:300]
     return doc
+
+
+def json_safe_metadata(meta: dict, warnings: list[str]) -> dict:
+    """Metadata as PostgreSQL's jsonb takes it: string keys, no NaN or infinity (not JSON), no
+    NUL (not in jsonb), dates as ISO strings, integers that fit a float; at most
+    MAX_METADATA_BYTES. What had to change is reported in `warnings`."""
+    changed: set[str] = set()
+
+    def clean(value, key: str):
+        if isinstance(value, str):
+            if "\0" in value:
+                changed.add(f"{key}: NUL characters removed")
+            return value.replace("\0", "")
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int):
+            if abs(value) < 2**53:
+                return value
+            changed.add(f"{key}: integer too large for JSON, stored as text")
+            return str(value) if value.bit_length() < 10_000 else f"<integer of {value.bit_length()} bits>"
+        if isinstance(value, float):
+            if math.isfinite(value):
+                return value
+            changed.add(f"{key}: {value} is not a JSON number, stored as text")
+            return str(value)
+        if isinstance(value, datetime.date | datetime.time):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {clean(str(k), key): clean(v, f"{key}.{k}") for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [clean(v, key) for v in value]
+        if isinstance(value, bytes):
+            changed.add(f"{key}: binary value dropped")
+            return f"<{len(value)} bytes>"
+        return clean(str(value), key)
+
+    safe = {clean(str(k), str(k)): clean(v, str(k)) for k, v in meta.items()}
+    warnings.extend(f"metadata {c}" for c in sorted(changed)[:10])
+    size = len(json.dumps(safe, ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise ParseError(f"metadata is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit: keep long text "
+                         "out of front matter and <meta> tags (the last good version stays indexed)")
+    return safe
 
 
 _DATA_URI = re.compile(r"(data:[\w/+.-]+;base64,)[A-Za-z0-9+/=]{64,}")
@@ -102,6 +159,17 @@ def _normalize_metadata(raw: dict) -> dict:
 
 # ---------------------------------------------------------------- Markdown
 
+class _FrontMatterLoader(yaml.SafeLoader):
+    """safe_load without aliases: a few nested aliases expand to billions of nodes (346 bytes
+    took 5 GB). Anchors alone are harmless, but front matter has no use for either."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in front matter",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def _split_front_matter(text: str) -> tuple[dict, str, list[str]]:
     lines = text.splitlines(keepends=True)
     if not lines or lines[0].strip() != "---":
@@ -110,13 +178,20 @@ def _split_front_matter(text: str) -> tuple[dict, str, list[str]]:
         if lines[end].strip() in ("---", "..."):
             header = "".join(lines[1:end])
             body = "".join(lines[end + 1:])
+            if len(header.encode()) > MAX_FRONT_MATTER_BYTES:
+                raise ParseError(f"front matter is over {MAX_FRONT_MATTER_BYTES} bytes: keep it to a few keys "
+                                 "(the last good version stays indexed)")
             try:
-                meta = yaml.safe_load(header)
+                meta = yaml.load(header, Loader=_FrontMatterLoader)
             except yaml.YAMLError as exc:
-                # Front matter may say embed_mode: skip or pricing_sensitive: true; ignoring it
-                # would publish what it protects. The file keeps its last good version instead.
                 mark = getattr(exc, "problem_mark", None)
                 where = f" (line {mark.line + 2})" if mark else ""
+                if "aliases" in str(getattr(exc, "problem", "")):
+                    raise ParseError(f"front matter uses a YAML alias{where}: aliases are refused (they can "
+                                     "expand without bound); write the value out (the last good version "
+                                     "stays indexed)") from None
+                # Front matter may say embed_mode: skip or pricing_sensitive: true; ignoring it
+                # would publish what it protects. The file keeps its last good version instead.
                 raise ParseError(f"front matter is not valid YAML{where}: fix the YAML between the --- lines "
                                  "(the last good version stays indexed)") from None
             if meta is None:
@@ -183,6 +258,9 @@ def _split_header_block(text: str) -> tuple[dict, str]:
 _RST_SETTINGS = {
     "report_level": 5, "halt_level": 5, "warning_stream": False, "file_insertion_enabled": False,
     "raw_enabled": False, "input_encoding": "unicode", "doctitle_xform": False,
+    # By default docutils refuses a whole document with a line over 10,000 characters (silently,
+    # at this report level). MAX_FILE_BYTES bounds a line already.
+    "line_length_limit": sys.maxsize,
 }
 
 
@@ -316,5 +394,5 @@ def _block_text(element) -> str:
 def _parse_text(text: str) -> ParsedDocument:
     paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n")]
     paragraphs = [p for p in paragraphs if p]
-    title = paragraphs[0].splitlines()[0] if paragraphs else ""
+    title = paragraphs[0][:3000].splitlines()[0] if paragraphs else ""
     return ParsedDocument("text", title, {}, [], [Block("paragraph", p, []) for p in paragraphs])

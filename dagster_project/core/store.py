@@ -267,17 +267,53 @@ class VectorStore:
                                 (collection,)).fetchall()
         return {path: (bytes(h), v) for path, h, v in rows}
 
-    def prune_collections(self, keep: Sequence[str]) -> dict[str, int]:
-        """Delete the documents (and chunks) of collections no longer in the manifest."""
+    def collections_outside(self, keep: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Collections stored but not in `keep` (the manifest), with what pruning them would delete:
+        documents, chunks, refinements, file issues, and the vectors (of any model) no other
+        collection's chunk uses."""
+        with self.reading() as conn:
+            return self._outside(conn, list(keep))
+
+    @staticmethod
+    def _outside(conn, keep: list[str]) -> dict[str, dict[str, int]]:
+        # Chunks go with their documents (cascade): the documents and the file issues name them all.
+        gone = [r[0] for r in conn.execute(
+            "SELECT DISTINCT collection FROM documents WHERE NOT collection = ANY(%(k)s) UNION "
+            "SELECT DISTINCT collection FROM ingest_errors WHERE NOT collection = ANY(%(k)s)", {"k": keep})]
+        counts = {name: dict.fromkeys(("documents", "chunks", "vectors", "refined", "file_issues"), 0)
+                  for name in sorted(gone)}
+        if not gone:
+            return counts
+        for what, sql in (
+                ("documents", "SELECT collection, count(*) FROM documents WHERE collection = ANY(%(g)s) GROUP BY 1"),
+                ("chunks", "SELECT collection, count(*) FROM chunks WHERE collection = ANY(%(g)s) GROUP BY 1"),
+                ("vectors", "SELECT c.collection, count(DISTINCT (e.model_id, e.content_hash)) FROM chunks c "
+                            "JOIN embeddings e ON e.content_hash = c.content_hash WHERE c.collection = ANY(%(g)s) "
+                            "AND NOT EXISTS (SELECT 1 FROM chunks o WHERE o.content_hash = c.content_hash "
+                            "AND NOT o.collection = ANY(%(g)s)) GROUP BY 1"),
+                ("refined", "SELECT collection, count(*) FROM refined_documents WHERE collection = ANY(%(g)s) GROUP BY 1"),
+                ("file_issues", "SELECT collection, count(*) FROM ingest_errors WHERE collection = ANY(%(g)s) GROUP BY 1")):
+            for name, n in conn.execute(sql, {"g": gone}).fetchall():
+                counts[name][what] = n
+        return counts
+
+    def prune_collections(self, keep: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Delete every row of the collections not in `keep` (the manifest): documents, chunks,
+        refinements, file issues, and the vectors no remaining chunk uses. Only `refinery prune`
+        calls it: a collection leaves the index by an explicit act, never because a manifest
+        lacks it. Returns what was deleted, as collections_outside counts it."""
         with self.writing() as conn:
-            counts = dict(conn.execute(
-                "SELECT collection, count(*) FROM documents WHERE NOT collection = ANY(%s) GROUP BY collection",
-                (list(keep),)).fetchall())
+            keep = list(keep)
+            counts = self._outside(conn, keep)
             if counts:
                 gone = list(counts)
+                for name in gone:  # the same lock as the collection's own writes
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:' || %s))", (name,))
                 conn.execute("DELETE FROM chunks WHERE collection = ANY(%s)", (gone,))
                 conn.execute("DELETE FROM documents WHERE collection = ANY(%s)", (gone,))
                 conn.execute("DELETE FROM ingest_errors WHERE collection = ANY(%s)", (gone,))
+        if counts:
+            self.drop_unreferenced_vectors()
         return counts
 
     def apply_documents(self, collection: str, upserts: Sequence[DocumentRow],

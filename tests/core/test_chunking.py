@@ -203,3 +203,15 @@ def test_long_text_without_spaces_is_cut_into_pieces_that_fit():
     image = "![shot](data:image/png;base64," + "iVBORw0KGgo" * 2000 + ")"
     doc = parse_document("page.md", f"# Page\n\nSee {image} here.\n".encode())
     assert len(doc.blocks[0].text) < 100 and "data:image/png;base64," in doc.blocks[0].text
+
+
+def test_texts_longer_than_a_counting_batch_count_as_if_encoded_whole(counter):
+    """Long texts are encoded in slices (memory): cut before whitespace, their counts add up exactly."""
+    from dagster_project.core.tokens import COUNT_BATCH_CHARS
+
+    rng = random.Random(7)
+    words = ["glacier", "naïve", "don't", "x", "co-operate", "3.14", "e-mail", "\n\n", "\t"]
+    long_text = " ".join(rng.choice(words) for _ in range(COUNT_BATCH_CHARS // 2))
+    assert len(long_text) > 2 * COUNT_BATCH_CHARS
+    whole = len(counter._tokenizer.encode(long_text, add_special_tokens=False).ids)
+    assert counter.count(["short one", long_text, ""]) == [2, whole, 0]

@@ -105,6 +105,36 @@ def test_name_key_inside_a_collection_is_a_manifest_error(tmp_path, docs):
     assert "name" in manifest_error(path)
 
 
+def test_a_collection_listed_twice_is_refused_naming_it(tmp_path, docs):
+    path = write_raw(tmp_path, "collections:\n  kb:\n    root: docs\n  faq: {root: docs}\n"
+                               "  kb: {root: docs, include: ['**/*.rst']}\n")
+    message = manifest_error(path)
+    assert "'kb'" in message and "twice" in message and "lines 2 and 5" in message and "corpus.yaml" in message
+
+
+def test_shared_settings_through_yaml_merge_keys_are_not_duplicates(tmp_path, docs):
+    manifest = load_manifest(write_raw(tmp_path, "shared: &shared\n  include: ['**/*.md']\n  defaults: {category: x}\n"
+                                                 "collections:\n  kb: {<<: *shared, root: docs}\n"
+                                                 "  faq: {<<: *shared, root: docs, include: ['**/*.rst']}\n"))
+    assert manifest.collection("kb").include == ["**/*.md"] and manifest.collection("faq").include == ["**/*.rst"]
+    assert manifest.collection("faq").defaults.category == "x"
+
+
+def test_names_that_only_yaml_tells_apart_are_refused_as_the_same_collection(tmp_path, docs):
+    message = manifest_error(write_raw(tmp_path, "collections:\n  1: {root: docs}\n  '1': {root: docs}\n"))
+    assert "'1'" in message and "twice" in message
+
+
+def test_roots_outside_the_manifest_folder_are_allowed_and_listed(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "project" / "docs").mkdir(parents=True)
+    manifest = load_manifest(write_manifest(tmp_path / "project", {
+        "inside": {"root": "docs"}, "outside": {"root": "../elsewhere", "follow_external_symlinks": True}}))
+    assert manifest.external_roots() == {"outside": (tmp_path / "elsewhere").resolve()}
+    assert manifest.collection("outside").follow_external_symlinks is True
+    assert manifest.collection("inside").follow_external_symlinks is False
+
+
 def test_unknown_collection_lists_the_known_ones(tmp_path, docs):
     manifest = load_manifest(write_manifest(tmp_path, {"kb": {"root": "docs"}, "faq": {"root": "docs"}}))
     with pytest.raises(ManifestError, match=r"no collection 'wiki'.*kb, faq|no collection 'wiki'.*faq, kb"):

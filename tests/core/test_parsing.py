@@ -309,6 +309,82 @@ def test_utf8_bom_is_stripped():
     assert "\ufeff" not in text.blocks[0].text
 
 
+# ------------------------------------------------------------------ hostile content (issue 12)
+
+def test_rst_with_a_line_over_ten_thousand_characters_keeps_its_text():
+    long_line = " ".join(f"kestrel{i}" for i in range(2000))  # ~19,000 characters
+    doc = parse_document("long.rst", f"Title\n=====\n\n{long_line}\n\nAfter the long line.\n".encode())
+    assert [b.text for b in doc.blocks] == [long_line, "After the long line."]
+    assert doc.warnings == []
+
+
+@pytest.mark.parametrize("path, data", [
+    ("comment.rst", b".. only a comment, no text\n"),
+    ("headings.md", b"# Only a heading\n"),
+    ("empty-body.html", b"<html><head><title>Nothing</title></head><body><script>x()</script></body></html>"),
+])
+def test_a_file_that_yields_no_text_is_warned_about(path, data):
+    doc = parse_document(path, data)
+    assert doc.blocks == []
+    assert any("yields no text" in w for w in doc.warnings), doc.warnings
+
+
+def test_front_matter_values_are_made_json_safe_with_a_warning_for_what_changed():
+    import json
+
+    doc = parse_document("odd.md", b"---\ntitle: \"Stork\\0 notes\"\npriority: .nan\nweight: -.inf\n2024: year\n"
+                                   b"reviewed: 2024-05-01\nbig: 123456789012345678901234567890\n"
+                                   b"nested: {scores: [1, .nan]}\n---\n# Stork\n\nStork text.\n")
+    assert doc.title == "Stork notes"
+    assert doc.metadata == {"title": "Stork notes", "priority": "nan", "weight": "-inf", "2024": "year",
+                            "reviewed": "2024-05-01", "big": "123456789012345678901234567890",
+                            "nested": {"scores": [1, "nan"]}}
+    json.dumps(doc.metadata, allow_nan=False)  # what jsonb accepts
+    warned = " ".join(doc.warnings)
+    for what in ("title: NUL", "priority: nan", "weight: -inf", "big: integer", "nested.scores: nan"):
+        assert what in warned, (what, doc.warnings)
+
+
+def test_oversized_front_matter_or_metadata_is_an_error():
+    from dagster_project.core.parsing import MAX_FRONT_MATTER_BYTES, MAX_METADATA_BYTES
+
+    big = "x" * MAX_FRONT_MATTER_BYTES
+    with pytest.raises(ParseError, match="front matter is over"):
+        parse_document("big.md", f"---\nnotes: {big}\n---\n# T\n\ntext\n".encode())
+    html = f'<html><head><meta name="notes" content="{"y" * MAX_METADATA_BYTES}"></head><body><p>t</p></body></html>'
+    with pytest.raises(ParseError, match="metadata is .* over the"):
+        parse_document("big.html", html.encode())
+
+
+ALIAS_BOMB = (b"---\na: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+              b"c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+              b"e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+              b"g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n"
+              b"i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n---\n# Bomb\n\ntext\n")
+PARSE_UNDER_1GB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from dagster_project.core.parsing import ParseError, parse_document
+try:
+    parse_document("bomb.md", sys.stdin.buffer.read())
+except ParseError as exc:
+    print(exc.reason)
+"""
+
+
+def test_a_yaml_alias_bomb_in_front_matter_is_refused_without_expanding_it():
+    """346 bytes that expand to 9^9 strings (5 GB): parsed in a process limited to 1 GB of
+    address space, so the test fails rather than exhausting the machine when aliases expand."""
+    import subprocess
+    import sys
+
+    assert len(ALIAS_BOMB) < 400
+    result = subprocess.run([sys.executable, "-c", PARSE_UNDER_1GB], input=ALIAS_BOMB, capture_output=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert "alias" in result.stdout.decode() and "line 3" in result.stdout.decode()  # its first alias
+
+
 # ------------------------------------------------------------------ the PEP corpus
 
 PEP_SAMPLE = 150
