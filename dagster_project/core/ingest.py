@@ -24,7 +24,10 @@ PARALLEL_PARSE_MIN_FILES = 24
 CHUNK_TX_DOCUMENTS = 50  # documents re-chunked per transaction: a crash keeps finished batches
 EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
 ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
-REBUILD_INDEX_MIN_TEXTS = 10_000  # a load this big, and bigger than what is indexed, rebuilds the index
+REBUILD_INDEX_MIN_TEXTS = 10_000
+# A re-chunk this big, and of at least half the collection, builds its BM25 postings in one pass
+# after the chunks instead of batch by batch (sql/0011_bm25_bulk.sql).
+BULK_TERMS_MIN_DOCUMENTS = 200  # a load this big, and bigger than what is indexed, rebuilds the index
 
 
 @dataclass
@@ -260,6 +263,10 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
     version = settings.version(counter)
     documents = store.documents_to_chunk(collection, version)
     counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, chunks=0)
+    defer = store.text_index_pending(collection) or (
+        len(documents) >= BULK_TERMS_MIN_DOCUMENTS and 2 * len(documents) >= len(store.document_versions(collection)))
+    if defer:
+        store.defer_text_index(collection)
     batches = [documents[i:i + CHUNK_TX_DOCUMENTS] for i in range(0, len(documents), CHUNK_TX_DOCUMENTS)]
     # Chunking runs in worker processes; one writer thread stores a batch (and PostgreSQL indexes
     # its text for BM25) while the next ones are chunked. Batches still commit one at a time, in order.
@@ -272,12 +279,14 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
                 if progress is not None:
                     progress(done, len(documents))
             writing = writer.submit(store.replace_chunks, collection, batch, rows, version,
-                                    settings.text_search_config)
+                                    settings.text_search_config, defer_terms=defer)
             done += len(batch)
         if writing is not None:
             counts.update(writing.result())
             if progress is not None:
                 progress(len(documents), len(documents))
+    if defer:
+        counts["postings_built"] = store.build_text_index(collection)
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
     return report
