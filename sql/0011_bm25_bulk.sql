@@ -34,19 +34,31 @@ END
 $$;
 
 -- Postings for the collection's chunks that have none, then its document frequencies recounted
--- from its chunks; clears the pending mark. Returns the postings added.
+-- from its chunks; clears the pending mark. Returns the postings added. Into an empty postings
+-- table (a first load), the two indexes are built after the rows rather than row by row: a
+-- third faster on the PEPs. Otherwise rows go in term order, which keeps the postings index's
+-- inserts local.
 CREATE FUNCTION build_collection_terms(coll text) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     added bigint;
+    first_load boolean := NOT EXISTS (SELECT 1 FROM chunk_terms);
 BEGIN
+    IF first_load THEN
+        DROP INDEX IF EXISTS chunk_terms_chunk_idx;
+        DROP INDEX IF EXISTS chunk_terms_postings_idx;
+    END IF;
     INSERT INTO chunk_terms (chunk_id, term, weight)
     SELECT id, lexeme, bm25_weight(tf, len) FROM (
         SELECT c.id, l.lexeme, bm25_tf(l.weights) AS tf,
                sum(bm25_tf(l.weights)) OVER (PARTITION BY c.id) AS len
         FROM chunks c, unnest(c.tsv) l
         WHERE c.collection = coll AND NOT EXISTS (SELECT 1 FROM chunk_terms p WHERE p.chunk_id = c.id)
-    ) x ORDER BY lexeme;
+    ) x ORDER BY CASE WHEN first_load THEN NULL ELSE lexeme END;
     GET DIAGNOSTICS added = ROW_COUNT;
+    IF first_load THEN
+        CREATE INDEX IF NOT EXISTS chunk_terms_chunk_idx ON chunk_terms (chunk_id);
+        CREATE INDEX IF NOT EXISTS chunk_terms_postings_idx ON chunk_terms (term, weight DESC) INCLUDE (chunk_id);
+    END IF;
     DELETE FROM chunk_term_df WHERE collection = coll;
     INSERT INTO chunk_term_df (term, collection, df)
     SELECT l.lexeme, coll, count(*) FROM chunks c, unnest(c.tsv) l WHERE c.collection = coll GROUP BY l.lexeme;

@@ -430,6 +430,7 @@ class VectorStore:
         document frequencies recounted; clears the mark. Returns the postings added."""
         with self.writing(collection) as conn:
             conn.execute("SET LOCAL work_mem = '256MB'")
+            conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
             return conn.execute("SELECT build_collection_terms(%s)", (collection,)).fetchone()[0]
 
     @staticmethod
