@@ -73,8 +73,9 @@ def parse_files(files: list[SourceFile], workers: int | None = None) -> list[Par
     if workers < 2 or len(files) < PARALLEL_PARSE_MIN_FILES:
         return [_parse_one(f.path, f.data) for f in files]
     with _process_pool(workers) as pool:
+        # Small tasks: one long file late in a big task left the other core idle at the end.
         return list(pool.map(_parse_one, [f.path for f in files], [f.data for f in files],
-                             chunksize=max(1, len(files) // (workers * 8))))
+                             chunksize=max(1, min(16, len(files) // (workers * 16)))))
 
 
 def _truthy(value) -> bool:
