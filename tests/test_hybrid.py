@@ -102,6 +102,70 @@ def test_text_postings_follow_every_chunk_write(store):
     assert hits == []  # neither the edited-away text nor the removed document is found
 
 
+def text_index_drift(store) -> tuple[int, int, int]:
+    """Terms whose kept document frequency differs from a recount, postings, lexemes."""
+    with store.reading() as conn:
+        drift = conn.execute(
+            "SELECT count(*) FROM ("
+            " SELECT l.lexeme, c.collection, count(*) AS df FROM chunks c, unnest(tsvector_to_array(c.tsv)) l(lexeme)"
+            " GROUP BY 1, 2) truth"
+            " FULL JOIN (SELECT term, collection, df FROM chunk_term_df WHERE df > 0) kept"
+            " ON kept.term = truth.lexeme AND kept.collection = truth.collection"
+            " WHERE kept.df IS DISTINCT FROM truth.df").fetchone()[0]
+        postings = conn.execute("SELECT count(*) FROM chunk_terms").fetchone()[0]
+        lexemes = conn.execute("SELECT coalesce(sum(length(tsv)), 0) FROM chunks").fetchone()[0]
+    return drift, postings, lexemes
+
+
+def test_a_large_load_builds_postings_in_one_pass_equal_to_the_triggers(store, monkeypatch):
+    """Above the bulk threshold the chunks step defers the postings and builds them after its
+    last batch: the index equals the one the per-batch triggers keep, and search finds the text."""
+    from dagster_project.core import ingest
+
+    monkeypatch.setattr(ingest, "BULK_TERMS_MIN_DOCUMENTS", 1)
+    embedder = HashEmbedder()
+    collection = load_manifest(SAMPLE_MANIFEST).collection("support")
+    reports = ingest_collection(store, collection, embedder=embedder, chunk_settings=ChunkSettings(),
+                                max_file_bytes=10**7)
+    assert reports["chunks"].counts["postings_built"] > 0
+    drift, postings, lexemes = text_index_drift(store)
+    assert (drift, postings) == (0, lexemes) and lexemes > 0
+    assert not store.text_index_pending("support")
+    question = "refund an annual plan invoice"
+    assert store.search(store.model_id(embedder.model), 384, embedder.embed([question]).vectors[0], k=3,
+                        mode="text", query_text=question)
+
+
+def test_a_load_that_died_with_postings_owed_is_finished_by_the_next_run(store):
+    """Deferred batches committed, then the writer died before building the postings: the mark
+    stays, the next chunks step (with nothing to re-chunk) builds them. Meanwhile another
+    collection's writes keep their own postings: the deferral is per transaction."""
+    from dagster_project.core.ingest import sync_chunks
+    from dagster_project.core.tokens import wordpiece_counter
+
+    settings, counter = ChunkSettings(), wordpiece_counter()
+    model_id = store.ensure_model(EmbeddingModel("test", "deferred", 16))
+    vector = normalize(np.ones((1, 16), dtype=np.float32))[0]
+    doc = DocumentRow(stable_id("doc", "a"), "kb", "a.md", content_hash("a"), 1, "markdown", "a",
+                      None, None, None, "full", False, {}, [], [], "test")
+    store.apply_documents("kb", [doc], [], [], [], [])
+    store.defer_text_index("kb")
+    store.replace_chunks("kb", [DocumentToChunk(doc.id, "a.md", doc.content_hash, "a", "full", {}, [])],
+                         [ChunkRow(stable_id("chunk", "a"), doc.id, "kb", 0, [], "the lighthouse keeper logs storms",
+                                   5, content_hash("a"))], settings.version(counter), defer_terms=True)
+    add_document(store, "b", "storms and tides", vector, model_id, collection="other")
+    assert store.search(model_id, 16, vector, k=5, mode="text", query_text="lighthouse") == []
+    assert store.text_index_pending("kb") and not store.text_index_pending("other")
+
+    report = sync_chunks(store, "kb", settings, counter)
+    assert report.counts["documents"] == 0 and report.counts["postings_built"] == 4  # lighthous, keeper, log, storm
+    drift, postings, lexemes = text_index_drift(store)
+    assert (drift, postings) == (0, lexemes)
+    assert not store.text_index_pending("kb")
+    store.write_embeddings(model_id, [content_hash("a")], vector[None, :])
+    assert [h.path for h in store.search(model_id, 16, vector, k=5, mode="text", query_text="lighthouse")] == ["a.md"]
+
+
 @pytest.fixture
 def sample_index(store):
     embedder = HashEmbedder()

@@ -73,9 +73,11 @@ class HashEmbedder:
             data = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint32)
             # The 4-gram starting at each byte; grams that would straddle two texts are dropped.
             grams = data[:-3] | (data[1:-2] << 8) | (data[2:-1] << 16) | (data[3:] << 24)
-            starts = np.cumsum([0] + [len(b) for b in encoded[:-1]])
-            keep = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
+            sizes = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+            starts = np.cumsum(sizes) - sizes
+            # Every gram start of every text, without a Python loop over the texts.
             rows = np.repeat(np.arange(len(texts)), lengths)
+            keep = np.arange(int(lengths.sum())) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
             mixed = (grams[keep].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
             index = (mixed % np.uint64(dims)).astype(np.int64)
             sign = np.where((mixed >> np.uint64(31)) & np.uint64(1), 1.0, -1.0)

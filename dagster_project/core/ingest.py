@@ -7,7 +7,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,7 +24,10 @@ PARALLEL_PARSE_MIN_FILES = 24
 CHUNK_TX_DOCUMENTS = 50  # documents re-chunked per transaction: a crash keeps finished batches
 EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
 ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
-REBUILD_INDEX_MIN_TEXTS = 10_000  # a load this big, and bigger than what is indexed, rebuilds the index
+REBUILD_INDEX_MIN_TEXTS = 10_000
+# A re-chunk this big, and of at least half the collection, builds its BM25 postings in one pass
+# after the chunks instead of batch by batch (sql/0011_bm25_bulk.sql).
+BULK_TERMS_MIN_DOCUMENTS = 200  # a load this big, and bigger than what is indexed, rebuilds the index
 
 
 @dataclass
@@ -54,19 +58,24 @@ def _parse_one(path: str, data: bytes) -> ParsedDocument | ParseError:
         return ParseError(f"parser failed ({type(exc).__name__}: {exc}); report this file", "error")
 
 
+def _process_pool(workers: int, initializer=None, initargs: tuple = ()) -> ProcessPoolExecutor:
+    # forkserver: safe to start from a threaded process (Dagster, psycopg pools). Workers fork
+    # from a server that has already imported the parsers and the chunker, so each pool starts warm.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dagster_project.core.parsing", "dagster_project.core.chunking",
+                                    "docutils.parsers.rst", "markdown_it", "bs4", "tokenizers"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs)
+
+
 def parse_files(files: list[SourceFile], workers: int | None = None) -> list[ParsedDocument | ParseError]:
     """Parse on every core when there are enough files to pay for the worker start-up."""
     workers = workers or os.cpu_count() or 1
     if workers < 2 or len(files) < PARALLEL_PARSE_MIN_FILES:
         return [_parse_one(f.path, f.data) for f in files]
-    # forkserver: safe to start from a threaded process (Dagster, psycopg pools). Workers fork
-    # from a server that has already imported the parsers, so each pool starts warm.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dagster_project.core.parsing", "docutils.parsers.rst",
-                                    "markdown_it", "bs4"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with _process_pool(workers) as pool:
+        # Small tasks: one long file late in a big task left the other core idle at the end.
         return list(pool.map(_parse_one, [f.path for f in files], [f.data for f in files],
-                             chunksize=max(1, len(files) // (workers * 8))))
+                             chunksize=max(1, min(16, len(files) // (workers * 16)))))
 
 
 def _truthy(value) -> bool:
@@ -216,6 +225,38 @@ def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
         return _sync_chunks(store, collection, settings, counter, progress)
 
 
+_worker_counter: TokenCounter | None = None  # a chunk worker's own counter, built once per worker
+
+
+def _init_chunk_worker(counter: TokenCounter) -> None:
+    global _worker_counter
+    _worker_counter = counter
+
+
+def _chunk_in_worker(documents: list[DocumentToChunk], collection: str, settings: ChunkSettings) -> list[ChunkRow]:
+    return [row for d in documents for row in build_chunks(d, collection, settings, _worker_counter)]
+
+
+def chunk_batches(batches: list[list[DocumentToChunk]], collection: str, settings: ChunkSettings,
+                  counter: TokenCounter, workers: int | None = None) -> Iterator[list[ChunkRow]]:
+    """The chunks of each batch of documents, in order; on every core when there are enough
+    documents to pay for the workers' start-up (token counting is most of chunking)."""
+    workers = workers or os.cpu_count() or 1
+    if workers < 2 or sum(map(len, batches)) < PARALLEL_PARSE_MIN_FILES:
+        for batch in batches:
+            yield [row for d in batch for row in build_chunks(d, collection, settings, counter)]
+        return
+    with _process_pool(workers, _init_chunk_worker, (counter,)) as pool:
+        # A bounded window of batches in flight keeps memory flat on a huge collection.
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.submit(_chunk_in_worker, batch, collection, settings))
+            if len(pending) >= workers * 4:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, counter: TokenCounter,
                  progress) -> StepReport:
     started = time.perf_counter()
@@ -223,24 +264,30 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
     version = settings.version(counter)
     documents = store.documents_to_chunk(collection, version)
     counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, chunks=0)
-    # One writer thread: while PostgreSQL stores a batch (and indexes its text for BM25), this
-    # thread chunks the next one. Batches still commit one at a time, in order.
+    defer = store.text_index_pending(collection) or (
+        len(documents) >= BULK_TERMS_MIN_DOCUMENTS and 2 * len(documents) >= len(store.document_versions(collection)))
+    if defer:
+        store.defer_text_index(collection)
+    batches = [documents[i:i + CHUNK_TX_DOCUMENTS] for i in range(0, len(documents), CHUNK_TX_DOCUMENTS)]
+    # Chunking runs in worker processes; one writer thread stores a batch (and PostgreSQL indexes
+    # its text for BM25) while the next ones are chunked. Batches still commit one at a time, in order.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as writer:
-        writing = None
-        for start in range(0, len(documents), CHUNK_TX_DOCUMENTS):
-            batch = documents[start:start + CHUNK_TX_DOCUMENTS]
-            rows = [row for d in batch for row in build_chunks(d, collection, settings, counter)]
+        writing, done = None, 0
+        for batch, rows in zip(batches, chunk_batches(batches, collection, settings, counter)):
             counts["chunks"] += len(rows)
             if writing is not None:
                 counts.update(writing.result())
                 if progress is not None:
-                    progress(start, len(documents))
+                    progress(done, len(documents))
             writing = writer.submit(store.replace_chunks, collection, batch, rows, version,
-                                    settings.text_search_config)
+                                    settings.text_search_config, defer_terms=defer)
+            done += len(batch)
         if writing is not None:
             counts.update(writing.result())
             if progress is not None:
                 progress(len(documents), len(documents))
+    if defer:
+        counts["postings_built"] = store.build_text_index(collection)
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
     return report

@@ -387,9 +387,12 @@ class VectorStore:
 
     def replace_chunks(self, collection: str, documents: Sequence[DocumentToChunk],
                        chunks: Sequence[ChunkRow], chunker_version: str,
-                       text_search_config: str = "english") -> dict[str, int]:
-        """Swap the chunks of `documents` for `chunks` in one transaction."""
+                       text_search_config: str = "english", *, defer_terms: bool = False) -> dict[str, int]:
+        """Swap the chunks of `documents` for `chunks` in one transaction. With `defer_terms`
+        (after defer_text_index), their BM25 postings wait for build_text_index."""
         with self.writing(collection) as conn:
+            if defer_terms:
+                conn.execute("SET LOCAL refinery.defer_terms = 'on'")
             # New chunks may reuse vectors: the vector collector must not run meanwhile.
             conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext('refinery:vectors'))")
             ids = [d.id for d in documents]
@@ -409,6 +412,26 @@ class VectorStore:
                 (chunker_version, ids, [d.content_hash for d in documents]))
         new, old_set = {c.content_hash for c in chunks}, set(old)
         return {"new": len(new - old_set), "unchanged": len(new & old_set), "removed": len(old_set - new)}
+
+    def defer_text_index(self, collection: str) -> None:
+        """Mark the collection's BM25 postings as owed (committed before any deferred write), so
+        a load that dies before build_text_index is finished by the next run."""
+        with self.writing(collection) as conn:
+            conn.execute("INSERT INTO chunk_terms_pending (collection) VALUES (%s) ON CONFLICT DO NOTHING",
+                         (collection,))
+
+    def text_index_pending(self, collection: str) -> bool:
+        with self.reading() as conn:
+            return conn.execute("SELECT EXISTS (SELECT 1 FROM chunk_terms_pending WHERE collection = %s)",
+                                (collection,)).fetchone()[0]
+
+    def build_text_index(self, collection: str) -> int:
+        """BM25 postings for every chunk of the collection that has none, in one pass, and its
+        document frequencies recounted; clears the mark. Returns the postings added."""
+        with self.writing(collection) as conn:
+            conn.execute("SET LOCAL work_mem = '256MB'")
+            conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+            return conn.execute("SELECT build_collection_terms(%s)", (collection,)).fetchone()[0]
 
     @staticmethod
     def _text_search_config_oid(conn: psycopg.Connection, name: str) -> int:

@@ -215,3 +215,25 @@ def test_texts_longer_than_a_counting_batch_count_as_if_encoded_whole(counter):
     assert len(long_text) > 2 * COUNT_BATCH_CHARS
     whole = len(counter._tokenizer.encode(long_text, add_special_tokens=False).ids)
     assert counter.count(["short one", long_text, ""]) == [2, whole, 0]
+
+
+def test_parallel_chunking_gives_the_same_chunks_in_order(counter):
+    """Enough documents for the process pool: every batch comes back with exactly the chunks
+    (ids, texts, counts, hashes) the chunker makes in this process, in order."""
+    import uuid
+
+    from dagster_project.core.ingest import PARALLEL_PARSE_MIN_FILES, chunk_batches
+    from dagster_project.core.store import DocumentToChunk
+
+    rng = random.Random(11)
+    documents = [DocumentToChunk(uuid.UUID(int=i), f"doc{i}.md", bytes(32), f"Doc {i}", "full", {},
+                                 [{"kind": "paragraph", "text": prose(rng, rng.randint(20, 400)),
+                                   "path": ["Guide", f"Part {j % 3}"]} for j in range(rng.randint(1, 12))])
+                 for i in range(PARALLEL_PARSE_MIN_FILES * 2)]
+    batches = [documents[i:i + 7] for i in range(0, len(documents), 7)]
+    settings = ChunkSettings()
+    parallel = list(chunk_batches(batches, "docs", settings, counter, workers=2))
+    serial = list(chunk_batches(batches, "docs", settings, counter, workers=1))
+    assert len(parallel) == len(batches)
+    assert parallel == serial
+    assert sum(map(len, parallel)) > len(documents)
