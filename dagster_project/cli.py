@@ -15,22 +15,22 @@ from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from .core.corpus import ManifestError
-from .core.embedders import EmbeddingError
-from .core.migrations import MigrationError
-from .core.monitoring import MonitoringError
-from .core.pg import (
+from .core.db.migrations import MigrationError
+from .core.db.pg import (
     DatabaseSetupError,
-    _passwords,
     DatabaseUrls,
+    _passwords,
     check_reachable,
     export_urls,
     mask_url,
     resolve_database_urls,
     running_embedded,
 )
+from .core.embed.base import EmbeddingError
+from .core.ingest.corpus import ManifestError
+from .core.metrics.monitoring import MonitoringError
+from .core.search.hybrid import SEARCH_MODES
 from .core.settings import PROJECT_ROOT, Settings
-from .core.store import SEARCH_MODES
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # The run's events are stored in the instance (and shown in the UI); the terminal gets a summary.
@@ -76,7 +76,7 @@ def _print(obj, as_json: bool, text: str) -> None:
 # ------------------------------------------------------------------ ingest
 
 def cmd_ingest(args) -> int:
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
     from .project import Project
 
     settings = _settings(args)
@@ -84,7 +84,7 @@ def cmd_ingest(args) -> int:
     names = [project.manifest.collection(args.collection).name] if args.collection else sorted(project.manifest.collections)
     urls = _prepare(settings)
     if args.dry_run:
-        from .core.ingest import plan_collection
+        from .core.ingest.pipeline import plan_collection
 
         store = VectorStore(urls.vector_store)
         try:
@@ -268,7 +268,7 @@ def _failure_message(event) -> str:
 
 
 def _run_ingest(project, names: list[str], as_json: bool) -> int:
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
     from .definitions import INGEST_JOB
 
     runs = _run_job(project, INGEST_JOB, names)
@@ -339,7 +339,7 @@ def _not_in_manifest_lines(outside: dict[str, dict]) -> list[str]:
 # ------------------------------------------------------------------ prune
 
 def cmd_prune(args) -> int:
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
     from .project import Project
 
     settings = _settings(args)
@@ -363,7 +363,7 @@ def cmd_prune(args) -> int:
 # ------------------------------------------------------------------ refine
 
 def cmd_refine(args) -> int:
-    from .core.llm import LLMConfigError
+    from .core.refine.llm import LLMConfigError
     from .project import Project
     from .resources.llm import build_chain
 
@@ -415,8 +415,8 @@ def cmd_refine(args) -> int:
 
 
 def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
-    from .core.refine import estimate
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
+    from .core.refine.pipeline import estimate
     from .resources.llm import prompt_token_counter
 
     store = VectorStore(urls.vector_store)
@@ -445,7 +445,7 @@ def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
 
 
 def cmd_llm_check(args) -> int:
-    from .core.llm import LLMConfigError
+    from .core.refine.llm import LLMConfigError
     from .resources.llm import build_chain
 
     try:
@@ -466,7 +466,8 @@ def cmd_llm_check(args) -> int:
 # ------------------------------------------------------------------ feedback
 
 def cmd_feedback_add(args) -> int:
-    from .core.feedback import (
+    from .core.db.store import VectorStore
+    from .core.feedback.events import (
         Feedback,
         FeedbackError,
         check,
@@ -476,7 +477,6 @@ def cmd_feedback_add(args) -> int:
         record_feedback,
         resolve_document,
     )
-    from .core.store import VectorStore
     from .project import Project
 
     settings = _settings(args)
@@ -517,8 +517,8 @@ def _user() -> str | None:
 
 
 def cmd_feedback_list(args) -> int:
-    from .core.feedback import SOURCES, FeedbackError, list_feedback, resolve_document
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
+    from .core.feedback.events import SOURCES, FeedbackError, list_feedback, resolve_document
     from .project import Project
 
     settings = _settings(args)
@@ -554,8 +554,8 @@ def cmd_feedback_list(args) -> int:
 
 
 def cmd_feedback_summary(args) -> int:
-    from .core.feedback import feedback_summary, refiner_stats
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
+    from .core.feedback.events import feedback_summary, refiner_stats
 
     urls = _prepare(_settings(args))
     store = VectorStore(urls.vector_store)
@@ -583,8 +583,8 @@ def cmd_feedback_summary(args) -> int:
 # ------------------------------------------------------------------ snapshot
 
 def cmd_snapshot(args) -> int:
-    from .core.metrics import read_snapshot
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
+    from .core.metrics.snapshots import read_snapshot
     from .definitions import SNAPSHOT_JOB
     from .project import Project
 
@@ -630,11 +630,11 @@ def cmd_snapshot(args) -> int:
 def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None):
     """query -> hits in the given mode, with the active embedding model (loaded only if a vector
     leg runs)."""
-    from .core.embedders import build_embedder
+    from .core.embed.factory import build_embedder
 
     model_id, dims, embedder = None, 0, None
     if mode != "text":
-        from .core.ingest import adopt_stored_size
+        from .core.ingest.pipeline import adopt_stored_size
 
         active = store.active_model_key()  # what search serves, whatever EMBED_* says
         if active is None:
@@ -657,7 +657,7 @@ def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None
 
 
 def cmd_search(args) -> int:
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
     from .project import Project
 
     settings = _settings(args)
@@ -685,13 +685,13 @@ def cmd_search(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .core.evaluation import (
+    from .core.db.store import VectorStore
+    from .core.search.evaluation import (
         QuestionsError,
         distinct_documents,
         evaluate,
         load_questions,
     )
-    from .core.store import VectorStore
 
     settings = _settings(args)
     urls = _prepare(settings)
@@ -719,7 +719,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
     from .project import Project
 
     settings = _settings(args)
@@ -765,8 +765,8 @@ def cmd_status(args) -> int:
 # ------------------------------------------------------------------ model change
 
 def _configured_embedder(settings: Settings, store):
-    from .core.embedders import build_embedder
-    from .core.ingest import adopt_stored_size
+    from .core.embed.factory import build_embedder
+    from .core.ingest.pipeline import adopt_stored_size
 
     embedder = build_embedder(settings)
     adopt_stored_size(store, embedder)
@@ -776,9 +776,9 @@ def _configured_embedder(settings: Settings, store):
 def cmd_model_status(args) -> int:
     from functools import partial
 
-    from .core.embedders import build_embedder
-    from .core.model_change import evaluate_gates, model_status
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
+    from .core.embed.factory import build_embedder
+    from .core.search.model_change import evaluate_gates, model_status
 
     settings = _settings(args)
     urls = _prepare(settings)
@@ -835,8 +835,8 @@ def cmd_model_switch(args) -> int:
 
 
 def cmd_model_drop(args) -> int:
-    from .core.model_change import ModelChangeError, drop_model
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
+    from .core.search.model_change import ModelChangeError, drop_model
 
     settings = _settings(args)
     urls = _prepare(settings)
@@ -1335,7 +1335,7 @@ def _kept_after_interrupt(command: str) -> str:
     url = os.environ.get("DATABASE_URL")
     if command not in ("ingest", "refine") or not url:
         return "everything already stored is kept"
-    from .core.store import VectorStore
+    from .core.db.store import VectorStore
 
     try:
         store = VectorStore(url)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.store import VectorStore
+from dagster_project.core.db.store import VectorStore
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection
 from tests.conftest import SAMPLE_MANIFEST, new_database, write_manifest
 
 MAX_FILE_BYTES = 5000
@@ -284,11 +284,11 @@ ONE_LINE_BYTES = 3_000_000
 MAX_RSS_MB = 400  # measured: 132 MB with the bounds, 755 MB without (the tokenizer counting the line whole)
 INGEST_AND_MEASURE = """
 import json, resource, sys
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.store import VectorStore
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.pipeline import ingest_collection
+from dagster_project.core.db.store import VectorStore
 
 store = VectorStore(sys.argv[1])
 reports = ingest_collection(store, load_manifest(sys.argv[2]).collection("kb"), embedder=HashEmbedder(),

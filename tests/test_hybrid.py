@@ -9,13 +9,15 @@ import sys
 import numpy as np
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings, embed_text
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import EmbeddingModel, HashEmbedder, normalize
-from dagster_project.core.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
-from dagster_project.core.hashing import content_hash, stable_id
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.store import ChunkRow, DocumentRow, DocumentToChunk
+from dagster_project.core.db.chunks import ChunkRow, DocumentToChunk
+from dagster_project.core.db.documents import DocumentRow
+from dagster_project.core.embed.base import EmbeddingModel, normalize
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings, embed_text
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.hashing import content_hash, stable_id
+from dagster_project.core.ingest.pipeline import ingest_collection
+from dagster_project.core.search.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
 
 GOLDEN = PROJECT_ROOT / "examples" / "golden_questions.yaml"
