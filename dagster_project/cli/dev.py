@@ -4,14 +4,16 @@ together."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ..core.settings import PROJECT_ROOT
-from .common import load_settings, prepare_databases
+from .common import CliError, load_settings, prepare_databases
 
-# Seconds the processes of `dagster dev` get to stop after it exits, then after SIGTERM, before
+# Seconds the processes of `dg dev` get to stop after it exits, then after SIGTERM, before
 # what is left is killed.
 DEV_STOP_GRACE = (60.0, 15.0)
 
@@ -25,15 +27,25 @@ def cmd_dev(args) -> int:
     prepare_databases(settings)
     with dg.DagsterInstance.get() as instance:
         apply_pool_limits(instance, settings)
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+    # `dg dev` (Dagster's current tooling; `dagster dev` is superseded) on the same workspace.
+    command = [_dg_executable(), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                "-h", args.host, "-p", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)", flush=True)
     return _run_until_stopped(command, cwd=os.environ["DAGSTER_HOME"])
 
 
+def _dg_executable() -> str:
+    """The `dg` of this interpreter's environment (dagster-dg-cli), else the one on PATH."""
+    beside = Path(sys.executable).with_name("dg")
+    found = str(beside) if beside.exists() else shutil.which("dg")
+    if found is None:
+        raise CliError("`dg` (the dagster-dg-cli package) is not installed: pip install -e .")
+    return found
+
+
 def _run_until_stopped(command: list[str], cwd: str) -> int:
     """Run `command` in its own process group and stop it on Ctrl-C or SIGTERM: SIGINT goes to
-    the whole group (dagster dev, its webserver, daemon and code server), a further signal or the
+    the whole group (dg dev, its webserver, daemon and code server), a further signal or the
     grace period escalates, and this returns only once every process of the group is gone.
     This process keeps the embedded PostgreSQL alive, so it stops last, never under Dagster."""
     import signal
@@ -47,7 +59,7 @@ def _run_until_stopped(command: list[str], cwd: str) -> int:
             _signal_group(proc.pid, (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[min(len(stopping), 3) - 1])
 
     # Handlers before the child starts: a handled signal is reset to its default in the child,
-    # so `dagster dev` takes Ctrl-C even where this process was started with SIGINT ignored.
+    # so `dg dev` takes Ctrl-C even where this process was started with SIGINT ignored.
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         # Run from DAGSTER_HOME: a dagster.yaml in the working directory makes Dagster warn that
