@@ -26,7 +26,9 @@ RRF_SAME_DOCUMENT_DECAY = 0.5
 BM25_POSTINGS_PER_TERM = 3000
 FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
 
-
+# BM25 (sql/0006_bm25.sql): idf from the per-collection document frequencies (N from the
+# planner's row count, exact for small tables), then the sum of idf * weight over the query's
+# terms (in search_sql), in single precision (a tenth faster over ten thousand postings).
 BM25_STATS = (
     "WITH terms AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s))) AS term),"
     " n AS (SELECT CASE WHEN reltuples > 0 THEN reltuples ELSE (SELECT count(*) FROM chunks) END AS n"
@@ -119,11 +121,6 @@ class SearchQueries:
             "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
             "   JOIN documents d ON d.id = c.document_id"
             f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v")
-        # BM25 (sql/0006_bm25.sql): idf from the per-collection document frequencies (N from the
-        # planner's row count, exact for small tables), then the sum of idf * weight over the
-        # query's terms, in single precision (a tenth faster over ten thousand postings).
-        stats = (
-            BM25_STATS)
         if where:
             postings = ("stats s JOIN chunk_terms p ON p.term = s.term JOIN chunks c ON c.id = p.chunk_id"
                         f" JOIN documents d ON d.id = c.document_id WHERE {' AND '.join(where)}")
@@ -132,7 +129,7 @@ class SearchQueries:
                         f" WHERE p.term = s.term ORDER BY p.weight DESC LIMIT {BM25_POSTINGS_PER_TERM}) p")
         text_leg = (
             "SELECT t.id, row_number() OVER (ORDER BY t.score DESC, t.id) AS rank, t.score FROM ("
-            f"  {stats} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
+            f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
             f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {depth}"
             ") t")
         if mode == "vector":
