@@ -14,8 +14,8 @@ import psycopg
 
 warnings.filterwarnings("ignore")
 
-from dagster_project.core.migrations import migrate  # noqa: E402
-from dagster_project.core.pg import _with_database, start_embedded  # noqa: E402
+from dagster_project.core.db.migrations import migrate  # noqa: E402
+from dagster_project.core.db.pg import _with_database, start_embedded  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PEPS = PROJECT_ROOT.parent / "shared" / "corpora" / "peps"

@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pgvector.psycopg import register_vector  # noqa: E402
 
 from bench.common import PEPS, PROJECT_ROOT, Timer, embedded_server, fresh_database, print_table  # noqa: E402
-from dagster_project.core.chunking import ChunkSettings  # noqa: E402
-from dagster_project.core.corpus import load_manifest, scan_collection  # noqa: E402
-from dagster_project.core.embedders import HashEmbedder  # noqa: E402
-from dagster_project.core.ingest import build_chunks, build_document_row, ingest_collection, parse_files  # noqa: E402
-from dagster_project.core.store import DocumentToChunk, VectorStore  # noqa: E402
+from dagster_project.core.db.chunks import DocumentToChunk  # noqa: E402
+from dagster_project.core.db.store import VectorStore  # noqa: E402
+from dagster_project.core.embed.local import HashEmbedder  # noqa: E402
+from dagster_project.core.ingest.chunking import ChunkSettings  # noqa: E402
+from dagster_project.core.ingest.corpus import load_manifest, scan_collection  # noqa: E402
+from dagster_project.core.ingest.pipeline import build_chunks, build_document_row, ingest_collection, parse_files  # noqa: E402
 
 MAX_BYTES = 20_000_000
 
@@ -226,7 +227,7 @@ def store_url(store: VectorStore) -> str:
 
 
 def local_comparison(server: str, files: list[Path], settings: ChunkSettings) -> None:
-    from dagster_project.core.embedders import LocalEmbedder
+    from dagster_project.core.embed.local import LocalEmbedder
 
     root, manifest_path = make_corpus(files)
     collection = load_manifest(manifest_path).collection("peps")

@@ -11,20 +11,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PEPS, Timer, embedded_server, fresh_database, print_table  # noqa: E402
-from bench.ingest_bench import MAX_BYTES, make_corpus  # noqa: E402
-from dagster_project.core.chunking import ChunkSettings  # noqa: E402
-from dagster_project.core.corpus import load_manifest  # noqa: E402
-from dagster_project.core.embedders import HashEmbedder  # noqa: E402
-from dagster_project.core.ingest import ingest_collection  # noqa: E402
-from dagster_project.core.llm import LLMChain, Price  # noqa: E402
-from dagster_project.core.quality import RoutingThresholds  # noqa: E402
-from dagster_project.core.refine import refine_collection  # noqa: E402
-from dagster_project.core.store import VectorStore  # noqa: E402
-from dagster_project.core.settings import Settings  # noqa: E402
-from dagster_project.resources.llm import prompt_token_counter  # noqa: E402
 import subprocess  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
+
+from bench.common import PEPS, Timer, embedded_server, fresh_database, print_table  # noqa: E402
+from bench.ingest_bench import MAX_BYTES, make_corpus  # noqa: E402
+from dagster_project.core.db.store import VectorStore  # noqa: E402
+from dagster_project.core.embed.local import HashEmbedder  # noqa: E402
+from dagster_project.core.ingest.chunking import ChunkSettings  # noqa: E402
+from dagster_project.core.ingest.corpus import load_manifest  # noqa: E402
+from dagster_project.core.ingest.pipeline import ingest_collection  # noqa: E402
+from dagster_project.core.refine.llm import LLMChain, Price  # noqa: E402
+from dagster_project.core.refine.pipeline import refine_collection  # noqa: E402
+from dagster_project.core.refine.quality import RoutingThresholds  # noqa: E402
+from dagster_project.core.settings import Settings  # noqa: E402
+from dagster_project.resources.llm import prompt_token_counter  # noqa: E402
 
 
 @contextmanager

@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import PEPS, PROJECT_ROOT, Timer, print_table  # noqa: E402
 from bench.ingest_bench import MAX_BYTES, make_corpus  # noqa: E402
-from dagster_project.core.chunking import ChunkSettings  # noqa: E402
-from dagster_project.core.corpus import load_manifest  # noqa: E402
-from dagster_project.core.embedders import LocalEmbedder  # noqa: E402
-from dagster_project.core.evaluation import distinct_documents, evaluate, load_questions  # noqa: E402
-from dagster_project.core.ingest import ingest_collection  # noqa: E402
-from dagster_project.core.pg import _with_database, ensure_database, start_embedded  # noqa: E402
-from dagster_project.core.store import VectorStore  # noqa: E402
+from dagster_project.core.db.pg import _with_database, ensure_database, start_embedded  # noqa: E402
+from dagster_project.core.db.store import VectorStore  # noqa: E402
+from dagster_project.core.embed.local import LocalEmbedder  # noqa: E402
+from dagster_project.core.ingest.chunking import ChunkSettings  # noqa: E402
+from dagster_project.core.ingest.corpus import load_manifest  # noqa: E402
+from dagster_project.core.ingest.pipeline import ingest_collection  # noqa: E402
+from dagster_project.core.search.evaluation import distinct_documents, evaluate, load_questions  # noqa: E402
 
 QUESTIONS = PROJECT_ROOT / "bench" / "peps_questions.yaml"
 LATENCY_PASSES = 3  # latency percentiles over every question asked this many times

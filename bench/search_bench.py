@@ -16,9 +16,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Timer, embedded_server, fresh_database, print_table  # noqa: E402
-from dagster_project.core.embedders import EmbeddingModel, normalize  # noqa: E402
-from dagster_project.core.hashing import content_hash, stable_id  # noqa: E402
-from dagster_project.core.store import ChunkRow, DocumentRow, VectorStore  # noqa: E402
+from dagster_project.core.db.chunks import ChunkRow  # noqa: E402
+from dagster_project.core.db.documents import DocumentRow  # noqa: E402
+from dagster_project.core.db.store import VectorStore  # noqa: E402
+from dagster_project.core.embed.base import EmbeddingModel, normalize  # noqa: E402
+from dagster_project.core.ingest.hashing import content_hash, stable_id  # noqa: E402
 
 DIMS = 384
 CHUNKS_PER_DOC = 100

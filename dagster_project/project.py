@@ -9,14 +9,14 @@ from functools import cached_property
 
 import dagster as dg
 
-from .core.chunking import ChunkSettings
-from .core.corpus import Manifest, load_manifest
-from .core.embedders import configured_model_key, embedding_token_counter
-from .core.feedback import FeedbackPolicy
-from .core.monitoring import Threshold, load_thresholds
-from .core.quality import RoutingThresholds
+from .core.embed.factory import configured_model_key, embedding_token_counter
+from .core.feedback.events import FeedbackPolicy
+from .core.ingest.chunking import ChunkSettings
+from .core.ingest.corpus import Manifest, load_manifest
+from .core.ingest.tokens import TokenCounter
+from .core.metrics.monitoring import Threshold, load_thresholds
+from .core.refine.quality import RoutingThresholds
 from .core.settings import Settings
-from .core.tokens import TokenCounter
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Project:
     @cached_property
     def metrics_start_date(self) -> date:
         """METRICS_START_DATE, else the day this REFINERY_HOME was first used."""
-        from .core.metrics import first_day
+        from .core.metrics.snapshots import first_day
 
         return self.settings.metrics_start_date or first_day(self.settings.refinery_home)
 
@@ -80,9 +80,9 @@ class Project:
     def refinement_version(self) -> str:
         """primary model (or extractive)+prompt version+schema version as configured: the refined
         asset's code version, so a model, prompt or schema change shows it unsynced."""
-        from .core.llm import EXTRACTIVE
-        from .core.prompts import PROMPT_VERSION
-        from .core.refined_schema import SCHEMA_VERSION
+        from .core.refine.llm import EXTRACTIVE
+        from .core.refine.prompts import PROMPT_VERSION
+        from .core.refine.schema import SCHEMA_VERSION
 
         models = self.settings.llm_models
         return "+".join((models[0] if models else EXTRACTIVE, PROMPT_VERSION, SCHEMA_VERSION))
@@ -90,8 +90,8 @@ class Project:
     @staticmethod
     def refinement_key(chain) -> tuple[str, str, str]:
         """(chain, prompt version, schema version): with the input hash, a row's refinement key."""
-        from .core.prompts import PROMPT_VERSION
-        from .core.refine import chain_key
-        from .core.refined_schema import SCHEMA_VERSION
+        from .core.refine.pipeline import chain_key
+        from .core.refine.prompts import PROMPT_VERSION
+        from .core.refine.schema import SCHEMA_VERSION
 
         return chain_key(chain), PROMPT_VERSION, SCHEMA_VERSION

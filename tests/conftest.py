@@ -15,9 +15,9 @@ import pytest
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
-from dagster_project.core.migrations import migrate  # noqa: E402
-from dagster_project.core.pg import start_embedded, _with_database  # noqa: E402
-from dagster_project.core.store import VectorStore  # noqa: E402
+from dagster_project.core.db.migrations import migrate  # noqa: E402
+from dagster_project.core.db.pg import _with_database, start_embedded  # noqa: E402
+from dagster_project.core.db.store import VectorStore  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,6 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.observe import observe
 
-
 AUTOMATED = ("documents", "chunks", "embeddings", "refined_documents")
 
 

@@ -11,8 +11,8 @@ import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
-from dagster_project.core import ingest
-from dagster_project.core.embedders import HashEmbedder
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest import pipeline as ingest
 
 COLLECTIONS = ("product", "sales", "support")
 INGESTION = ("documents", "chunks", "embeddings")
@@ -111,8 +111,8 @@ def test_chunker_change_is_unsynced_and_a_resumed_backfill_redoes_nothing_twice(
 
 
 def test_model_prompt_and_schema_make_the_refined_code_version(project_env):
-    from dagster_project.core.prompts import PROMPT_VERSION
-    from dagster_project.core.refined_schema import SCHEMA_VERSION
+    from dagster_project.core.refine.prompts import PROMPT_VERSION
+    from dagster_project.core.refine.schema import SCHEMA_VERSION
 
     def version() -> str:
         return definitions().resolve_assets_def("refined_documents").code_versions_by_key[

@@ -19,11 +19,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import EmbeddingModel, HashEmbedder
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.store import VectorStore
+from dagster_project.core.db.store import VectorStore
+from dagster_project.core.embed.base import EmbeddingModel
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
 
 
@@ -69,7 +70,7 @@ def test_two_runs_on_one_collection_take_turns_and_leave_exact_state(db_url):
 
 
 def test_two_first_index_builds_at_once_both_succeed(db_url):
-    from dagster_project.core.hashing import content_hash
+    from dagster_project.core.ingest.hashing import content_hash
 
     store = VectorStore(db_url)
     try:
@@ -140,7 +141,7 @@ def finish(processes: list[subprocess.Popen]) -> list[dict]:
 def dagster_instance(env: dict):
     from unittest import mock
 
-    from dagster_project.core.pg import dagster_storage_url
+    from dagster_project.core.db.pg import dagster_storage_url
 
     with mock.patch.dict(os.environ, {"DAGSTER_PG_URL": dagster_storage_url(env["DAGSTER_PG_URL"])}), \
             dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:

@@ -11,7 +11,7 @@ import sys
 import dagster as dg
 import pytest
 
-from dagster_project.core.pg import dagster_storage_url
+from dagster_project.core.db.pg import dagster_storage_url
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
 
 

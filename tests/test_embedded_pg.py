@@ -11,9 +11,9 @@ from tests.conftest import PROJECT_ROOT
 
 START = (
     "import psycopg, sys\n"
-    "from dagster_project.core.pg import resolve_database_urls\n"
+    "from dagster_project.core.db.pg import resolve_database_urls\n"
     "from dagster_project.core.settings import Settings\n"
-    "from dagster_project.core.store import VectorStore\n"
+    "from dagster_project.core.db.store import VectorStore\n"
     "urls = resolve_database_urls(Settings(refinery_home=sys.argv[1]))\n"
     "VectorStore(urls.vector_store).close()  # migrates, as every entry point does\n"
     "with psycopg.connect(urls.vector_store) as c:\n"

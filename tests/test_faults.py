@@ -19,7 +19,7 @@ import psutil
 import psycopg
 import pytest
 
-from dagster_project.core.evaluation import QuestionsError, load_questions
+from dagster_project.core.search.evaluation import QuestionsError, load_questions
 from tests.conftest import PEPS, PROJECT_ROOT, write_manifest
 
 PEP_FILES = 30  # seconds of parsing and chunking; a few thousand texts to embed
@@ -110,7 +110,7 @@ def _fingerprint(url: str) -> dict:
 def _with_server(home: Path, func):
     """Run func(url) against a home's embedded server, started (or joined) by a helper process."""
     helper = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
-                               "from dagster_project.core.pg import start_embedded\n"
+                               "from dagster_project.core.db.pg import start_embedded\n"
                                "start_embedded(sys.argv[1]); print('up', flush=True); sys.stdin.read()", str(home)],
                               cwd=PROJECT_ROOT, env=_env(home), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)

@@ -13,10 +13,8 @@ import sys
 import psycopg
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.feedback import (
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.feedback.events import (
     Feedback,
     FeedbackError,
     feedback_summary,
@@ -24,11 +22,13 @@ from dagster_project.core.feedback import (
     record_feedback,
     refiner_stats,
 )
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.llm import LLMChain, Price
-from dagster_project.core.quality import RoutingThresholds
-from dagster_project.core.refine import refine_collection
-from dagster_project.core.tokens import wordpiece_counter
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection
+from dagster_project.core.ingest.tokens import wordpiece_counter
+from dagster_project.core.refine.llm import LLMChain, Price
+from dagster_project.core.refine.pipeline import refine_collection
+from dagster_project.core.refine.quality import RoutingThresholds
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
 from tests.fakes.openai_server import refinement_answer
 
@@ -217,9 +217,7 @@ def test_feedback_views_asset_reports_the_summary(indexed, db_url, monkeypatch):
 
     monkeypatch.setenv("DATABASE_URL", db_url)
     # The observable source, observed the way the UI does: one data version per collection.
-    from dagster._core.definitions.observe import (
-        observe,  # the in-process observation helper
-    )
+    from dagster._core.definitions.observe import observe
 
     from dagster_project.assets.feedback import build_feedback_events
 
@@ -373,7 +371,7 @@ def cli_env(pg_server, tmp_path, fake_openai):
                EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(SAMPLE_MANIFEST), LLM_MODEL="gpt-4o-mini",
                OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-test-feedback-cli", USER="tester",
                LOGNAME="tester")
-    from dagster_project.core.store import VectorStore
+    from dagster_project.core.db.store import VectorStore
 
     store = VectorStore(env["DATABASE_URL"])
     try:

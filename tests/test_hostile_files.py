@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.store import VectorStore
+from dagster_project.core.db.store import VectorStore
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection
 from tests.conftest import SAMPLE_MANIFEST, new_database, write_manifest
 
 MAX_FILE_BYTES = 5000
@@ -282,23 +282,28 @@ def test_cli_refuses_a_broken_manifest_before_writing_anything(tmp_path, manifes
 
 ONE_LINE_BYTES = 3_000_000
 MAX_RSS_MB = 400  # measured: 132 MB with the bounds, 755 MB without (the tokenizer counting the line whole)
+# The peak RSS of this process image (VmHWM): getrusage's ru_maxrss keeps, across exec, the
+# peak of the pytest process that spawned it, so a large test process made this test fail.
 INGEST_AND_MEASURE = """
-import json, re, sys
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.store import VectorStore
+import json, sys
+
+def max_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.pipeline import ingest_collection
+from dagster_project.core.db.store import VectorStore
 
 store = VectorStore(sys.argv[1])
 reports = ingest_collection(store, load_manifest(sys.argv[2]).collection("kb"), embedder=HashEmbedder(),
                             chunk_settings=ChunkSettings(), max_file_bytes=20_000_000)
 store.close()
-# VmHWM, not getrusage's ru_maxrss: that survives exec, so it would report the test process's own
-# peak (hundreds of MB once the suite has loaded the local model) instead of this one's.
-peak_kb = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
 print(json.dumps({"chunks": reports["chunks"].counts["chunks"], "errors": len(reports["documents"].errors),
-                  "max_rss_mb": peak_kb // 1024}))
+                  "max_rss_mb": max_rss_mb()}))
 """
 
 

@@ -9,13 +9,15 @@ import sys
 import numpy as np
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings, embed_text
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import EmbeddingModel, HashEmbedder, normalize
-from dagster_project.core.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
-from dagster_project.core.hashing import content_hash, stable_id
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.store import ChunkRow, DocumentRow, DocumentToChunk
+from dagster_project.core.db.chunks import ChunkRow, DocumentToChunk
+from dagster_project.core.db.documents import DocumentRow
+from dagster_project.core.embed.base import EmbeddingModel, normalize
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings, embed_text
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.hashing import content_hash, stable_id
+from dagster_project.core.ingest.pipeline import ingest_collection
+from dagster_project.core.search.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
 
 GOLDEN = PROJECT_ROOT / "examples" / "golden_questions.yaml"
@@ -140,8 +142,8 @@ def test_a_load_that_died_with_postings_owed_is_finished_by_the_next_run(store):
     """Deferred batches committed, then the writer died before building the postings: the mark
     stays, the next chunks step (with nothing to re-chunk) builds them. Meanwhile another
     collection's writes keep their own postings: the deferral is per transaction."""
-    from dagster_project.core.ingest import sync_chunks
-    from dagster_project.core.tokens import wordpiece_counter
+    from dagster_project.core.ingest.pipeline import sync_chunks
+    from dagster_project.core.ingest.tokens import wordpiece_counter
 
     settings, counter = ChunkSettings(), wordpiece_counter()
     model_id = store.ensure_model(EmbeddingModel("test", "deferred", 16))

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.hashing import content_hash
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.openai_embedder import OpenAIEmbedder
+from dagster_project.core.embed.openai_embedder import OpenAIEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.hashing import content_hash
+from dagster_project.core.ingest.pipeline import ingest_collection
 from tests.conftest import SAMPLE_MANIFEST, write_manifest
 
 SETTINGS = ChunkSettings(max_tokens=128, overlap_tokens=16)
@@ -140,8 +140,8 @@ def test_model_change_embeds_everything_again_beside_the_old_vectors(store, corp
 
 
 def test_failed_embedding_call_keeps_stored_rows_and_rerun_finishes(store, corpus, embedder, fake_openai, monkeypatch):
-    from dagster_project.core import ingest as ingest_module
-    from dagster_project.core.embedders import EmbeddingError
+    from dagster_project.core.embed.base import EmbeddingError
+    from dagster_project.core.ingest import pipeline as ingest_module
 
     root, manifest = corpus
     monkeypatch.setattr(ingest_module, "EMBED_TX_TEXTS", 10)  # several transactions

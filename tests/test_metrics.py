@@ -15,14 +15,13 @@ import dagster as dg
 import psycopg
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.feedback import Feedback, record_feedback
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.llm import LLMChain, Price
-from dagster_project.core.metrics import read_snapshot, take_snapshot
-from dagster_project.core.monitoring import (
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.feedback.events import Feedback, record_feedback
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection
+from dagster_project.core.ingest.tokens import wordpiece_counter
+from dagster_project.core.metrics.monitoring import (
     CRITICAL,
     NO_DATA,
     OK,
@@ -30,9 +29,10 @@ from dagster_project.core.monitoring import (
     MonitoringError,
     load_thresholds,
 )
-from dagster_project.core.quality import RoutingThresholds
-from dagster_project.core.refine import refine_collection
-from dagster_project.core.tokens import wordpiece_counter
+from dagster_project.core.metrics.snapshots import read_snapshot, take_snapshot
+from dagster_project.core.refine.llm import LLMChain, Price
+from dagster_project.core.refine.pipeline import refine_collection
+from dagster_project.core.refine.quality import RoutingThresholds
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
 from tests.fakes.openai_server import refinement_answer
 
@@ -68,7 +68,7 @@ def write_monitoring(directory, metrics: dict):
 
 class Pipeline:
     def __init__(self, db_url: str) -> None:
-        from dagster_project.core.store import VectorStore
+        from dagster_project.core.db.store import VectorStore
 
         self.db_url = db_url
         self.store = VectorStore(db_url)

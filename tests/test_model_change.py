@@ -9,11 +9,12 @@ import json
 
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder, build_embedder
-from dagster_project.core.ingest import ingest_collection, sync_chunks, sync_documents, sync_embeddings
-from dagster_project.core.model_change import (
+from dagster_project.core.embed.factory import build_embedder
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection, sync_chunks, sync_documents, sync_embeddings
+from dagster_project.core.search.model_change import (
     ModelChangeError,
     drop_model,
     evaluate_gates,

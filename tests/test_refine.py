@@ -8,16 +8,16 @@ import time
 
 import pytest
 
-from dagster_project.core import refine as refine_module
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.llm import LLMChain, Price
-from dagster_project.core.quality import RoutingThresholds
-from dagster_project.core.refine import refine_collection
-from dagster_project.core.refined_schema import RefinedDocument
-from dagster_project.core.tokens import wordpiece_counter
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection
+from dagster_project.core.ingest.tokens import wordpiece_counter
+from dagster_project.core.refine import pipeline as refine_module
+from dagster_project.core.refine.llm import LLMChain, Price
+from dagster_project.core.refine.pipeline import refine_collection
+from dagster_project.core.refine.quality import RoutingThresholds
+from dagster_project.core.refine.schema import RefinedDocument
 from tests.conftest import SAMPLE_MANIFEST
 from tests.fakes.openai_server import refinement_answer
 

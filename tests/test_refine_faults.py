@@ -8,14 +8,14 @@ import threading
 import psycopg
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.llm import LLMChain
-from dagster_project.core.quality import RoutingThresholds
-from dagster_project.core.refine import RefineInterrupted, refine_collection
-from dagster_project.core.tokens import wordpiece_counter
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection
+from dagster_project.core.ingest.tokens import wordpiece_counter
+from dagster_project.core.refine.llm import LLMChain
+from dagster_project.core.refine.pipeline import RefineInterrupted, refine_collection
+from dagster_project.core.refine.quality import RoutingThresholds
 from tests.conftest import write_manifest
 from tests.fakes.openai_server import refinement_answer
 

@@ -15,18 +15,18 @@ import dagster as dg
 import psycopg
 import pytest
 
-from dagster_project.core.llm import LLMChain
-from dagster_project.core.pg import (
+from dagster_project.core.db.pg import (
     DatabaseSetupError,
     check_url,
     dagster_storage_url,
     mask_url,
 )
-from dagster_project.core.quality import RoutingThresholds
-from dagster_project.core.refine import refine_collection
+from dagster_project.core.db.store import VectorStore
+from dagster_project.core.ingest.tokens import wordpiece_counter
+from dagster_project.core.refine.llm import LLMChain
+from dagster_project.core.refine.pipeline import refine_collection
+from dagster_project.core.refine.quality import RoutingThresholds
 from dagster_project.core.secrets import ECHO_MIN, scrub
-from dagster_project.core.store import VectorStore
-from dagster_project.core.tokens import wordpiece_counter
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
 from tests.fakes.openai_server import refinement_answer
 from tests.test_feedback import ingest

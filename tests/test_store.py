@@ -8,14 +8,13 @@ import numpy as np
 import psycopg
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings
-from dagster_project.core.corpus import load_manifest
-from dagster_project.core.embedders import HashEmbedder
-from dagster_project.core.ingest import ingest_collection
-from dagster_project.core.migrations import MigrationError, migrate
-from dagster_project.core.store import VectorStore
+from dagster_project.core.db.migrations import MigrationError, migrate
+from dagster_project.core.db.store import VectorStore
+from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest.chunking import ChunkSettings
+from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection
 from tests.conftest import SAMPLE_MANIFEST, new_database
-
 
 # ------------------------------------------------------------------ migrations
 
@@ -147,7 +146,7 @@ def test_selective_filters_still_return_k_hits(sample_index, filters):
 def test_filtered_search_through_the_hnsw_index_with_iterative_scan(sample_index, db_url, monkeypatch):
     """As on a big corpus, where the planner picks the index: the filter is applied while the
     index is scanned, and the scan goes on until k rows pass."""
-    from dagster_project.core import store as store_module
+    from dagster_project.core.search import hybrid as search_module
 
     store, embedder = sample_index
     from urllib.parse import urlsplit
@@ -156,7 +155,7 @@ def test_filtered_search_through_the_hnsw_index_with_iterative_scan(sample_index
     with psycopg.connect(db_url, autocommit=True) as conn:  # what a large table makes the planner do
         for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
             conn.execute(f'ALTER DATABASE "{dbname}" SET {setting} = off')
-    monkeypatch.setattr(store_module, "EXACT_SEARCH_MAX_ROWS", 0)
+    monkeypatch.setattr(search_module, "EXACT_SEARCH_MAX_ROWS", 0)
     forced = VectorStore(db_url)
     try:
         model_id = forced.model_id(embedder.model)

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ..core.ingest import sync_chunks
+from ..core.ingest.pipeline import sync_chunks
 from ..core.progress import Progress
 from ..project import Project
 from ..resources.vector_store import PgVectorStore

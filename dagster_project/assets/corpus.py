@@ -4,7 +4,7 @@ exactly when the manifest entry or any selected file's path or bytes change."""
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG  # what observe() writes; no public name
 
-from ..core.corpus import collection_version, scan_collection
+from ..core.ingest.corpus import collection_version, scan_collection
 from ..project import Project
 from .tables import kind_tags
 

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from ..core.ingest import sync_documents
-from ..core.parsing import PARSER_VERSION
+from ..core.ingest.parsing import PARSER_VERSION
+from ..core.ingest.pipeline import sync_documents
 from ..core.progress import Progress
 from ..project import Project
 from ..resources.vector_store import PgVectorStore

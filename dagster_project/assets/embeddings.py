@@ -4,9 +4,9 @@ corpus. `active_embedding_model`: the model search serves, switched only through
 
 import dagster as dg
 
-from ..core.ingest import sync_embeddings
-from ..core.model_change import ModelChangeError, evaluate_gates, models_to_build, switch_to_candidate
+from ..core.ingest.pipeline import sync_embeddings
 from ..core.progress import Progress
+from ..core.search.model_change import ModelChangeError, evaluate_gates, models_to_build, switch_to_candidate
 from ..pools import EMBEDDING_POOL
 from ..project import Project
 from ..resources.embedder import EmbedderResource

@@ -3,7 +3,7 @@ the pipeline write to it), and `feedback_views`, the views and functions over it
 
 import dagster as dg
 
-from ..core.feedback import (
+from ..core.feedback.events import (
     example_counts,
     feedback_summary,
     feedback_versions,

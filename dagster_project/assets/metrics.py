@@ -6,16 +6,16 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from ..core.charts import trend_bars
-from ..core.metrics import (
+from ..core.db.store import VectorStore
+from ..core.metrics.charts import trend_bars
+from ..core.metrics.monitoring import CRITICAL, NO_DATA, OK, Threshold
+from ..core.metrics.snapshots import (
     METRICS,
     Snapshot,
     measure_retrieval,
     metric_series,
     take_snapshot,
 )
-from ..core.monitoring import CRITICAL, NO_DATA, OK, Threshold
-from ..core.store import VectorStore
 from ..project import Project
 from ..resources.embedder import EmbedderResource
 from ..resources.vector_store import PgVectorStore

@@ -4,9 +4,9 @@ refinement a person rejected since, are sent."""
 
 import dagster as dg
 
-from ..core.feedback import feedback_versions
+from ..core.feedback.events import feedback_versions
 from ..core.progress import Progress
-from ..core.refine import refine_collection
+from ..core.refine.pipeline import refine_collection
 from ..pools import LLM_POOL
 from ..project import Project
 from ..resources.llm import LLMResource, prompt_token_counter

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ..core.ingest import StepReport
-from ..core.store import VectorStore
+from ..core.db.store import VectorStore
+from ..core.ingest.pipeline import StepReport
 
 MAX_LISTED_ISSUES = 50
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..core.embedders import Embedder, build_embedder, configured_model_key
+from ..core.embed.base import Embedder
+from ..core.embed.factory import build_embedder, configured_model_key
 from ..core.settings import Settings
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..core.llm import LLMChain, load_prices
+from ..core.ingest.tokens import TokenCounter, tiktoken_counter, wordpiece_counter
+from ..core.refine.llm import LLMChain, load_prices
 from ..core.settings import Settings
-from ..core.tokens import TokenCounter, tiktoken_counter, wordpiece_counter
 
 
 def build_chain(settings: Settings) -> LLMChain:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..core.pg import resolve_database_urls
+from ..core.db.pg import resolve_database_urls
+from ..core.db.store import VectorStore
 from ..core.settings import Settings
-from ..core.store import VectorStore
 
 
 class PgVectorStore(dg.ConfigurableResource):

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from dagster_project.core.chunking import ChunkSettings, chunk_blocks
-from dagster_project.core.parsing import Block, parse_document
-from dagster_project.core.tokens import wordpiece_counter
+from dagster_project.core.ingest.chunking import ChunkSettings, chunk_blocks
+from dagster_project.core.ingest.parsing import Block, parse_document
+from dagster_project.core.ingest.tokens import wordpiece_counter
 from tests.conftest import SAMPLE_MANIFEST
 
 KB = SAMPLE_MANIFEST.parent / "knowledge_base"
@@ -207,7 +207,7 @@ def test_long_text_without_spaces_is_cut_into_pieces_that_fit():
 
 def test_texts_longer_than_a_counting_batch_count_as_if_encoded_whole(counter):
     """Long texts are encoded in slices (memory): cut before whitespace, their counts add up exactly."""
-    from dagster_project.core.tokens import COUNT_BATCH_CHARS
+    from dagster_project.core.ingest.tokens import COUNT_BATCH_CHARS
 
     rng = random.Random(7)
     words = ["glacier", "naïve", "don't", "x", "co-operate", "3.14", "e-mail", "\n\n", "\t"]
@@ -222,8 +222,8 @@ def test_parallel_chunking_gives_the_same_chunks_in_order(counter):
     (ids, texts, counts, hashes) the chunker makes in this process, in order."""
     import uuid
 
-    from dagster_project.core.ingest import PARALLEL_PARSE_MIN_FILES, chunk_batches
-    from dagster_project.core.store import DocumentToChunk
+    from dagster_project.core.ingest.pipeline import PARALLEL_PARSE_MIN_FILES, chunk_batches
+    from dagster_project.core.db.chunks import DocumentToChunk
 
     rng = random.Random(11)
     documents = [DocumentToChunk(uuid.UUID(int=i), f"doc{i}.md", bytes(32), f"Doc {i}", "full", {},

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dagster_project.core.embedders import HashEmbedder, configured_model_key
+from dagster_project.core.embed.factory import configured_model_key
+from dagster_project.core.embed.local import HashEmbedder
 from dagster_project.core.settings import Settings
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.core.corpus import ManifestError, load_manifest, scan_collection
+from dagster_project.core.ingest.corpus import ManifestError, load_manifest, scan_collection
 from tests.conftest import SAMPLE_MANIFEST, write_manifest
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import openai
 import pytest
 
-from dagster_project.core.embedders import EmbeddingError, normalize
-from dagster_project.core.openai_embedder import OpenAIEmbedder
-from dagster_project.core.tokens import EstimateCounter
+from dagster_project.core.embed.base import EmbeddingError, normalize
+from dagster_project.core.embed.openai_embedder import OpenAIEmbedder
+from dagster_project.core.ingest.tokens import EstimateCounter
 from tests.fakes.openai_server import FakeOpenAI
 
 KEY = "sk-test-SECRET123"

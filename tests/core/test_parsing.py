@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dagster_project.core.parsing import ParseError, parse_document
+from dagster_project.core.ingest.parsing import ParseError, parse_document
 from tests.conftest import SAMPLE_MANIFEST
 
 SUPPORT = SAMPLE_MANIFEST.parent / "knowledge_base" / "support"
@@ -346,7 +346,7 @@ def test_front_matter_values_are_made_json_safe_with_a_warning_for_what_changed(
 
 
 def test_oversized_front_matter_or_metadata_is_an_error():
-    from dagster_project.core.parsing import MAX_FRONT_MATTER_BYTES, MAX_METADATA_BYTES
+    from dagster_project.core.ingest.parsing import MAX_FRONT_MATTER_BYTES, MAX_METADATA_BYTES
 
     big = "x" * MAX_FRONT_MATTER_BYTES
     with pytest.raises(ParseError, match="front matter is over"):
@@ -364,7 +364,7 @@ ALIAS_BOMB = (b"---\na: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\nb: &b [*a,*a,*
 PARSE_UNDER_1GB = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from dagster_project.core.parsing import ParseError, parse_document
+from dagster_project.core.ingest.parsing import ParseError, parse_document
 try:
     parse_document("bomb.md", sys.stdin.buffer.read())
 except ParseError as exc:
@@ -415,9 +415,9 @@ def test_every_pep_parses_with_title_status_and_no_docutils_noise(peps_dir):
 
 def test_parallel_parsing_gives_the_same_results_and_severities(tmp_path):
     """Enough files for the process pool: results, including warning-level errors, come back intact."""
-    from dagster_project.core.corpus import SourceFile
-    from dagster_project.core.ingest import PARALLEL_PARSE_MIN_FILES, parse_files
-    from dagster_project.core.parsing import ParseError
+    from dagster_project.core.ingest.corpus import SourceFile
+    from dagster_project.core.ingest.parsing import ParseError
+    from dagster_project.core.ingest.pipeline import PARALLEL_PARSE_MIN_FILES, parse_files
 
     files = [SourceFile(f"doc{i}.md", tmp_path / f"doc{i}.md", data=f"# Title {i}\n\nBody {i}.\n".encode())
              for i in range(PARALLEL_PARSE_MIN_FILES)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dagster_project.core.pg import DatabaseSetupError, check_reachable, dagster_storage_url, mask_url, with_sslmode
+from dagster_project.core.db.pg import DatabaseSetupError, check_reachable, dagster_storage_url, mask_url, with_sslmode
 
 
 @pytest.mark.parametrize("conninfo", [

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from dagster_project.core.tokens import WordPieceCounter, minilm_tokenizer_path
+from dagster_project.core.ingest.tokens import WordPieceCounter, minilm_tokenizer_path
 from tests.conftest import SAMPLE_MANIFEST
 
 PEPS = SAMPLE_MANIFEST.parents[2] / "shared" / "corpora" / "peps"

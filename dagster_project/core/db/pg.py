@@ -18,8 +18,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .secrets import scrub
-from .settings import Settings
+from ..secrets import scrub
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..db.chunks import ChunkRow, DocumentToChunk
+from ..db.documents import DocumentRow, FileIssue
+from ..db.store import VectorStore
+from ..embed.base import Embedder
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, SourceFile, collection_version, scan_collection
-from .embedders import Embedder
 from .hashing import content_hash, stable_id
-from .parsing import PARSER_VERSION, Block, ParseError, ParsedDocument, parse_document
-from .store import ChunkRow, DocumentRow, DocumentToChunk, FileIssue, VectorStore
+from .parsing import PARSER_VERSION, Block, ParsedDocument, ParseError, parse_document
 from .tokens import TokenCounter
 
 PARALLEL_PARSE_MIN_FILES = 24
@@ -62,7 +64,7 @@ def _process_pool(workers: int, initializer=None, initargs: tuple = ()) -> Proce
     # forkserver: safe to start from a threaded process (Dagster, psycopg pools). Workers fork
     # from a server that has already imported the parsers and the chunker, so each pool starts warm.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dagster_project.core.parsing", "dagster_project.core.chunking",
+    context.set_forkserver_preload(["dagster_project.core.ingest.parsing", "dagster_project.core.ingest.chunking",
                                     "docutils.parsers.rst", "markdown_it", "bs4", "tokenizers"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs)
 

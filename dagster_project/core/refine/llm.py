@@ -17,9 +17,9 @@ import openai
 import yaml
 from pydantic import ValidationError
 
-from .openai_errors import ErrorExplainer, server_place
+from ..openai_errors import ErrorExplainer, server_place
 from .prompts import Prompt
-from .refined_schema import RefinedDocument
+from .schema import RefinedDocument
 
 EXTRACTIVE = "extractive"
 _HINTS = {

@@ -9,9 +9,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from ..ingest.tokens import TokenCounter
 from .redaction import redact_pricing
-from .refined_schema import SCHEMA_VERSION, RefinedDocument
-from .tokens import TokenCounter
+from .schema import SCHEMA_VERSION, RefinedDocument
 
 PROMPT_VERSION = "prompt-v1"  # bump on any change to the text below: every document is refined again
 DEFAULT_BUDGET = 8000

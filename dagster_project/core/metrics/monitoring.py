@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .metrics import METRICS
+from .snapshots import METRICS
 
 OK, WARNING, CRITICAL, NO_DATA = "ok", "warning", "critical", "no data"
 

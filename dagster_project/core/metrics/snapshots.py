@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from .embedders import Embedder
-from .evaluation import QuestionsError, distinct_documents, evaluate, load_questions
-from .store import VectorStore
+from ..db.store import VectorStore
+from ..embed.base import Embedder
+from ..search.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
 
 FIRST_DAY_FILE = "first_day"  # under REFINERY_HOME: the UTC day the project was first loaded
 APPROVAL_WINDOW_DAYS = 7  # feedback approval: user judgements of the last seven days
@@ -192,7 +192,7 @@ def golden_set_retrieval(store: VectorStore, embedder: Embedder, questions: list
                          text_search_config: str = "english") -> tuple[dict, Callable[[str], list]]:
     """Recall and MRR of hybrid search with the embedder's model on the golden questions, and the
     search it ran (query vectors ready), for timing."""
-    from .ingest import adopt_stored_size
+    from ..ingest.pipeline import adopt_stored_size
 
     adopt_stored_size(store, embedder)
     model_id = store.model_id(embedder.model)
@@ -211,7 +211,7 @@ def measure_retrieval(store: VectorStore, embedder: Embedder, questions_path: Pa
     """Recall@5 and MRR@10 of hybrid search on the golden questions, then the latency of each
     question's search (query vector ready, caches warm from the first pass). Returns the values,
     or none and the reason they could not be measured. `embedder` is the active model's."""
-    from .ingest import adopt_stored_size
+    from ..ingest.pipeline import adopt_stored_size
 
     adopt_stored_size(store, embedder)
     if store.model_id(embedder.model) is None:

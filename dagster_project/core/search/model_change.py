@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .embedders import Embedder, EmbeddingError
+from ..db.store import VectorStore
+from ..embed.base import Embedder, EmbeddingError
+from ..ingest.pipeline import adopt_stored_size
 from .evaluation import QuestionsError, load_questions
-from .ingest import adopt_stored_size
-from .store import VectorStore
 
 GATED_METRICS = ("recall@5", "mrr@10")  # hybrid search on the golden set: the candidate's must be >= the active's
 
@@ -92,7 +92,7 @@ def evaluate_gates(store: VectorStore, configured: Embedder, build: Callable[[st
                    questions_path: Path, text_search_config: str = "english") -> SwitchGates:
     """Coverage of the candidate over every live chunk, and, once it is complete, hybrid-search
     recall@5 and MRR@10 of both models on the golden questions."""
-    from .metrics import golden_set_retrieval
+    from ..metrics.snapshots import golden_set_retrieval
 
     candidate = candidate_key(store, configured)
     gates = SwitchGates(store.active_model_key(), candidate)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import openai
 
-from .embedders import EmbeddingBatch, EmbeddingError, EmbeddingModel, normalize
-from .openai_errors import ErrorExplainer, server_place
-from .tokens import TokenCounter, tiktoken_counter
+from ..ingest.tokens import TokenCounter, tiktoken_counter
+from ..openai_errors import ErrorExplainer, server_place
+from .base import EmbeddingBatch, EmbeddingError, EmbeddingModel, normalize
 
 DEFAULT_MODEL = "text-embedding-3-small"
 KNOWN_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}

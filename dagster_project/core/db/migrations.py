@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from .settings import SQL_DIR
+from ..settings import SQL_DIR
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x5245_4649  # "REFI": one advisory lock for all migrators of a database

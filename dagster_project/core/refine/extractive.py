@@ -7,7 +7,7 @@ import re
 from collections import Counter
 
 from .quality import STOPWORDS, Analysis
-from .refined_schema import RefinedDocument
+from .schema import RefinedDocument
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)

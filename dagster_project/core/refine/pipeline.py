@@ -11,8 +11,9 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from .extractive import refine_extractively
-from .feedback import (
+from ..db.refinements import PipelineJudgement, RefineCandidate, RefinementRow
+from ..db.store import VectorStore
+from ..feedback.events import (
     NOTES_PER_DOCUMENT,
     ApprovedExample,
     FeedbackPolicy,
@@ -21,15 +22,15 @@ from .feedback import (
     pick_examples,
     review_notes,
 )
-from .hashing import content_hash
+from ..ingest.hashing import content_hash
+from ..ingest.tokens import TokenCounter
+from ..secrets import errors_scrubbed
+from .extractive import refine_extractively
 from .llm import EXTRACTIVE, ChainResult, ChainStopped, LLMChain
 from .prompts import PROMPT_VERSION, Prompt, PromptChunk, Review, build_prompt
 from .quality import RoutingThresholds, analyze, route, score_refinement
 from .redaction import looks_pricing_sensitive
-from .refined_schema import SCHEMA_VERSION
-from .secrets import errors_scrubbed
-from .store import PipelineJudgement, RefineCandidate, RefinementRow, VectorStore
-from .tokens import TokenCounter
+from .schema import SCHEMA_VERSION
 
 WRITE_EVERY = 20  # finished documents stored per transaction
 PREPARING_WORKERS = 4  # threads beyond LLM_CONCURRENCY that analyze and build prompts

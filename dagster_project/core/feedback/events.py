@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from .store import VectorStore
+from ..db.store import VectorStore
 
 # Mirrors feedback_tags_valid() in sql/0007_feedback.sql.
 TAG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,38}[a-z0-9])?$")

@@ -1,0 +1,133 @@
+"""The `chunks` table: each document's chunks, swapped whole per document in one transaction,
+with the text search configuration that indexes them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+
+@dataclass
+class ChunkRow:
+    id: uuid.UUID
+    document_id: uuid.UUID
+    collection: str
+    ordinal: int
+    heading_path: list[str]
+    text: str
+    token_count: int
+    content_hash: bytes  # of embed_text(context, text)
+    context: str = ""
+
+
+@dataclass
+class DocumentToChunk:
+    id: uuid.UUID
+    path: str
+    content_hash: bytes
+    title: str
+    embed_mode: str
+    metadata: dict
+    blocks: list
+
+
+CHANGED_DOCUMENTS = (
+    "SELECT id, path, content_hash, title, embed_mode, metadata, blocks FROM documents "
+    "WHERE collection = %s AND (chunked_hash IS DISTINCT FROM content_hash "
+    "OR chunker_version IS DISTINCT FROM %s) ORDER BY path"
+)
+
+
+_CHUNK_COLUMNS = ("id", "document_id", "collection", "ordinal", "heading_path", "text",
+                  "token_count", "content_hash", "context", "ts_config")
+
+
+# regconfig travels as its oid in binary COPY
+_CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea", "text", "oid")
+
+
+class ChunkTables:
+    """Reads and writes of chunks (a part of `VectorStore`)."""
+
+    def documents_to_chunk(self, collection: str, chunker_version: str) -> list[DocumentToChunk]:
+        with self.reading() as conn:
+            rows = conn.execute(
+                CHANGED_DOCUMENTS,
+                (collection, chunker_version)).fetchall()
+        return [DocumentToChunk(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def replace_chunks(self, collection: str, documents: Sequence[DocumentToChunk],
+                       chunks: Sequence[ChunkRow], chunker_version: str,
+                       text_search_config: str = "english", *, defer_terms: bool = False) -> dict[str, int]:
+        """Swap the chunks of `documents` for `chunks` in one transaction. With `defer_terms`
+        (after defer_text_index), their BM25 postings wait for build_text_index."""
+        with self.writing(collection) as conn:
+            if defer_terms:
+                conn.execute("SET LOCAL refinery.defer_terms = 'on'")
+            # New chunks may reuse vectors: the vector collector must not run meanwhile.
+            conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext('refinery:vectors'))")
+            ids = [d.id for d in documents]
+            old = [bytes(r[0]) for r in conn.execute(
+                "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (ids,))]
+            config = self._text_search_config_oid(conn, text_search_config)
+            with conn.cursor().copy(
+                f"COPY chunks ({', '.join(_CHUNK_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(_CHUNK_TYPES)
+                for c in chunks:
+                    copy.write_row((c.id, c.document_id, c.collection, c.ordinal, c.heading_path,
+                                    c.text, c.token_count, c.content_hash, c.context, config))
+            conn.execute(
+                "UPDATE documents d SET chunked_hash = v.h, chunker_version = %s "
+                "FROM unnest(%s::uuid[], %s::bytea[]) AS v(id, h) WHERE d.id = v.id",
+                (chunker_version, ids, [d.content_hash for d in documents]))
+        new, old_set = {c.content_hash for c in chunks}, set(old)
+        return {"new": len(new - old_set), "unchanged": len(new & old_set), "removed": len(old_set - new)}
+
+    def defer_text_index(self, collection: str) -> None:
+        """Mark the collection's BM25 postings as owed (committed before any deferred write), so
+        a load that dies before build_text_index is finished by the next run."""
+        with self.writing(collection) as conn:
+            conn.execute("INSERT INTO chunk_terms_pending (collection) VALUES (%s) ON CONFLICT DO NOTHING",
+                         (collection,))
+
+    def text_index_pending(self, collection: str) -> bool:
+        with self.reading() as conn:
+            return conn.execute("SELECT EXISTS (SELECT 1 FROM chunk_terms_pending WHERE collection = %s)",
+                                (collection,)).fetchone()[0]
+
+    def build_text_index(self, collection: str) -> int:
+        """BM25 postings for every chunk of the collection that has none, in one pass, and its
+        document frequencies recounted; clears the mark. Returns the postings added."""
+        with self.writing(collection) as conn:
+            conn.execute("SET LOCAL work_mem = '256MB'")
+            conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+            return conn.execute("SELECT build_collection_terms(%s)", (collection,)).fetchone()[0]
+
+    @staticmethod
+    def _text_search_config_oid(conn: psycopg.Connection, name: str) -> int:
+        try:
+            with conn.transaction():
+                return conn.execute("SELECT %s::regconfig::oid", (name,)).fetchone()[0]
+        except psycopg.errors.UndefinedObject:
+            raise ValueError(f"TEXT_SEARCH_CONFIG={name!r} is not a text search configuration of this "
+                             "PostgreSQL (try english, simple, german...)") from None
+
+    def chunks_per_collection(self) -> dict[str, int]:
+        with self.reading() as conn:
+            return dict(conn.execute("SELECT collection, count(*) FROM chunks GROUP BY collection "
+                                     "ORDER BY collection").fetchall())
+
+    def chunk_hashes(self, collection: str, exclude_documents: set[uuid.UUID]) -> set[bytes]:
+        with self.reading() as conn:
+            return {bytes(r[0]) for r in conn.execute(
+                "SELECT DISTINCT content_hash FROM chunks WHERE collection = %s AND NOT document_id = ANY(%s)",
+                (collection, list(exclude_documents)))}
+
+    def count_texts(self, collection: str) -> int:
+        with self.reading() as conn:
+            return conn.execute("SELECT count(DISTINCT content_hash) FROM chunks WHERE collection = %s",
+                                (collection,)).fetchone()[0]

@@ -1,0 +1,238 @@
+"""The `embeddings`, `embedding_models` and `active_embedding_model` tables: vectors per model
+(a cache keyed by text), each model's HNSW index, and which model search serves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ..embed.base import EmbeddingModel
+from ..ingest.chunking import embed_text
+
+HALFVEC_ABOVE_DIMS = 2000
+
+
+MODELS = (
+    "SELECT m.id, m.key, m.dims, a.model_id IS NOT NULL, a.activated_at, m.dropped_at,"
+    " (SELECT count(*) FROM embeddings e WHERE e.model_id = m.id),"
+    " to_regclass('embeddings_hnsw_' || m.id) IS NOT NULL"
+    " FROM embedding_models m LEFT JOIN active_embedding_model a ON a.model_id = m.id ORDER BY m.id"
+)
+MISSING_VECTORS_PER_MODEL = (
+    "SELECT m.id, c.collection, count(*) FROM embedding_models m CROSS JOIN chunks c"
+    " WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.id"
+    " AND e.content_hash = c.content_hash) GROUP BY m.id, c.collection ORDER BY m.id, c.collection"
+)
+TEXTS_WITHOUT_VECTOR = (
+    "SELECT DISTINCT ON (c.content_hash) c.content_hash, c.context, c.text, c.token_count FROM chunks c "
+    "WHERE c.collection = %s AND NOT EXISTS (SELECT 1 FROM embeddings e "
+    "WHERE e.model_id = %s AND e.content_hash = c.content_hash) ORDER BY c.content_hash"
+)
+
+
+@dataclass
+class StoredModel:
+    id: int
+    key: str
+    dims: int
+    active: bool
+    activated_at: object
+    dropped_at: object
+    vectors: int
+    indexed: bool
+    live_chunks: int
+    missing_by_collection: dict[str, int]  # live chunks with no vector of this model
+
+    @property
+    def missing(self) -> int:
+        return sum(self.missing_by_collection.values())
+
+
+def vector_type(dims: int) -> tuple[str, str]:
+    """The typed vector the model's index is built on, and its cosine operator class."""
+    if dims > HALFVEC_ABOVE_DIMS:
+        return f"halfvec({int(dims)})", "halfvec_cosine_ops"
+    return f"vector({int(dims)})", "vector_cosine_ops"
+
+
+class EmbeddingTables:
+    """Reads and writes of vectors, models, their indexes and the active model (a part of `VectorStore`)."""
+
+    def ensure_model(self, model: EmbeddingModel) -> int:
+        with self.writing() as conn:
+            row = conn.execute(
+                "INSERT INTO embedding_models (key, provider, name, dims) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET dropped_at = NULL RETURNING id",
+                (model.key, model.provider, model.name, model.dims)).fetchone()
+        return row[0]
+
+    def active_model_key(self) -> str | None:
+        """The model search serves (None before anything was embedded)."""
+        with self.reading() as conn:
+            row = conn.execute("SELECT m.key FROM active_embedding_model a "
+                               "JOIN embedding_models m ON m.id = a.model_id").fetchone()
+        return row[0] if row else None
+
+    def activate_first_model(self, model_id: int) -> bool:
+        """On a fresh install the first model built becomes active; later models wait for a
+        switch. True if this one was activated now."""
+        with self.writing() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:active-model'))")
+            activated = conn.execute(
+                "INSERT INTO active_embedding_model (model_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                (model_id,)).rowcount == 1
+            if activated:
+                conn.execute("INSERT INTO embedding_model_switches (to_model_id, gates) VALUES (%s, %s)",
+                             (model_id, Jsonb({"reason": "first model built"})))
+        return activated
+
+    def models(self) -> list[StoredModel]:
+        """Every embedding model with its vectors, its live chunks without one (per collection),
+        its index, and whether it is active."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                MODELS
+            ).fetchall()
+            live = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            missing: dict[int, dict[str, int]] = {}
+            for model_id, collection, n in conn.execute(  # every model at once
+                    MISSING_VECTORS_PER_MODEL):
+                missing.setdefault(model_id, {})[collection] = n
+        return [StoredModel(model_id, key, dims, active, activated_at, dropped_at, vectors, indexed, live,
+                            missing.get(model_id, {}))
+                for model_id, key, dims, active, activated_at, dropped_at, vectors, indexed in rows]
+
+    def switch_active_model(self, model_id: int, *, forced: bool, gates: dict) -> tuple[str | None, int]:
+        """Make the model the one search serves, in one transaction, if it has a vector for every
+        live chunk (checked again here, under the lock chunk writers share, so no chunk can commit
+        between the check and the switch). Returns (previous model's key, live chunks it misses);
+        with any missing, nothing changes."""
+        with self.writing() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:vectors'))")
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:active-model'))")
+            missing = conn.execute(
+                "SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
+                "WHERE e.model_id = %s AND e.content_hash = c.content_hash)", (model_id,)).fetchone()[0]
+            row = conn.execute("SELECT a.model_id, m.key FROM active_embedding_model a "
+                               "JOIN embedding_models m ON m.id = a.model_id").fetchone()
+            previous, previous_key = row if row else (None, None)
+            if missing or previous == model_id:
+                return previous_key, missing
+            conn.execute(
+                "INSERT INTO active_embedding_model (model_id) VALUES (%s) ON CONFLICT (only_row) "
+                "DO UPDATE SET model_id = EXCLUDED.model_id, activated_at = now()", (model_id,))
+            conn.execute("INSERT INTO embedding_model_switches (from_model_id, to_model_id, forced, gates) "
+                         "VALUES (%s, %s, %s, %s)", (previous, model_id, forced, Jsonb(gates)))
+        return previous_key, 0
+
+    def drop_model_vectors(self, model_id: int) -> int | None:
+        """Delete a model's vectors and its index; refused (None) for the active model. The
+        model's row stays, dated, because the metric history names models by it."""
+        with self.writing() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:active-model'))")
+            if conn.execute("SELECT 1 FROM active_embedding_model WHERE model_id = %s", (model_id,)).fetchone():
+                return None
+            conn.execute(f"DROP INDEX IF EXISTS embeddings_hnsw_{int(model_id)}")
+            deleted = conn.execute("DELETE FROM embeddings WHERE model_id = %s", (model_id,)).rowcount
+            conn.execute("UPDATE embedding_models SET dropped_at = coalesce(dropped_at, now()) WHERE id = %s",
+                         (model_id,))
+        return deleted
+
+    def model_id(self, model: EmbeddingModel) -> int | None:
+        return self.model_id_by_key(model.key)
+
+    def resolve_model_key(self, key: str) -> str:
+        """A configured key whose size is learned at run time ("openai:name:auto") becomes the
+        stored key of that model, if it has been used."""
+        if not key.endswith(":auto"):
+            return key
+        with self.reading() as conn:
+            row = conn.execute("SELECT key FROM embedding_models WHERE key LIKE %s ORDER BY id DESC LIMIT 1",
+                               (key[: -len("auto")].replace("%", r"\%").replace("_", r"\_") + "%",)).fetchone()
+        return row[0] if row else key
+
+    def model_id_by_key(self, key: str) -> int | None:
+        with self.reading() as conn:
+            row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (key,)).fetchone()
+        return row[0] if row else None
+
+    def texts_to_embed(self, collection: str, model_id: int) -> list[tuple[bytes, str, int]]:
+        """Distinct chunk texts of the collection that have no vector for this model, with
+        their token counts."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                TEXTS_WITHOUT_VECTOR,
+                (collection, model_id)).fetchall()
+        return [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
+
+    def embedded_hashes(self, model_key: str, hashes: set[bytes]) -> set[bytes]:
+        """The subset of `hashes` that already has a vector for the model."""
+        with self.reading() as conn:
+            return {bytes(r[0]) for r in conn.execute(
+                "SELECT e.content_hash FROM embeddings e JOIN embedding_models m ON m.id = e.model_id "
+                "WHERE m.key = %s AND e.content_hash = ANY(%s)", (model_key, list(hashes)))}
+
+    def write_embeddings(self, model_id: int, hashes: Sequence[bytes], vectors: np.ndarray) -> int:
+        """Store vectors; a text embedded meanwhile by a concurrent run is kept as it is."""
+        with self.writing() as conn:
+            conn.execute("CREATE TEMP TABLE embeddings_stage (content_hash bytea, embedding vector) ON COMMIT DROP")
+            with conn.cursor().copy("COPY embeddings_stage FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["bytea", "vector"])
+                for h, v in zip(hashes, vectors):
+                    copy.write_row((h, v))
+            return conn.execute(
+                "INSERT INTO embeddings (model_id, content_hash, embedding) "
+                "SELECT %s, content_hash, embedding FROM embeddings_stage ON CONFLICT DO NOTHING",
+                (model_id,)).rowcount
+
+    def drop_unreferenced_vectors(self) -> int:
+        """Drop vectors (of every model) whose text no chunk holds any more.
+
+        Vectors are a cache keyed by text, so this runs once chunking has settled (in the
+        embeddings step), not when a document goes: a renamed file, or a paragraph moved to
+        another file, finds its vector still there. Search never sees such vectors in the
+        meantime, because it reaches vectors only through live chunks."""
+        with self.writing() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:vectors'))")
+            return conn.execute(
+                "DELETE FROM embeddings e WHERE NOT EXISTS "
+                "(SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)").rowcount
+
+    def has_index(self, model_id: int) -> bool:
+        with self.reading() as conn:
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                (f"embeddings_hnsw_{model_id}",)).fetchone()[0]
+
+    def ensure_index(self, model_id: int, dims: int) -> bool:
+        """The model's HNSW cosine index; built once, after the first bulk load (building it
+        over loaded rows is far faster than maintaining it row by row). True if built now."""
+        if self.has_index(model_id):
+            return False
+        vtype, ops = vector_type(dims)
+        try:
+            with self.writing() as conn:
+                # Two first loads at once (a backfill of every partition): one builds, the other
+                # waits, then finds the index (an advisory lock does not refresh the catalog
+                # view, hence the DuplicateTable case below).
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:index:' || %s))", (model_id,))
+                conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+                conn.execute(
+                    f"CREATE INDEX embeddings_hnsw_{int(model_id)} ON embeddings "
+                    f"USING hnsw ((embedding::{vtype}) {ops}) WHERE model_id = {int(model_id)}")
+        except psycopg.errors.DuplicateTable:
+            return False
+        return True
+
+    def vector_count(self, model_id: int) -> int:
+        with self.reading() as conn:
+            return conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()[0]
+
+    def drop_index(self, model_id: int) -> None:
+        """Before a load much larger than what is indexed: rebuilding after it beats inserting
+        row by row into the graph. Search keeps working meanwhile, by exact scan."""
+        with self.writing() as conn:
+            conn.execute(f"DROP INDEX IF EXISTS embeddings_hnsw_{int(model_id)}")

@@ -1,0 +1,191 @@
+"""The `refined_documents`, `llm_calls` and `refine_quarantine` tables, and the pipeline's own
+judgements in `feedback_events`: what the refine step reads and writes in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from psycopg.types.json import Jsonb
+
+
+@dataclass
+class RefineCandidate:
+    id: uuid.UUID
+    path: str
+    title: str
+    content_hash: bytes
+    pricing_sensitive: bool
+    doc_type: str | None
+    metadata: dict
+    headings: list
+    blocks: list
+
+
+@dataclass
+class RefinementRow:
+    document_id: uuid.UUID
+    input_hash: bytes
+    chain: str
+    prompt_version: str
+    schema_version: str
+    model: str
+    link: str
+    route: str
+    route_reason: str | None
+    refined: dict
+    quality_score: float
+    analysis: dict
+    cited_chunk_ids: list[str]
+    prompt_tokens: int
+    budget_tokens: int
+    refinement_score: float | None = None
+    quarantined: bool = False
+    feedback_considered: list[int] = field(default_factory=list)  # negative user feedback this redo answers
+
+
+@dataclass
+class PipelineJudgement:
+    """The pipeline's own feedback on one version of a document's refinement: validator (an answer
+    failed validation) or auto (a refinement scored above the threshold)."""
+    document_id: uuid.UUID
+    source: str  # validator | auto
+    rating: int
+    model: str
+    prompt_version: str
+    schema_version: str
+    input_hash: bytes
+    tags: list[str] = field(default_factory=list)
+    score: int | None = None
+    comment: str | None = None
+
+
+@dataclass
+class RefinementKey:
+    document_id: uuid.UUID
+    content_hash: bytes
+    pricing_sensitive: bool
+    current: tuple | None  # (input hash, chain, prompt version, schema version) of the stored refinement
+    disputed: bool  # negative user feedback on the stored refinement that no redo has answered yet
+
+
+REFINEMENT_KEYS = (
+    "SELECT d.id, d.content_hash, d.pricing_sensitive, r.input_hash, r.chain, r.prompt_version, "
+    "r.schema_version, EXISTS (SELECT 1 FROM feedback_events f WHERE f.document_id = d.id "
+    "  AND f.source = 'user' AND f.rating = -1 AND f.target = 'document' AND f.model = r.model "
+    "  AND f.prompt_version = r.prompt_version AND f.schema_version = r.schema_version "
+    "  AND f.input_hash = r.input_hash AND f.id <> ALL (r.feedback_considered)) "
+    "FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
+    "WHERE d.collection = %s ORDER BY d.path"
+)
+UPSERT_REFINEMENT = (
+    "INSERT INTO refined_documents (document_id, collection, input_hash, chain, prompt_version, "
+    "schema_version, model, link, route, route_reason, refined, quality_score, cited_chunk_ids, "
+    "prompt_tokens, budget_tokens, refinement_score, quarantined, feedback_considered) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (document_id) DO UPDATE SET input_hash = EXCLUDED.input_hash, chain = EXCLUDED.chain, "
+    "prompt_version = EXCLUDED.prompt_version, schema_version = EXCLUDED.schema_version, "
+    "model = EXCLUDED.model, link = EXCLUDED.link, route = EXCLUDED.route, "
+    "route_reason = EXCLUDED.route_reason, refined = EXCLUDED.refined, "
+    "quality_score = EXCLUDED.quality_score, cited_chunk_ids = EXCLUDED.cited_chunk_ids, "
+    "prompt_tokens = EXCLUDED.prompt_tokens, budget_tokens = EXCLUDED.budget_tokens, "
+    "refinement_score = EXCLUDED.refinement_score, quarantined = EXCLUDED.quarantined, "
+    "feedback_considered = EXCLUDED.feedback_considered, refined_at = now()"
+)
+INSERT_LLM_CALL = (
+    "INSERT INTO llm_calls (run_id, asset, collection, document_id, model, link, attempt, "
+    "prompt_tokens, completion_tokens, latency_ms, cost_usd, outcome, error) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+INSERT_PIPELINE_JUDGEMENTS = (
+    "INSERT INTO feedback_events (document_id, source, rating, model, prompt_version, schema_version, "
+    "input_hash, tags, score, comment) "
+    "SELECT d, s, r, m, p, v, h, string_to_array(t, ','), sc, c FROM unnest(%s::uuid[], %s::text[], "
+    "%s::int2[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::int2[], %s::text[]) "
+    "AS x(d, s, r, m, p, v, h, t, sc, c) "
+    "ON CONFLICT (document_id, source, model, prompt_version, schema_version, input_hash) "
+    "WHERE source <> 'user' DO NOTHING RETURNING source"
+)
+UNREFINED_COUNT = (
+    "SELECT count(*) FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
+    "WHERE d.collection = %s AND (r.document_id IS NULL OR r.chain <> %s OR r.prompt_version <> %s "
+    "OR r.schema_version <> %s)"
+)
+
+
+class RefinementTables:
+    """Reads and writes of refinements and their call log (a part of `VectorStore`)."""
+
+    def refinement_keys(self, collection: str) -> list[RefinementKey]:
+        """Each document's current refinement key, and whether a person has rejected that very
+        refinement since it was made: enough to tell which documents need refining without
+        reading any text."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                REFINEMENT_KEYS, (collection,)).fetchall()
+        return [RefinementKey(r[0], bytes(r[1]), r[2], None if r[3] is None else (bytes(r[3]), r[4], r[5], r[6]), r[7])
+                for r in rows]
+
+    def documents_for_refinement(self, document_ids: Sequence[uuid.UUID]) -> list[RefineCandidate]:
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT id, path, title, content_hash, pricing_sensitive, doc_type, metadata, headings, blocks "
+                "FROM documents WHERE id = ANY(%s) ORDER BY path", (list(document_ids),)).fetchall()
+        return [RefineCandidate(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
+
+    def chunks_of(self, document_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, list[str], str, int]]]:
+        """(chunk id, heading path, text, tokens) per document, in document order."""
+        out: dict[uuid.UUID, list] = {i: [] for i in document_ids}
+        with self.reading() as conn:
+            for doc_id, chunk_id, path, text, tokens in conn.execute(
+                    "SELECT document_id, id, heading_path, text, token_count FROM chunks "
+                    "WHERE document_id = ANY(%s) ORDER BY document_id, ordinal", (list(document_ids),)):
+                out[doc_id].append((str(chunk_id), list(path), text, tokens))
+        return out
+
+    def write_refinements(self, collection: str, run_id: str | None, asset: str,
+                          refinements: Sequence[RefinementRow], calls: Sequence[tuple[uuid.UUID, object]],
+                          quarantined: Sequence[tuple[uuid.UUID, bytes, object]],
+                          judgements: Sequence[PipelineJudgement] = ()) -> dict[str, int]:
+        """Results, their call log, any quarantined answers and the pipeline's own feedback on
+        them, in one transaction. A judgement already recorded for the same version is not
+        recorded again. Returns the judgements recorded now, per source."""
+        with self.writing(collection) as conn, conn.cursor() as cur:
+            cur.executemany(
+                UPSERT_REFINEMENT,
+                [(r.document_id, collection, r.input_hash, r.chain, r.prompt_version, r.schema_version, r.model,
+                  r.link, r.route, r.route_reason, Jsonb(r.refined), r.quality_score,
+                  [uuid.UUID(c) for c in r.cited_chunk_ids], r.prompt_tokens, r.budget_tokens, r.refinement_score,
+                  r.quarantined, list(r.feedback_considered)) for r in refinements])
+            cur.executemany("UPDATE documents SET analysis = %s WHERE id = %s",
+                            [(Jsonb(r.analysis), r.document_id) for r in refinements])
+            if calls:
+                cur.executemany(
+                    INSERT_LLM_CALL,
+                    [(run_id, asset, collection, doc_id, c.model, c.link, c.attempt, c.prompt_tokens,
+                      c.completion_tokens, c.latency_ms, c.cost_usd, c.outcome, c.error) for doc_id, c in calls])
+            if quarantined:
+                cur.executemany(
+                    "INSERT INTO refine_quarantine (run_id, collection, document_id, input_hash, model, link, "
+                    "raw_text, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(run_id, collection, doc_id, h, q.model, q.link, q.raw, Jsonb(q.errors))
+                     for doc_id, h, q in quarantined])
+            recorded: dict[str, int] = {}
+            if judgements:
+                j = judgements
+                rows = cur.execute(
+                    INSERT_PIPELINE_JUDGEMENTS,
+                    ([x.document_id for x in j], [x.source for x in j], [x.rating for x in j], [x.model for x in j],
+                     [x.prompt_version for x in j], [x.schema_version for x in j], [x.input_hash for x in j],
+                     [",".join(x.tags) for x in j], [x.score for x in j], [x.comment for x in j])).fetchall()
+                for (source,) in rows:
+                    recorded[source] = recorded.get(source, 0) + 1
+        return recorded
+
+    def unrefined_count(self, collection: str, chain: str, prompt_version: str, schema_version: str) -> int:
+        """Documents with no refinement, or one made under another chain, prompt or schema
+        version. (A changed document is caught by its input hash when the step runs.)"""
+        with self.reading() as conn:
+            return conn.execute(
+                UNREFINED_COUNT, (collection, chain, prompt_version, schema_version)).fetchone()[0]

@@ -1,0 +1,19 @@
+"""The vector store: every read and write of the ingestion tables, one class per table family
+composed into `VectorStore`. Writes go through binary COPY in transactions that hold a
+per-collection lock, as the `refinery_writer` role; search runs as the read-only
+`refinery_reader` role."""
+
+from __future__ import annotations
+
+from ..search.hybrid import SearchQueries
+from .base import StoreBase
+from .chunks import ChunkTables
+from .documents import DocumentTables
+from .embeddings import EmbeddingTables
+from .refinements import RefinementTables
+from .status import StatusQueries
+
+
+class VectorStore(DocumentTables, ChunkTables, EmbeddingTables, SearchQueries, RefinementTables, StatusQueries,
+                  StoreBase):
+    """One pool, every table family's reads and writes (see each family's module)."""

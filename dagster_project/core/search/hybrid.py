@@ -1,0 +1,164 @@
+"""Hybrid search over the store: the vector leg (HNSW or exact cosine), the BM25 text leg, and
+their reciprocal rank fusion per document, each as one SQL statement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..db.embeddings import vector_type
+
+# A filter that leaves at most this many chunks is searched exactly: scanning a few thousand
+# vectors takes a few milliseconds and is exact, where the HNSW graph would be walked far
+# (iterative scan) to find k rows that pass the filter.
+EXACT_SEARCH_MAX_ROWS = 10_000
+SEARCH_MODES = ("hybrid", "vector", "text")
+RRF_K = 60  # the usual reciprocal rank fusion constant: 1 / (60 + rank)
+RRF_DEPTH = 50  # hits taken from each leg before fusing
+# Hybrid fusion is per document: a document's score in a leg is the sum of 1 / (K + rank) over
+# its chunks in that leg, each further chunk counting this much less than the one before (so a
+# document with several good passages rises, but twenty weak ones do not beat one strong one).
+RRF_SAME_DOCUMENT_DECAY = 0.5
+# Unfiltered text search reads at most this many postings per query term, best BM25 weight first
+# (a term found in more chunks than that contributes little: its idf is low). Filtered text
+# search reads every posting of its terms, so a narrow filter never loses its matches.
+BM25_POSTINGS_PER_TERM = 3000
+FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
+
+# BM25 (sql/0006_bm25.sql): idf from the per-collection document frequencies (N from the
+# planner's row count, exact for small tables), then the sum of idf * weight over the query's
+# terms (in search_sql), in single precision (a tenth faster over ten thousand postings).
+BM25_STATS = (
+    "WITH terms AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s))) AS term),"
+    " n AS (SELECT CASE WHEN reltuples > 0 THEN reltuples ELSE (SELECT count(*) FROM chunks) END AS n"
+    "       FROM pg_class WHERE oid = 'chunks'::regclass),"
+    " stats AS MATERIALIZED (SELECT t.term, ln(1 + (greatest(n.n, df.df) - df.df + 0.5) / (df.df + 0.5))::real AS idf"
+    "   FROM terms t CROSS JOIN n CROSS JOIN LATERAL"
+    "   (SELECT sum(f.df)::float8 AS df FROM chunk_term_df f WHERE f.term = t.term) df WHERE df.df > 0)"
+)
+
+
+@dataclass
+class SearchHit:
+    collection: str
+    path: str
+    title: str
+    heading_path: list[str]
+    text: str
+    score: float
+    chunk_id: str
+    legs: dict[str, int] = field(default_factory=dict)  # leg -> rank at which it found this chunk
+
+
+class SearchQueries:
+    """Search over the store's chunks (a part of `VectorStore`)."""
+
+    def search(self, model_id: int | None, dims: int, query: np.ndarray | None, k: int = 5,
+               filters: dict[str, str] | None = None, ef_search: int = 100, *, mode: str = "vector",
+               query_text: str = "", text_search_config: str = "english") -> list[SearchHit]:
+        """The k best chunks for a query, optionally filtered on document metadata.
+
+        mode `vector`: cosine similarity (score = similarity). Unfiltered or broad filters use the
+        model's HNSW index with pgvector's iterative scan, which keeps going until k rows pass the
+        filter; a filter that leaves few rows (found by a bounded probe) gets an exact scan.
+        mode `text`: BM25 over the lexemes of the chunks' tsvector (score = BM25).
+        mode `hybrid`: both legs fused by reciprocal rank fusion per document, in one statement
+        (score = the document's fused score). The best chunk of each document comes first, in
+        document order; further chunks of the same documents follow. Every hit says at which
+        rank each leg found it."""
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
+        where, params = self._search_filters(filters)
+        params.update(q=query, text=query_text, cfg=text_search_config)
+        with self.reading() as conn:
+            exact = False
+            if mode != "text" and where:
+                probe = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM chunks c JOIN documents d ON d.id = c.document_id "
+                    f"WHERE {' AND '.join(where)} LIMIT {EXACT_SEARCH_MAX_ROWS + 1}) x", params).fetchone()[0]
+                exact = probe <= EXACT_SEARCH_MAX_ROWS
+            with conn.pipeline():  # the settings and the query travel together: one round trip
+                # Prepared after a few runs (psycopg); its generic plan is as good as a custom one
+                # (see search_sql), so skip the planning.
+                conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                if mode != "text" and not exact:
+                    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                    conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+                cursor = conn.execute(self.search_sql(dims, where, exact, mode, model_id=model_id, k=k), params)
+            rows = cursor.fetchall()
+        return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], float(r[6]), str(r[5]),
+                          {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None})
+                for r in rows]
+
+    @staticmethod
+    def _search_filters(filters: dict[str, str] | None) -> tuple[list[str], dict]:
+        where, params = [], {}
+        for column, value in (filters or {}).items():
+            if column not in FILTER_COLUMNS:
+                raise ValueError(f"unknown filter {column!r}: use one of {', '.join(FILTER_COLUMNS)}")
+            if value is not None:
+                where.append(f"d.{column} = %({column})s")
+                params[column] = value
+        return where, params
+
+    def search_sql(self, dims: int, where: list[str], exact: bool, mode: str = "vector", *,
+                   model_id: int | None, k: int) -> str:
+        """One statement per mode; columns: collection, path, title, heading_path, text, chunk id,
+        score, vector rank, text rank. The model, k and the fusion constants are literals, the query
+        and the filter values parameters, so the generic plan of the prepared statement is the
+        custom plan (a parameter for the model would hide the model's partial HNSW index from it):
+        a search is not planned afresh each time, which cost 1.2 ms of a hybrid search."""
+        model, k = int(model_id or 0), int(k)
+        depth = max(RRF_DEPTH, k) if mode == "hybrid" else k
+        vtype, _ = vector_type(dims)
+        distance = f"(e.embedding::{vtype}) <=> %(q)s::{vtype}"
+        order = f"({distance}) + 0" if exact else distance  # "+ 0": keep the planner off the index
+        filters = "".join(f" AND {w}" for w in where)
+        vector_leg = (
+            "SELECT v.id, v.document_id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score"
+            f" FROM (SELECT c.id, c.document_id, {distance} AS distance"
+            "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
+            "   JOIN documents d ON d.id = c.document_id"
+            f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v")
+        if where:
+            postings = ("stats s JOIN chunk_terms p ON p.term = s.term JOIN chunks c ON c.id = p.chunk_id"
+                        f" JOIN documents d ON d.id = c.document_id WHERE {' AND '.join(where)}")
+        else:
+            postings = ("stats s CROSS JOIN LATERAL (SELECT p.chunk_id, p.weight FROM chunk_terms p"
+                        f" WHERE p.term = s.term ORDER BY p.weight DESC LIMIT {BM25_POSTINGS_PER_TERM}) p")
+        text_leg = (
+            "SELECT t.id, row_number() OVER (ORDER BY t.score DESC, t.id) AS rank, t.score FROM ("
+            f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
+            f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {depth}"
+            ") t")
+        if mode == "vector":
+            legs = (f"SELECT id, 1 AS nth, score, score AS chunk_score, rank AS vector_rank, NULL::bigint AS text_rank"
+                    f" FROM ({vector_leg}) x")
+        elif mode == "text":
+            legs = (f"SELECT id, 1 AS nth, score, score AS chunk_score, NULL::bigint AS vector_rank, rank AS text_rank"
+                    f" FROM ({text_leg}) x")
+        else:
+            legs = (
+                f"WITH legs AS (SELECT id, document_id, rank, 'v' AS leg FROM ({vector_leg}) v"
+                f"              UNION ALL SELECT t.id, c.document_id, t.rank, 't'"
+                f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id),"
+                " per AS (SELECT l.id, l.leg, l.rank, l.document_id, row_number() OVER"
+                "         (PARTITION BY l.leg, l.document_id ORDER BY l.rank) AS nth FROM legs l),"
+                f" docs AS (SELECT document_id, sum(power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1) / ({int(RRF_K)} + rank)) AS score"
+                "          FROM per GROUP BY document_id),"
+                " fused AS (SELECT p.id, p.document_id, max(docs.score) AS score,"
+                f"           sum(1.0 / ({int(RRF_K)} + p.rank)) AS chunk_score,"
+                "           max(p.rank) FILTER (WHERE p.leg = 'v') AS vector_rank,"
+                "           max(p.rank) FILTER (WHERE p.leg = 't') AS text_rank"
+                "           FROM per p JOIN docs USING (document_id) GROUP BY p.id, p.document_id)"
+                # every document's best chunk first, then the second-best ones...: k hits show the
+                # k best documents, not one document's k passages
+                " SELECT id, row_number() OVER (PARTITION BY document_id ORDER BY chunk_score DESC, id) AS nth,"
+                "        score, chunk_score, vector_rank, text_rank FROM fused")
+        order = "nth, score DESC, chunk_score DESC, id"
+        return (f"WITH hits AS MATERIALIZED ({legs}),"
+                f" top AS MATERIALIZED (SELECT * FROM hits ORDER BY {order} LIMIT {k}) "  # text of k hits only
+                "SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, h.score, h.vector_rank, "
+                "h.text_rank FROM top h JOIN chunks c ON c.id = h.id JOIN documents d ON d.id = c.document_id "
+                f"ORDER BY {', '.join('h.' + o for o in order.split(', '))}")
