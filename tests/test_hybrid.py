@@ -122,7 +122,7 @@ def text_index_drift(store) -> tuple[int, int, int]:
 def test_a_large_load_builds_postings_in_one_pass_equal_to_the_triggers(store, monkeypatch):
     """Above the bulk threshold the chunks step defers the postings and builds them after its
     last batch: the index equals the one the per-batch triggers keep, and search finds the text."""
-    from dagster_project.core import ingest
+    from dagster_project.core.ingest import pipeline as ingest
 
     monkeypatch.setattr(ingest, "BULK_TERMS_MIN_DOCUMENTS", 1)
     embedder = HashEmbedder()
