@@ -3,6 +3,7 @@ database per test (cloned from a template, ~50 ms), and a fake OpenAI server."""
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import shutil
@@ -46,11 +47,14 @@ def _enterable_tmp_path(request):
 def pg_server():
     """URL of the session's embedded server (its `postgres` database)."""
     home = Path(tempfile.mkdtemp(prefix="refinery-test-"))
+    # The server stops when this process exits (the library's atexit hook); its data goes after
+    # that (atexit runs last-registered first). Removed earlier, the server could not be stopped
+    # and outlived every test run.
+    atexit.register(shutil.rmtree, home, True)
     url = start_embedded(home)
     template = _with_database(url, "refinery")
     migrate(template)
     yield url
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def new_database(server_url: str, template: str = "refinery") -> str:
