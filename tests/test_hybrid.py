@@ -88,16 +88,7 @@ def test_text_postings_follow_every_chunk_write(store):
                                                    "the lighthouse is automated now", 5, content_hash("a2"))], "test")
     store.apply_documents("other", [], ["b.md"], [], [], [])  # a removal
 
-    with store.reading() as conn:
-        drift = conn.execute(
-            "SELECT count(*) FROM ("
-            " SELECT l.lexeme, c.collection, count(*) AS df FROM chunks c, unnest(tsvector_to_array(c.tsv)) l(lexeme)"
-            " GROUP BY 1, 2) truth"
-            " FULL JOIN (SELECT term, collection, df FROM chunk_term_df WHERE df > 0) kept"
-            " ON kept.term = truth.lexeme AND kept.collection = truth.collection"
-            " WHERE kept.df IS DISTINCT FROM truth.df").fetchone()[0]
-        postings = conn.execute("SELECT count(*) FROM chunk_terms").fetchone()[0]
-        lexemes = conn.execute("SELECT coalesce(sum(length(tsv)), 0) FROM chunks").fetchone()[0]
+    drift, postings, lexemes = text_index_drift(store)
     assert drift == 0
     assert postings == lexemes
     hits = store.search(model_id, 16, vector, k=5, mode="text", query_text="storms")
