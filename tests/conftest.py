@@ -7,6 +7,8 @@ import atexit
 import itertools
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -101,6 +103,12 @@ def project_env(db_url, tmp_path, monkeypatch):
     for name in ("LLM_MODEL", "OPENAI_API_KEY", "CHUNK_MAX_TOKENS"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
+
+
+def refinery(env, *args) -> subprocess.CompletedProcess:
+    """A `refinery` command in its own process, with `env` as its whole environment."""
+    return subprocess.run([sys.executable, "-m", "dagster_project.cli", *args], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300)
 
 
 def write_manifest(root: Path, collections: dict[str, dict]) -> Path:

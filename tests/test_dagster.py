@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from dagster_project.core.db.pg import dagster_storage_url
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database, refinery
 
 
 @pytest.fixture
@@ -27,11 +27,6 @@ def cli_env(pg_server, tmp_path):
         CORPUS_MANIFEST=str(SAMPLE_MANIFEST),
     )
     return env
-
-
-def refinery(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dagster_project.cli", *args], env=env, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_definitions_load_with_partitions_per_collection():

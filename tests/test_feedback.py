@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 
 import psycopg
 import pytest
@@ -29,7 +27,7 @@ from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database, refinery
 from tests.fakes.openai_server import refinement_answer
 
 PRICES = {"primary-model": Price(1.0, 2.0), "backup-model": Price(0.5, 1.0)}
@@ -379,11 +377,6 @@ def cli_env(pg_server, tmp_path, fake_openai):
     finally:
         store.close()
     return env
-
-
-def refinery(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dagster_project.cli", *args], env=env, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_feedback_add_list_and_the_refine_that_learns_from_it(cli_env, fake_openai):

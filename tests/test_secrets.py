@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import threading
 import traceback
 
@@ -27,7 +25,7 @@ from dagster_project.core.refine.llm import LLMChain
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
 from dagster_project.core.secrets import ECHO_MIN, scrub
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database, refinery
 from tests.fakes.openai_server import refinement_answer
 from tests.test_feedback import ingest
 
@@ -96,11 +94,6 @@ def cli_env(pg_server, tmp_path, fake_openai):
     finally:
         store.close()
     return env
-
-
-def refinery(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dagster_project.cli", *args], env=env, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=300)
 
 
 def echoing_server(fake) -> dict[str, int]:
