@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
+from tests.conftest import SAMPLE_MANIFEST, refinery
 
 
 @pytest.fixture
@@ -25,11 +24,6 @@ def embedded_env():
     yield env
     refinery(env, "db", "stop")
     shutil.rmtree(home, ignore_errors=True)
-
-
-def refinery(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dagster_project.cli", *args], env=env, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120)
 
 
 def connects(url: str) -> bool:
