@@ -69,6 +69,7 @@ class ChunkDraft:
     heading_path: list[str]
     text: str
     token_count: int
+    pages: tuple[int, int] | None = None  # first and last page (or slide) the chunk's text is on
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _Unit:
     kind: str
     text: str
     tokens: int
+    page: int | None = None
 
 
 def _is_boundary(text: str) -> bool:
@@ -98,7 +100,7 @@ def chunk_blocks(blocks: list[Block], settings: ChunkSettings, counter: TokenCou
         for block in section_blocks:
             tokens = next(count_iter)
             if tokens <= budget:
-                units.append(_Unit(block.kind, block.text, tokens))
+                units.append(_Unit(block.kind, block.text, tokens, block.page))
             else:
                 units.extend(_split_oversize(block, budget, counter))
         drafts.extend(_pack_section(heading_path, units, settings, budget, counter))
@@ -130,7 +132,8 @@ def _pack_section(heading_path, units, settings, budget, counter) -> list[ChunkD
         if i > 0 and tails[i - 1]:
             text = tails[i - 1] + "\n\n" + text
             tokens += tail_counts[i - 1]
-        drafts.append(ChunkDraft(list(heading_path), text, tokens))
+        pages = [u.page for u in group if u.page is not None]
+        drafts.append(ChunkDraft(list(heading_path), text, tokens, (min(pages), max(pages)) if pages else None))
     return drafts
 
 
@@ -180,7 +183,7 @@ def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_U
         units.append(_Unit(block.kind, current, size))
     # Joining pieces can merge tokens at the seams; recount so every unit's count is exact.
     for unit, exact in zip(units, counter.count([u.text for u in units])):
-        unit.tokens = exact
+        unit.tokens, unit.page = exact, block.page
     return [p for u in units for p in ([u] if u.tokens <= budget else _refit(u, budget, counter))]
 
 
@@ -231,4 +234,4 @@ def _split_characters(text: str, tokens: int, budget: int, counter: TokenCounter
 
 
 def _refit(unit: _Unit, budget: int, counter: TokenCounter) -> list[_Unit]:
-    return [_Unit(unit.kind, t, n) for t, n in _split_characters(unit.text, unit.tokens, budget, counter)]
+    return [_Unit(unit.kind, t, n, unit.page) for t, n in _split_characters(unit.text, unit.tokens, budget, counter)]

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .hashing import content_hash
 
 EmbedMode = Literal["full", "metadata_only", "skip"]
-DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm"]
+DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm",
+                   "**/*.pdf", "**/*.docx", "**/*.pptx"]
 
 
 class ManifestError(ValueError):
