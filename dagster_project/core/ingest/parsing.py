@@ -398,6 +398,11 @@ def _parse_html(text: str) -> ParsedDocument:
 
 
 def _block_text(element) -> str:
+    if element.name == "table":
+        from .formats.tables import pipe_table
+
+        return pipe_table([[cell.get_text(" ", strip=True) for cell in row.find_all(["th", "td"], recursive=False)]
+                           for row in element.find_all("tr")])
     if element.name == "pre":
         return element.get_text("")
     if element.name in ("ul", "ol"):
