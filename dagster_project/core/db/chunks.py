@@ -74,6 +74,8 @@ class ChunkTables:
             old = [bytes(r[0]) for r in conn.execute(
                 "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (ids,))]
             config = self._text_search_config_oid(conn, text_search_config)
+            conn.execute("INSERT INTO collection_text_search VALUES (%s, %s) ON CONFLICT (collection) "
+                         "DO UPDATE SET ts_config = EXCLUDED.ts_config", (collection, config))
             with conn.cursor().copy(
                 f"COPY chunks ({', '.join(_CHUNK_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
             ) as copy:

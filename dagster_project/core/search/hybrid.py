@@ -30,7 +30,9 @@ FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
 # planner's row count, exact for small tables), then the sum of idf * weight over the query's
 # terms (in search_sql), in single precision (a tenth faster over ten thousand postings).
 BM25_STATS = (
-    "WITH terms AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s))) AS term),"
+    # The query's lexemes in every collection's text search configuration (sql/0013), CJK split as the chunks are.
+    "WITH terms AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector(cfg, cjk_split(%(text)s)))) AS term"
+    "   FROM (SELECT %(cfg)s::regconfig AS cfg UNION SELECT ts_config FROM collection_text_search) configs),"
     " n AS (SELECT CASE WHEN reltuples > 0 THEN reltuples ELSE (SELECT count(*) FROM chunks) END AS n"
     "       FROM pg_class WHERE oid = 'chunks'::regclass),"
     " stats AS MATERIALIZED (SELECT t.term, ln(1 + (greatest(n.n, df.df) - df.df + 0.5) / (df.df + 0.5))::real AS idf"
