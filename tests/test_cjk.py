@@ -4,13 +4,21 @@ configuration, and an English collection beside it keeps its stemming."""
 
 from __future__ import annotations
 
+import shutil
+import uuid
+
+import psycopg
 import pytest
 
+from dagster_project.core.db.migrations import migrate
+from dagster_project.core.db.store import VectorStore
 from dagster_project.core.embed.local import HashEmbedder
 from dagster_project.core.ingest.chunking import ChunkSettings
 from dagster_project.core.ingest.corpus import load_manifest
-from dagster_project.core.ingest.pipeline import ingest_collection
-from tests.conftest import write_manifest
+from dagster_project.core.ingest.pipeline import ingest_collection, sync_chunks
+from dagster_project.core.ingest.tokens import wordpiece_counter
+from dagster_project.core.settings import SQL_DIR
+from tests.conftest import new_database, write_manifest
 
 CJK = {
     "tokyo.md": "# 東京の天気\n\n東京都の天気は明日から晴れになる見込みです。気温は二十度まで上がります。\n",
@@ -60,3 +68,32 @@ def test_each_collection_keeps_its_configuration_and_english_keeps_stemming(inde
     # The query is read in each collection's configuration: unstemmed, "running" is found in the
     # `simple` collection too.
     assert set(text_hits(indexed, "running")) == {"runners.md", "osaka.md"}
+
+
+def test_cjk_chunks_indexed_before_the_migration_become_searchable_on_the_next_run(pg_server, tmp_path):
+    """sql/0013 on a database that already holds CJK chunks: their postings (whole runs) are
+    dropped and the collection marked, and the next chunks step rebuilds them as bigrams."""
+    before = tmp_path / "sql"
+    before.mkdir()
+    for path in SQL_DIR.glob("*.sql"):
+        if path.name < "0013":
+            shutil.copy(path, before / path.name)
+    url = new_database(pg_server, "template0")
+    migrate(url, before)
+    settings, counter = ChunkSettings(), wordpiece_counter()
+    document, chunk = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO documents (id, collection, path, content_hash, size_bytes, format, title, embed_mode, "
+                     "blocks, chunked_hash, chunker_version) VALUES (%s, 'old', 'tokyo.md', '\\x01', 1, 'markdown', "
+                     "'東京', 'full', '[]', '\\x01', %s)", (document, settings.version(counter)))
+        conn.execute("INSERT INTO chunks (id, document_id, collection, ordinal, heading_path, text, token_count, "
+                     "content_hash, ts_config) VALUES (%s, %s, 'old', 0, '{}', '東京都の天気は明日から晴れ', 9, '\\x02', "
+                     "'simple')", (chunk, document))
+    migrate(url)
+    store = VectorStore(url)
+    try:
+        assert store.text_index_pending("old")
+        sync_chunks(store, "old", settings, counter)
+        assert text_hits(store, "天気") == ["tokyo.md"] and not store.text_index_pending("old")
+    finally:
+        store.close()
