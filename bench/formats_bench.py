@@ -82,10 +82,10 @@ def main() -> None:
              "pages/s ingest")]
     for fmt, named in files.items():
         size = sum(len(d) for _, d in named) / 1e6
-        floor_s = timed(lambda: [floor(fmt, d) for _, d in named])
-        parse_s = timed(lambda: [parse_document(p, d) for p, d in named])
+        floor_s = timed(lambda fmt=fmt, named=named: [floor(fmt, d) for _, d in named])
+        parse_s = timed(lambda named=named: [parse_document(p, d) for p, d in named])
         sources = [SourceFile(p, Path(p), len(d), d) for p, d in named]
-        ingest_s = timed(lambda: parse_files(sources))
+        ingest_s = timed(lambda sources=sources: parse_files(sources))
         pages = args.pages * len(named)
         rows.append((fmt, len(named), f"{size:.1f}", f"{floor_s:.2f}", f"{parse_s:.2f}", f"{parse_s / floor_s:.1f}",
                      f"{ingest_s:.2f}", f"{ingest_s / floor_s:.1f}", f"{len(named) / ingest_s:.0f}",

@@ -18,8 +18,7 @@ from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
 from tests.conftest import write_manifest
-from tests.fakes.documents import (make_docx, make_image_only_pdf, make_long_pdf, make_pdf, make_pptx,
-                                   make_zip_bomb)
+from tests.fakes.documents import make_docx, make_image_only_pdf, make_long_pdf, make_pdf, make_pptx, make_zip_bomb
 from tests.fakes.openai_server import refinement_answer
 
 TIME_LIMIT = 1.5  # seconds per file; the long PDF needs several
@@ -71,7 +70,7 @@ def ingest(store, collection, embedder):
 
 
 def test_bad_files_are_recorded_and_the_rest_is_searchable_with_pages(store, corpus, embedder):
-    root, collection = corpus
+    _, collection = corpus
     documents, _ = ingest(store, collection, embedder)
     errors = {i.path: i.reason for i in documents.errors}
     assert set(errors) == set(BAD_FILES)

@@ -19,9 +19,9 @@ from ..db.store import VectorStore
 from ..embed.base import Embedder
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, SourceFile, collection_version, scan_collection
-from .hashing import content_hash, stable_id
 from .formats import BINARY_FORMATS, PARSE_TIME_LIMIT_SECONDS
 from .formats.isolation import FORKSERVER_PRELOAD, parse_isolated
+from .hashing import content_hash, stable_id
 from .parsing import PARSER_VERSION, Block, ParsedDocument, ParseError, parse_document
 from .tokens import TokenCounter
 

@@ -144,9 +144,9 @@ def parse_pptx(data: bytes) -> ParsedDocument:
                 text = "\n".join(line for line in lines if line.strip())
                 if text:
                     blocks.append(Block("paragraph", text, [slide_title], page=number))
-        if slide.has_notes_slide and (notes := slide.notes_slide.notes_text_frame) is not None:
-            if notes.text.strip():
-                blocks.append(Block("paragraph", notes.text.strip(), [slide_title, "Notes"], page=number))
+        notes = slide.notes_slide.notes_text_frame if slide.has_notes_slide else None
+        if notes is not None and notes.text.strip():
+            blocks.append(Block("paragraph", notes.text.strip(), [slide_title, "Notes"], page=number))
     if not title and headings:
         title = next((h["title"] for h in headings if not h["title"].startswith("Slide ")), headings[0]["title"])
     metadata["slides"] = len(presentation.slides)

@@ -84,25 +84,25 @@ def _structure(pages: list[list[tuple[str, float]]], outline: list[tuple[int, st
         headings.append({"level": level, "title": title})
         path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
 
+    paragraph: list[str] = []
+
+    def flush(page: int) -> None:
+        if paragraph:
+            blocks.append(Block("paragraph", "\n".join(paragraph), [t for _, t in path], page=page))
+            paragraph.clear()
+
     for number, lines in enumerate(pages, start=1):
         for level, title in levels.get((number - 1, None), []):
             enter(level, title)
-        paragraph: list[str] = []
-
-        def flush() -> None:
-            if paragraph:
-                blocks.append(Block("paragraph", "\n".join(paragraph), [t for _, t in path], page=number))
-                paragraph.clear()
-
         for index, (text, _) in enumerate(lines):
             found = levels.get((number - 1, index))
             if found:
-                flush()
+                flush(number)
                 for level, title in found:
                     enter(level, title)
             else:
                 paragraph.append(text)
-        flush()
+        flush(number)
     return headings, blocks
 
 
