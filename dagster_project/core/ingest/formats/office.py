@@ -110,10 +110,12 @@ def parse_docx(data: bytes) -> ParsedDocument:
 # ---------------------------------------------------------------- PowerPoint
 
 def _shapes(shapes):
-    """Shapes top to bottom, left to right, group shapes opened."""
+    """Shapes in the slide's own order (its shape tree), group shapes opened. Not sorted by
+    position: a placeholder's position is inherited from its layout, and looking it up was half
+    of a parse."""
     from pptx.enum.shapes import MSO_SHAPE_TYPE
 
-    for shape in sorted(shapes, key=lambda s: (s.top or 0, s.left or 0)):
+    for shape in shapes:
         if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
             yield from _shapes(shape.shapes)
         else:
