@@ -5,10 +5,13 @@ for each kind of bad file."""
 from __future__ import annotations
 
 import io
+import os
+import signal
 
 import pytest
 from pypdf import PdfReader, PdfWriter
 
+from dagster_project.core.ingest.formats.isolation import parse_isolated
 from dagster_project.core.ingest.parsing import ParseError, parse_document
 from tests.fakes.documents import make_docx, make_image_only_pdf, make_pdf, make_pptx, make_zip_bomb
 
@@ -99,3 +102,17 @@ def test_scan_advice_names_ocr_and_partly_scanned_pdf_is_indexed_with_a_warning(
     doc = parse_document("mixed.pdf", out.getvalue())
     assert [b.text for b in doc.blocks] == ["Typed page"]
     assert any("1 of 2 pages have no text layer (pages 2" in w for w in doc.warnings)
+
+
+def _parse_or_die(path: str, data: bytes):
+    """A parser whose native code crashes on one file: its process dies by SIGKILL."""
+    if path == "crash.pdf":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return parse_document(path, data)
+
+
+def test_a_parser_crash_costs_one_file_and_its_worker_is_replaced():
+    data = make_pdf([[(11, "Ospreys nest on platforms.")]])
+    results = parse_isolated(["a.pdf", "crash.pdf", "b.pdf"], [data] * 3, _parse_or_die, workers=1, time_limit=60)
+    assert [r.blocks[0].text for r in (results[0], results[2])] == ["Ospreys nest on platforms."] * 2
+    assert isinstance(results[1], ParseError) and "crashed" in results[1].reason and "-9" in results[1].reason

@@ -38,7 +38,7 @@ class _Worker:
         self.served = 0
 
     def run(self, path: str, data: bytes, time_limit: float) -> ParsedDocument | ParseError:
-        if self.process is None or self.served >= FILES_PER_WORKER:
+        if self.process is None or self.served >= FILES_PER_WORKER or not self.process.is_alive():
             self.stop()
             self.connection, child = self.context.Pipe()
             self.process = self.context.Process(target=_serve, args=(child, self.parse), daemon=True)
