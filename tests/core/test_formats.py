@@ -61,6 +61,7 @@ def test_docx_heading_styles_lists_tables_and_page_breaks():
     assert doc.blocks[-1].kind == "table"
     untitled = parse_document("notes.docx", make_docx([("h1", "Meeting notes"), ("p", "Agreed on the plan.")]))
     assert untitled.title == "Meeting notes"
+    assert [b.page for b in untitled.blocks] == [None]  # never laid out, no page breaks: pages unknown
 
 
 def test_pptx_slide_titles_slide_numbers_tables_and_notes():

@@ -68,6 +68,7 @@ def parse_docx(data: bytes) -> ParsedDocument:
     # Word records where it last broke pages; without that (a generated file), hard page breaks.
     rendered = bool(body.xpath(".//w:lastRenderedPageBreak"))
     breaks = ".//w:lastRenderedPageBreak" if rendered else './/w:br[@w:type="page"]'
+    paged = rendered or bool(body.xpath(breaks))  # else no page numbers: "page 1" of a long file would mislead
     headings: list[dict] = []
     blocks: list[Block] = []
     path: list[tuple[int, str]] = []
@@ -78,10 +79,11 @@ def parse_docx(data: bytes) -> ParsedDocument:
     for item in document.iter_inner_content():
         if isinstance(item, Table):
             rows = [[cell.text for cell in row.cells] for row in item.rows]
-            blocks.append(Block("table", pipe_table(rows), [t for _, t in path], page=page))
+            blocks.append(Block("table", pipe_table(rows), [t for _, t in path], page=page if paged else None))
             continue
-        starts_page = page
-        page += len(item._p.xpath(breaks))
+        starts_page = page if paged else None
+        if paged:
+            page += len(item._p.xpath(breaks))
         text = item.text.strip()
         if not text:
             continue
