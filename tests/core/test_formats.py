@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import sys
 
 import pytest
 from pypdf import PdfReader, PdfWriter
@@ -117,3 +118,9 @@ def test_a_parser_crash_costs_one_file_and_its_worker_is_replaced():
     results = parse_isolated(["a.pdf", "crash.pdf", "b.pdf"], [data] * 3, _parse_or_die, workers=1, time_limit=60)
     assert [r.blocks[0].text for r in (results[0], results[2])] == ["Ospreys nest on platforms."] * 2
     assert isinstance(results[1], ParseError) and "crashed" in results[1].reason and "-9" in results[1].reason
+
+
+def test_a_missing_library_names_the_package_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pypdfium2", None)  # as if the install had skipped it
+    with pytest.raises(ParseError, match=r"needs the package pypdfium2 .*pip install pypdfium2"):
+        parse_document("report.pdf", make_pdf([[(11, "Text")]]))
