@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/ingest_bench.py
 	$(BIN)/python bench/search_bench.py
 	$(BIN)/python bench/refine_bench.py
+	$(BIN)/python bench/formats_bench.py
 
 dev: install
 	$(BIN)/refinery dev

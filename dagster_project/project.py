@@ -3,7 +3,7 @@ Loaded once when Dagster (or the CLI) loads the definitions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from functools import cached_property
 
@@ -54,6 +54,11 @@ class Project:
     def chunk_settings(self) -> ChunkSettings:
         return ChunkSettings(self.settings.chunk_max_tokens, self.settings.chunk_overlap_tokens,
                              text_search_config=self.settings.text_search_config)
+
+    def chunk_settings_for(self, collection: str) -> ChunkSettings:
+        """The chunk settings with the collection's own text search configuration, if it sets one."""
+        config = self.manifest.collection(collection).text_search_config
+        return replace(self.chunk_settings, text_search_config=config) if config else self.chunk_settings
 
     @cached_property
     def token_counter(self) -> TokenCounter:

@@ -27,9 +27,10 @@ def build_chunks(project: Project) -> dg.AssetsDefinition:
     )
     def chunks(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
         store = vector_store.store
-        report = sync_chunks(store, context.partition_key, project.chunk_settings, project.token_counter,
+        settings = project.chunk_settings_for(context.partition_key)
+        report = sync_chunks(store, context.partition_key, settings, project.token_counter,
                              progress=Progress("documents chunked", context.log.info))
-        stale = store.stale_documents(context.partition_key, project.chunker_version)
+        stale = store.stale_documents(context.partition_key, settings.version(project.token_counter))
         text_index = store.text_index_counts(context.partition_key)
         return dg.MaterializeResult(
             metadata=record_and_describe(context, store, report, chunker_version=project.chunker_version),

@@ -30,7 +30,8 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
             context.log.warning(f"collection {name!r} is in the database ({counts['documents']} documents) but not in "
                                 f"the manifest: `refinery prune` removes it")
         report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes,
-                                progress=Progress("files parsed", context.log.info))
+                                progress=Progress("files parsed", context.log.info),
+                                parse_time_limit=project.settings.parse_time_limit_seconds)
         for issue in report.issues:
             log = context.log.error if issue.severity == "error" else context.log.warning
             log(f"{issue.path}: {issue.reason}")

@@ -23,7 +23,8 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("ordinal", "integer", "position in the document"), ("heading_path", "text[]", ""), ("text", "text", ""),
         ("token_count", "integer", ""), ("content_hash", "bytea", "hash of the embedded text: the vector's key"),
         ("context", "text", "Document title > Section"), ("ts_config", "regconfig", ""),
-        ("tsv", "tsvector", "weighted full-text vector"),
+        ("first_page", "integer", "page or slide the text starts on (PDF, Word, PowerPoint)"),
+        ("last_page", "integer", ""), ("tsv", "tsvector", "weighted full-text vector, CJK as bigrams"),
     ],
     "embeddings": [
         ("model_id", "smallint", "embedding_models.id"), ("content_hash", "bytea", "chunks.content_hash"),

@@ -22,7 +22,7 @@ def cmd_ingest(args) -> int:
         store = VectorStore(urls.vector_store)
         try:
             plans = {n: plan_collection(store, project.manifest.collection(n), max_file_bytes=settings.max_file_bytes,
-                                        settings=project.chunk_settings, counter=project.token_counter,
+                                        settings=project.chunk_settings_for(n), counter=project.token_counter,
                                         model_key=project.embedding_generation) for n in names}
             outside = store.collections_outside(sorted(project.manifest.collections))
         finally:

@@ -57,8 +57,10 @@ def cmd_search(args) -> int:
     finally:
         store.close()
     rows = [{"collection": h.collection, "path": h.path, "title": h.title, "heading_path": h.heading_path,
-             "text": h.text, "score": round(h.score, 4), "chunk_id": h.chunk_id, "legs": h.legs} for h in hits]
-    text = "\n\n".join(f"{i + 1}. [{h['score']:.3f}] {h['collection']}/{h['path']} > {' > '.join(h['heading_path'])}"
+             "text": h.text, "score": round(h.score, 4), "chunk_id": h.chunk_id, "legs": h.legs,
+             "pages": list(h.pages) if h.pages else None, "locator": h.locator} for h in hits]
+    text = "\n\n".join(f"{i + 1}. [{h['score']:.3f}] {h['collection']}/{h['path']}"
+                       f"{' (' + h['locator'] + ')' if h['locator'] else ''} > {' > '.join(h['heading_path'])}"
                        f" ({', '.join(f'{leg} #{rank}' for leg, rank in h['legs'].items())})\n"
                        f"   {h['text'][:240].replace(chr(10), ' ')}" for i, h in enumerate(rows)) or "no results"
     emit(rows, args.json, text)

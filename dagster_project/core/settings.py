@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
+from .ingest.formats import PARSE_TIME_LIMIT_SECONDS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SQL_DIR = PROJECT_ROOT / "sql"
 DEFAULT_MANIFEST = PROJECT_ROOT / "examples" / "corpus.yaml"
@@ -36,6 +38,7 @@ class Settings(BaseModel):
     chunk_overlap_tokens: int = Field(32, ge=0)
     text_search_config: str = "english"
     max_file_bytes: int = Field(20_000_000, ge=1)
+    parse_time_limit_seconds: float = Field(PARSE_TIME_LIMIT_SECONDS, gt=0)  # per PDF, Word or PowerPoint file
 
     llm_model: str | None = None  # unset: every document gets the extractive refinement
     # Operations: how often the corpus folders and the feedback log are looked at (cron), how often the automation

@@ -21,6 +21,7 @@ class ChunkRow:
     token_count: int
     content_hash: bytes  # of embed_text(context, text)
     context: str = ""
+    pages: tuple[int, int] | None = None  # first and last page or slide (PDF, Word, PowerPoint)
 
 
 @dataclass
@@ -42,11 +43,11 @@ CHANGED_DOCUMENTS = (
 
 
 _CHUNK_COLUMNS = ("id", "document_id", "collection", "ordinal", "heading_path", "text",
-                  "token_count", "content_hash", "context", "ts_config")
+                  "token_count", "content_hash", "context", "ts_config", "first_page", "last_page")
 
 
 # regconfig travels as its oid in binary COPY
-_CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea", "text", "oid")
+_CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea", "text", "oid", "int4", "int4")
 
 
 class ChunkTables:
@@ -73,13 +74,16 @@ class ChunkTables:
             old = [bytes(r[0]) for r in conn.execute(
                 "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (ids,))]
             config = self._text_search_config_oid(conn, text_search_config)
+            conn.execute("INSERT INTO collection_text_search VALUES (%s, %s) ON CONFLICT (collection) "
+                         "DO UPDATE SET ts_config = EXCLUDED.ts_config", (collection, config))
             with conn.cursor().copy(
                 f"COPY chunks ({', '.join(_CHUNK_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
             ) as copy:
                 copy.set_types(_CHUNK_TYPES)
                 for c in chunks:
                     copy.write_row((c.id, c.document_id, c.collection, c.ordinal, c.heading_path,
-                                    c.text, c.token_count, c.content_hash, c.context, config))
+                                    c.text, c.token_count, c.content_hash, c.context, config,
+                                    *(c.pages or (None, None))))
             conn.execute(
                 "UPDATE documents d SET chunked_hash = v.h, chunker_version = %s "
                 "FROM unnest(%s::uuid[], %s::bytea[]) AS v(id, h) WHERE d.id = v.id",

@@ -12,11 +12,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .formats.tables import is_pipe_rule
 from .hashing import content_hash
 from .parsing import Block
 from .tokens import COUNT_BATCH_CHARS, TokenCounter
 
-CHUNKER_VERSION = "heading-cdc-v2"  # v2: chunks carry their title + heading path context
+CHUNKER_VERSION = "heading-cdc-v3"  # v2: chunks carry their title + heading path context; v3: tables split by rows
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
@@ -69,6 +70,7 @@ class ChunkDraft:
     heading_path: list[str]
     text: str
     token_count: int
+    pages: tuple[int, int] | None = None  # first and last page (or slide) the chunk's text is on
 
 
 @dataclass
@@ -76,6 +78,7 @@ class _Unit:
     kind: str
     text: str
     tokens: int
+    page: int | None = None
 
 
 def _is_boundary(text: str) -> bool:
@@ -98,9 +101,10 @@ def chunk_blocks(blocks: list[Block], settings: ChunkSettings, counter: TokenCou
         for block in section_blocks:
             tokens = next(count_iter)
             if tokens <= budget:
-                units.append(_Unit(block.kind, block.text, tokens))
+                units.append(_Unit(block.kind, block.text, tokens, block.page))
             else:
-                units.extend(_split_oversize(block, budget, counter))
+                units.extend((block.kind == "table" and _split_table(block, budget, counter))
+                             or _split_oversize(block, budget, counter))
         drafts.extend(_pack_section(heading_path, units, settings, budget, counter))
     return drafts
 
@@ -130,16 +134,17 @@ def _pack_section(heading_path, units, settings, budget, counter) -> list[ChunkD
         if i > 0 and tails[i - 1]:
             text = tails[i - 1] + "\n\n" + text
             tokens += tail_counts[i - 1]
-        drafts.append(ChunkDraft(list(heading_path), text, tokens))
+        pages = [u.page for u in group if u.page is not None]
+        drafts.append(ChunkDraft(list(heading_path), text, tokens, (min(pages), max(pages)) if pages else None))
     return drafts
 
 
 def _overlap_tails(units: list[_Unit], overlap_tokens: int, counter: TokenCounter) -> tuple[list[str], list[int]]:
     """The last words of each chunk, repeated at the start of the next, within the overlap
-    budget; never from code, which would be cut mid-statement."""
+    budget; never from code or a table, which would be cut mid-statement or mid-row."""
     if not units or overlap_tokens == 0:
         return [""] * len(units), [0] * len(units)
-    texts = [u.text if u.kind != "code" else "" for u in units]
+    texts = [u.text if u.kind not in ("code", "table") else "" for u in units]
     take = [int(overlap_tokens * 0.6)] * len(units)  # ~0.6 words per token for prose
     tails, counts = [], []
     for _ in range(3):  # shrink the few tails that came out over budget
@@ -164,6 +169,36 @@ def _last_words(text: str, n: int) -> str:
     return " ".join(words[-n:]) if n < len(words) else ""
 
 
+def _split_table(block: Block, budget: int, counter: TokenCounter) -> list[_Unit]:
+    """A pipe table over budget, by rows, each piece led by the header row and its rule; a row
+    too long for a piece by itself is cut as prose under the header. [] when the block is not
+    a pipe table or its header takes over half the budget (then it is cut as prose)."""
+    lines = block.text.split("\n")
+    if len(lines) < 3 or not is_pipe_rule(lines[1]):
+        return []
+    header = "\n".join(lines[:2])
+    room = budget - counter.count([header])[0] - 2  # the newlines around rows may count
+    if room < budget // 2:
+        return []
+    pieces: list[list[str]] = []
+    size = 0
+    for row, tokens in zip(lines[2:], counter.count(lines[2:])):
+        if tokens > room:
+            cuts = _split_oversize(Block("paragraph", row, block.heading_path, block.page), room, counter)
+            pieces.extend([u.text] for u in cuts)
+            size = room + 1  # the next row starts a new piece
+            continue
+        if pieces and size + tokens + 1 <= room:
+            pieces[-1].append(row)
+            size += tokens + 1
+        else:
+            pieces.append([row])
+            size = tokens
+    texts = [header + "\n" + "\n".join(rows) for rows in pieces]
+    units = [_Unit("table", t, n, block.page) for t, n in zip(texts, counter.count(texts))]
+    return [p for u in units for p in ([u] if u.tokens <= budget else _refit(u, budget, counter))]
+
+
 def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_Unit]:
     """A block over budget: code by lines, prose by sentences, then by words, and a "word"
     with no space in it (CJK prose, minified code, a table rule) by characters."""
@@ -180,7 +215,7 @@ def _split_oversize(block: Block, budget: int, counter: TokenCounter) -> list[_U
         units.append(_Unit(block.kind, current, size))
     # Joining pieces can merge tokens at the seams; recount so every unit's count is exact.
     for unit, exact in zip(units, counter.count([u.text for u in units])):
-        unit.tokens = exact
+        unit.tokens, unit.page = exact, block.page
     return [p for u in units for p in ([u] if u.tokens <= budget else _refit(u, budget, counter))]
 
 
@@ -231,4 +266,4 @@ def _split_characters(text: str, tokens: int, budget: int, counter: TokenCounter
 
 
 def _refit(unit: _Unit, budget: int, counter: TokenCounter) -> list[_Unit]:
-    return [_Unit(unit.kind, t, n) for t, n in _split_characters(unit.text, unit.tokens, budget, counter)]
+    return [_Unit(unit.kind, t, n, unit.page) for t, n in _split_characters(unit.text, unit.tokens, budget, counter)]

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .hashing import content_hash
 
 EmbedMode = Literal["full", "metadata_only", "skip"]
-DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm"]
+DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm",
+                   "**/*.pdf", "**/*.docx", "**/*.pptx"]
 
 
 class ManifestError(ValueError):
@@ -47,6 +48,9 @@ class Collection(BaseModel):
     defaults: DocumentDefaults = Field(default_factory=DocumentDefaults)
     # A symlink out of the root would publish whatever it points at (/etc/shadow): only by choice.
     follow_external_symlinks: bool = False
+    # PostgreSQL text search configuration of this collection's chunks (default: TEXT_SEARCH_CONFIG),
+    # e.g. `simple` for Chinese, Japanese or Korean documents (no stemming; CJK is split into bigrams).
+    text_search_config: str | None = None
 
     @field_validator("name")
     @classmethod

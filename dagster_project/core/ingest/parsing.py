@@ -1,5 +1,5 @@
-"""Parsers for Markdown, reStructuredText, HTML and plain text. Each turns a file's bytes into
-a title, metadata (YAML front matter or a PEP-style header block), the heading tree and text
+"""Parsers for Markdown, reStructuredText, HTML and plain text (PDF, Word, PowerPoint: formats/).
+Each turns a file's bytes into a title, metadata (YAML front matter or a PEP-style header block), the heading tree and text
 blocks that know their heading path. Built on markdown-it-py, docutils, BeautifulSoup and the
 standard library's RFC 822 header parser."""
 
@@ -20,7 +20,8 @@ from typing import Literal
 import yaml
 
 Severity = Literal["error", "warning"]
-PARSER_VERSION = "parsers-v3"  # bump when parsing changes what a file yields: every file is parsed again
+# Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word, PowerPoint).
+PARSER_VERSION = "parsers-v4"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
 MAX_FRONT_MATTER_BYTES = 64 * 1024
@@ -46,6 +47,7 @@ class Block:
     kind: str  # paragraph | code | list | table | quote | other
     text: str
     heading_path: list[str]
+    page: int | None = None  # page or slide number, in formats that have them
 
 
 @dataclass
@@ -59,22 +61,27 @@ class ParsedDocument:
 
 
 def parse_document(path: str, data: bytes) -> ParsedDocument:
+    from .formats import BINARY_FORMATS, parse_binary
+
     extension = posixpath.splitext(path)[1].lower()
-    fmt = FORMATS.get(extension)
+    fmt = FORMATS.get(extension) or BINARY_FORMATS.get(extension)
     if fmt is None:
         raise ParseError(
             f"unsupported extension {extension or '(none)'!r}: supported are "
-            f"{', '.join(sorted(FORMATS))}; exclude the file in corpus.yaml",
+            f"{', '.join(sorted([*FORMATS, *BINARY_FORMATS]))}; exclude the file in corpus.yaml",
             severity="warning",
         )
-    text, warnings = decode(data)
-    if not text.strip():
-        # Stored as a document with no text, so whatever it held before leaves the index.
-        title = posixpath.splitext(posixpath.basename(path))[0]
-        return ParsedDocument(fmt, title, {}, [], [], warnings + ["empty file: nothing to index"])
-    parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text}[fmt]
-    doc = parser(text)
-    doc.warnings[:0] = warnings
+    if extension in BINARY_FORMATS:
+        doc = parse_binary(fmt, data)
+    else:
+        text, warnings = decode(data)
+        if not text.strip():
+            # Stored as a document with no text, so whatever it held before leaves the index.
+            title = posixpath.splitext(posixpath.basename(path))[0]
+            return ParsedDocument(fmt, title, {}, [], [], warnings + ["empty file: nothing to index"])
+        parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text}[fmt]
+        doc = parser(text)
+        doc.warnings[:0] = warnings
     doc.metadata = json_safe_metadata(doc.metadata, doc.warnings)
     for block in doc.blocks:
         block.text = _strip_data_uris(block.text)
@@ -391,6 +398,11 @@ def _parse_html(text: str) -> ParsedDocument:
 
 
 def _block_text(element) -> str:
+    if element.name == "table":
+        from .formats.tables import pipe_table
+
+        return pipe_table([[cell.get_text(" ", strip=True) for cell in row.find_all(["th", "td"], recursive=False)]
+                           for row in element.find_all("tr")])
     if element.name == "pre":
         return element.get_text("")
     if element.name in ("ul", "ol"):

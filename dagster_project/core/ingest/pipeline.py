@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import posixpath
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from ..db.store import VectorStore
 from ..embed.base import Embedder
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, SourceFile, collection_version, scan_collection
+from .formats import BINARY_FORMATS, PARSE_TIME_LIMIT_SECONDS
+from .formats.isolation import FORKSERVER_PRELOAD, parse_isolated
 from .hashing import content_hash, stable_id
 from .parsing import PARSER_VERSION, Block, ParsedDocument, ParseError, parse_document
 from .tokens import TokenCounter
@@ -64,13 +67,24 @@ def _process_pool(workers: int, initializer=None, initargs: tuple = ()) -> Proce
     # forkserver: safe to start from a threaded process (Dagster, psycopg pools). Workers fork
     # from a server that has already imported the parsers and the chunker, so each pool starts warm.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dagster_project.core.ingest.parsing", "dagster_project.core.ingest.chunking",
-                                    "docutils.parsers.rst", "markdown_it", "bs4", "tokenizers"])
+    context.set_forkserver_preload(FORKSERVER_PRELOAD)
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs)
 
 
-def parse_files(files: list[SourceFile], workers: int | None = None) -> list[ParsedDocument | ParseError]:
-    """Parse on every core when there are enough files to pay for the worker start-up."""
+def parse_files(files: list[SourceFile], workers: int | None = None,
+                time_limit: float = PARSE_TIME_LIMIT_SECONDS) -> list[ParsedDocument | ParseError]:
+    """Parse on every core when there are enough files to pay for the worker start-up; PDF, Word
+    and PowerPoint files each in a process of its own, stopped past `time_limit` seconds."""
+    binary = [i for i, f in enumerate(files) if posixpath.splitext(f.path)[1].lower() in BINARY_FORMATS]
+    if binary:
+        results: list = [None] * len(files)
+        for i, parsed in zip(binary, parse_isolated([files[i].path for i in binary], [files[i].data for i in binary],
+                                                    _parse_one, workers=workers, time_limit=time_limit)):
+            results[i] = parsed
+        rest = [i for i in range(len(files)) if results[i] is None]
+        for i, parsed in zip(rest, parse_files([files[i] for i in rest], workers)):
+            results[i] = parsed
+        return results
     workers = workers or os.cpu_count() or 1
     if workers < 2 or len(files) < PARALLEL_PARSE_MIN_FILES:
         return [_parse_one(f.path, f.data) for f in files]
@@ -114,7 +128,8 @@ def build_document_row(collection: Collection, source: SourceFile,
         collection=collection.name, path=source.path, content_hash=source.content_hash,
         size_bytes=source.size, format=parsed.format, title=parsed.title,
         metadata=meta, headings=parsed.headings,
-        blocks=[{"kind": b.kind, "text": b.text, "path": b.heading_path} for b in parsed.blocks],
+        blocks=[{"kind": b.kind, "text": b.text, "path": b.heading_path} | ({"page": b.page} if b.page else {})
+                for b in parsed.blocks],
         source_version=source_version(collection), **fields,
     )
     return row, warnings
@@ -130,7 +145,7 @@ class DocumentChanges:
 
 
 def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
-                   progress=None) -> DocumentChanges:
+                   progress=None, parse_time_limit: float = PARSE_TIME_LIMIT_SECONDS) -> DocumentChanges:
     """Scan the collection against the stored hashes and parse only new or changed files.
     Writes nothing. `progress(done, total)` follows the parsing."""
     started = time.perf_counter()
@@ -151,7 +166,7 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
         else:
             to_parse.append(f)
     rows: list[DocumentRow] = []
-    for done, (f, parsed) in enumerate(zip(to_parse, parse_files(to_parse)), start=1):
+    for done, (f, parsed) in enumerate(zip(to_parse, parse_files(to_parse, time_limit=parse_time_limit)), start=1):
         if progress is not None:
             progress(done, len(to_parse))
         if isinstance(parsed, ParseError):
@@ -170,13 +185,15 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
 
 
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
-                   progress=None) -> StepReport:
+                   progress=None, parse_time_limit: float = PARSE_TIME_LIMIT_SECONDS) -> StepReport:
     with store.step_lock(collection.name):
-        return _sync_documents(store, collection, max_file_bytes, progress)
+        return _sync_documents(store, collection, max_file_bytes, progress, parse_time_limit)
 
 
-def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress) -> StepReport:
-    changes = diff_documents(store, collection, max_file_bytes=max_file_bytes, progress=progress)
+def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress,
+                    parse_time_limit: float) -> StepReport:
+    changes = diff_documents(store, collection, max_file_bytes=max_file_bytes, progress=progress,
+                             parse_time_limit=parse_time_limit)
     report = changes.report
     started = time.perf_counter()
     report.counts["chunks_removed"] = store.apply_documents(
@@ -201,14 +218,14 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
         return []
     if document.embed_mode == "metadata_only":
         text = _metadata_text(document)
-        drafts = [([], text, counter.count([text])[0])]
+        drafts = [([], text, counter.count([text])[0], None)]
     else:
-        blocks = [Block(b["kind"], b["text"], b["path"]) for b in document.blocks]
-        drafts = [(d.heading_path, d.text, d.token_count) for d in chunk_blocks(blocks, settings, counter)]
+        blocks = [Block(b["kind"], b["text"], b["path"], b.get("page")) for b in document.blocks]
+        drafts = [(d.heading_path, d.text, d.token_count, d.pages) for d in chunk_blocks(blocks, settings, counter)]
     contexts: dict[tuple, tuple[str, int]] = {}
     seen: Counter[bytes] = Counter()
     rows = []
-    for ordinal, (heading_path, text, tokens) in enumerate(drafts):
+    for ordinal, (heading_path, text, tokens, pages) in enumerate(drafts):
         key = tuple(heading_path)
         if key not in contexts:
             contexts[key] = chunk_context(document.title, heading_path, settings, counter)
@@ -217,7 +234,8 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
         occurrence = seen[digest]
         seen[digest] += 1
         rows.append(ChunkRow(stable_id("chunk", document.id.bytes, digest, occurrence), document.id,
-                             collection, ordinal, heading_path, text, tokens + context_tokens, digest, context))
+                             collection, ordinal, heading_path, text, tokens + context_tokens, digest, context,
+                             pages))
     return rows
 
 

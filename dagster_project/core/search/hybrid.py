@@ -30,7 +30,9 @@ FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
 # planner's row count, exact for small tables), then the sum of idf * weight over the query's
 # terms (in search_sql), in single precision (a tenth faster over ten thousand postings).
 BM25_STATS = (
-    "WITH terms AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s))) AS term),"
+    # The query's lexemes in every collection's text search configuration (sql/0013), CJK split as the chunks are.
+    "WITH terms AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector(cfg, cjk_split(%(text)s)))) AS term"
+    "   FROM (SELECT %(cfg)s::regconfig AS cfg UNION SELECT ts_config FROM collection_text_search) configs),"
     " n AS (SELECT CASE WHEN reltuples > 0 THEN reltuples ELSE (SELECT count(*) FROM chunks) END AS n"
     "       FROM pg_class WHERE oid = 'chunks'::regclass),"
     " stats AS MATERIALIZED (SELECT t.term, ln(1 + (greatest(n.n, df.df) - df.df + 0.5) / (df.df + 0.5))::real AS idf"
@@ -49,6 +51,17 @@ class SearchHit:
     score: float
     chunk_id: str
     legs: dict[str, int] = field(default_factory=dict)  # leg -> rank at which it found this chunk
+    pages: tuple[int, int] | None = None  # first and last page (slide, for PowerPoint) of the text
+    format: str = ""
+
+    @property
+    def locator(self) -> str:
+        """Where in the file the text is: "page 3", "pages 3-4", "slide 2" ("" without pages)."""
+        if self.pages is None:
+            return ""
+        unit = "slide" if self.format == "pptx" else "page"
+        first, last = self.pages
+        return f"{unit} {first}" if first == last else f"{unit}s {first}-{last}"
 
 
 class SearchQueries:
@@ -88,7 +101,8 @@ class SearchQueries:
                 cursor = conn.execute(self.search_sql(dims, where, exact, mode, model_id=model_id, k=k), params)
             rows = cursor.fetchall()
         return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], float(r[6]), str(r[5]),
-                          {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None})
+                          {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None},
+                          (r[9], r[10]) if r[9] is not None else None, r[11])
                 for r in rows]
 
     @staticmethod
@@ -105,7 +119,7 @@ class SearchQueries:
     def search_sql(self, dims: int, where: list[str], exact: bool, mode: str = "vector", *,
                    model_id: int | None, k: int) -> str:
         """One statement per mode; columns: collection, path, title, heading_path, text, chunk id,
-        score, vector rank, text rank. The model, k and the fusion constants are literals, the query
+        score, vector rank, text rank, first and last page, format. The model, k and the fusion constants are literals, the query
         and the filter values parameters, so the generic plan of the prepared statement is the
         custom plan (a parameter for the model would hide the model's partial HNSW index from it):
         a search is not planned afresh each time, which cost 1.2 ms of a hybrid search."""
@@ -160,5 +174,5 @@ class SearchQueries:
         return (f"WITH hits AS MATERIALIZED ({legs}),"
                 f" top AS MATERIALIZED (SELECT * FROM hits ORDER BY {order} LIMIT {k}) "  # text of k hits only
                 "SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, h.score, h.vector_rank, "
-                "h.text_rank FROM top h JOIN chunks c ON c.id = h.id JOIN documents d ON d.id = c.document_id "
+                "h.text_rank, c.first_page, c.last_page, d.format FROM top h JOIN chunks c ON c.id = h.id JOIN documents d ON d.id = c.document_id "
                 f"ORDER BY {', '.join('h.' + o for o in order.split(', '))}")
