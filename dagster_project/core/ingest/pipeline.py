@@ -16,6 +16,7 @@ from ..db.chunks import ChunkRow, DocumentToChunk
 from ..db.documents import DocumentRow, FileIssue
 from ..db.store import VectorStore
 from ..embed.base import Embedder
+from ..live_status import publishing
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, SourceFile, collection_version, scan_collection
 from .hashing import content_hash, stable_id
@@ -171,8 +172,8 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
 
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
                    progress=None) -> StepReport:
-    with store.step_lock(collection.name):
-        return _sync_documents(store, collection, max_file_bytes, progress)
+    with store.step_lock(collection.name), publishing(store.conninfo, collection.name, "documents", progress) as live:
+        return _sync_documents(store, collection, max_file_bytes, live)
 
 
 def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress) -> StepReport:
@@ -223,8 +224,8 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
 
 def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
                 counter: TokenCounter, *, progress=None) -> StepReport:
-    with store.step_lock(collection):
-        return _sync_chunks(store, collection, settings, counter, progress)
+    with store.step_lock(collection), publishing(store.conninfo, collection, "chunks", progress) as live:
+        return _sync_chunks(store, collection, settings, counter, live)
 
 
 _worker_counter: TokenCounter | None = None  # a chunk worker's own counter, built once per worker
@@ -310,10 +311,10 @@ def sync_embeddings(store: VectorStore, collection: str, *embedders: Embedder, p
     """Vectors for the collection's texts that have none, for each model in turn: during a model
     change, the active model first (search serves it), then the candidate beside it. The first
     model ever built becomes the active one."""
-    with store.step_lock(collection):
+    with store.step_lock(collection), publishing(store.conninfo, collection, "embeddings", progress) as live:
         report = StepReport(collection, "embeddings")
         for embedder in embedders:
-            _sync_embeddings(store, collection, embedder, progress, report)
+            _sync_embeddings(store, collection, embedder, live, report)
         return report
 
 

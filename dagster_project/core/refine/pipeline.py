@@ -24,6 +24,7 @@ from ..feedback.events import (
 )
 from ..ingest.hashing import content_hash
 from ..ingest.tokens import TokenCounter
+from ..live_status import publishing
 from ..secrets import errors_scrubbed
 from .extractive import refine_extractively
 from .llm import EXTRACTIVE, ChainResult, ChainStopped, LLMChain
@@ -130,8 +131,9 @@ def refine_collection(store: VectorStore, collection: str, chain: LLMChain, coun
                       budget: int, thresholds: RoutingThresholds, run_id: str | None = None,
                       asset: str = "refined_documents", progress=None,
                       feedback: FeedbackPolicy = FeedbackPolicy()) -> RefineReport:
-    with errors_scrubbed(chain.scrub), store.step_lock(collection):
-        return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress,
+    with (errors_scrubbed(chain.scrub), store.step_lock(collection),
+          publishing(store.conninfo, collection, "refined_documents", progress) as live):
+        return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, live,
                                   feedback)
 
 
