@@ -74,7 +74,7 @@ def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
     try:
         plans = {n: estimate(store, n, chain, prompt_token_counter(project.settings),
                              budget=project.settings.refine_budget_tokens, thresholds=project.routing_thresholds,
-                             feedback=project.feedback_policy)
+                             feedback=project.feedback_policy, best_of=project.manifest.collection(n).best_of)
                  for n in names}
     finally:
         store.close()
@@ -91,6 +91,14 @@ def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
              f"{p['skipped']} up to date" for n, p in plans.items()]
     for model, usd in estimated.items():
         lines.append(f"  if all went to {model}: " + ("no price in LLM_PRICES_FILE" if usd is None else f"~${usd:.4f}"))
+    for name, plan in plans.items():
+        for model, b in plan["best_of"].items():
+            rate = (f"default: {b['samples']} documents observed so far" if b["source"] == "default"
+                    else f"discard rate {b['discard_rate']:.1%} ± {b['stddev']:.1%} over {b['samples']} documents")
+            cost = ("no price in LLM_PRICES_FILE" if b["extra_usd"] is None
+                    else f"~${b['extra_usd']:.4f} extra (~${b['extra_usd_without_n']:.4f} if the server lacks `n`)")
+            lines.append(f"  {name} best-of on {model}: {b['candidates']} candidates (buffer {b['buffer']:.2f}; {rate}) "
+                         f"for {b['documents']} documents: {b['extra_candidates']} extra candidates, {cost}")
     emit(summary, as_json, "\n".join(lines))
     return 0
 

@@ -1,5 +1,6 @@
 """A fake OpenAI-compatible HTTP server on 127.0.0.1 for tests: /v1/embeddings with deterministic
-vectors, /v1/chat/completions with scripted replies, and a queue of scripted failures."""
+vectors, /v1/chat/completions with scripted replies (and `n` choices), and a queue of scripted
+failures."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class FakeOpenAI:
         # Optional: body -> content str, or (status, headers, body) for a scripted failure.
         self.chat_responder: Any = None
         self.chat_headers: dict[str, str] = {}  # added to every successful chat answer
+        self.accepts_n = True  # False: a request with n > 1 gets the 400 some compatible servers give
         self._failures: deque[tuple[int, dict[str, str], Any]] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -111,11 +113,17 @@ class FakeOpenAI:
             time.sleep(self.delay)
         if failure is not None:
             return failure
+        n = int(body.get("n") or 1) if path == "/v1/chat/completions" else 1
+        if n > 1 and not self.accepts_n:
+            return 400, {}, {"error": {"message": "Unrecognized request argument supplied: n",
+                                       "type": "invalid_request_error", "param": "n"}}
         if path == "/v1/chat/completions" and responder is not None:
-            answer = responder(body)
-            if isinstance(answer, tuple):
-                return answer
-            return 200, dict(self.chat_headers), self._chat(body, answer)
+            # One responder call per choice: it sees the same body n times.
+            answers = [responder(body) for _ in range(n)]
+            failed = next((a for a in answers if isinstance(a, tuple)), None)
+            if failed is not None:
+                return failed
+            return 200, dict(self.chat_headers), self._chat(body, *answers)
         if path == "/v1/embeddings":
             return 200, {}, self._embeddings(body)
         if path == "/v1/chat/completions":
@@ -141,16 +149,17 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    def _chat(self, body: dict[str, Any], content: str) -> dict[str, Any]:
+    def _chat(self, body: dict[str, Any], *contents: str) -> dict[str, Any]:
         prompt = sum(_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
-        completion = _tokens(content)
+        completion = sum(_tokens(c) for c in contents)
         return {
             "id": f"chatcmpl-fake-{self.request_count}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model"),
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                for i, content in enumerate(contents)
             ],
             "usage": {
                 "prompt_tokens": prompt,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .hashing import content_hash
 
@@ -37,6 +37,31 @@ class DocumentDefaults(BaseModel):
     pricing_sensitive: bool = False
 
 
+class BestOf(BaseModel):
+    """A collection's `best_of:` entry: documents whose refinement matters get N candidates from
+    the model and the best valid one is kept (core/refine/best_of.py sizes N)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include: list[str] = Field(default_factory=lambda: ["**"])  # documents whose refinement matters (path globs)
+    target: int = Field(1, ge=1, le=5)  # valid candidates wanted per document
+    confidence: float = Field(0.9, gt=0.5, lt=1)  # that the target is reached, given the observed rate
+    min_samples: int = Field(20, ge=2)  # documents judged best-of before the observed rate is trusted
+    default_candidates: int = Field(3, ge=1)  # N until then
+    max_candidates: int = Field(6, ge=1, le=16)  # N never exceeds this (cost bound)
+    window: int = Field(500, ge=2)  # the most recent documents the rate is measured over
+
+    @model_validator(mode="after")
+    def _bounds(self) -> BestOf:
+        if not self.target <= self.default_candidates <= self.max_candidates:
+            raise ValueError(f"best_of needs target ({self.target}) <= default_candidates "
+                             f"({self.default_candidates}) <= max_candidates ({self.max_candidates})")
+        return self
+
+    def covers(self, path: str) -> bool:
+        return matches_globs(path, self.include)
+
+
 class Collection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +72,7 @@ class Collection(BaseModel):
     defaults: DocumentDefaults = Field(default_factory=DocumentDefaults)
     # A symlink out of the root would publish whatever it points at (/etc/shadow): only by choice.
     follow_external_symlinks: bool = False
+    best_of: BestOf | None = None
 
     @field_validator("name")
     @classmethod
@@ -187,8 +213,9 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def _matches(rel: str, globs: list[str]) -> bool:
+def matches_globs(rel: str, globs: list[str]) -> bool:
     return any(_glob_regex(glob).match(rel) for glob in globs)
+
 
 
 def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceFile]:
@@ -205,7 +232,7 @@ def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceF
         for filename in sorted(filenames):
             abs_path = Path(dirpath) / filename
             rel = abs_path.relative_to(root).as_posix()
-            if not _matches(rel, collection.include) or _matches(rel, collection.exclude):
+            if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
                 continue
             if _undecodable(rel):
                 # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
