@@ -64,3 +64,38 @@ $$;
 
 -- How many candidates the kept refinement was chosen from (1: no best-of).
 ALTER TABLE refined_documents ADD COLUMN candidates smallint NOT NULL DEFAULT 1;
+
+-- Batch API jobs (refine through /v1/batches at half the price): each uploaded input file and the
+-- batch made from it, with the documents (and their input hashes) it answers, so a restarted
+-- step collects the batch it submitted instead of submitting again.
+CREATE TABLE llm_batches (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    collection      text NOT NULL,
+    model           text NOT NULL,
+    -- the refinement key's tail its answers are for: another chain or version never reuses them
+    chain           text NOT NULL,
+    prompt_version  text NOT NULL,
+    schema_version  text NOT NULL,
+    input_file_id   text NOT NULL,
+    batch_id        text UNIQUE,                   -- NULL between upload and create: found again by its file
+    status          text NOT NULL DEFAULT 'submitting'
+                    CHECK (status IN ('submitting', 'submitted', 'collected', 'abandoned')),
+    requests        integer NOT NULL,
+    server_status   text,                          -- the server's last word (completed, failed, expired, ...)
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz
+);
+CREATE INDEX llm_batches_open_idx ON llm_batches (collection) WHERE status IN ('submitting', 'submitted');
+CREATE TABLE llm_batch_requests (
+    batch           bigint NOT NULL REFERENCES llm_batches (id) ON DELETE CASCADE,
+    custom_id       text NOT NULL,
+    document_id     uuid NOT NULL,
+    input_hash      bytea NOT NULL,
+    PRIMARY KEY (batch, custom_id)
+);
+ALTER TABLE llm_batches OWNER TO refinery_writer;
+ALTER TABLE llm_batch_requests OWNER TO refinery_writer;
+GRANT SELECT ON llm_batches, llm_batch_requests TO refinery_reader;
+
+-- A call answered through a batch names it (and was billed at the batch price).
+ALTER TABLE llm_calls ADD COLUMN batch_id text;

@@ -145,3 +145,12 @@ def test_dry_run_shows_the_buffer_per_model_and_its_cost(project_env, tmp_path, 
     buffer = plan["collections"]["product"]["best_of"]["primary-model"]
     # 6 documents x 2 extra candidates x ~400 completion tokens at $2 per million.
     assert buffer["extra_usd"] == pytest.approx(6 * 2 * 400 * 2.0 / 1e6)
+
+    # With the Batch API on for large refines, the dry run prices the batchable documents at half.
+    full = plan["estimated_usd"]["primary-model"]
+    raw["collections"]["product"].pop("best_of")
+    manifest.write_text(yaml.safe_dump(raw))
+    batched = json.loads(refinery({**env, "LLM_BATCH_MIN_DOCUMENTS": "2"}, "refine", "--dry-run", "--json",
+                                  "--collection", "product").stdout)
+    assert batched["collections"]["product"]["via_batch"] == 6
+    assert batched["estimated_usd"]["primary-model"] == pytest.approx(full / 2, rel=1e-3)

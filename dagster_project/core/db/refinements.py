@@ -111,8 +111,8 @@ UPSERT_REFINEMENT = (
 )
 INSERT_LLM_CALL = (
     "INSERT INTO llm_calls (run_id, asset, collection, document_id, model, link, attempt, "
-    "prompt_tokens, completion_tokens, latency_ms, cost_usd, outcome, error) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "prompt_tokens, completion_tokens, latency_ms, cost_usd, outcome, error, batch_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 INSERT_PIPELINE_JUDGEMENTS = (
     "INSERT INTO feedback_events (document_id, source, rating, model, prompt_version, schema_version, "
@@ -181,7 +181,7 @@ class RefinementTables:
                 cur.executemany(
                     INSERT_LLM_CALL,
                     [(run_id, asset, collection, doc_id, c.model, c.link, c.attempt, c.prompt_tokens,
-                      c.completion_tokens, c.latency_ms, c.cost_usd, c.outcome, c.error) for doc_id, c in calls])
+                      c.completion_tokens, c.latency_ms, c.cost_usd, c.outcome, c.error, c.batch_id) for doc_id, c in calls])
             if quarantined:
                 cur.executemany(
                     "INSERT INTO refine_quarantine (run_id, collection, document_id, input_hash, model, link, "

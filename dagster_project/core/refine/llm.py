@@ -23,6 +23,7 @@ from .prompts import Prompt
 from .schema import RefinedDocument
 
 EXTRACTIVE = "extractive"
+BATCH_DISCOUNT = 0.5  # the Batch API bills half the live price
 CANDIDATE_TEMPERATURE = 0.8  # best-of-N: candidates must differ to be worth choosing between
 _HINTS = {
     "timeout": "raise LLM_TIMEOUT or lower LLM_CONCURRENCY",
@@ -49,8 +50,9 @@ class Price:
     input_per_million: float
     output_per_million: float
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
+        live = (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+        return live * BATCH_DISCOUNT if batch else live
 
 
 def load_prices(path: Path | None) -> dict[str, Price]:
@@ -77,6 +79,7 @@ class CallRecord:
     cost_usd: float = 0.0
     outcome: str = "ok"  # ok | invalid | error
     error: str | None = None
+    batch_id: str | None = None  # answered through this Batch API job (billed at the batch price)
 
 
 @dataclass
@@ -179,6 +182,25 @@ class LLMChain:
     def scrub(self, text: str) -> str:
         """`text` without the API key or anything that looks like one."""
         return self._errors.scrub(text)
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The configured client (the Batch API uses it too)."""
+        return self._client
+
+    def explain(self, exc: Exception) -> str:
+        return self._errors.explain(exc, _HINTS)
+
+    def request_body(self, model: str, messages: list[dict]) -> dict:
+        """A chat request as the live path sends it first (for a Batch API line): structured
+        output, unless the server is known to refuse it."""
+        response_format = ({"type": "json_schema", "json_schema": {"name": "refined_document",
+                                                                   "schema": strict_schema(), "strict": True}}
+                           if self._json_schema_ok.get(model, True) else {"type": "json_object"})
+        return {"model": model, "messages": messages, "temperature": 0, "response_format": response_format}
+
+    def validate(self, raw: str) -> tuple[RefinedDocument | None, list[str]]:
+        return self._validate(raw)
 
     @property
     def links(self) -> list[str]:

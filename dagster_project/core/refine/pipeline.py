@@ -27,6 +27,7 @@ from ..ingest.hashing import content_hash
 from ..ingest.tokens import TokenCounter
 from ..live_status import publishing
 from ..secrets import errors_scrubbed
+from .batch import BatchOutcome, BatchPolicy, refine_in_batches
 from .best_of import Buffer, size_buffer
 from .extractive import refine_extractively
 from .llm import EXTRACTIVE, ChainResult, ChainStopped, LLMChain
@@ -62,6 +63,9 @@ class RefineReport:
     candidates: int = 0  # candidates they were chosen from
     candidates_discarded: int = 0
     buffers: dict[str, Buffer] = field(default_factory=dict)  # N per model, when best-of applies
+    batched: int = 0  # documents answered through the Batch API
+    batches_submitted: list[str] = field(default_factory=list)
+    batches_resumed: list[str] = field(default_factory=list)  # submitted by an earlier run, collected now
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -137,11 +141,12 @@ def prepare(job: _Job, chain: LLMChain, counter: TokenCounter, budget: int, thre
 def refine_collection(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter, *,
                       budget: int, thresholds: RoutingThresholds, run_id: str | None = None,
                       asset: str = "refined_documents", progress=None,
-                      feedback: FeedbackPolicy = FeedbackPolicy(), best_of: BestOf | None = None) -> RefineReport:
+                      feedback: FeedbackPolicy = FeedbackPolicy(), best_of: BestOf | None = None,
+                      batch: BatchPolicy = BatchPolicy()) -> RefineReport:
     with (errors_scrubbed(chain.scrub), store.step_lock(collection),
           publishing(store.conninfo, collection, "refined_documents", progress) as live):
         return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, live,
-                                  feedback, best_of)
+                                  feedback, best_of, batch)
 
 
 def buffers_for(store: VectorStore, collection: str, chain: LLMChain, best_of: BestOf | None) -> dict[str, Buffer]:
@@ -153,12 +158,22 @@ def buffers_for(store: VectorStore, collection: str, chain: LLMChain, best_of: B
 
 
 def _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress,
-                       feedback: FeedbackPolicy, best_of: BestOf | None) -> RefineReport:
+                       feedback: FeedbackPolicy, best_of: BestOf | None, batch: BatchPolicy) -> RefineReport:
     started = time.perf_counter()
     report = RefineReport(collection)
     jobs, report.skipped = pending_jobs(store, collection, chain, feedback, best_of)
     report.buffers = buffers_for(store, collection, chain, best_of)
     asked = {m: b.candidates for m, b in report.buffers.items()}
+    batched = BatchOutcome()
+    if batch.min_documents and chain.models and jobs:
+        for job in jobs:
+            prepare(job, chain, counter, budget, thresholds)
+        # Best-of documents stay live: a batch line asks for one answer.
+        batched = refine_in_batches(store, collection, chain, [j for j in jobs if j.prompt and not j.best_of],
+                                    (chain_key(chain), PROMPT_VERSION, SCHEMA_VERSION), batch)
+        report.batches_submitted, report.batches_resumed = batched.submitted, batched.resumed
+        report.batched = len(batched.results)
+        report.warnings.extend(batched.warnings)
     report.documents = len(jobs) + report.skipped
     buffer: list = []
     stored = 0
@@ -181,13 +196,22 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
     def run(job: _Job) -> ChainResult:
         if stop.is_set():
             raise ChainStopped
-        # Analysis and prompt building happen in the workers too, so the first calls go out
-        # at once instead of after every prompt is built.
-        prepare(job, chain, counter, budget, thresholds)
         c = job.candidate
+        if c.id in batched.results:
+            return batched.results[c.id]
+        if job.analysis is None:
+            # Analysis and prompt building happen in the workers too, so the first calls go out
+            # at once instead of after every prompt is built.
+            prepare(job, chain, counter, budget, thresholds)
         extractive = lambda: refine_extractively(c.title, c.blocks, c.headings, c.doc_type, job.analysis)  # noqa: E731
         if job.prompt is None:
             return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE)
+        if c.id in batched.calls or c.id in batched.rejected:
+            # The batch's answer failed: live now, with the batch call and answer on record.
+            result = chain.refine(job.prompt, extractive, stop)
+            result.calls[:0] = batched.calls.get(c.id, [])
+            result.rejected[:0] = batched.rejected.get(c.id, [])
+            return result
         if not job.best_of:
             return chain.refine(job.prompt, extractive, stop)
         source = job.prompt.document_text
@@ -242,6 +266,8 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
         except Exception:  # noqa: BLE001 - the first error is the one to report
             pass
         raise RefineInterrupted(_interrupted(collection, write_error, stored, len(jobs)))
+    for row, server_status in batched.finished:  # every answer of theirs is stored now
+        store.record_batch_finished(row, "collected", server_status)
     for model in sorted(chain.unpriced):
         report.warnings.append(f"no price for {model} in LLM_PRICES_FILE: its calls are logged at $0")
     report.seconds = time.perf_counter() - started
@@ -342,22 +368,26 @@ def _tally(report: RefineReport, job: _Job, result) -> None:
 
 def estimate(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter, *,
              budget: int, thresholds: RoutingThresholds, feedback: FeedbackPolicy = FeedbackPolicy(),
-             best_of: BestOf | None = None) -> dict:
+             best_of: BestOf | None = None, batch: BatchPolicy = BatchPolicy()) -> dict:
     """--dry-run: what would be refined, the prompt tokens, and dollars per model if every
     document went to that model (a completion of ~400 tokens assumed), and, with best-of-N, the
-    buffer per model and what its extra candidates cost. Calls nothing."""
+    buffer per model and what its extra candidates cost. Documents that would go through the Batch
+    API are priced at the batch price for the primary model. Calls nothing."""
     jobs, skipped = pending_jobs(store, collection, chain, feedback, best_of)
     jobs = [prepare(job, chain, counter, budget, thresholds) for job in jobs]
     prompt_tokens = sum(j.prompt.tokens for j in jobs if j.prompt)
     to_model = [j for j in jobs if j.prompt]
     best = [j for j in to_model if j.best_of]
+    batchable = [j for j in to_model if not j.best_of]
+    via_batch = bool(batch.min_documents) and len(batchable) >= batch.min_documents
     per_model, buffers = {}, {}
     for model, buffer in buffers_for(store, collection, chain, best_of).items():
         buffers[model] = {**buffer.as_dict(), "documents": len(best), "extra_candidates": (buffer.candidates - 1) * len(best)}
     for model in chain.models:
         price = chain.prices.get(model)
         per_model[model] = None if price is None else round(
-            sum(price.cost(j.prompt.tokens, ESTIMATED_COMPLETION_TOKENS) for j in to_model), 6)
+            sum(price.cost(j.prompt.tokens, ESTIMATED_COMPLETION_TOKENS,
+                           batch=via_batch and not j.best_of and model == chain.models[0]) for j in to_model), 6)
         if model in buffers:
             extra = buffers[model]["candidates"] - 1
             # With `n` the prompt is paid once for all candidates; without it, once per candidate.
@@ -371,4 +401,5 @@ def estimate(store: VectorStore, collection: str, chain: LLMChain, counter: Toke
                        "reason": j.reason, "best_of": bool(j.prompt) and j.best_of} for j in jobs],
         "would_refine": len(jobs), "skipped": skipped, "to_model": len(to_model),
         "prompt_tokens": prompt_tokens, "estimated_usd": per_model, "best_of": buffers,
+        "via_batch": len(batchable) if via_batch else 0,
     }
