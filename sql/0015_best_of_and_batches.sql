@@ -65,17 +65,17 @@ $$;
 -- How many candidates the kept refinement was chosen from (1: no best-of).
 ALTER TABLE refined_documents ADD COLUMN candidates smallint NOT NULL DEFAULT 1;
 
--- Batch API jobs (refine through /v1/batches at half the price): each uploaded input file and the
--- batch made from it, with the documents (and their input hashes) it answers, so a restarted
--- step collects the batch it submitted instead of submitting again.
+-- OpenAI Batch API jobs (half the price) of the refine step and of the embeddings step during a
+-- model change: each uploaded input file and the batch made from it, with what each of its lines
+-- answers, so a restarted step collects the batch it submitted instead of submitting again.
 CREATE TABLE llm_batches (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    purpose         text NOT NULL CHECK (purpose IN ('refine', 'embed')),
     collection      text NOT NULL,
     model           text NOT NULL,
-    -- the refinement key's tail its answers are for: another chain or version never reuses them
-    chain           text NOT NULL,
-    prompt_version  text NOT NULL,
-    schema_version  text NOT NULL,
+    -- what its answers are for; another key never reuses them. refine: chain, prompt and schema
+    -- versions; embed: the embedding model key
+    key             text NOT NULL,
     input_file_id   text NOT NULL,
     batch_id        text UNIQUE,                   -- NULL between upload and create: found again by its file
     status          text NOT NULL DEFAULT 'submitting'
@@ -85,12 +85,13 @@ CREATE TABLE llm_batches (
     created_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz
 );
-CREATE INDEX llm_batches_open_idx ON llm_batches (collection) WHERE status IN ('submitting', 'submitted');
+CREATE INDEX llm_batches_open_idx ON llm_batches (purpose, collection, key) WHERE status IN ('submitting', 'submitted');
 CREATE TABLE llm_batch_requests (
     batch           bigint NOT NULL REFERENCES llm_batches (id) ON DELETE CASCADE,
     custom_id       text NOT NULL,
-    document_id     uuid NOT NULL,
-    input_hash      bytea NOT NULL,
+    document_id     uuid,                          -- refine: the document and the input hash asked about
+    input_hash      bytea,
+    content_hashes  bytea[],                       -- embed: the chunk texts of the line, in input order
     PRIMARY KEY (batch, custom_id)
 );
 ALTER TABLE llm_batches OWNER TO refinery_writer;

@@ -21,7 +21,7 @@ from dagster_project.core.ingest.chunking import ChunkSettings
 from dagster_project.core.ingest.corpus import load_manifest
 from dagster_project.core.ingest.pipeline import ingest_collection
 from dagster_project.core.ingest.tokens import wordpiece_counter
-from dagster_project.core.refine.batch import BatchPending, BatchPolicy
+from dagster_project.core.openai_batch import BatchPending, BatchPolicy
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
@@ -30,7 +30,7 @@ from tests.fakes.openai_server import refinement_answer
 
 PRICES = {"primary-model": Price(1.0, 2.0)}
 KEY = "sk-test-batch-SECRET-456"
-FAST = BatchPolicy(min_documents=1, poll_seconds=0.05, max_wait_seconds=30)
+FAST = BatchPolicy(min_items=1, poll_seconds=0.05, max_wait_seconds=30)
 
 
 @pytest.fixture

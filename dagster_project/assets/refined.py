@@ -6,7 +6,7 @@ import dagster as dg
 
 from ..core.feedback.events import feedback_versions
 from ..core.progress import Progress
-from ..core.refine.batch import BatchPolicy
+from ..core.openai_batch import BatchPolicy
 from ..core.refine.pipeline import refine_collection
 from ..pools import LLM_POOL
 from ..project import Project

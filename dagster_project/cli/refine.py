@@ -67,7 +67,7 @@ def cmd_refine(args) -> int:
 
 def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
     from ..core.db.store import VectorStore
-    from ..core.refine.batch import BatchPolicy
+    from ..core.openai_batch import BatchPolicy
     from ..core.refine.pipeline import estimate
     from ..resources.llm import prompt_token_counter
 

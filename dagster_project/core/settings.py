@@ -61,6 +61,8 @@ class Settings(BaseModel):
     # submits them as one batch (0: never), polls it every LLM_BATCH_POLL_SECONDS, and fails after
     # LLM_BATCH_MAX_WAIT_SECONDS with the batch recorded (a rerun collects it, never resubmits).
     llm_batch_min_documents: int = Field(0, ge=0)
+    # During a model change: the candidate's missing texts go through the Batch API when at least this many (0: never).
+    embed_batch_min_texts: int = Field(0, ge=0)
     llm_batch_poll_seconds: float = Field(30.0, gt=0)
     llm_batch_max_wait_seconds: float = Field(86_400.0, gt=0)
     refine_budget_tokens: int = Field(8000, ge=500)

@@ -27,7 +27,8 @@ from ..ingest.hashing import content_hash
 from ..ingest.tokens import TokenCounter
 from ..live_status import publishing
 from ..secrets import errors_scrubbed
-from .batch import BatchOutcome, BatchPolicy, refine_in_batches
+from ..openai_batch import BatchPolicy
+from .batch import BatchOutcome, refine_in_batches
 from .best_of import Buffer, size_buffer
 from .extractive import refine_extractively
 from .llm import EXTRACTIVE, ChainResult, ChainStopped, LLMChain
@@ -165,7 +166,7 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
     report.buffers = buffers_for(store, collection, chain, best_of)
     asked = {m: b.candidates for m, b in report.buffers.items()}
     batched = BatchOutcome()
-    if batch.min_documents and chain.models and jobs:
+    if batch.min_items and chain.models and jobs:
         for job in jobs:
             prepare(job, chain, counter, budget, thresholds)
         # Best-of documents stay live: a batch line asks for one answer.
@@ -379,7 +380,7 @@ def estimate(store: VectorStore, collection: str, chain: LLMChain, counter: Toke
     to_model = [j for j in jobs if j.prompt]
     best = [j for j in to_model if j.best_of]
     batchable = [j for j in to_model if not j.best_of]
-    via_batch = bool(batch.min_documents) and len(batchable) >= batch.min_documents
+    via_batch = bool(batch.min_items) and len(batchable) >= batch.min_items
     per_model, buffers = {}, {}
     for model, buffer in buffers_for(store, collection, chain, best_of).items():
         buffers[model] = {**buffer.as_dict(), "documents": len(best), "extra_candidates": (buffer.candidates - 1) * len(best)}
