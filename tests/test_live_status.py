@@ -11,10 +11,14 @@ import time
 import psycopg
 
 from dagster_project.core.embed.local import HashEmbedder
+from dagster_project.core.ingest import pipeline
 from dagster_project.core.ingest.chunking import ChunkSettings
 from dagster_project.core.ingest.corpus import load_manifest
-from dagster_project.core.ingest import pipeline
-from dagster_project.core.ingest.pipeline import ingest_collection, sync_chunks, sync_documents
+from dagster_project.core.ingest.pipeline import (
+    ingest_collection,
+    sync_chunks,
+    sync_documents,
+)
 from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.live_status import CHANNEL, LiveStatus
 from dagster_project.core.refine.llm import LLMChain

@@ -5,8 +5,8 @@ refinement a person rejected since, are sent."""
 import dagster as dg
 
 from ..core.feedback.events import feedback_versions
-from ..core.progress import Progress
 from ..core.openai_batch import BatchPolicy
+from ..core.progress import Progress
 from ..core.refine.pipeline import refine_collection
 from ..pools import LLM_POOL
 from ..project import Project

@@ -11,7 +11,12 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from ..db.refinements import CandidateRow, PipelineJudgement, RefineCandidate, RefinementRow
+from ..db.refinements import (
+    CandidateRow,
+    PipelineJudgement,
+    RefineCandidate,
+    RefinementRow,
+)
 from ..db.store import VectorStore
 from ..feedback.events import (
     NOTES_PER_DOCUMENT,
@@ -26,8 +31,8 @@ from ..ingest.corpus import BestOf
 from ..ingest.hashing import content_hash
 from ..ingest.tokens import TokenCounter
 from ..live_status import publishing
-from ..secrets import errors_scrubbed
 from ..openai_batch import BatchPolicy
+from ..secrets import errors_scrubbed
 from .batch import BatchOutcome, refine_in_batches
 from .best_of import Buffer, size_buffer
 from .extractive import refine_extractively
