@@ -5,6 +5,7 @@ corpus. `active_embedding_model`: the model search serves, switched only through
 import dagster as dg
 
 from ..core.ingest.pipeline import sync_embeddings
+from ..core.openai_batch import BatchPolicy
 from ..core.progress import Progress
 from ..core.search.model_change import ModelChangeError, evaluate_gates, models_to_build, switch_to_candidate
 from ..pools import EMBEDDING_POOL
@@ -45,8 +46,11 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
                    embedder: EmbedderResource) -> dg.MaterializeResult:
         store = vector_store.store
         models = models_to_build(store, embedder.get(), embedder.get)
+        settings = project.settings
         report = sync_embeddings(store, context.partition_key, *models,
-                                 progress=Progress("texts embedded", context.log.info))
+                                 progress=Progress("texts embedded", context.log.info),
+                                 batch=BatchPolicy(settings.embed_batch_min_texts, settings.llm_batch_poll_seconds,
+                                                   settings.llm_batch_max_wait_seconds))
         states = {m.model.key: store.consistency(context.partition_key, store.model_id(m.model),
                                                  project.chunker_version) for m in models}
         active = states[models[0].model.key]  # first: the active model (search serves it)

@@ -5,6 +5,7 @@ refinement a person rejected since, are sent."""
 import dagster as dg
 
 from ..core.feedback.events import feedback_versions
+from ..core.openai_batch import BatchPolicy
 from ..core.progress import Progress
 from ..core.refine.pipeline import refine_collection
 from ..pools import LLM_POOL
@@ -40,7 +41,9 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
             store, context.partition_key, chain, prompt_token_counter(settings),
             budget=settings.refine_budget_tokens, thresholds=project.routing_thresholds,
             run_id=context.run_id, progress=Progress("documents refined", context.log.info),
-            feedback=project.feedback_policy)
+            feedback=project.feedback_policy, best_of=project.manifest.collection(context.partition_key).best_of,
+            batch=BatchPolicy(settings.llm_batch_min_documents, settings.llm_batch_poll_seconds,
+                              settings.llm_batch_max_wait_seconds))
         for warning in report.warnings:
             context.log.warning(warning)
         record_observed_version(context, "feedback_events", feedback_read)
@@ -54,6 +57,12 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
             "seconds": round(report.seconds, 3),
             "by_link": dg.MetadataValue.json(dict(report.by_link)),
             "feedback_redos": report.feedback_redos,
+            "batched": report.batched,
+            "batches": dg.MetadataValue.json({"submitted": report.batches_submitted,
+                                              "resumed": report.batches_resumed}),
+            "best_of": report.best_of, "candidates": report.candidates,
+            "candidates_discarded": report.candidates_discarded,
+            "best_of_buffers": dg.MetadataValue.json({m: b.as_dict() for m, b in report.buffers.items()}),
             "judgements": dg.MetadataValue.json({s: report.judgements.get(s, 0) for s in ("validator", "auto")}),
             "lightweight_reasons": dg.MetadataValue.json(dict(report.lightweight_reasons)),
             "chain": " -> ".join(chain.links),

@@ -38,7 +38,7 @@ def cmd_refine(args) -> int:
             "run_id": run["run_id"], "success": run["success"], "checks": run["checks"], "failures": run["failures"],
             **{k: step.get(k, 0) for k in ("refined", "skipped", "lightweight", "quarantined", "llm_calls",
                                             "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd",
-                                            "feedback_redos")},
+                                            "feedback_redos", "batched", "best_of", "candidates_discarded")},
             "by_link": step.get("by_link", {}), "lightweight_reasons": step.get("lightweight_reasons", {}),
         }
     by_link: dict[str, int] = {}
@@ -67,6 +67,7 @@ def cmd_refine(args) -> int:
 
 def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
     from ..core.db.store import VectorStore
+    from ..core.openai_batch import BatchPolicy
     from ..core.refine.pipeline import estimate
     from ..resources.llm import prompt_token_counter
 
@@ -74,7 +75,8 @@ def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
     try:
         plans = {n: estimate(store, n, chain, prompt_token_counter(project.settings),
                              budget=project.settings.refine_budget_tokens, thresholds=project.routing_thresholds,
-                             feedback=project.feedback_policy)
+                             feedback=project.feedback_policy, best_of=project.manifest.collection(n).best_of,
+                             batch=BatchPolicy(project.settings.llm_batch_min_documents))
                  for n in names}
     finally:
         store.close()
@@ -88,9 +90,18 @@ def _refine_dry_run(project, chain, names, urls, as_json: bool) -> int:
                "prompt_tokens": sum(p["prompt_tokens"] for p in plans.values()),
                "estimated_usd": estimated, "collections": plans}
     lines = [f"{n}: {p['would_refine']} to refine ({p['to_model']} to the model, {p['prompt_tokens']} prompt tokens), "
-             f"{p['skipped']} up to date" for n, p in plans.items()]
+             f"{p['skipped']} up to date" + (f"; {p['via_batch']} through the Batch API at half price"
+                                              if p["via_batch"] else "") for n, p in plans.items()]
     for model, usd in estimated.items():
         lines.append(f"  if all went to {model}: " + ("no price in LLM_PRICES_FILE" if usd is None else f"~${usd:.4f}"))
+    for name, plan in plans.items():
+        for model, b in plan["best_of"].items():
+            rate = (f"default: {b['samples']} documents observed so far" if b["source"] == "default"
+                    else f"discard rate {b['discard_rate']:.1%} ± {b['stddev']:.1%} over {b['samples']} documents")
+            cost = ("no price in LLM_PRICES_FILE" if b["extra_usd"] is None
+                    else f"~${b['extra_usd']:.4f} extra (~${b['extra_usd_without_n']:.4f} if the server lacks `n`)")
+            lines.append(f"  {name} best-of on {model}: {b['candidates']} candidates (buffer {b['buffer']:.2f}; {rate}) "
+                         f"for {b['documents']} documents: {b['extra_candidates']} extra candidates, {cost}")
     emit(summary, as_json, "\n".join(lines))
     return 0
 

@@ -60,6 +60,14 @@ class Settings(BaseModel):
     llm_timeout: float = Field(60.0, gt=0)
     llm_max_retries: int = Field(4, ge=0)
     llm_prices_file: Path = DEFAULT_PRICES
+    # The Batch API (half the price): a refine sending at least this many documents to the model
+    # submits them as one batch (0: never), polls it every LLM_BATCH_POLL_SECONDS, and fails after
+    # LLM_BATCH_MAX_WAIT_SECONDS with the batch recorded (a rerun collects it, never resubmits).
+    llm_batch_min_documents: int = Field(0, ge=0)
+    # During a model change: the candidate's missing texts go through the Batch API when at least this many (0: never).
+    embed_batch_min_texts: int = Field(0, ge=0)
+    llm_batch_poll_seconds: float = Field(30.0, gt=0)
+    llm_batch_max_wait_seconds: float = Field(86_400.0, gt=0)
     refine_budget_tokens: int = Field(8000, ge=500)
     refine_min_words: int = Field(60, ge=0)
     refine_min_quality: float = Field(0.35, ge=0, le=1)

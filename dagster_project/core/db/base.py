@@ -26,6 +26,11 @@ class StoreBase:
     def close(self) -> None:
         self._pool.close()
 
+    @property
+    def conninfo(self) -> str:
+        """What the pool connects with, for a connection of its own (live status)."""
+        return self._pool.conninfo
+
     def drop_broken_connections(self) -> None:
         """Replace pooled connections whose session died (e.g. terminated by an administrator)."""
         self._pool.check()

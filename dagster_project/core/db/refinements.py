@@ -43,6 +43,7 @@ class RefinementRow:
     refinement_score: float | None = None
     quarantined: bool = False
     feedback_considered: list[int] = field(default_factory=list)  # negative user feedback this redo answers
+    candidates: int = 1  # best-of-N: how many candidates it was chosen from
 
 
 @dataclass
@@ -59,6 +60,21 @@ class PipelineJudgement:
     tags: list[str] = field(default_factory=list)
     score: int | None = None
     comment: str | None = None
+    candidate_hash: bytes | None = None  # a discarded best-of candidate, not the stored refinement
+
+
+@dataclass
+class CandidateRow:
+    """One best-of-N candidate, for `refine_candidates`."""
+    document_id: uuid.UUID
+    model: str
+    input_hash: bytes
+    candidate_hash: bytes
+    asked: int
+    valid: bool
+    score: float | None
+    kept: bool
+    reason: str | None
 
 
 @dataclass
@@ -82,8 +98,8 @@ REFINEMENT_KEYS = (
 UPSERT_REFINEMENT = (
     "INSERT INTO refined_documents (document_id, collection, input_hash, chain, prompt_version, "
     "schema_version, model, link, route, route_reason, refined, quality_score, cited_chunk_ids, "
-    "prompt_tokens, budget_tokens, refinement_score, quarantined, feedback_considered) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "prompt_tokens, budget_tokens, refinement_score, quarantined, feedback_considered, candidates) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (document_id) DO UPDATE SET input_hash = EXCLUDED.input_hash, chain = EXCLUDED.chain, "
     "prompt_version = EXCLUDED.prompt_version, schema_version = EXCLUDED.schema_version, "
     "model = EXCLUDED.model, link = EXCLUDED.link, route = EXCLUDED.route, "
@@ -91,21 +107,21 @@ UPSERT_REFINEMENT = (
     "quality_score = EXCLUDED.quality_score, cited_chunk_ids = EXCLUDED.cited_chunk_ids, "
     "prompt_tokens = EXCLUDED.prompt_tokens, budget_tokens = EXCLUDED.budget_tokens, "
     "refinement_score = EXCLUDED.refinement_score, quarantined = EXCLUDED.quarantined, "
-    "feedback_considered = EXCLUDED.feedback_considered, refined_at = now()"
+    "feedback_considered = EXCLUDED.feedback_considered, candidates = EXCLUDED.candidates, refined_at = now()"
 )
 INSERT_LLM_CALL = (
     "INSERT INTO llm_calls (run_id, asset, collection, document_id, model, link, attempt, "
-    "prompt_tokens, completion_tokens, latency_ms, cost_usd, outcome, error) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "prompt_tokens, completion_tokens, latency_ms, cost_usd, outcome, error, batch_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 INSERT_PIPELINE_JUDGEMENTS = (
     "INSERT INTO feedback_events (document_id, source, rating, model, prompt_version, schema_version, "
-    "input_hash, tags, score, comment) "
-    "SELECT d, s, r, m, p, v, h, string_to_array(t, ','), sc, c FROM unnest(%s::uuid[], %s::text[], "
-    "%s::int2[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::int2[], %s::text[]) "
-    "AS x(d, s, r, m, p, v, h, t, sc, c) "
-    "ON CONFLICT (document_id, source, model, prompt_version, schema_version, input_hash) "
-    "WHERE source <> 'user' DO NOTHING RETURNING source"
+    "input_hash, tags, score, comment, candidate_hash) "
+    "SELECT d, s, r, m, p, v, h, string_to_array(t, ','), sc, c, ch FROM unnest(%s::uuid[], %s::text[], "
+    "%s::int2[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::int2[], %s::text[], "
+    "%s::bytea[]) AS x(d, s, r, m, p, v, h, t, sc, c, ch) "
+    "ON CONFLICT (document_id, source, model, prompt_version, schema_version, input_hash, "
+    "(coalesce(candidate_hash, '\\x'::bytea))) WHERE source <> 'user' DO NOTHING RETURNING source"
 )
 UNREFINED_COUNT = (
     "SELECT count(*) FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
@@ -147,7 +163,8 @@ class RefinementTables:
     def write_refinements(self, collection: str, run_id: str | None, asset: str,
                           refinements: Sequence[RefinementRow], calls: Sequence[tuple[uuid.UUID, object]],
                           quarantined: Sequence[tuple[uuid.UUID, bytes, object]],
-                          judgements: Sequence[PipelineJudgement] = ()) -> dict[str, int]:
+                          judgements: Sequence[PipelineJudgement] = (),
+                          candidates: Sequence[CandidateRow] = ()) -> dict[str, int]:
         """Results, their call log, any quarantined answers and the pipeline's own feedback on
         them, in one transaction. A judgement already recorded for the same version is not
         recorded again. Returns the judgements recorded now, per source."""
@@ -157,20 +174,26 @@ class RefinementTables:
                 [(r.document_id, collection, r.input_hash, r.chain, r.prompt_version, r.schema_version, r.model,
                   r.link, r.route, r.route_reason, Jsonb(r.refined), r.quality_score,
                   [uuid.UUID(c) for c in r.cited_chunk_ids], r.prompt_tokens, r.budget_tokens, r.refinement_score,
-                  r.quarantined, list(r.feedback_considered)) for r in refinements])
+                  r.quarantined, list(r.feedback_considered), r.candidates) for r in refinements])
             cur.executemany("UPDATE documents SET analysis = %s WHERE id = %s",
                             [(Jsonb(r.analysis), r.document_id) for r in refinements])
             if calls:
                 cur.executemany(
                     INSERT_LLM_CALL,
                     [(run_id, asset, collection, doc_id, c.model, c.link, c.attempt, c.prompt_tokens,
-                      c.completion_tokens, c.latency_ms, c.cost_usd, c.outcome, c.error) for doc_id, c in calls])
+                      c.completion_tokens, c.latency_ms, c.cost_usd, c.outcome, c.error, c.batch_id) for doc_id, c in calls])
             if quarantined:
                 cur.executemany(
                     "INSERT INTO refine_quarantine (run_id, collection, document_id, input_hash, model, link, "
                     "raw_text, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     [(run_id, collection, doc_id, h, q.model, q.link, q.raw, Jsonb(q.errors))
                      for doc_id, h, q in quarantined])
+            if candidates:
+                cur.executemany(
+                    "INSERT INTO refine_candidates (run_id, collection, document_id, model, input_hash, candidate_hash, "
+                    "asked, valid, score, kept, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(run_id, collection, c.document_id, c.model, c.input_hash, c.candidate_hash, c.asked, c.valid,
+                      c.score, c.kept, c.reason) for c in candidates])
             recorded: dict[str, int] = {}
             if judgements:
                 j = judgements
@@ -178,10 +201,21 @@ class RefinementTables:
                     INSERT_PIPELINE_JUDGEMENTS,
                     ([x.document_id for x in j], [x.source for x in j], [x.rating for x in j], [x.model for x in j],
                      [x.prompt_version for x in j], [x.schema_version for x in j], [x.input_hash for x in j],
-                     [",".join(x.tags) for x in j], [x.score for x in j], [x.comment for x in j])).fetchall()
+                     [",".join(x.tags) for x in j], [x.score for x in j], [x.comment for x in j],
+                     [x.candidate_hash for x in j])).fetchall()
                 for (source,) in rows:
                     recorded[source] = recorded.get(source, 0) + 1
         return recorded
+
+    def candidate_discard_rates(self, collection: str, model: str, window: int) -> list[float]:
+        """Per best-of request of `model` in `collection` (the latest `window`), the share of its
+        candidates that failed validation: the samples that size N (refine/best_of.py)."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT avg((NOT valid)::int)::float8 FROM refine_candidates WHERE collection = %s AND model = %s "
+                "GROUP BY document_id, input_hash, created_at ORDER BY max(id) DESC LIMIT %s",
+                (collection, model, window)).fetchall()
+        return [r[0] for r in rows]
 
     def unrefined_count(self, collection: str, chain: str, prompt_version: str, schema_version: str) -> int:
         """Documents with no refinement, or one made under another chain, prompt or schema

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..search.hybrid import SearchQueries
 from .base import StoreBase
+from .batches import BatchTables
 from .chunks import ChunkTables
 from .documents import DocumentTables
 from .embeddings import EmbeddingTables
@@ -15,5 +16,5 @@ from .status import StatusQueries
 
 
 class VectorStore(DocumentTables, ChunkTables, EmbeddingTables, SearchQueries, RefinementTables, StatusQueries,
-                  StoreBase):
+                  BatchTables, StoreBase):
     """One pool, every table family's reads and writes (see each family's module)."""

@@ -3,6 +3,7 @@ and errors that say what to fix. Retries (429 Retry-After, 5xx, timeouts) are th
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 from collections.abc import Sequence
@@ -88,10 +89,34 @@ class OpenAIEmbedder:
         assert self._dims is not None
         return EmbeddingModel("openai", self._name, self._dims)
 
-    def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
-        texts = list(texts)
-        if not texts:
-            return EmbeddingBatch(np.zeros((0, self._dims or 0), dtype=np.float32), 0)
+    @property
+    def client(self) -> openai.OpenAI:
+        """The configured client (the Batch API uses it too)."""
+        return self._client
+
+    def explain(self, exc: Exception) -> str:
+        return self._errors.scrub(self._explain(exc))
+
+    def batch_bodies(self, texts: Sequence[str]) -> tuple[list[tuple[list[int], dict]], list[str]]:
+        """Batch API lines for `texts`: (input positions, request body), truncated and packed like
+        live requests; and the warnings."""
+        texts, counts, warnings = self._fitted(list(texts))
+        extra: dict[str, Any] = {"dimensions": self._requested_dims} if self._requested_dims else {}
+        return [(group, {"model": self._name, "input": [texts[i] for i in group], "encoding_format": "float", **extra})
+                for group in self._pack(counts)], warnings
+
+    def vectors_of(self, body: dict, expected: int) -> np.ndarray:
+        """The unit vectors of a batch line's embeddings response, in input order."""
+        data = sorted(body.get("data") or [], key=lambda d: d.get("index", -1))
+        if [d.get("index") for d in data] != list(range(expected)):
+            raise EmbeddingError(f"{self._where} returned {len(data)} vectors for {expected} inputs in a batch")
+        vectors = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") if isinstance(d["embedding"], str)
+                   else d["embedding"] for d in data]
+        self._check_sizes({len(v) for v in vectors})
+        return normalize(np.asarray(vectors, dtype=np.float32))
+
+    def _fitted(self, texts: list[str]) -> tuple[list[str], list[int], list[str]]:
+        """Texts cut to the model's input limit, their token counts, and a warning if any was cut."""
         counts = self.token_counter.count(texts)
         warnings = []
         long_rows = [i for i, n in enumerate(counts) if n > self.max_input_tokens]
@@ -102,6 +127,13 @@ class OpenAIEmbedder:
                 f"{len(long_rows)} text(s) longer than {self.max_input_tokens} tokens were truncated "
                 f"for {self._name}; lower CHUNK_MAX_TOKENS to keep whole chunks"
             )
+        return texts, counts, warnings
+
+    def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
+        texts = list(texts)
+        if not texts:
+            return EmbeddingBatch(np.zeros((0, self._dims or 0), dtype=np.float32), 0)
+        texts, counts, warnings = self._fitted(texts)
 
         groups = self._pack(counts)
         jobs = [([texts[i] for i in g], sum(counts[i] for i in g)) for g in groups]
@@ -160,7 +192,13 @@ class OpenAIEmbedder:
                 f"{self._where} returned {len(data)} vectors for {len(batch)} inputs; "
                 f"it may not support batched input — lower EMBED_BATCH_SIZE"
             )
-        sizes = {len(d.embedding) for d in data}
+        self._check_sizes({len(d.embedding) for d in data})
+        usage = getattr(response, "usage", None)
+        tokens = getattr(usage, "total_tokens", None) or counted
+        return np.asarray([d.embedding for d in data], dtype=np.float32), int(tokens)
+
+    def _check_sizes(self, sizes: set[int]) -> None:
+        """Vectors of the model's size (learned from the first answer when unknown)."""
         with self._dims_lock:
             if self._dims is None and len(sizes) == 1:
                 self._dims = sizes.pop()
@@ -175,9 +213,6 @@ class OpenAIEmbedder:
                 f"{self._where} returned vectors of {sorted(sizes)} dimensions, "
                 f"expected {self._dims} for {self._name}: {hint}"
             )
-        usage = getattr(response, "usage", None)
-        tokens = getattr(usage, "total_tokens", None) or counted
-        return np.asarray([d.embedding for d in data], dtype=np.float32), int(tokens)
 
     def _explain(self, exc: Exception) -> str:
         return self._errors.explain(exc, {

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .hashing import content_hash
 
@@ -38,6 +45,31 @@ class DocumentDefaults(BaseModel):
     pricing_sensitive: bool = False
 
 
+class BestOf(BaseModel):
+    """A collection's `best_of:` entry: documents whose refinement matters get N candidates from
+    the model and the best valid one is kept (core/refine/best_of.py sizes N)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include: list[str] = Field(default_factory=lambda: ["**"])  # documents whose refinement matters (path globs)
+    target: int = Field(1, ge=1, le=5)  # valid candidates wanted per document
+    confidence: float = Field(0.9, gt=0.5, lt=1)  # that the target is reached, given the observed rate
+    min_samples: int = Field(20, ge=2)  # documents judged best-of before the observed rate is trusted
+    default_candidates: int = Field(3, ge=1)  # N until then
+    max_candidates: int = Field(6, ge=1, le=16)  # N never exceeds this (cost bound)
+    window: int = Field(500, ge=2)  # the most recent documents the rate is measured over
+
+    @model_validator(mode="after")
+    def _bounds(self) -> BestOf:
+        if not self.target <= self.default_candidates <= self.max_candidates:
+            raise ValueError(f"best_of needs target ({self.target}) <= default_candidates "
+                             f"({self.default_candidates}) <= max_candidates ({self.max_candidates})")
+        return self
+
+    def covers(self, path: str) -> bool:
+        return matches_globs(path, self.include)
+
+
 class Collection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +83,7 @@ class Collection(BaseModel):
     # PostgreSQL text search configuration of this collection's chunks (default: TEXT_SEARCH_CONFIG),
     # e.g. `simple` for Chinese, Japanese or Korean documents (no stemming; CJK is split into bigrams).
     text_search_config: str | None = None
+    best_of: BestOf | None = None
 
     @field_validator("name")
     @classmethod
@@ -191,8 +224,9 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def _matches(rel: str, globs: list[str]) -> bool:
+def matches_globs(rel: str, globs: list[str]) -> bool:
     return any(_glob_regex(glob).match(rel) for glob in globs)
+
 
 
 def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceFile]:
@@ -209,7 +243,7 @@ def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceF
         for filename in sorted(filenames):
             abs_path = Path(dirpath) / filename
             rel = abs_path.relative_to(root).as_posix()
-            if not _matches(rel, collection.include) or _matches(rel, collection.exclude):
+            if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
                 continue
             if _undecodable(rel):
                 # PostgreSQL text cannot hold the name: reported under a readable one, never stored.

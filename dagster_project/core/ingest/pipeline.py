@@ -17,6 +17,9 @@ from ..db.chunks import ChunkRow, DocumentToChunk
 from ..db.documents import DocumentRow, FileIssue
 from ..db.store import VectorStore
 from ..embed.base import Embedder
+from ..embed.batch import embed_in_batches
+from ..live_status import publishing
+from ..openai_batch import BatchPolicy
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, SourceFile, collection_version, scan_collection
 from .formats import BINARY_FORMATS, PARSE_TIME_LIMIT_SECONDS
@@ -186,8 +189,8 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
 
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
                    progress=None, parse_time_limit: float = PARSE_TIME_LIMIT_SECONDS) -> StepReport:
-    with store.step_lock(collection.name):
-        return _sync_documents(store, collection, max_file_bytes, progress, parse_time_limit)
+    with store.step_lock(collection.name), publishing(store.conninfo, collection.name, "documents", progress) as live:
+        return _sync_documents(store, collection, max_file_bytes, live, parse_time_limit)
 
 
 def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress,
@@ -241,8 +244,8 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
 
 def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
                 counter: TokenCounter, *, progress=None) -> StepReport:
-    with store.step_lock(collection):
-        return _sync_chunks(store, collection, settings, counter, progress)
+    with store.step_lock(collection), publishing(store.conninfo, collection, "chunks", progress) as live:
+        return _sync_chunks(store, collection, settings, counter, live)
 
 
 _worker_counter: TokenCounter | None = None  # a chunk worker's own counter, built once per worker
@@ -324,18 +327,22 @@ def adopt_stored_size(store: VectorStore, embedder: Embedder) -> None:
             embedder.adopt_dims(int(stored.rsplit(":", 1)[1]))
 
 
-def sync_embeddings(store: VectorStore, collection: str, *embedders: Embedder, progress=None) -> StepReport:
+def sync_embeddings(store: VectorStore, collection: str, *embedders: Embedder, progress=None,
+                    batch: BatchPolicy = BatchPolicy()) -> StepReport:
     """Vectors for the collection's texts that have none, for each model in turn: during a model
     change, the active model first (search serves it), then the candidate beside it. The first
-    model ever built becomes the active one."""
-    with store.step_lock(collection):
+    model ever built becomes the active one. `batch`: the candidate's texts go through the Batch
+    API when there are at least `min_items` of them (an OpenAI embedder only; search does not
+    wait on the candidate, so hours of batch latency cost nothing but the switch)."""
+    with store.step_lock(collection), publishing(store.conninfo, collection, "embeddings", progress) as live:
         report = StepReport(collection, "embeddings")
-        for embedder in embedders:
-            _sync_embeddings(store, collection, embedder, progress, report)
+        for position, embedder in enumerate(embedders):
+            _sync_embeddings(store, collection, embedder, live, report, batch if position else BatchPolicy())
         return report
 
 
-def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress, report: StepReport) -> None:
+def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress, report: StepReport,
+                     batch: BatchPolicy = BatchPolicy()) -> None:
     started = time.perf_counter()
     adopt_stored_size(store, embedder)
     model_id = store.ensure_model(embedder.model)
@@ -347,6 +354,13 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
     if len(pending) >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) \
             and len(pending) > store.vector_count(model_id):
         store.drop_index(model_id)
+    if batch.min_items and pending and hasattr(embedder, "batch_bodies"):
+        batched = embed_in_batches(store, collection, embedder, model_id, pending, batch)
+        counts["embedded_by_batch"] = batched.embedded
+        report.texts_embedded += batched.embedded
+        report.tokens_embedded += batched.tokens
+        report.warnings.extend(w for w in batched.warnings if w not in report.warnings)
+        pending = store.texts_to_embed(collection, model_id)  # what no batch answered goes live
     for start in range(0, len(pending), EMBED_TX_TEXTS):
         batch = pending[start:start + EMBED_TX_TEXTS]
         result = embedder.embed([text for _, text, _ in batch])  # context + text, as hashed

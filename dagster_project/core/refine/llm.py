@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from .prompts import Prompt
 from .schema import RefinedDocument
 
 EXTRACTIVE = "extractive"
+BATCH_DISCOUNT = 0.5  # the Batch API bills half the live price
+CANDIDATE_TEMPERATURE = 0.8  # best-of-N: candidates must differ to be worth choosing between
 _HINTS = {
     "timeout": "raise LLM_TIMEOUT or lower LLM_CONCURRENCY",
     "connection": "check OPENAI_BASE_URL (or LLM_BASE_URL) and that the server is up",
@@ -47,8 +50,9 @@ class Price:
     input_per_million: float
     output_per_million: float
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
+        live = (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+        return live * BATCH_DISCOUNT if batch else live
 
 
 def load_prices(path: Path | None) -> dict[str, Price]:
@@ -75,6 +79,7 @@ class CallRecord:
     cost_usd: float = 0.0
     outcome: str = "ok"  # ok | invalid | error
     error: str | None = None
+    batch_id: str | None = None  # answered through this Batch API job (billed at the batch price)
 
 
 @dataclass
@@ -86,12 +91,30 @@ class RejectedAnswer:
 
 
 @dataclass
+class Candidate:
+    """One of the N answers of a best-of-N request."""
+    model: str
+    raw: str
+    refined: RefinedDocument | None
+    errors: list[str]
+    score: float | None = None
+    kept: bool = False
+    reason: str | None = None  # why it was discarded
+
+
+@dataclass
 class ChainResult:
     refined: RefinedDocument
     model: str  # the model that produced `refined`, or "extractive"
     link: str  # primary | fallback | extractive
     calls: list[CallRecord] = field(default_factory=list)
     rejected: list[RejectedAnswer] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)  # best-of-N: every candidate, kept or not
+
+    @property
+    def asked(self) -> int:
+        """How many candidates the kept refinement was chosen from."""
+        return sum(1 for c in self.candidates if c.model == self.model) or 1
 
     @property
     def quarantined(self) -> bool:
@@ -150,6 +173,7 @@ class LLMChain:
         self._errors = ErrorExplainer(where=server_place(base_url, "LLM server"), secret=api_key,
                                       timeout=timeout, max_retries=max_retries)
         self._json_schema_ok: dict[str, bool] = {}  # per model: does the server take json_schema?
+        self._n_ok: dict[str, bool] = {}  # per model: does the server take `n` (several choices per request)?
         self.gate = RateGate(reserve=self.concurrency)
         # Requests in flight never exceed `concurrency`, however many threads call refine().
         self._in_flight = threading.BoundedSemaphore(self.concurrency)
@@ -160,37 +184,121 @@ class LLMChain:
         return self._errors.scrub(text)
 
     @property
+    def client(self) -> openai.OpenAI:
+        """The configured client (the Batch API uses it too)."""
+        return self._client
+
+    def explain(self, exc: Exception) -> str:
+        return self._errors.explain(exc, _HINTS)
+
+    def request_body(self, model: str, messages: list[dict]) -> dict:
+        """A chat request as the live path sends it first (for a Batch API line): structured
+        output, unless the server is known to refuse it."""
+        response_format = ({"type": "json_schema", "json_schema": {"name": "refined_document",
+                                                                   "schema": strict_schema(), "strict": True}}
+                           if self._json_schema_ok.get(model, True) else {"type": "json_object"})
+        return {"model": model, "messages": messages, "temperature": 0, "response_format": response_format}
+
+    def validate(self, raw: str) -> tuple[RefinedDocument | None, list[str]]:
+        return self._validate(raw)
+
+    @property
     def links(self) -> list[str]:
         return [*self.models, EXTRACTIVE]
 
     def refine(self, prompt: Prompt, extractive: Callable[[], RefinedDocument],
-               stop: threading.Event | None = None) -> ChainResult:
-        """Raises ChainStopped instead of sending a request once `stop` is set."""
+               stop: threading.Event | None = None, *, candidates: Mapping[str, int] | None = None,
+               score: Callable[[RefinedDocument], float] | None = None) -> ChainResult:
+        """Raises ChainStopped instead of sending a request once `stop` is set. `candidates`: N per
+        model for best-of-N (its first answer is N candidates, the valid one that `score`s best is
+        kept; if none is valid, the first is repaired as usual)."""
         calls: list[CallRecord] = []
         rejected: list[RejectedAnswer] = []
+        pool: list[Candidate] = []
         for position, model in enumerate(self.models):
             link = "primary" if position == 0 else "fallback"
             messages = list(prompt.messages)
+            wanted = (candidates or {}).get(model, 1)
             for attempt in ("answer", "repair"):
-                record, raw = self._call(model, link, attempt, messages, stop)
-                calls.append(record)
-                if record.outcome == "error":
-                    break  # the model is unavailable: no repair, next link
-                refined, errors = self._validate(raw)
-                if refined is not None:
-                    return ChainResult(refined, model, link, calls, rejected)
-                record.outcome = "invalid"
-                record.error = "; ".join(errors)[:500]
-                rejected.append(RejectedAnswer(model, link, raw, errors))
+                if attempt == "answer" and wanted > 1:
+                    records, raws = self._call_candidates(model, link, messages, wanted, stop)
+                    calls.extend(records)
+                    if not raws:
+                        break  # the model is unavailable: no repair, next link
+                    best = self._pick(model, raws, score or (lambda _: 0.0), pool)
+                    if best is not None:
+                        return ChainResult(best.refined, model, link, calls, rejected, pool)
+                    for record in records:
+                        record.outcome = "invalid" if record.outcome == "ok" else record.outcome
+                    tried = [c for c in pool if c.model == model]
+                    rejected.extend(RejectedAnswer(model, link, c.raw, c.errors) for c in tried)
+                    raw, errors = tried[0].raw, tried[0].errors
+                else:
+                    record, raw = self._call(model, link, attempt, messages, stop)
+                    calls.append(record)
+                    if record.outcome == "error":
+                        break  # the model is unavailable: no repair, next link
+                    refined, errors = self._validate(raw)
+                    if refined is not None:
+                        return ChainResult(refined, model, link, calls, rejected, pool)
+                    record.outcome = "invalid"
+                    record.error = "; ".join(errors)[:500]
+                    rejected.append(RejectedAnswer(model, link, raw, errors))
                 messages = messages + [
                     {"role": "assistant", "content": raw[:4000]},
                     {"role": "user", "content": "That answer is not valid against the schema: "
                      + "; ".join(errors)[:1500] + ". Answer again with only the corrected JSON object."},
                 ]
-        return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE, calls, rejected)
+        return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE, calls, rejected, pool)
+
+    def _pick(self, model: str, raws: list[str], score: Callable[[RefinedDocument], float],
+              pool: list[Candidate]) -> Candidate | None:
+        """Validates and scores each candidate into `pool`; the best valid one is marked kept (the
+        first of equals), the others get the reason they were discarded."""
+        mine = []
+        for raw in raws:
+            refined, errors = self._validate(raw)
+            mine.append(Candidate(model, raw, refined, errors, None if refined is None else score(refined)))
+        pool.extend(mine)
+        valid = [c for c in mine if c.refined is not None]
+        best = max(valid, key=lambda c: c.score, default=None)
+        for c in mine:
+            if c.refined is None:
+                c.reason = "invalid: " + "; ".join(c.errors)[:1000]
+            elif c is not best:
+                c.reason = f"scored {c.score:.3f}, below the kept candidate's {best.score:.3f}"
+        if best is not None:
+            best.kept = True
+        return best
+
+    def _call_candidates(self, model: str, link: str, messages: list[dict], n: int,
+                         stop: threading.Event | None) -> tuple[list[CallRecord], list[str]]:
+        """N answers: one request with `n` where the server takes it (the prompt is paid once),
+        topped up by parallel single requests for whatever it did not return."""
+        records, raws = [], []
+        if self._n_ok.get(model, True):
+            record, raws = self._request(model, link, "answer", messages, stop, n, CANDIDATE_TEMPERATURE)
+            records.append(record)
+            if record.outcome == "error":
+                return records, []
+        missing = n - len(raws)
+        if missing > 0:
+            with ThreadPoolExecutor(max_workers=min(missing, self.concurrency)) as pool:
+                for record, more in pool.map(lambda _: self._request(model, link, "answer", messages, stop, 1,
+                                                                       CANDIDATE_TEMPERATURE),
+                                             range(missing)):
+                    records.append(record)
+                    raws.extend(more)
+        return records, raws[:n]
 
     def _call(self, model: str, link: str, attempt: str, messages: list[dict],
               stop: threading.Event | None = None) -> tuple[CallRecord, str]:
+        record, contents = self._request(model, link, attempt, messages, stop, 1)
+        return record, contents[0] if contents else ""
+
+    def _request(self, model: str, link: str, attempt: str, messages: list[dict],
+                 stop: threading.Event | None, n: int, temperature: float = 0.0) -> tuple[CallRecord, list[str]]:
+        """One request for `n` choices (fewer if the server ignores `n`); none after an error."""
         record = CallRecord(model, link, attempt)
         started = time.perf_counter()
         try:
@@ -200,22 +308,24 @@ class LLMChain:
                 if stop is not None and stop.is_set():
                     raise ChainStopped
                 self.gate.wait()  # inside the slot: a thread queued for a slot honours a gate set meanwhile
-                raw_response = self._create(model, messages)
+                raw_response = self._create(model, messages, n, temperature)
             self.gate.update({k.lower(): v for k, v in raw_response.headers.items()})
             completion = raw_response.parse()
             # An answer is stored (as refined JSON, or raw in the quarantine) and may be quoted
             # in errors: a server or model echoing the key must not put it there.
-            content = self._errors.scrub(completion.choices[0].message.content or "")
+            contents = [self._errors.scrub(choice.message.content or "") for choice in completion.choices[:n]]
+            if not contents:
+                raise ValueError("no choices")
             usage = completion.usage
             record.prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
             record.completion_tokens = getattr(usage, "completion_tokens", 0) or 0
         except ChainStopped:
             raise
         except openai.OpenAIError as exc:
-            content = ""
+            contents = []
             record.outcome, record.error = "error", self._errors.explain(exc, _HINTS)
         except Exception as exc:  # an unreadable body: the model link failed, the chain goes on
-            content = ""
+            contents = []
             record.outcome, record.error = "error", self._errors.scrub(f"unreadable answer ({type(exc).__name__})")
         record.latency_ms = round((time.perf_counter() - started) * 1000, 1)
         price = self.prices.get(model)
@@ -223,14 +333,25 @@ class LLMChain:
             self.unpriced.add(model)
         else:
             record.cost_usd = price.cost(record.prompt_tokens, record.completion_tokens)
-        return record, content
+        return record, contents
 
-    def _create(self, model: str, messages: list[dict]):
-        """Structured output when the server takes it; JSON mode where it does not."""
-        create = self._client.chat.completions.with_raw_response.create
+    def _create(self, model: str, messages: list[dict], n: int = 1, temperature: float = 0.0):
+        """Structured output when the server takes it; JSON mode where it does not. `n` > 1 asks
+        for several choices, unless the server refused it once (then one choice is asked)."""
+        if n > 1 and self._n_ok.get(model, True):  # checked in the slot: requests queued meanwhile learn
+            try:
+                return self._create_one(model, messages, temperature, n=n)
+            except openai.BadRequestError as exc:
+                if not re.search(r"""(?<![a-z_])['"`]?n['"`]?(?![a-z_])""", str(exc)):
+                    raise
+                self._n_ok[model] = False
+        return self._create_one(model, messages, temperature)
+
+    def _create_one(self, model: str, messages: list[dict], temperature: float, **extra):
+        create = functools.partial(self._client.chat.completions.with_raw_response.create, **extra)
         if self._json_schema_ok.get(model, True):
             try:
-                response = create(model=model, messages=messages, temperature=0, response_format={
+                response = create(model=model, messages=messages, temperature=temperature, response_format={
                     "type": "json_schema",
                     "json_schema": {"name": "refined_document", "schema": strict_schema(), "strict": True}})
                 self._json_schema_ok[model] = True
@@ -239,7 +360,8 @@ class LLMChain:
                 if "response_format" not in str(exc) and "json_schema" not in str(exc):
                     raise
                 self._json_schema_ok[model] = False
-        return create(model=model, messages=messages, temperature=0, response_format={"type": "json_object"})
+        return create(model=model, messages=messages, temperature=temperature,
+                      response_format={"type": "json_object"})
 
     @staticmethod
     def _validate(raw: str) -> tuple[RefinedDocument | None, list[str]]:

@@ -11,7 +11,12 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from ..db.refinements import PipelineJudgement, RefineCandidate, RefinementRow
+from ..db.refinements import (
+    CandidateRow,
+    PipelineJudgement,
+    RefineCandidate,
+    RefinementRow,
+)
 from ..db.store import VectorStore
 from ..feedback.events import (
     NOTES_PER_DOCUMENT,
@@ -22,9 +27,14 @@ from ..feedback.events import (
     pick_examples,
     review_notes,
 )
+from ..ingest.corpus import BestOf
 from ..ingest.hashing import content_hash
 from ..ingest.tokens import TokenCounter
+from ..live_status import publishing
+from ..openai_batch import BatchPolicy
 from ..secrets import errors_scrubbed
+from .batch import BatchOutcome, refine_in_batches
+from .best_of import Buffer, size_buffer
 from .extractive import refine_extractively
 from .llm import EXTRACTIVE, ChainResult, ChainStopped, LLMChain
 from .prompts import PROMPT_VERSION, Prompt, PromptChunk, Review, build_prompt
@@ -55,6 +65,13 @@ class RefineReport:
     seconds: float = 0.0
     feedback_redos: int = 0  # redone with reviewers' notes in the prompt
     judgements: Counter = field(default_factory=Counter)  # pipeline feedback recorded, per source
+    best_of: int = 0  # documents refined best-of-N
+    candidates: int = 0  # candidates they were chosen from
+    candidates_discarded: int = 0
+    buffers: dict[str, Buffer] = field(default_factory=dict)  # N per model, when best-of applies
+    batched: int = 0  # documents answered through the Batch API
+    batches_submitted: list[str] = field(default_factory=list)
+    batches_resumed: list[str] = field(default_factory=list)  # submitted by an earlier run, collected now
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -82,10 +99,11 @@ class _Job:
     prompt: Prompt | None = None
     notes: list[ReviewNote] = field(default_factory=list)  # people's rejections of refinements of this input
     examples: list[ApprovedExample] = field(default_factory=list)
+    best_of: bool = False  # the collection's best_of setting covers this document
 
 
 def pending_jobs(store: VectorStore, collection: str, chain: LLMChain,
-                 feedback: FeedbackPolicy = FeedbackPolicy()) -> tuple[list[_Job], int]:
+                 feedback: FeedbackPolicy = FeedbackPolicy(), best_of: BestOf | None = None) -> tuple[list[_Job], int]:
     """Documents whose refinement key has no result, or whose current refinement a person
     rejected after it was made (with a model to redo it), and how many are up to date. Only key
     columns are read to decide; text and feedback are read for the pending documents alone."""
@@ -102,7 +120,7 @@ def pending_jobs(store: VectorStore, collection: str, chain: LLMChain,
     jobs = []
     for c in candidates:
         job = _Job(c, hashes[c.id], [PromptChunk(cid, path, text, n) for cid, path, text, n in chunks.get(c.id, [])],
-                   notes=notes.get(c.id, []))
+                   notes=notes.get(c.id, []), best_of=best_of is not None and best_of.covers(c.path))
         if job.notes:
             job.examples = pick_examples(pool, c.id, collection, feedback.prompt_examples)
         jobs.append(job)
@@ -129,17 +147,39 @@ def prepare(job: _Job, chain: LLMChain, counter: TokenCounter, budget: int, thre
 def refine_collection(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter, *,
                       budget: int, thresholds: RoutingThresholds, run_id: str | None = None,
                       asset: str = "refined_documents", progress=None,
-                      feedback: FeedbackPolicy = FeedbackPolicy()) -> RefineReport:
-    with errors_scrubbed(chain.scrub), store.step_lock(collection):
-        return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress,
-                                  feedback)
+                      feedback: FeedbackPolicy = FeedbackPolicy(), best_of: BestOf | None = None,
+                      batch: BatchPolicy = BatchPolicy()) -> RefineReport:
+    with (errors_scrubbed(chain.scrub), store.step_lock(collection),
+          publishing(store.conninfo, collection, "refined_documents", progress) as live):
+        return _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, live,
+                                  feedback, best_of, batch)
+
+
+def buffers_for(store: VectorStore, collection: str, chain: LLMChain, best_of: BestOf | None) -> dict[str, Buffer]:
+    """N per model of the chain, from the discard rate observed in this collection."""
+    if best_of is None:
+        return {}
+    return {m: size_buffer(m, store.candidate_discard_rates(collection, m, best_of.window), best_of)
+            for m in chain.models}
 
 
 def _refine_collection(store, collection, chain, counter, budget, thresholds, run_id, asset, progress,
-                       feedback: FeedbackPolicy) -> RefineReport:
+                       feedback: FeedbackPolicy, best_of: BestOf | None, batch: BatchPolicy) -> RefineReport:
     started = time.perf_counter()
     report = RefineReport(collection)
-    jobs, report.skipped = pending_jobs(store, collection, chain, feedback)
+    jobs, report.skipped = pending_jobs(store, collection, chain, feedback, best_of)
+    report.buffers = buffers_for(store, collection, chain, best_of)
+    asked = {m: b.candidates for m, b in report.buffers.items()}
+    batched = BatchOutcome()
+    if batch.min_items and chain.models and jobs:
+        for job in jobs:
+            prepare(job, chain, counter, budget, thresholds)
+        # Best-of documents stay live: a batch line asks for one answer.
+        batched = refine_in_batches(store, collection, chain, [j for j in jobs if j.prompt and not j.best_of],
+                                    (chain_key(chain), PROMPT_VERSION, SCHEMA_VERSION), batch)
+        report.batches_submitted, report.batches_resumed = batched.submitted, batched.resumed
+        report.batched = len(batched.results)
+        report.warnings.extend(batched.warnings)
     report.documents = len(jobs) + report.skipped
     buffer: list = []
     stored = 0
@@ -153,22 +193,36 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
             quarantined = [(r.document_id, r.input_hash, q) for r, result, _ in buffer
                            if result.quarantined for q in result.rejected]
             judged = [j for _, _, judgements in buffer for j in judgements]
+            candidates = [row for r, result, _ in buffer for row in candidate_rows(r, result)]
             report.judgements.update(store.write_refinements(collection, run_id, asset, rows, calls, quarantined,
-                                                             judged))
+                                                             judged, candidates))
             stored += len(buffer)
             buffer.clear()
 
     def run(job: _Job) -> ChainResult:
         if stop.is_set():
             raise ChainStopped
-        # Analysis and prompt building happen in the workers too, so the first calls go out
-        # at once instead of after every prompt is built.
-        prepare(job, chain, counter, budget, thresholds)
         c = job.candidate
+        if c.id in batched.results:
+            return batched.results[c.id]
+        if job.analysis is None:
+            # Analysis and prompt building happen in the workers too, so the first calls go out
+            # at once instead of after every prompt is built.
+            prepare(job, chain, counter, budget, thresholds)
         extractive = lambda: refine_extractively(c.title, c.blocks, c.headings, c.doc_type, job.analysis)  # noqa: E731
         if job.prompt is None:
             return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE)
-        return chain.refine(job.prompt, extractive, stop)
+        if c.id in batched.calls or c.id in batched.rejected:
+            # The batch's answer failed: live now, with the batch call and answer on record.
+            result = chain.refine(job.prompt, extractive, stop)
+            result.calls[:0] = batched.calls.get(c.id, [])
+            result.rejected[:0] = batched.rejected.get(c.id, [])
+            return result
+        if not job.best_of:
+            return chain.refine(job.prompt, extractive, stop)
+        source = job.prompt.document_text
+        return chain.refine(job.prompt, extractive, stop, candidates=asked,
+                            score=lambda refined: score_refinement(refined, source))
 
     def give_up(futures) -> None:
         stop.set()
@@ -218,6 +272,8 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
         except Exception:  # noqa: BLE001 - the first error is the one to report
             pass
         raise RefineInterrupted(_interrupted(collection, write_error, stored, len(jobs)))
+    for row, server_status in batched.finished:  # every answer of theirs is stored now
+        store.record_batch_finished(row, "collected", server_status)
     for model in sorted(chain.unpriced):
         report.warnings.append(f"no price for {model} in LLM_PRICES_FILE: its calls are logged at $0")
     report.seconds = time.perf_counter() - started
@@ -247,12 +303,19 @@ def _row(job: _Job, result, chain: LLMChain) -> RefinementRow:
         cited_chunk_ids=job.prompt.chunk_ids if job.prompt else [],
         prompt_tokens=job.prompt.tokens if job.prompt else 0, budget_tokens=job.prompt.budget if job.prompt else 0,
         refinement_score=score_refinement(result.refined, source_text), quarantined=result.quarantined,
-        feedback_considered=sorted(n.event_id for n in job.notes))
+        feedback_considered=sorted(n.event_id for n in job.notes), candidates=result.asked)
+
+
+def candidate_rows(row: RefinementRow, result: ChainResult) -> list[CandidateRow]:
+    asked = Counter(c.model for c in result.candidates)
+    return [CandidateRow(row.document_id, c.model, row.input_hash, content_hash(c.raw.encode()), asked[c.model],
+                         c.refined is not None, c.score, c.kept, c.reason) for c in result.candidates]
 
 
 def judge(job: _Job, row: RefinementRow, result: ChainResult, policy: FeedbackPolicy) -> list[PipelineJudgement]:
     """The pipeline's own feedback: each model whose answer failed validation gets a negative
-    judgement (validator) with the errors; a model refinement valid at its first answer and
+    judgement (validator) with the errors; each discarded best-of candidate a negative one (auto)
+    with the reason, naming the candidate; a model refinement valid at its first answer and
     scoring at least the threshold gets a positive one (auto). Stored once per judged version."""
     version = dict(prompt_version=row.prompt_version, schema_version=row.schema_version, input_hash=row.input_hash)
     judgements = []
@@ -263,11 +326,19 @@ def judge(job: _Job, row: RefinementRow, result: ChainResult, policy: FeedbackPo
         kind = "not-json" if any(e.startswith("not JSON") for e in errors) else "schema-mismatch"
         judgements.append(PipelineJudgement(row.document_id, "validator", -1, model, tags=["invalid-answer", kind],
                                             comment="; ".join(dict.fromkeys(errors))[:2000], **version))
+    for candidate in result.candidates:
+        if not candidate.kept:  # a discarded best-of candidate: judged as itself, not as the stored refinement
+            tags = ["best-of-discarded", "invalid-answer" if candidate.refined is None else "lower-score"]
+            judgements.append(PipelineJudgement(row.document_id, "auto", -1, candidate.model, tags=tags,
+                                                comment=candidate.reason[:2000],
+                                                candidate_hash=content_hash(candidate.raw.encode()), **version))
     if (result.link != EXTRACTIVE and result.model not in errors_by_model
             and row.refinement_score is not None and row.refinement_score >= policy.auto_min_score):
         judgements.append(PipelineJudgement(row.document_id, "auto", 1, result.model, tags=["auto-approved"],
                                             score=max(3, _five_point(row.refinement_score)),
-                                            comment=f"refinement score {row.refinement_score:.2f}", **version))
+                                            comment=f"refinement score {row.refinement_score:.2f}"
+                                            + (f", best of {row.candidates}" if row.candidates > 1 else ""),
+                                            **version))
     return judgements
 
 
@@ -285,6 +356,10 @@ def _tally(report: RefineReport, job: _Job, result) -> None:
         report.lightweight_reasons[job.reason.split(" (")[0]] += 1
     if result.quarantined:
         report.quarantined += 1
+    if result.candidates:
+        report.best_of += 1
+        report.candidates += len(result.candidates)
+        report.candidates_discarded += sum(not c.kept for c in result.candidates)
     for call in result.calls:
         report.calls += 1
         report.failed_calls += call.outcome == "error"
@@ -298,22 +373,39 @@ def _tally(report: RefineReport, job: _Job, result) -> None:
 
 
 def estimate(store: VectorStore, collection: str, chain: LLMChain, counter: TokenCounter, *,
-             budget: int, thresholds: RoutingThresholds, feedback: FeedbackPolicy = FeedbackPolicy()) -> dict:
+             budget: int, thresholds: RoutingThresholds, feedback: FeedbackPolicy = FeedbackPolicy(),
+             best_of: BestOf | None = None, batch: BatchPolicy = BatchPolicy()) -> dict:
     """--dry-run: what would be refined, the prompt tokens, and dollars per model if every
-    document went to that model (a completion of ~400 tokens assumed). Calls nothing."""
-    jobs, skipped = pending_jobs(store, collection, chain, feedback)
+    document went to that model (a completion of ~400 tokens assumed), and, with best-of-N, the
+    buffer per model and what its extra candidates cost. Documents that would go through the Batch
+    API are priced at the batch price for the primary model. Calls nothing."""
+    jobs, skipped = pending_jobs(store, collection, chain, feedback, best_of)
     jobs = [prepare(job, chain, counter, budget, thresholds) for job in jobs]
     prompt_tokens = sum(j.prompt.tokens for j in jobs if j.prompt)
     to_model = [j for j in jobs if j.prompt]
-    per_model = {}
+    best = [j for j in to_model if j.best_of]
+    batchable = [j for j in to_model if not j.best_of]
+    via_batch = bool(batch.min_items) and len(batchable) >= batch.min_items
+    per_model, buffers = {}, {}
+    for model, buffer in buffers_for(store, collection, chain, best_of).items():
+        buffers[model] = {**buffer.as_dict(), "documents": len(best), "extra_candidates": (buffer.candidates - 1) * len(best)}
     for model in chain.models:
         price = chain.prices.get(model)
         per_model[model] = None if price is None else round(
-            sum(price.cost(j.prompt.tokens, ESTIMATED_COMPLETION_TOKENS) for j in to_model), 6)
+            sum(price.cost(j.prompt.tokens, ESTIMATED_COMPLETION_TOKENS,
+                           batch=via_batch and not j.best_of and model == chain.models[0]) for j in to_model), 6)
+        if model in buffers:
+            extra = buffers[model]["candidates"] - 1
+            # With `n` the prompt is paid once for all candidates; without it, once per candidate.
+            buffers[model]["extra_usd"] = None if price is None else round(
+                sum(price.cost(0, extra * ESTIMATED_COMPLETION_TOKENS) for _ in best), 6)
+            buffers[model]["extra_usd_without_n"] = None if price is None else round(
+                sum(price.cost(extra * j.prompt.tokens, extra * ESTIMATED_COMPLETION_TOKENS) for j in best), 6)
     return {
         "documents": [{"path": j.candidate.path, "tokens": j.prompt.tokens if j.prompt else 0,
                        "route": "lightweight" if j.reason or not j.prompt else "model",
-                       "reason": j.reason} for j in jobs],
+                       "reason": j.reason, "best_of": bool(j.prompt) and j.best_of} for j in jobs],
         "would_refine": len(jobs), "skipped": skipped, "to_model": len(to_model),
-        "prompt_tokens": prompt_tokens, "estimated_usd": per_model,
+        "prompt_tokens": prompt_tokens, "estimated_usd": per_model, "best_of": buffers,
+        "via_batch": len(batchable) if via_batch else 0,
     }
