@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg import sql
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
@@ -58,9 +59,20 @@ class StoreBase:
                     pass  # the session died, and its lock with it; the error that killed it is reported
 
     @contextmanager
-    def reading(self) -> Iterator[psycopg.Connection]:
+    def reading(self, tenant: str | None = None) -> Iterator[psycopg.Connection]:
+        """One transaction as refinery_reader (every row), or as a tenant's read role, which row
+        security limits to that tenant's collections (sql/0014_tenants.sql)."""
+        from .tenants import TenantError, tenant_role
+
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET LOCAL ROLE refinery_reader")
+            if tenant is None:
+                conn.execute("SET LOCAL ROLE refinery_reader")
+            else:
+                try:
+                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(tenant_role(tenant))))
+                except (psycopg.errors.InvalidParameterValue, psycopg.errors.InsufficientPrivilege):
+                    raise TenantError(f"tenant {tenant!r} has no read role this connection may use: create it "
+                                      f"with `refinery tenant add {tenant}`") from None
             yield conn
 
     @contextmanager

@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .hashing import content_hash
 
 EmbedMode = Literal["full", "metadata_only", "skip"]
+# Tenant names become role names (refinery_tenant_<name>): short, lower-case, unquoted.
+TENANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+DEFAULT_TENANT = "public"  # the tenant of a collection whose entry names none
 DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm"]
 
 
@@ -47,6 +50,8 @@ class Collection(BaseModel):
     defaults: DocumentDefaults = Field(default_factory=DocumentDefaults)
     # A symlink out of the root would publish whatever it points at (/etc/shadow): only by choice.
     follow_external_symlinks: bool = False
+    # Whose read role may see the collection's rows (row security; sql/0014_tenants.sql).
+    tenant: str = DEFAULT_TENANT
 
     @field_validator("name")
     @classmethod
@@ -54,6 +59,14 @@ class Collection(BaseModel):
         if not name or not all(c.isalnum() or c in "_-" for c in name):
             raise ValueError(f"collection name {name!r} may only use letters, digits, _ and -")
         return name
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, tenant: str) -> str:
+        if not TENANT_NAME.match(tenant):
+            raise ValueError(f"tenant {tenant!r} may only use 1-40 lower-case letters, digits and _, "
+                             "starting with a letter")
+        return tenant
 
     @field_validator("include", "exclude")
     @classmethod
@@ -64,7 +77,8 @@ class Collection(BaseModel):
         return globs
 
     def fingerprint(self) -> str:
-        return self.model_dump_json()
+        # The default tenant is left out, so manifests written before tenants keep their versions.
+        return self.model_dump_json(exclude={"tenant"} if self.tenant == DEFAULT_TENANT else None)
 
 
 class Manifest(BaseModel):

@@ -176,6 +176,7 @@ def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes
 
 
 def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress) -> StepReport:
+    store.assign_tenant(collection.name, collection.tenant)
     changes = diff_documents(store, collection, max_file_bytes=max_file_bytes, progress=progress)
     report = changes.report
     started = time.perf_counter()
