@@ -119,8 +119,8 @@ def test_a_tenant_cannot_change_or_add_rows_of_any_tenant(tenanted, db_url):
         "UPDATE collection_tenants SET tenant = 'acme'",
         "INSERT INTO tenants (name, role) VALUES ('x', 'refinery_test_acme_app')",
         "INSERT INTO feedback_events (collection, path, rating) SELECT collection, path, 1 FROM documents LIMIT 1",
-        "INSERT INTO documents (id, collection, path, content_hash, size_bytes, format, title, embed_mode, blocks) "
-        "VALUES (gen_random_uuid(), 'sales', 'x.md', '\\x00', 1, 'markdown', 'x', 'full', '[]')",
+        ("INSERT INTO documents (id, collection, path, content_hash, size_bytes, format, title, embed_mode, blocks) "
+         "VALUES (gen_random_uuid(), 'sales', 'x.md', '\\x00', 1, 'markdown', 'x', 'full', '[]')"),
     ]
     with connect_as(db_url, ACME_APP) as conn:
         for statement in statements:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from psycopg import sql
 from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from .migrations import migrate
@@ -17,10 +17,19 @@ from .migrations import migrate
 class StoreBase:
     """The pool and the transactions; every table family runs its SQL through these."""
 
-    def __init__(self, url: str, *, max_connections: int = 4) -> None:
+    def __init__(self, url: str, *, max_connections: int = 4, session_role: str | None = None) -> None:
+        """`session_role`: the role every session starts as (and returns to after each transaction),
+        e.g. refinery_reader for a read-only service: SQL outside `writing()` runs with its rights."""
         migrate(url)
+
+        def configure(conn: psycopg.Connection) -> None:
+            register_vector(conn)
+            if session_role is not None:
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(session_role)))
+                conn.commit()
+
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=max_connections, configure=register_vector, open=True,
+            url, min_size=1, max_size=max_connections, configure=configure, open=True,
             kwargs={"application_name": "corpus-refinery"},
         )
 
