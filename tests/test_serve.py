@@ -18,7 +18,8 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from tests.conftest import PROJECT_ROOT, refinery
+from dagster_project.core.db.pg import _with_database
+from tests.conftest import PROJECT_ROOT, enterable, new_database, refinery
 from tests.test_tenants import tenant_manifest
 
 
@@ -66,22 +67,21 @@ def start_serve(env: dict) -> Served:
     return Served(env, port, process, log)
 
 
-@pytest.fixture
-def served(project_env, tmp_path):
+@pytest.fixture(scope="module")
+def served(pg_server, tmp_path_factory):
     """Product owned by acme, sales by globex, support public; ingested and refined (extractive);
-    a token for acme and one for globex; `refinery serve` running."""
-    env = {**os.environ, "CORPUS_MANIFEST": tenant_manifest(tmp_path / "t")}
+    a token for acme and one for globex; `refinery serve` running. One per module (an ingest
+    costs most of a test): tests leave it serving as they found it."""
+    root = enterable(tmp_path_factory.mktemp("served"))
+    env = {**os.environ, "DATABASE_URL": new_database(pg_server), "EMBED_PROVIDER": "hash",
+           "REFINERY_HOME": str(root / "home"), "CORPUS_MANIFEST": tenant_manifest(root)}
+    for name in ("LLM_MODEL", "OPENAI_API_KEY", "CHUNK_MAX_TOKENS", "DAGSTER_HOME"):
+        env.pop(name, None)
     for args in (("ingest",), ("refine",)):
         done = refinery(env, *args)
         assert done.returncode == 0, done.stderr
-    tokens = {}
-    for tenant in ("acme", "globex"):
-        done = refinery(env, "token", "create", "--tenant", tenant, "--json")
-        assert done.returncode == 0, done.stderr
-        tokens[tenant] = json.loads(done.stdout)
-        assert tokens[tenant]["token"] not in done.stderr
     server = start_serve(env)
-    server.tokens = tokens
+    server.tokens = {tenant: create_token(env, tenant) for tenant in ("acme", "globex")}
     yield server
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
@@ -90,6 +90,14 @@ def served(project_env, tmp_path):
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+
+
+def create_token(env: dict, tenant: str) -> dict:
+    done = refinery(env, "token", "create", "--tenant", tenant, "--json")
+    assert done.returncode == 0, done.stderr
+    token = json.loads(done.stdout)
+    assert token["token"] not in done.stderr
+    return token
 
 
 def test_search_and_documents_over_http_see_only_the_tokens_tenant(served):
@@ -154,14 +162,15 @@ def test_bad_requests_get_a_4xx_json_error_that_says_what_to_fix(served):
 
 
 def test_a_revoked_token_is_refused_at_once_and_tokens_never_reach_the_log(served):
-    token = served.tokens["globex"]
+    token = create_token(served.env, "globex")
     assert served.request("GET", "/v1/search?q=pricing", token=token["token"])[0] == 200
     done = refinery(served.env, "token", "revoke", str(token["id"]))
     assert done.returncode == 0, done.stderr
     status, body, headers = served.request("GET", "/v1/search?q=pricing", token=token["token"])
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
     listed = refinery(served.env, "token", "list", "--json")
-    assert token["token"] not in listed.stdout and json.loads(listed.stdout)[1]["revoked_at"]
+    assert token["token"] not in listed.stdout
+    assert [t["revoked_at"] is not None for t in json.loads(listed.stdout) if t["id"] == token["id"]] == [True]
     served.request("GET", "/v1/search?q=secret+question", token=served.tokens["acme"]["token"])
     time.sleep(0.5)
     log = "".join(served.log)
@@ -170,7 +179,7 @@ def test_a_revoked_token_is_refused_at_once_and_tokens_never_reach_the_log(serve
         assert secret not in log
     with psycopg.connect(served.env["DATABASE_URL"]) as conn:  # stored hashed: the value is nowhere in the table
         stored = conn.execute("SELECT token_hash FROM api_tokens").fetchall()
-    assert len(stored) == 2 and all(token["token"].encode() not in bytes(h) for (h,) in stored)
+    assert len(stored) == 3 and all(token["token"].encode() not in bytes(h) for (h,) in stored)
 
 
 def test_health_checks_the_database_and_the_embedder_and_notices_an_outage(served):
@@ -179,17 +188,18 @@ def test_health_checks_the_database_and_the_embedder_and_notices_an_outage(serve
     assert body["database"]["ok"] and body["embedder"]["ok"] and body["embedder"]["detail"].startswith("hash:")
     assert served.request("GET", "/health/live")[0] == 200
     # the service's connections die (as when the server restarts): health says so, then recovers
-    with psycopg.connect(served.env["DATABASE_URL"], autocommit=True) as conn:
-        conn.execute("ALTER DATABASE " + conn.info.dbname + " ALLOW_CONNECTIONS false")
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE application_name = 'corpus-refinery' AND pid <> pg_backend_pid()")
+    url = served.env["DATABASE_URL"]
+    database = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(_with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
         try:
             status, body, _ = served.request("GET", "/health")
             assert status == 503 and body["status"] == "unavailable" and not body["database"]["ok"], body
             status, body, _ = served.request("GET", "/v1/search?q=sync", token=served.tokens["acme"]["token"])
             assert status == 503 and body["error"]["code"] == "database_unavailable", body
         finally:
-            conn.execute("ALTER DATABASE " + conn.info.dbname + " ALLOW_CONNECTIONS true")
+            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
     deadline = time.monotonic() + 30
     while served.request("GET", "/health")[0] != 200:
         assert time.monotonic() < deadline, "the service did not recover after the database came back"
