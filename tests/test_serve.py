@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -152,11 +153,19 @@ def test_bad_requests_get_a_4xx_json_error_that_says_what_to_fix(served):
         (("DELETE", "/v1/search"), {"token": token}, 405, "method_not_allowed", "GET or POST"),
         (("GET", "/v2/everything"), {}, 404, "not_found", "/v1/search"),
         (("GET", "/v1/documents/product"), {"token": token}, 400, "bad_document", "{collection}/{path}"),
+        (("GET", "/v1/search?q=" + "x" * 9000), {"token": token}, 414, "uri_too_long", "POST /v1/search"),
     ]
     for (method, path), kw, status, code, hint in cases:
         got_status, body, _ = served.request(method, path, **kw)
         assert (got_status, body["error"]["code"]) == (status, code), (path, body)
         assert hint in body["error"]["message"], (path, body)
+    # what the HTTP layer refuses before any route gets a JSON body too
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as raw:
+        # 101 headers, one over the stdlib's limit (and nothing after them: all of it is read)
+        raw.sendall(b"GET /health/live HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)))
+        answer = b"".join(iter(lambda: raw.recv(65536), b""))
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and json.loads(payload)["error"]["code"] == "bad_http"
     # the server still answers after all of that
     assert served.request("GET", "/v1/search?q=sync", token=token)[0] == 200
 
@@ -166,7 +175,7 @@ def test_a_revoked_token_is_refused_at_once_and_tokens_never_reach_the_log(serve
     assert served.request("GET", "/v1/search?q=pricing", token=token["token"])[0] == 200
     done = refinery(served.env, "token", "revoke", str(token["id"]))
     assert done.returncode == 0, done.stderr
-    status, body, headers = served.request("GET", "/v1/search?q=pricing", token=token["token"])
+    status, _, headers = served.request("GET", "/v1/search?q=pricing", token=token["token"])
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
     listed = refinery(served.env, "token", "list", "--json")
     assert token["token"] not in listed.stdout

@@ -4,6 +4,8 @@ operator's reader and the pipeline's writer are unaffected."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import psycopg
@@ -167,8 +169,6 @@ def test_moving_a_collection_to_another_tenant_moves_its_rows_at_once(tenanted, 
 
 
 def test_cli_search_takes_a_tenant(project_env, tmp_path):
-    import os
-
     env = {**os.environ, "CORPUS_MANIFEST": tenant_manifest(tmp_path / "t")}
     assert refinery(env, "ingest").returncode == 0
     done = refinery(env, "search", "pricing discounts", "--tenant", "globex")
@@ -176,8 +176,6 @@ def test_cli_search_takes_a_tenant(project_env, tmp_path):
     assert refinery(env, "tenant", "add", "globex").returncode == 0
     done = refinery(env, "search", "pricing discounts", "--tenant", "globex", "--json", "--k", "10")
     assert done.returncode == 0, done.stderr
-    import json
-
     assert {h["collection"] for h in json.loads(done.stdout)} == {"sales"}
     listed = refinery(env, "tenant", "list", "--json")
     assert json.loads(listed.stdout)["globex"]["collections"] == ["sales"]

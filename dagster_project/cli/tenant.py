@@ -26,7 +26,7 @@ def cmd_tenant_add(args) -> int:
     check_tenant_name(args.name)
     with _store(args) as store:
         new = store.add_tenant(args.name)
-        collections = store.tenants().get(args.name, [])
+        collections = store.tenants()[args.name]["collections"]
     emit({"tenant": args.name, "role": tenant_role(args.name), "new": new, "collections": collections}, args.json,
          f"tenant {args.name}: read role {tenant_role(args.name)} ({'created' if new else 'already there'}); "
          f"collections: {', '.join(collections) or 'none yet (set `tenant: ' + args.name + '` in the manifest)'}")
@@ -36,11 +36,8 @@ def cmd_tenant_add(args) -> int:
 def cmd_tenant_list(args) -> int:
     with _store(args) as store:
         tenants, tokens = store.tenants(), store.tokens()
-        with store.reading() as conn:
-            with_role = {r[0] for r in conn.execute("SELECT name FROM tenants")}
-    rows = {name: {"role": tenant_role(name) if name in with_role else None, "collections": collections,
-                   "live_tokens": sum(1 for t in tokens if t.tenant == name and t.revoked_at is None)}
-            for name, collections in tenants.items()}
+    rows = {name: {**tenant, "live_tokens": sum(1 for t in tokens if t.tenant == name and t.revoked_at is None)}
+            for name, tenant in tenants.items()}
     text = "\n".join(f"{name:<20} {r['role'] or '(no role: refinery tenant add ' + name + ')':<40} "
                      f"{r['live_tokens']} tokens  {', '.join(r['collections']) or '-'}"
                      for name, r in rows.items()) or "no tenants yet"

@@ -70,17 +70,18 @@ class TenantTables:
             return conn.execute("INSERT INTO tenants (name, role) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                 (name, role)).rowcount == 1
 
-    def tenants(self) -> dict[str, list[str]]:
-        """Every tenant (with a role or named by a collection) and its collections."""
+    def tenants(self) -> dict[str, dict]:
+        """Every tenant (with a role, or named by a collection): {"role": its read role or None
+        before `tenant add`, "collections": [...]}."""
         with self.reading() as conn:
             rows = conn.execute(
-                "SELECT coalesce(t.name, c.tenant), t.name IS NOT NULL, c.collection FROM tenants t "
+                "SELECT coalesce(t.name, c.tenant), t.role, c.collection FROM tenants t "
                 "FULL JOIN collection_tenants c ON c.tenant = t.name ORDER BY 1, 3").fetchall()
-        found: dict[str, list[str]] = {}
-        for name, _, collection in rows:
-            found.setdefault(name, [])
+        found: dict[str, dict] = {}
+        for name, role, collection in rows:
+            entry = found.setdefault(name, {"role": role, "collections": []})
             if collection is not None:
-                found[name].append(collection)
+                entry["collections"].append(collection)
         return found
 
     def tenant_exists(self, name: str) -> bool:

@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 MAX_QUERY_CHARS = 2000  # as a feedback event's query (sql/0007_feedback.sql)
 MAX_K = 100
-MAX_PATH_CHARS = 2048
+MAX_PATH_CHARS = 8192  # a 2,000-character query, URL-encoded, fits
 MAX_FILTER_CHARS = 200
 IDLE_SECONDS = 30  # a client that sends nothing for this long is disconnected
 ROUTES = ("GET /health", "GET /health/live", "GET|POST /v1/search", "GET /v1/documents/{collection}/{path}")
-_TOKEN_IN_URL = re.compile(r"(^|&)(token|access_token|api_key|key)=", re.I)
+_TOKEN_IN_URL = re.compile(r"(^|&)(token|access_token|api_key|key)=", re.IGNORECASE)
 
 
 class ApiError(Exception):
@@ -78,10 +78,10 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ plumbing
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
     def _other_method(self) -> None:
@@ -126,6 +126,21 @@ class ApiHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What the HTTP layer refuses before a route runs (a malformed request line, a line or
+        header over the stdlib's limits, an unknown method) gets a JSON body too."""
+        data = json.dumps({"error": {"status": code, "code": "bad_http",
+                                     "message": f"{message or explain or 'malformed request'}: send a well-formed "
+                                                "HTTP/1.1 request with lines under 64 KiB and at most 100 headers"}})
+        self.close_connection = True
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(data.encode())
+
     def _unread_body(self) -> bool:
         return bool(self.headers.get("Content-Length", "0") not in ("", "0") and not getattr(self, "_body_read", False)
                     or self.headers.get("Transfer-Encoding"))
@@ -134,10 +149,10 @@ class ApiHandler(BaseHTTPRequestHandler):
         """The path without its query string: queries are the users' words, and stay out of logs."""
         return urlsplit(self.path).path[:200]
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args) -> None:
         pass  # one line per request from _handle, without the query string or any header
 
-    def log_error(self, format: str, *args) -> None:  # noqa: A002
+    def log_error(self, format: str, *args) -> None:
         log.warning("request refused by the HTTP layer: " + format, *args)
 
     # ------------------------------------------------------------------ routes
@@ -251,11 +266,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         if len(query) > MAX_QUERY_CHARS:
             raise ApiError(400, "query_too_long", f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS}")
         k = request.get("k", 5)
-        try:
-            k = int(k) if not isinstance(k, bool | float) else math.nan
-        except (TypeError, ValueError):
-            k = math.nan
-        if k != k or not 1 <= k <= MAX_K:
+        if isinstance(k, str) and k.strip().isdigit():  # from a URL
+            k = int(k)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ApiError(400, "bad_k", f"k must be a whole number from 1 to {MAX_K}, not {str(request.get('k'))[:20]}")
         mode = request.get("mode", "hybrid")
         if mode not in SEARCH_MODES:
