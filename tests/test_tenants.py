@@ -179,3 +179,16 @@ def test_cli_search_takes_a_tenant(project_env, tmp_path):
     assert {h["collection"] for h in json.loads(done.stdout)} == {"sales"}
     listed = refinery(env, "tenant", "list", "--json")
     assert json.loads(listed.stdout)["globex"]["collections"] == ["sales"]
+
+
+def test_the_manifest_names_a_tenant_and_leaves_collections_without_one_as_they_were(tmp_path):
+    from dagster_project.core.ingest.corpus import Collection, ManifestError
+
+    plain = Collection(name="kb", root=tmp_path)
+    assert plain.tenant == "public"
+    assert "tenant" not in plain.fingerprint()  # data versions of manifests written before tenants are kept
+    assert Collection(name="kb", root=tmp_path, tenant="acme").fingerprint() != plain.fingerprint()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "corpus.yaml").write_text("collections:\n  kb: {root: docs, tenant: Acme Corp}\n")
+    with pytest.raises(ManifestError, match="tenant 'Acme Corp' may only use 1-40 lower-case letters"):
+        load_manifest(tmp_path / "corpus.yaml")
