@@ -4,6 +4,7 @@ of `refinery serve` (the model is loaded once; each query picks its mode, filter
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 
 from .hybrid import SEARCH_MODES, SearchHit
 
@@ -19,7 +20,7 @@ class Searcher:
         """`vectors=False`: text search only, no embedder loaded."""
         self.settings, self.store = settings, store
         self.model_id, self.dims, self.embedder, self.model_key = None, 0, None, None
-        self._embedding = threading.Lock()  # one query embedded at a time: local models are not thread-safe
+        self._embedding = nullcontext()
         if vectors:
             from ..embed.factory import build_embedder
             from ..ingest.pipeline import adopt_stored_size
@@ -28,6 +29,8 @@ class Searcher:
             if active is None:
                 raise SearchError("nothing is embedded yet: run `refinery ingest` first")
             self.model_key = active
+            if active.startswith("local:"):  # a torch model in one process: one query at a time
+                self._embedding = threading.Lock()
             self.embedder = build_embedder(settings, active)
             adopt_stored_size(store, self.embedder)
             self.model_id = store.model_id_by_key(active)
