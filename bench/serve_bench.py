@@ -174,34 +174,33 @@ def main() -> None:
         process.terminate()
         process.wait(timeout=30)
 
-    # Row security's cost, one client at a time, as bench/retrieval_bench.py measures search.
-    def single(tenant) -> list[float]:
-        latencies = []
-        for _ in range(3):
-            for q in questions:
-                vector = searcher.embed(q)
-                started = time.perf_counter()
-                store.search(searcher.model_id, searcher.dims, vector, k=50, mode="hybrid", query_text=q,
-                             tenant=tenant)
-                latencies.append((time.perf_counter() - started) * 1000)
-        return latencies
-
+    # Row security's cost, one client at a time, as bench/retrieval_bench.py measures search. The
+    # variants take turns, round after round, so the machine's drift falls on each alike.
     import psycopg
 
-    single(None)  # warm
-    rls = [("hybrid search, 1 client, k=50", "p50 ms", "p95 ms", "p50 / without row security")]
-    with_rls = single(None)
-    with psycopg.connect(url, autocommit=True) as conn:
+    def single(tenant, into: list[float]) -> None:
+        for q in questions:
+            vector = searcher.embed(q)
+            started = time.perf_counter()
+            store.search(searcher.model_id, searcher.dims, vector, k=50, mode="hybrid", query_text=q,
+                         tenant=tenant)
+            into.append((time.perf_counter() - started) * 1000)
+
+    def row_security(conn, on: bool) -> None:
         for table in RLS_TABLES:
-            conn.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
-        try:
-            single(None)
-            without = single(None)
-        finally:
-            for table in RLS_TABLES:
-                conn.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-    single("public")
-    tenant = single("public")
+            conn.execute(f"ALTER TABLE {table} {'ENABLE' if on else 'DISABLE'} ROW LEVEL SECURITY")
+
+    without, with_rls, tenant = [], [], []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for n in range(4):  # the first round warms up and is dropped
+            row_security(conn, False)
+            try:
+                single(None, without if n else [])
+            finally:
+                row_security(conn, True)
+            single(None, with_rls if n else [])
+            single("public", tenant if n else [])
+    rls = [("hybrid search, 1 client, k=50", "p50 ms", "p95 ms", "p50 / without row security")]
     base = statistics.median(without)
     for name, values in (("operator's reader, row security off (floor)", without),
                          ("operator's reader, row security on", with_rls),
