@@ -22,15 +22,18 @@ from ..core.db.pg import (
     mask_url,
     resolve_database_urls,
 )
+from ..core.db.tenants import TenantError
 from ..core.embed.base import EmbeddingError
 from ..core.ingest.corpus import ManifestError
 from ..core.metrics.monitoring import MonitoringError
+from ..core.search.searcher import SearchError
 from ..core.settings import PROJECT_ROOT, Settings
 
 # The run's events are stored in the instance (and shown in the UI); the terminal gets a summary.
 # Step failures come back in the summary as one line each, not as Dagster's tracebacks.
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError, MonitoringError)
+USER_ERRORS = (ManifestError, DatabaseSetupError, MigrationError, EmbeddingError, MonitoringError, TenantError,
+               SearchError)
 
 
 class CliError(RuntimeError):

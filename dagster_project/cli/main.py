@@ -1,4 +1,5 @@
-"""The `refinery` command: ingest through Dagster, search, status, the database URL, and the UI."""
+"""The `refinery` command: ingest through Dagster, search, status, the database URL, the UI, tenants and
+the search API."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import warnings
 
-from . import db, dev, feedback, ingest, model, refine, search, snapshot
+from . import db, dev, feedback, ingest, model, refine, search, serve, snapshot, tenant
 from .common import USER_ERRORS, CliError, Interrupted, lost_database
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -18,7 +19,7 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refinery", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (ingest, refine, search, feedback, snapshot, model, db, dev):
+    for group in (ingest, refine, search, feedback, snapshot, model, db, dev, tenant, serve):
         group.add_commands(sub)
     return parser
 

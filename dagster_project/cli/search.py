@@ -3,42 +3,25 @@ questions file."""
 
 from __future__ import annotations
 
+from ..core.db.tenants import check_tenant_name
 from ..core.search.hybrid import SEARCH_MODES
 from ..core.settings import Settings
 from .common import CliError, emit, load_settings, prepare_databases
 
 
-def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None):
+def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None,
+              tenant: str | None = None):
     """query -> hits in the given mode, with the active embedding model (loaded only if a vector
-    leg runs)."""
-    from ..core.embed.factory import build_embedder
+    leg runs); with a tenant, as its read role (its collections only)."""
+    from ..core.search.searcher import Searcher
 
-    model_id, dims, embedder = None, 0, None
-    if mode != "text":
-        from ..core.ingest.pipeline import adopt_stored_size
-
-        active = store.active_model_key()  # what search serves, whatever EMBED_* says
-        if active is None:
-            raise CliError("nothing is embedded yet: run `refinery ingest` first")
-        embedder = build_embedder(settings, active)
-        adopt_stored_size(store, embedder)
-        model_id = store.model_id_by_key(active)
-        dims = embedder.model.dims
-
-    def search(query: str):
-        vector = None
-        if embedder is not None:
-            vector = embedder.embed([query]).vectors[0]
-            if not vector.any():
-                raise CliError("the query has no words the embedder can use: try other words")
-        return store.search(model_id, dims, vector, k=k, filters=filters, mode=mode, query_text=query,
-                            text_search_config=settings.text_search_config)
-
-    return search
+    searcher = Searcher(settings, store, vectors=mode != "text")
+    return lambda query: searcher.search(query, mode=mode, k=k, filters=filters, tenant=tenant)
 
 
 def cmd_search(args) -> int:
     from ..core.db.store import VectorStore
+    from ..core.search.searcher import hit_record
     from ..project import Project
 
     settings = load_settings(args)
@@ -48,17 +31,19 @@ def cmd_search(args) -> int:
         raise CliError(f"--k must be at least 1, not {args.k}")
     if args.collection:
         Project.load(settings).manifest.collection(args.collection)  # names the known ones if unknown
+    if args.tenant is not None:
+        check_tenant_name(args.tenant)
     urls = prepare_databases(settings)
     store = VectorStore(urls.vector_store)
     try:
+        if args.tenant is not None and not store.tenant_exists(args.tenant):
+            raise CliError(f"no tenant {args.tenant!r} yet: create its read role with `refinery tenant add {args.tenant}`")
         filters = {"collection": args.collection, "category": args.category,
                    "doc_type": args.doc_type, "status": args.status}
-        hits = _searcher(settings, store, args.mode, args.k, filters)(args.query)
+        hits = _searcher(settings, store, args.mode, args.k, filters, args.tenant)(args.query)
     finally:
         store.close()
-    rows = [{"collection": h.collection, "path": h.path, "title": h.title, "heading_path": h.heading_path,
-             "text": h.text, "score": round(h.score, 4), "chunk_id": h.chunk_id, "legs": h.legs,
-             "pages": list(h.pages) if h.pages else None, "locator": h.locator} for h in hits]
+    rows = [hit_record(h) for h in hits]
     text = "\n\n".join(f"{i + 1}. [{h['score']:.3f}] {h['collection']}/{h['path']}"
                        f"{' (' + h['locator'] + ')' if h['locator'] else ''} > {' > '.join(h['heading_path'])}"
                        f" ({', '.join(f'{leg} #{rank}' for leg, rank in h['legs'].items())})\n"
@@ -111,6 +96,7 @@ def add_commands(sub) -> None:
     p.add_argument("--doc-type")
     p.add_argument("--status")
     p.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
+    p.add_argument("--tenant", help="search as this tenant's read role: its collections only (default: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("eval", help="recall@1/5/10, MRR@10 and nDCG@10 on a golden questions file")

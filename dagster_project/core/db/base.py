@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from .migrations import migrate
@@ -16,10 +17,19 @@ from .migrations import migrate
 class StoreBase:
     """The pool and the transactions; every table family runs its SQL through these."""
 
-    def __init__(self, url: str, *, max_connections: int = 4) -> None:
+    def __init__(self, url: str, *, max_connections: int = 4, session_role: str | None = None) -> None:
+        """`session_role`: the role every session starts as (and returns to after each transaction),
+        e.g. refinery_reader for a read-only service: SQL outside `writing()` runs with its rights."""
         migrate(url)
+
+        def configure(conn: psycopg.Connection) -> None:
+            register_vector(conn)
+            if session_role is not None:
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(session_role)))
+                conn.commit()
+
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=max_connections, configure=register_vector, open=True,
+            url, min_size=1, max_size=max_connections, configure=configure, open=True,
             kwargs={"application_name": "corpus-refinery"},
         )
 
@@ -63,9 +73,20 @@ class StoreBase:
                     pass  # the session died, and its lock with it; the error that killed it is reported
 
     @contextmanager
-    def reading(self) -> Iterator[psycopg.Connection]:
+    def reading(self, tenant: str | None = None) -> Iterator[psycopg.Connection]:
+        """One transaction as refinery_reader (every row), or as a tenant's read role, which row
+        security limits to that tenant's collections (sql/0014_tenants.sql)."""
+        from .tenants import TenantError, tenant_role
+
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET LOCAL ROLE refinery_reader")
+            if tenant is None:
+                conn.execute("SET LOCAL ROLE refinery_reader")
+            else:
+                try:
+                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(tenant_role(tenant))))
+                except (psycopg.errors.InvalidParameterValue, psycopg.errors.InsufficientPrivilege):
+                    raise TenantError(f"tenant {tenant!r} has no read role this connection may use: create it "
+                                      f"with `refinery tenant add {tenant}`") from None
             yield conn
 
     @contextmanager

@@ -116,6 +116,7 @@ class DocumentTables:
                 conn.execute("DELETE FROM chunks WHERE collection = ANY(%s)", (gone,))
                 conn.execute("DELETE FROM documents WHERE collection = ANY(%s)", (gone,))
                 conn.execute("DELETE FROM ingest_errors WHERE collection = ANY(%s)", (gone,))
+                conn.execute("DELETE FROM collection_tenants WHERE collection = ANY(%s)", (gone,))
         if counts:
             self.drop_unreferenced_vectors()
         return counts

@@ -223,3 +223,18 @@ class RefinementTables:
         with self.reading() as conn:
             return conn.execute(
                 UNREFINED_COUNT, (collection, chain, prompt_version, schema_version)).fetchone()[0]
+
+    def refined_document(self, collection: str, path: str, tenant: str | None = None) -> dict | None:
+        """A document's current refined JSON with what made it, as the tenant sees it: None when
+        the document is not visible (absent or another tenant's); `refined` None if not refined yet."""
+        with self.reading(tenant) as conn:
+            row = conn.execute(
+                "SELECT d.collection, d.path, d.title, r.refined, r.model, r.link, r.prompt_version, "
+                "r.schema_version, r.quality_score, r.refined_at FROM documents d "
+                "LEFT JOIN refined_documents r ON r.document_id = d.id WHERE d.collection = %s AND d.path = %s",
+                (collection, path)).fetchone()
+        if row is None:
+            return None
+        keys = ("collection", "path", "title", "refined", "model", "link", "prompt_version", "schema_version",
+                "quality_score", "refined_at")
+        return dict(zip(keys, row, strict=True))

@@ -27,8 +27,15 @@ from pydantic import (
 from .hashing import content_hash
 
 EmbedMode = Literal["full", "metadata_only", "skip"]
+# Tenant names become role names (refinery_tenant_<name>): short, lower-case, unquoted.
+TENANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+DEFAULT_TENANT = "public"  # the tenant of a collection whose entry names none
 DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm",
                    "**/*.pdf", "**/*.docx", "**/*.pptx"]
+
+
+# Collection settings added after the first release (see Collection.fingerprint).
+ADDED_SETTINGS = ("text_search_config", "best_of", "tenant")
 
 
 class ManifestError(ValueError):
@@ -84,6 +91,8 @@ class Collection(BaseModel):
     # e.g. `simple` for Chinese, Japanese or Korean documents (no stemming; CJK is split into bigrams).
     text_search_config: str | None = None
     best_of: BestOf | None = None
+    # Whose read role may see the collection's rows (row security; sql/0014_tenants.sql).
+    tenant: str = DEFAULT_TENANT
 
     @field_validator("name")
     @classmethod
@@ -91,6 +100,14 @@ class Collection(BaseModel):
         if not name or not all(c.isalnum() or c in "_-" for c in name):
             raise ValueError(f"collection name {name!r} may only use letters, digits, _ and -")
         return name
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, tenant: str) -> str:
+        if not TENANT_NAME.match(tenant):
+            raise ValueError(f"tenant {tenant!r} may only use 1-40 lower-case letters, digits and _, "
+                             "starting with a letter")
+        return tenant
 
     @field_validator("include", "exclude")
     @classmethod
@@ -101,7 +118,10 @@ class Collection(BaseModel):
         return globs
 
     def fingerprint(self) -> str:
-        return self.model_dump_json()
+        # Settings added since the first release are left out at their defaults, so manifests written
+        # before them keep their versions (a version change reruns the collection).
+        at_default = {name for name in ADDED_SETTINGS if getattr(self, name) == type(self).model_fields[name].default}
+        return self.model_dump_json(exclude=at_default)
 
 
 class Manifest(BaseModel):

@@ -195,6 +195,7 @@ def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes
 
 def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress,
                     parse_time_limit: float) -> StepReport:
+    store.assign_tenant(collection.name, collection.tenant)
     changes = diff_documents(store, collection, max_file_bytes=max_file_bytes, progress=progress,
                              parse_time_limit=parse_time_limit)
     report = changes.report

@@ -69,7 +69,8 @@ class SearchQueries:
 
     def search(self, model_id: int | None, dims: int, query: np.ndarray | None, k: int = 5,
                filters: dict[str, str] | None = None, ef_search: int = 100, *, mode: str = "vector",
-               query_text: str = "", text_search_config: str = "english") -> list[SearchHit]:
+               query_text: str = "", text_search_config: str = "english",
+               tenant: str | None = None) -> list[SearchHit]:
         """The k best chunks for a query, optionally filtered on document metadata.
 
         mode `vector`: cosine similarity (score = similarity). Unfiltered or broad filters use the
@@ -79,12 +80,15 @@ class SearchQueries:
         mode `hybrid`: both legs fused by reciprocal rank fusion per document, in one statement
         (score = the document's fused score). The best chunk of each document comes first, in
         document order; further chunks of the same documents follow. Every hit says at which
-        rank each leg found it."""
+        rank each leg found it.
+
+        With a tenant, the statement runs as the tenant's read role: row security leaves only its
+        collections' rows (and their vectors and postings) in every leg."""
         if mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
         where, params = self._search_filters(filters)
         params.update(q=query, text=query_text, cfg=text_search_config)
-        with self.reading() as conn:
+        with self.reading(tenant) as conn:
             exact = False
             if mode != "text" and where:
                 probe = conn.execute(

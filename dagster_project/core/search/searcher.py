@@ -1,0 +1,66 @@
+"""Questions to hits with the embedding model search serves: the one search path of the CLI and
+of `refinery serve` (the model is loaded once; each query picks its mode, filters and tenant)."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+
+from .hybrid import SEARCH_MODES, SearchHit
+
+
+class SearchError(ValueError):
+    """A search that cannot run as asked; the message says what to change."""
+
+
+class Searcher:
+    """`search(query, ...)` over a store, embedding queries with the store's active model."""
+
+    def __init__(self, settings, store, *, vectors: bool = True) -> None:
+        """`vectors=False`: text search only, no embedder loaded."""
+        self.settings, self.store = settings, store
+        self.model_id, self.dims, self.embedder, self.model_key = None, 0, None, None
+        self._embedding = nullcontext()
+        if vectors:
+            from ..embed.factory import build_embedder
+            from ..ingest.pipeline import adopt_stored_size
+
+            active = store.active_model_key()  # what search serves, whatever EMBED_* says
+            if active is None:
+                raise SearchError("nothing is embedded yet: run `refinery ingest` first")
+            self.model_key = active
+            if active.startswith("local:"):  # a torch model in one process: one query at a time
+                self._embedding = threading.Lock()
+            self.embedder = build_embedder(settings, active)
+            adopt_stored_size(store, self.embedder)
+            self.model_id = store.model_id_by_key(active)
+            self.dims = self.embedder.model.dims
+
+    def embed(self, query: str):
+        with self._embedding:
+            vector = self.embedder.embed([query]).vectors[0]
+        if not vector.any():
+            raise SearchError("the query has no words the embedder can use: try other words")
+        return vector
+
+    def search(self, query: str, *, mode: str = "hybrid", k: int = 5, filters: dict | None = None,
+               tenant: str | None = None) -> list[SearchHit]:
+        if mode not in SEARCH_MODES:
+            raise SearchError(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
+        if not query.strip():
+            raise SearchError("the query is empty: say what you are looking for")
+        vector = None
+        if mode != "text":
+            if self.embedder is None:
+                raise SearchError(f"mode {mode!r} needs the embedder, which this searcher did not load")
+            vector = self.embed(query)
+        return self.store.search(self.model_id, self.dims, vector, k=k, filters=filters, mode=mode,
+                                 query_text=query, text_search_config=self.settings.text_search_config,
+                                 tenant=tenant)
+
+
+def hit_record(hit: SearchHit) -> dict:
+    """A hit as applications and `--json` see it."""
+    return {"collection": hit.collection, "path": hit.path, "title": hit.title, "heading_path": hit.heading_path,
+            "text": hit.text, "score": round(hit.score, 4), "chunk_id": hit.chunk_id, "legs": hit.legs,
+            "pages": list(hit.pages) if hit.pages else None, "locator": hit.locator}
