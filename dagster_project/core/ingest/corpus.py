@@ -18,9 +18,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .hashing import content_hash
+from .templating import MarkdownTemplating
 
 EmbedMode = Literal["full", "metadata_only", "skip"]
 DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm"]
+# Metadata keys (front matter, <meta> tags, header fields) whose text describes the whole document:
+# indexed and embedded as the document's own passage, so a page that says what it is only in
+# its front matter is still found.
+DEFAULT_DOCUMENT_FIELDS = ["description", "summary", "abstract", "subtitle", "excerpt", "keywords", "tags"]
 
 
 class ManifestError(ValueError):
@@ -47,6 +52,14 @@ class Collection(BaseModel):
     defaults: DocumentDefaults = Field(default_factory=DocumentDefaults)
     # A symlink out of the root would publish whatever it points at (/etc/shadow): only by choice.
     follow_external_symlinks: bool = False
+    document_fields: list[str] = Field(default_factory=lambda: list(DEFAULT_DOCUMENT_FIELDS))
+    markdown: MarkdownTemplating = Field(default_factory=MarkdownTemplating)
+
+    @field_validator("document_fields")
+    @classmethod
+    def _field_names(cls, names: list[str]) -> list[str]:
+        # Stored metadata keys are lower case with _ for - (parsing._normalize_metadata).
+        return [str(n).strip().lower().replace("-", "_") for n in names if str(n).strip()]
 
     @field_validator("name")
     @classmethod

@@ -51,6 +51,17 @@ class SearchHit:
     legs: dict[str, int] = field(default_factory=dict)  # leg -> rank at which it found this chunk
 
 
+@dataclass
+class DocumentResult:
+    """A document found by a search, with its best passages (best first)."""
+
+    collection: str
+    path: str
+    title: str
+    score: float  # hybrid: the fused score; vector / text: the score of its best passage
+    passages: list[SearchHit]
+
+
 class SearchQueries:
     """Search over the store's chunks (a part of `VectorStore`)."""
 
@@ -66,7 +77,37 @@ class SearchQueries:
         mode `hybrid`: both legs fused by reciprocal rank fusion per document, in one statement
         (score = the document's fused score). The best chunk of each document comes first, in
         document order; further chunks of the same documents follow. Every hit says at which
-        rank each leg found it."""
+        rank each leg found it. `search_documents` gives documents with their passages."""
+        rows = self._run_search(model_id, dims, query, k, filters, ef_search, mode, query_text,
+                                text_search_config, passages=None)
+        return [self._hit(r) for r in rows]
+
+    def search_documents(self, model_id: int | None, dims: int, query: np.ndarray | None, k: int = 5,
+                         filters: dict[str, str] | None = None, ef_search: int = 100, *, mode: str = "hybrid",
+                         query_text: str = "", text_search_config: str = "english",
+                         passages: int = 3) -> list[DocumentResult]:
+        """The k best documents in any mode, each with up to `passages` of its best chunks: one
+        long page cannot fill the list with its chunks. Documents rank by their fused score
+        (hybrid) or by their best chunk (vector, text)."""
+        if passages < 1:
+            raise ValueError(f"passages must be at least 1, not {passages}")
+        rows = self._run_search(model_id, dims, query, k, filters, ef_search, mode, query_text,
+                                text_search_config, passages=passages)
+        documents: dict[tuple[str, str], DocumentResult] = {}
+        for r in rows:
+            key = (r[0], r[1])
+            if key not in documents:
+                documents[key] = DocumentResult(r[0], r[1], r[2], float(r[9]), [])
+            documents[key].passages.append(self._hit(r))
+        return list(documents.values())
+
+    @staticmethod
+    def _hit(r) -> SearchHit:
+        return SearchHit(r[0], r[1], r[2], list(r[3]), r[4], float(r[6]), str(r[5]),
+                         {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None})
+
+    def _run_search(self, model_id, dims, query, k, filters, ef_search, mode, query_text, text_search_config,
+                    passages: int | None) -> list[tuple]:
         if mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
         where, params = self._search_filters(filters)
@@ -85,11 +126,9 @@ class SearchQueries:
                 if mode != "text" and not exact:
                     conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
                     conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-                cursor = conn.execute(self.search_sql(dims, where, exact, mode, model_id=model_id, k=k), params)
-            rows = cursor.fetchall()
-        return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], float(r[6]), str(r[5]),
-                          {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None})
-                for r in rows]
+                cursor = conn.execute(self.search_sql(dims, where, exact, mode, model_id=model_id, k=k,
+                                                      passages=passages), params)
+            return cursor.fetchall()
 
     @staticmethod
     def _search_filters(filters: dict[str, str] | None) -> tuple[list[str], dict]:
@@ -103,14 +142,16 @@ class SearchQueries:
         return where, params
 
     def search_sql(self, dims: int, where: list[str], exact: bool, mode: str = "vector", *,
-                   model_id: int | None, k: int) -> str:
+                   model_id: int | None, k: int, passages: int | None = None) -> str:
         """One statement per mode; columns: collection, path, title, heading_path, text, chunk id,
-        score, vector rank, text rank. The model, k and the fusion constants are literals, the query
+        score, vector rank, text rank, document score. `passages` set: the k best documents, each
+        with at most that many chunks; else the k best chunks. The model, k and the fusion constants are literals, the query
         and the filter values parameters, so the generic plan of the prepared statement is the
         custom plan (a parameter for the model would hide the model's partial HNSW index from it):
         a search is not planned afresh each time, which cost 1.2 ms of a hybrid search."""
         model, k = int(model_id or 0), int(k)
-        depth = max(RRF_DEPTH, k) if mode == "hybrid" else k
+        # Per document, a leg must reach past the k best chunks to find k documents.
+        depth = max(RRF_DEPTH, k) if mode == "hybrid" else k if passages is None else max(RRF_DEPTH, 2 * k)
         vtype, _ = vector_type(dims)
         distance = f"(e.embedding::{vtype}) <=> %(q)s::{vtype}"
         order = f"({distance}) + 0" if exact else distance  # "+ 0": keep the planner off the index
@@ -132,12 +173,14 @@ class SearchQueries:
             f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
             f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {depth}"
             ") t")
+        per_document = ("row_number() OVER (PARTITION BY document_id ORDER BY rank) AS nth,"
+                        " max(score) OVER (PARTITION BY document_id) AS score, score AS chunk_score")
         if mode == "vector":
-            legs = (f"SELECT id, 1 AS nth, score, score AS chunk_score, rank AS vector_rank, NULL::bigint AS text_rank"
+            legs = (f"SELECT id, document_id, {per_document}, rank AS vector_rank, NULL::bigint AS text_rank"
                     f" FROM ({vector_leg}) x")
         elif mode == "text":
-            legs = (f"SELECT id, 1 AS nth, score, score AS chunk_score, NULL::bigint AS vector_rank, rank AS text_rank"
-                    f" FROM ({text_leg}) x")
+            legs = (f"SELECT id, document_id, {per_document}, NULL::bigint AS vector_rank, rank AS text_rank"
+                    f" FROM (SELECT t.*, c.document_id FROM ({text_leg}) t JOIN chunks c ON c.id = t.id) x")
         else:
             legs = (
                 f"WITH legs AS (SELECT id, document_id, rank, 'v' AS leg FROM ({vector_leg}) v"
@@ -154,11 +197,18 @@ class SearchQueries:
                 "           FROM per p JOIN docs USING (document_id) GROUP BY p.id, p.document_id)"
                 # every document's best chunk first, then the second-best ones...: k hits show the
                 # k best documents, not one document's k passages
-                " SELECT id, row_number() OVER (PARTITION BY document_id ORDER BY chunk_score DESC, id) AS nth,"
+                " SELECT id, document_id, row_number() OVER (PARTITION BY document_id ORDER BY chunk_score DESC, id) AS nth,"
                 "        score, chunk_score, vector_rank, text_rank FROM fused")
-        order = "nth, score DESC, chunk_score DESC, id"
+        if passages is not None:
+            top = ("SELECT * FROM (SELECT hits.*, dense_rank() OVER (ORDER BY score DESC, document_id) AS doc_rank"
+                   f" FROM hits) x WHERE doc_rank <= {k} AND nth <= {int(passages)}")
+            order = "doc_rank, nth"
+        else:
+            order = "nth, score DESC, chunk_score DESC, id" if mode == "hybrid" else "chunk_score DESC, id"
+            top = f"SELECT * FROM hits ORDER BY {order} LIMIT {k}"
+        hit_score = "h.score" if mode == "hybrid" else "h.chunk_score"  # hybrid: the document's fused score
         return (f"WITH hits AS MATERIALIZED ({legs}),"
-                f" top AS MATERIALIZED (SELECT * FROM hits ORDER BY {order} LIMIT {k}) "  # text of k hits only
-                "SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, h.score, h.vector_rank, "
-                "h.text_rank FROM top h JOIN chunks c ON c.id = h.id JOIN documents d ON d.id = c.document_id "
+                f" top AS MATERIALIZED ({top}) "  # text of the hits returned only
+                f"SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, {hit_score}, h.vector_rank, "
+                "h.text_rank, h.score FROM top h JOIN chunks c ON c.id = h.id JOIN documents d ON d.id = c.document_id "
                 f"ORDER BY {', '.join('h.' + o for o in order.split(', '))}")
