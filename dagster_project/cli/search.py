@@ -1,5 +1,5 @@
-"""`refinery search` and `eval`: the best chunks for a question, and retrieval figures on a golden
-questions file."""
+"""`refinery search` and `eval`: the best documents (with their best passages) or chunks for a
+question, and retrieval figures on a golden questions file."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from ..core.settings import Settings
 from .common import CliError, emit, load_settings, prepare_databases
 
 
-def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None):
+def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None,
+              passages: int | None = None):
     """query -> hits in the given mode, with the active embedding model (loaded only if a vector
-    leg runs)."""
+    leg runs): the k best documents with up to `passages` chunks each, or (None) the k best chunks."""
     from ..core.embed.factory import build_embedder
 
     model_id, dims, embedder = None, 0, None
@@ -31,8 +32,11 @@ def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None
             vector = embedder.embed([query]).vectors[0]
             if not vector.any():
                 raise CliError("the query has no words the embedder can use: try other words")
-        return store.search(model_id, dims, vector, k=k, filters=filters, mode=mode, query_text=query,
-                            text_search_config=settings.text_search_config)
+        if passages is None:
+            return store.search(model_id, dims, vector, k=k, filters=filters, mode=mode, query_text=query,
+                                text_search_config=settings.text_search_config)
+        return store.search_documents(model_id, dims, vector, k=k, filters=filters, mode=mode, query_text=query,
+                                      text_search_config=settings.text_search_config, passages=passages)
 
     return search
 
@@ -46,6 +50,8 @@ def cmd_search(args) -> int:
         raise CliError("the query is empty: say what you are looking for")
     if args.k < 1:
         raise CliError(f"--k must be at least 1, not {args.k}")
+    if args.passages < 1:
+        raise CliError(f"--passages must be at least 1, not {args.passages}")
     if args.collection:
         Project.load(settings).manifest.collection(args.collection)  # names the known ones if unknown
     urls = prepare_databases(settings)
@@ -53,26 +59,36 @@ def cmd_search(args) -> int:
     try:
         filters = {"collection": args.collection, "category": args.category,
                    "doc_type": args.doc_type, "status": args.status}
-        hits = _searcher(settings, store, args.mode, args.k, filters)(args.query)
+        found = _searcher(settings, store, args.mode, args.k, filters,
+                          None if args.chunks else args.passages)(args.query)
     finally:
         store.close()
-    rows = [{"collection": h.collection, "path": h.path, "title": h.title, "heading_path": h.heading_path,
-             "text": h.text, "score": round(h.score, 4), "chunk_id": h.chunk_id, "legs": h.legs} for h in hits]
-    text = "\n\n".join(f"{i + 1}. [{h['score']:.3f}] {h['collection']}/{h['path']} > {' > '.join(h['heading_path'])}"
-                       f" ({', '.join(f'{leg} #{rank}' for leg, rank in h['legs'].items())})\n"
-                       f"   {h['text'][:240].replace(chr(10), ' ')}" for i, h in enumerate(rows)) or "no results"
-    emit(rows, args.json, text)
+
+    def passage(h) -> dict:
+        return {"heading_path": h.heading_path, "text": h.text, "score": round(h.score, 4), "chunk_id": h.chunk_id,
+                "legs": h.legs}
+
+    def show(h, indent: str) -> str:
+        return (f"{indent}> {' > '.join(h.heading_path)} [{h.score:.3f}]"
+                f" ({', '.join(f'{leg} #{rank}' for leg, rank in h.legs.items())})\n"
+                f"{indent}  {h.text[:240].replace(chr(10), ' ')}")
+
+    if args.chunks:
+        rows = [{"collection": h.collection, "path": h.path, "title": h.title, **passage(h)} for h in found]
+        text = "\n\n".join(f"{i + 1}. {h.collection}/{h.path}\n{show(h, '   ')}" for i, h in enumerate(found))
+    else:
+        # The best passage's fields at the top too: a reader of chunk hits reads documents unchanged.
+        rows = [{"collection": d.collection, "path": d.path, "title": d.title, **passage(d.passages[0]),
+                 "score": round(d.score, 4), "passages": [passage(h) for h in d.passages]} for d in found]
+        text = "\n\n".join(f"{i + 1}. [{d.score:.3f}] {d.collection}/{d.path}: {d.title}\n"
+                           + "\n".join(show(h, "   ") for h in d.passages) for i, d in enumerate(found))
+    emit(rows, args.json, text or "no results")
     return 0
 
 
 def cmd_eval(args) -> int:
     from ..core.db.store import VectorStore
-    from ..core.search.evaluation import (
-        QuestionsError,
-        distinct_documents,
-        evaluate,
-        load_questions,
-    )
+    from ..core.search.evaluation import QuestionsError, evaluate, load_questions
 
     settings = load_settings(args)
     urls = prepare_databases(settings)
@@ -84,8 +100,8 @@ def cmd_eval(args) -> int:
             raise CliError(str(exc)) from None
         results = {}
         for mode in (args.mode,) if args.mode != "all" else ("text", "vector", "hybrid"):
-            search = _searcher(settings, store, mode, k=max(50, args.k * 5))
-            results[mode] = evaluate(questions, lambda q, search=search: distinct_documents(search(q))[: args.k])
+            search = _searcher(settings, store, mode, k=args.k, passages=1)
+            results[mode] = evaluate(questions, lambda q, search=search: [(d.collection, d.path) for d in search(q)])
     finally:
         store.close()
     lines = [f"{'mode':<8} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'MRR@10':>7} {'nDCG@10':>8}"]
@@ -100,10 +116,12 @@ def cmd_eval(args) -> int:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("search", help="the chunks that best answer a question")
+    p = sub.add_parser("search", help="the documents (with their best passages) that best answer a question")
     p.add_argument("query")
     p.add_argument("--manifest")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--k", type=int, default=5, help="documents (with --chunks: chunks) returned")
+    p.add_argument("--passages", type=int, default=3, help="best chunks shown per document")
+    p.add_argument("--chunks", action="store_true", help="the k best chunks instead, several per document possible")
     p.add_argument("--collection")
     p.add_argument("--category")
     p.add_argument("--doc-type")

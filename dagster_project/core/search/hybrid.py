@@ -25,6 +25,7 @@ RRF_SAME_DOCUMENT_DECAY = 0.5
 # search reads every posting of its terms, so a narrow filter never loses its matches.
 BM25_POSTINGS_PER_TERM = 3000
 FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
+REPEATED_TEXT_ONCE = True  # see search_sql
 
 # BM25 (sql/0006_bm25.sql): idf from the per-collection document frequencies (N from the
 # planner's row count, exact for small tables), then the sum of idf * weight over the query's
@@ -156,12 +157,16 @@ class SearchQueries:
         distance = f"(e.embedding::{vtype}) <=> %(q)s::{vtype}"
         order = f"({distance}) + 0" if exact else distance  # "+ 0": keep the planner off the index
         filters = "".join(f" AND {w}" for w in where)
+        # A text repeated across documents (an included snippet, a generated block) counts once in
+        # a leg, where it ranks best: its copies would push other documents out of the depth.
+        once = "WHERE v.copy = 1" if REPEATED_TEXT_ONCE else ""
         vector_leg = (
             "SELECT v.id, v.document_id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score"
-            f" FROM (SELECT c.id, c.document_id, {distance} AS distance"
+            " FROM (SELECT v.*, row_number() OVER (PARTITION BY md5(v.text) ORDER BY v.distance, v.id) AS copy"
+            f" FROM (SELECT c.id, c.document_id, c.text, {distance} AS distance"
             "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
             "   JOIN documents d ON d.id = c.document_id"
-            f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v")
+            f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v) v {once}")
         if where:
             postings = ("stats s JOIN chunk_terms p ON p.term = s.term JOIN chunks c ON c.id = p.chunk_id"
                         f" JOIN documents d ON d.id = c.document_id WHERE {' AND '.join(where)}")
@@ -170,9 +175,11 @@ class SearchQueries:
                         f" WHERE p.term = s.term ORDER BY p.weight DESC LIMIT {BM25_POSTINGS_PER_TERM}) p")
         text_leg = (
             "SELECT t.id, row_number() OVER (ORDER BY t.score DESC, t.id) AS rank, t.score FROM ("
+            " SELECT t.*, row_number() OVER (PARTITION BY md5(c.text) ORDER BY t.score DESC, t.id) AS copy"
+            " FROM ("
             f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
             f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {depth}"
-            ") t")
+            f") t JOIN chunks c ON c.id = t.id) t {once.replace('v.', 't.')}")
         per_document = ("row_number() OVER (PARTITION BY document_id ORDER BY rank) AS nth,"
                         " max(score) OVER (PARTITION BY document_id) AS score, score AS chunk_score")
         if mode == "vector":
