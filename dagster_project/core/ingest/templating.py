@@ -7,6 +7,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,6 +18,8 @@ from .hashing import content_hash
 TEMPLATING_VERSION = "templating-v1"
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
+MAX_INCLUDES = 500  # per page: a hostile page cannot include a big file a million times
+MAX_WARNINGS = 10
 MAX_TAG_CHARS = 4000  # a shortcode's arguments may span lines, but a stray `{{<` must not eat the file
 
 
@@ -50,17 +53,19 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _FRONT_MATTER = re.compile(r"\A(?:---|\+\+\+)[ \t]*\r?\n")
 # One pass over the text: the first alternatives are spans to keep as written (inline code, an
 # escaped shortcode), then the syntax to strip. Hugo before Liquid: `{{%` is not `{%`.
+# Argument runs exclude braces (and comments angle brackets): every attempt to match stops at
+# the next brace, so a hostile file of `{{<{{<...` or `<!--<!--...` costs linear time.
 _SYNTAX = re.compile(
-    (r"(?P<code>(?P<ticks>`+)[^`\n]+?(?P=ticks))"
-     r"|\{\{(?P<esc>[<%])/\*(?P<escaped>.{0,N}?)\*/[>%]\}\}"
-     r"|\{\{[<%]-?\s*(?P<close>/)?\s*(?P<hugo>[\w./-]+)(?P<hargs>.{0,N}?)/?\s*-?[>%]\}\}"
-     r"|(?<!\{)\{%-?\s*(?P<liquid>\w+)(?P<largs>.{0,N}?)-?%\}"
-     r"|\{#.{0,N}?#\}"
-     r"|<!--.*?-->").replace("N", str(MAX_TAG_CHARS)),
-    re.DOTALL,
+    (r"(?P<code>(?P<ticks>`{1,3})[^`\n]+?(?P=ticks))"
+     r"|\{\{(?P<esc>[<%])/\*(?P<escaped>[^{}]{0,N}?)\*/[>%]\}\}"
+     r"|\{\{[<%]-?[ \t\n]*(?P<close>/)?[ \t]*(?P<hugo>[\w./-]+)(?P<hargs>[^{}]{0,N}?)/?[ \t\n]*-?[>%]\}\}"
+     r"|(?<!\{)\{%-?[ \t]*(?P<liquid>\w+)(?P<largs>[^{}]{0,N}?)-?%\}"
+     r"|\{#[^{}]{0,N}?#\}"
+     r"|<!--[^<>]{0,N}?-->").replace("N", str(MAX_TAG_CHARS)),
 )
-_LIQUID_COMMENT = re.compile(r"\{%-?\s*comment\s*-?%\}.*?\{%-?\s*endcomment\s*-?%\}", re.DOTALL)
-_ALERT = re.compile(r"^(\s*>\s*)\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*$", re.MULTILINE | re.IGNORECASE)
+_COMMENT_OPEN = re.compile(r"\{%-?[ \t]*comment[ \t]*-?%\}")
+_COMMENT_CLOSE = re.compile(r"\{%-?[ \t]*endcomment[ \t]*-?%\}")
+_ALERT = re.compile(r"^([ \t]*>[ \t]*)\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*$", re.MULTILINE | re.IGNORECASE)
 _QUOTED = re.compile(r"""(?:\bfile\s*=\s*)?["']([^"'\n]+)["']|(\S+)""")
 _REMOVED = "\x00"  # marks where a tag was: a line left with only marks goes away whole
 
@@ -142,26 +147,52 @@ def render_markdown(path: str, text: str, options: MarkdownTemplating, read: Rea
     if options.templates == "keep":
         return text, []
     header, body = _split_front_matter(text)
-    warnings: list[str] = []
-    return header + _render_body(path, body, options, read, warnings, (path,)), warnings
+    state = _Render(options, read)
+    rendered = header + _render_body(path, body, state, (path,))
+    return rendered, state.warnings
 
 
-def _render_body(path: str, body: str, options: MarkdownTemplating, read: Reader, warnings: list[str],
-                 chain: tuple[str, ...]) -> str:
+@dataclass
+class _Render:
+    """One page's rendering: its options, its reader, what it has included and said so far."""
+
+    options: MarkdownTemplating
+    read: Reader
+    includes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings and len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(message)
+
+
+def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -> str:
     parts = []
     for is_code, segment in _segments(body):
         if is_code:
             parts.append(segment)
             continue
-        segment = _LIQUID_COMMENT.sub(_REMOVED, segment)
+        segment = _strip_liquid_comments(segment)
         segment = _ALERT.sub(r"\1", segment)
-        segment = _SYNTAX.sub(lambda m: _replace(m, path, options, read, warnings, chain), segment)
+        segment = _SYNTAX.sub(lambda m: _replace(m, path, state, chain), segment)
         parts.append(_drop_marked_lines(segment))
     return "".join(parts)
 
 
-def _replace(match: re.Match, path: str, options: MarkdownTemplating, read: Reader, warnings: list[str],
-             chain: tuple[str, ...]) -> str:
+def _strip_liquid_comments(text: str) -> str:
+    """{% comment %}...{% endcomment %} pairs, found by scanning forward once (a regex over an
+    unclosed comment would rescan the rest of the file from every opener)."""
+    parts, position = [], 0
+    while (opener := _COMMENT_OPEN.search(text, position)) is not None:
+        closer = _COMMENT_CLOSE.search(text, opener.end())
+        if closer is None:
+            break
+        parts += [text[position:opener.start()], _REMOVED]
+        position = closer.end()
+    return "".join(parts) + text[position:]
+
+
+def _replace(match: re.Match, path: str, state: _Render, chain: tuple[str, ...]) -> str:
     if match.group("code"):
         return match.group(0)
     if match.group("esc"):  # {{</* x */>}} is how a page shows a literal shortcode
@@ -170,31 +201,35 @@ def _replace(match: re.Match, path: str, options: MarkdownTemplating, read: Read
         return "{{" + delimiter + match.group("escaped") + closing + "}}"
     tag = match.group("hugo") or match.group("liquid")
     args = match.group("hargs") if match.group("hugo") else match.group("largs")
-    if tag and not match.group("close") and tag in options.include_tags and options.includes == "resolve":
-        return _include(tag, args or "", path, options, read, warnings, chain)
+    if tag and not match.group("close") and tag in state.options.include_tags and state.options.includes == "resolve":
+        return _include(tag, args or "", path, state, chain)
     return _REMOVED
 
 
-def _include(tag: str, args: str, path: str, options: MarkdownTemplating, read: Reader, warnings: list[str],
-             chain: tuple[str, ...]) -> str:
+def _include(tag: str, args: str, path: str, state: _Render, chain: tuple[str, ...]) -> str:
     target = include_target(tag, args)
     if target is None:
         return _REMOVED
+    state.includes += 1
+    if state.includes > MAX_INCLUDES:
+        state.warn(f"over {MAX_INCLUDES} includes: the rest are left out")
+        return _REMOVED
+    options = state.options
     for candidate in candidate_paths(target, path, tag, options):
         if not candidate.endswith(MARKDOWN_SUFFIXES):
             continue
-        text = read(candidate)
+        text = state.read(candidate)
         if text is None:
             continue
         if candidate in chain or len(chain) > MAX_INCLUDE_DEPTH:
-            warnings.append(f"include {target!r} left out: it includes itself (through {' -> '.join(chain)})"
+            state.warn(f"include {target!r} left out: it includes itself (through {' -> '.join(chain)})"
                             if candidate in chain else f"include {target!r} left out: nested over "
                             f"{MAX_INCLUDE_DEPTH} levels")
             return _REMOVED
         _, body = _split_front_matter(text)
-        included = _render_body(candidate, body, options, read, warnings, (*chain, candidate))
+        included = _render_body(candidate, body, state, (*chain, candidate))
         return f"{_REMOVED}\n\n{included.strip()}\n\n{_REMOVED}"
-    warnings.append(f"include {target!r} not found in the collection (looked in "
+    state.warn(f"include {target!r} not found in the collection (looked in "
                     f"{', '.join(candidate_paths(target, path, tag, options)) or 'nowhere inside the root'}): "
                     "its text is left out; add the file or set `markdown: {includes: strip}`")
     return _REMOVED

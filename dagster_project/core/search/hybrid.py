@@ -20,6 +20,7 @@ RRF_DEPTH = 50  # hits taken from each leg before fusing
 # its chunks in that leg, each further chunk counting this much less than the one before (so a
 # document with several good passages rises, but twenty weak ones do not beat one strong one).
 RRF_SAME_DOCUMENT_DECAY = 0.5
+RRF_LEG_WEIGHTS = {"vector": 1.0, "text": 1.0}  # each leg's share of a document's fused score
 # Unfiltered text search reads at most this many postings per query term, best BM25 weight first
 # (a term found in more chunks than that contributes little: its idf is low). Filtered text
 # search reads every posting of its terms, so a narrow filter never loses its matches.
@@ -195,7 +196,9 @@ class SearchQueries:
                 f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id),"
                 " per AS (SELECT l.id, l.leg, l.rank, l.document_id, row_number() OVER"
                 "         (PARTITION BY l.leg, l.document_id ORDER BY l.rank) AS nth FROM legs l),"
-                f" docs AS (SELECT document_id, sum(power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1) / ({int(RRF_K)} + rank)) AS score"
+                f" docs AS (SELECT document_id, sum(CASE leg WHEN 'v' THEN {float(RRF_LEG_WEIGHTS['vector'])}"
+                f"         ELSE {float(RRF_LEG_WEIGHTS['text'])} END"
+                f"         * power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1) / ({int(RRF_K)} + rank)) AS score"
                 "          FROM per GROUP BY document_id),"
                 " fused AS (SELECT p.id, p.document_id, max(docs.score) AS score,"
                 f"           sum(1.0 / ({int(RRF_K)} + p.rank)) AS chunk_score,"
