@@ -140,3 +140,15 @@ def test_a_text_repeated_across_pages_counts_once(store, tmp_path, embedder, fak
         # licence is not pushed down by the copies.
         assert len({"alpha.md", "beta.md", "gamma.md"} & set(found[:2])) == 1, (mode, found)
         assert "licence.md" in found[:2], (mode, found)
+
+
+def test_a_page_with_only_a_title_in_front_matter_is_found_but_an_emptied_file_is_not(store, tmp_path, embedder,
+                                                                                         fake_openai):
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "_index.md").write_text("---\ntitle: Quasar telemetry\n---\n")
+    (root / "empty.md").write_text("")
+    manifest = write_manifest(tmp_path, {"docs": {"root": "site", "include": ["**/*.md"]}})
+    run(store, manifest, embedder, fake_openai)
+    assert chunks_of(store, "_index.md") == ["Quasar telemetry"] and chunks_of(store, "empty.md") == []
+    assert [d.path for d in documents(store, embedder, "quasar telemetry", "text")] == ["_index.md"]

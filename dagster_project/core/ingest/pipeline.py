@@ -142,7 +142,8 @@ def preprocess(collection: Collection, source: SourceFile, files: _CollectionFil
 
 def document_card(parsed: ParsedDocument, fields: list[str]) -> str:
     """What the document says of itself in its metadata (description, summary, ...), one line a
-    field; the title alone for a document with no body text, so it can still be found."""
+    field; the title its metadata gives, for a document with no body text, so a page of front
+    matter alone can still be found (an emptied file has none: it leaves search)."""
     lines = []
     for name in fields:
         value = parsed.metadata.get(name)
@@ -150,7 +151,7 @@ def document_card(parsed: ParsedDocument, fields: list[str]) -> str:
             value = ", ".join(str(v) for v in value if isinstance(v, (str, int, float)) and str(v).strip())
         if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
             lines.append(" ".join(str(value).split()))
-    if not lines and not parsed.blocks:
+    if not lines and not parsed.blocks and str(parsed.metadata.get("title") or "").strip():
         lines.append(parsed.title)
     return "\n".join(dict.fromkeys(lines))
 
