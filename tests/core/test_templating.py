@@ -43,7 +43,7 @@ quality = 75
 {{< img src="x.jpg" >}} is how you call it; {% raw %} stays here
 ```
 
-Show the call itself with `{{< img >}}` or {{</* img src="a.jpg" */>}}.
+Show the call itself with `{{< img >}}` or {{</* img src="a.jpg" */>}}; `<!--more-->` ends a summary.
 {% if site.x %}Liquid text{% endif %} and {# a Jinja comment #} end.
 {% comment %}hidden{% endcomment %}
 """
@@ -60,11 +60,11 @@ def test_shortcodes_and_tags_leave_the_text_but_what_they_enclose_stays():
     assert "{{< hugo >}}" in text.split("---")[1]  # front matter is the parser's, left as written
     assert "Resize an image to fit a box.\n keeps the aspect ratio." in body  # one paragraph still
     assert "[imaging]\nquality = 75" in body  # a paired shortcode keeps its content
-    prose = body.split("```")[0] + body.split("```")[2].replace('{{< img src="a.jpg" >}}', "").replace("`{{< img >}}`", "")
+    prose = body.split("```")[0] + body.split("```")[2].replace('{{< img src="a.jpg" >}}', "").replace("`{{< img >}}`", "").replace("`<!--more-->`", "")
     for markup in ("new-in", "src=", ">}}", "code-toggle", "[!NOTE]", "<!--more-->", "{%", "{#", "hidden"):
         assert markup not in prose, markup
     assert '{{< img src="x.jpg" >}} is how you call it; {% raw %} stays here' in body  # fenced code as written
-    assert "`{{< img >}}`" in body  # inline code as written
+    assert "`{{< img >}}`" in body and "`<!--more-->` ends" in body  # inline code as written
     assert '{{< img src="a.jpg" >}}' in body  # an escaped shortcode is shown as the literal call
     assert "Liquid text and  end." in body
 

@@ -53,18 +53,19 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _FRONT_MATTER = re.compile(r"\A(?:---|\+\+\+)[ \t]*\r?\n")
 # One pass over the text: the first alternatives are spans to keep as written (inline code, an
 # escaped shortcode), then the syntax to strip. Hugo before Liquid: `{{%` is not `{%`.
-# Argument runs exclude braces (and comments angle brackets): every attempt to match stops at
-# the next brace, so a hostile file of `{{<{{<...` or `<!--<!--...` costs linear time.
+# Argument runs exclude braces: every attempt to match stops at the next brace, so a hostile
+# file of `{{<{{<...` costs linear time.
 _SYNTAX = re.compile(
     (r"(?P<code>(?P<ticks>`{1,3})[^`\n]+?(?P=ticks))"
      r"|\{\{(?P<esc>[<%])/\*(?P<escaped>[^{}]{0,N}?)\*/[>%]\}\}"
      r"|\{\{[<%]-?[ \t\n]*(?P<close>/)?[ \t]*(?P<hugo>[\w./-]+)(?P<hargs>[^{}]{0,N}?)/?[ \t\n]*-?[>%]\}\}"
      r"|(?<!\{)\{%-?[ \t]*(?P<liquid>\w+)(?P<largs>[^{}]{0,N}?)-?%\}"
-     r"|\{#[^{}]{0,N}?#\}"
-     r"|<!--[^<>]{0,N}?-->").replace("N", str(MAX_TAG_CHARS)),
+     r"|\{#[^{}]{0,N}?#\}").replace("N", str(MAX_TAG_CHARS)),
 )
-_COMMENT_OPEN = re.compile(r"\{%-?[ \t]*comment[ \t]*-?%\}")
-_COMMENT_CLOSE = re.compile(r"\{%-?[ \t]*endcomment[ \t]*-?%\}")
+# Comment pairs (Liquid, HTML), found by scanning forward once: a regex over an unclosed comment
+# would rescan the rest of the file from every opener.
+_COMMENTS = ((re.compile(r"\{%-?[ \t]*comment[ \t]*-?%\}"), re.compile(r"\{%-?[ \t]*endcomment[ \t]*-?%\}")),
+             (re.compile(r"<!--"), re.compile(r"-->")))
 _ALERT = re.compile(r"^([ \t]*>[ \t]*)\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*$", re.MULTILINE | re.IGNORECASE)
 _QUOTED = re.compile(r"""(?:\bfile\s*=\s*)?["']([^"'\n]+)["']|(\S+)""")
 _REMOVED = "\x00"  # marks where a tag was: a line left with only marks goes away whole
@@ -172,23 +173,27 @@ def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -
         if is_code:
             parts.append(segment)
             continue
-        segment = _strip_liquid_comments(segment)
+        for opener, closer in _COMMENTS:
+            segment = _strip_pairs(segment, opener, closer)
         segment = _ALERT.sub(r"\1", segment)
         segment = _SYNTAX.sub(lambda m: _replace(m, path, state, chain), segment)
         parts.append(_drop_marked_lines(segment))
     return "".join(parts)
 
 
-def _strip_liquid_comments(text: str) -> str:
-    """{% comment %}...{% endcomment %} pairs, found by scanning forward once (a regex over an
-    unclosed comment would rescan the rest of the file from every opener)."""
+def _strip_pairs(text: str, opener: re.Pattern, closer: re.Pattern) -> str:
     parts, position = [], 0
-    while (opener := _COMMENT_OPEN.search(text, position)) is not None:
-        closer = _COMMENT_CLOSE.search(text, opener.end())
-        if closer is None:
+    while (start := opener.search(text, position)) is not None:
+        line_start = max(text.rfind("\n", 0, start.start()) + 1, start.start() - 1000)
+        if text.count("`", line_start, start.start()) % 2:  # inside inline code: shown, not hidden
+            parts.append(text[position:start.end()])
+            position = start.end()
+            continue
+        end = closer.search(text, start.end())
+        if end is None:
             break
-        parts += [text[position:opener.start()], _REMOVED]
-        position = closer.end()
+        parts += [text[position:start.start()], _REMOVED]
+        position = end.end()
     return "".join(parts) + text[position:]
 
 
