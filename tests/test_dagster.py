@@ -73,8 +73,12 @@ def test_cli_ingest_runs_through_dagster_and_reruns_as_a_no_op(cli_env):
 
     hits = json.loads(refinery(cli_env, "search", "recovery codes for a locked account", "--k", "3",
                                "--collection", "support", "--json").stdout)
-    assert len(hits) == 3 and {"path", "heading_path", "text", "score", "legs"} <= hits[0].keys()
+    assert len(hits) == 3 and {"path", "heading_path", "text", "score", "legs", "passages"} <= hits[0].keys()
     assert all(h["collection"] == "support" for h in hits)
+    assert len({h["path"] for h in hits}) == 3 and all(1 <= len(h["passages"]) <= 3 for h in hits)
+    chunks = json.loads(refinery(cli_env, "search", "recovery codes for a locked account", "--k", "3", "--chunks",
+                                 "--collection", "support", "--json").stdout)
+    assert len(chunks) == 3 and "passages" not in chunks[0]
 
 
 def test_dry_run_reports_exact_work_and_writes_nothing(cli_env):

@@ -192,3 +192,13 @@ def test_the_manifest_names_a_tenant_and_leaves_collections_without_one_as_they_
     (tmp_path / "corpus.yaml").write_text("collections:\n  kb: {root: docs, tenant: Acme Corp}\n")
     with pytest.raises(ManifestError, match="tenant 'Acme Corp' may only use 1-40 lower-case letters"):
         load_manifest(tmp_path / "corpus.yaml")
+
+
+def test_every_table_holding_a_collections_rows_has_row_security(store):
+    # A table added later without row security would be open to every tenant once granted.
+    with store.reading() as conn:
+        open_tables = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'collection' AND NOT a.attisdropped"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity ORDER BY 1")]
+    assert open_tables == []

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from ..core.ingest.parsing import PARSER_VERSION
+from ..core.ingest.templating import TEMPLATING_VERSION
 from ..core.ingest.pipeline import sync_documents
 from ..core.progress import Progress
 from ..project import Project
@@ -15,7 +16,7 @@ from .tables import OWNERS, table_metadata
 def build_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="documents", partitions_def=project.partitions, deps=["corpus_files"],
-        group_name="ingestion", code_version=PARSER_VERSION, kinds={"postgres", "python"},
+        group_name="ingestion", code_version=f"{PARSER_VERSION}+{TEMPLATING_VERSION}", kinds={"postgres", "python"},
         owners=OWNERS, metadata=table_metadata("documents"), automation_condition=ON_SOURCE_CHANGE,
         description="Table documents: parsed files with metadata. A vanished file's document and "
                     "chunks are deleted in one transaction (search stops returning it at once); vectors "

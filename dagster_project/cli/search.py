@@ -1,5 +1,5 @@
-"""`refinery search` and `eval`: the best chunks for a question, and retrieval figures on a golden
-questions file."""
+"""`refinery search` and `eval`: the best documents (with their best passages) or chunks for a
+question, and retrieval figures on a golden questions file."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from .common import CliError, emit, load_settings, prepare_databases
 
 
 def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None,
-              tenant: str | None = None):
-    """query -> hits in the given mode, with the active embedding model (loaded only if a vector
-    leg runs); with a tenant, as its read role (its collections only)."""
+              tenant: str | None = None, passages: int | None = None):
+    """query -> the k best documents with up to `passages` chunks each, or (None) the k best chunks,
+    with the active embedding model (loaded only if a vector leg runs); with a tenant, as its read
+    role (its collections only)."""
     from ..core.search.searcher import Searcher
 
     searcher = Searcher(settings, store, vectors=mode != "text")
-    return lambda query: searcher.search(query, mode=mode, k=k, filters=filters, tenant=tenant)
+    return lambda query: searcher.search(query, mode=mode, k=k, filters=filters, tenant=tenant, passages=passages)
 
 
 def cmd_search(args) -> int:
@@ -29,6 +30,8 @@ def cmd_search(args) -> int:
         raise CliError("the query is empty: say what you are looking for")
     if args.k < 1:
         raise CliError(f"--k must be at least 1, not {args.k}")
+    if args.passages < 1:
+        raise CliError(f"--passages must be at least 1, not {args.passages}")
     if args.collection:
         Project.load(settings).manifest.collection(args.collection)  # names the known ones if unknown
     if args.tenant is not None:
@@ -40,26 +43,29 @@ def cmd_search(args) -> int:
             raise CliError(f"no tenant {args.tenant!r} yet: create its read role with `refinery tenant add {args.tenant}`")
         filters = {"collection": args.collection, "category": args.category,
                    "doc_type": args.doc_type, "status": args.status}
-        hits = _searcher(settings, store, args.mode, args.k, filters, args.tenant)(args.query)
+        found = _searcher(settings, store, args.mode, args.k, filters, args.tenant,
+                          None if args.chunks else args.passages)(args.query)
     finally:
         store.close()
-    rows = [hit_record(h) for h in hits]
-    text = "\n\n".join(f"{i + 1}. [{h['score']:.3f}] {h['collection']}/{h['path']}"
-                       f"{' (' + h['locator'] + ')' if h['locator'] else ''} > {' > '.join(h['heading_path'])}"
-                       f" ({', '.join(f'{leg} #{rank}' for leg, rank in h['legs'].items())})\n"
-                       f"   {h['text'][:240].replace(chr(10), ' ')}" for i, h in enumerate(rows)) or "no results"
-    emit(rows, args.json, text)
+
+    def show(h, indent: str) -> str:
+        return (f"{indent}> {' > '.join(h.heading_path)}{' (' + h.locator + ')' if h.locator else ''} [{h.score:.3f}]"
+                f" ({', '.join(f'{leg} #{rank}' for leg, rank in h.legs.items())})\n"
+                f"{indent}  {h.text[:240].replace(chr(10), ' ')}")
+
+    rows = [hit_record(h) for h in found]
+    if args.chunks:
+        text = "\n\n".join(f"{i + 1}. {h.collection}/{h.path}\n{show(h, '   ')}" for i, h in enumerate(found))
+    else:
+        text = "\n\n".join(f"{i + 1}. [{d.score:.3f}] {d.collection}/{d.path}: {d.title}\n"
+                           + "\n".join(show(h, "   ") for h in d.passages) for i, d in enumerate(found))
+    emit(rows, args.json, text or "no results")
     return 0
 
 
 def cmd_eval(args) -> int:
     from ..core.db.store import VectorStore
-    from ..core.search.evaluation import (
-        QuestionsError,
-        distinct_documents,
-        evaluate,
-        load_questions,
-    )
+    from ..core.search.evaluation import QuestionsError, evaluate, load_questions
 
     settings = load_settings(args)
     urls = prepare_databases(settings)
@@ -71,8 +77,8 @@ def cmd_eval(args) -> int:
             raise CliError(str(exc)) from None
         results = {}
         for mode in (args.mode,) if args.mode != "all" else ("text", "vector", "hybrid"):
-            search = _searcher(settings, store, mode, k=max(50, args.k * 5))
-            results[mode] = evaluate(questions, lambda q, search=search: distinct_documents(search(q))[: args.k])
+            search = _searcher(settings, store, mode, k=args.k, passages=1)
+            results[mode] = evaluate(questions, lambda q, search=search: [(d.collection, d.path) for d in search(q)])
     finally:
         store.close()
     lines = [f"{'mode':<8} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'MRR@10':>7} {'nDCG@10':>8}"]
@@ -87,10 +93,12 @@ def cmd_eval(args) -> int:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("search", help="the chunks that best answer a question")
+    p = sub.add_parser("search", help="the documents (with their best passages) that best answer a question")
     p.add_argument("query")
     p.add_argument("--manifest")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--k", type=int, default=5, help="documents (with --chunks: chunks) returned")
+    p.add_argument("--passages", type=int, default=3, help="best chunks shown per document")
+    p.add_argument("--chunks", action="store_true", help="the k best chunks instead, several per document possible")
     p.add_argument("--collection")
     p.add_argument("--category")
     p.add_argument("--doc-type")

@@ -17,8 +17,13 @@ from .hashing import content_hash
 from .parsing import Block
 from .tokens import COUNT_BATCH_CHARS, TokenCounter
 
-CHUNKER_VERSION = "heading-cdc-v3"  # v2: chunks carry their title + heading path context; v3: tables split by rows
+# v2: chunks carry their title + heading path context; v3: tables split by rows with their header,
+# no chunk without a letter or digit (the closing fence of a long code block, a table rule),
+# document cards in a section of their own
+CHUNKER_VERSION = "heading-cdc-v3"
+CARD_KIND = "card"  # a document's descriptive metadata (pipeline.document_card): a chunk of its own
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+_WORD = re.compile(r"[^\W_]")
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ def chunk_blocks(blocks: list[Block], settings: ChunkSettings, counter: TokenCou
     budget = settings.max_tokens - settings.overlap_tokens - settings.context_tokens
     sections: list[tuple[list[str], list[Block]]] = []
     for block in blocks:
-        if sections and sections[-1][0] == block.heading_path:
+        if sections and sections[-1][0] == block.heading_path and CARD_KIND not in (block.kind, sections[-1][1][-1].kind):
             sections[-1][1].append(block)
         else:
             sections.append((block.heading_path, [block]))
@@ -106,7 +111,8 @@ def chunk_blocks(blocks: list[Block], settings: ChunkSettings, counter: TokenCou
                 units.extend((block.kind == "table" and _split_table(block, budget, counter))
                              or _split_oversize(block, budget, counter))
         drafts.extend(_pack_section(heading_path, units, settings, budget, counter))
-    return drafts
+    # Markup alone (a closing ``` cut off a long code block, a table rule) is nothing to find.
+    return [d for d in drafts if _WORD.search(d.text)]
 
 
 def _pack_section(heading_path, units, settings, budget, counter) -> list[ChunkDraft]:

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .hashing import content_hash
+from .templating import MarkdownTemplating
 
 EmbedMode = Literal["full", "metadata_only", "skip"]
 # Tenant names become role names (refinery_tenant_<name>): short, lower-case, unquoted.
@@ -33,9 +34,14 @@ DEFAULT_TENANT = "public"  # the tenant of a collection whose entry names none
 DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm",
                    "**/*.pdf", "**/*.docx", "**/*.pptx"]
 
+# Metadata keys (front matter, <meta> tags, header fields) whose text describes the whole document:
+# indexed and embedded as the document's own passage, so a page that says what it is only in
+# its front matter is still found.
+DEFAULT_DOCUMENT_FIELDS = ["description", "summary", "abstract", "subtitle", "excerpt", "keywords", "tags"]
+
 
 # Collection settings added after the first release (see Collection.fingerprint).
-ADDED_SETTINGS = ("text_search_config", "best_of", "tenant")
+ADDED_SETTINGS = ("text_search_config", "best_of", "tenant", "document_fields", "markdown")
 
 
 class ManifestError(ValueError):
@@ -93,6 +99,14 @@ class Collection(BaseModel):
     best_of: BestOf | None = None
     # Whose read role may see the collection's rows (row security; sql/0014_tenants.sql).
     tenant: str = DEFAULT_TENANT
+    document_fields: list[str] = Field(default_factory=lambda: list(DEFAULT_DOCUMENT_FIELDS))
+    markdown: MarkdownTemplating = Field(default_factory=MarkdownTemplating)
+
+    @field_validator("document_fields")
+    @classmethod
+    def _field_names(cls, names: list[str]) -> list[str]:
+        # Stored metadata keys are lower case with _ for - (parsing._normalize_metadata).
+        return [str(n).strip().lower().replace("-", "_") for n in names if str(n).strip()]
 
     @field_validator("name")
     @classmethod
@@ -120,7 +134,9 @@ class Collection(BaseModel):
     def fingerprint(self) -> str:
         # Settings added since the first release are left out at their defaults, so manifests written
         # before them keep their versions (a version change reruns the collection).
-        at_default = {name for name in ADDED_SETTINGS if getattr(self, name) == type(self).model_fields[name].default}
+        fields = type(self).model_fields
+        at_default = {name for name in ADDED_SETTINGS
+                      if getattr(self, name) == fields[name].get_default(call_default_factory=True)}
         return self.model_dump_json(exclude=at_default)
 
 

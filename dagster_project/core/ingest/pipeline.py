@@ -11,7 +11,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..db.chunks import ChunkRow, DocumentToChunk
 from ..db.documents import DocumentRow, FileIssue
@@ -20,12 +20,13 @@ from ..embed.base import Embedder
 from ..embed.batch import embed_in_batches
 from ..live_status import publishing
 from ..openai_batch import BatchPolicy
-from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
+from .chunking import CARD_KIND, ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, SourceFile, collection_version, scan_collection
 from .formats import BINARY_FORMATS, PARSE_TIME_LIMIT_SECONDS
 from .formats.isolation import FORKSERVER_PRELOAD, parse_isolated
 from .hashing import content_hash, stable_id
-from .parsing import PARSER_VERSION, Block, ParsedDocument, ParseError, parse_document
+from .parsing import PARSER_VERSION, Block, ParsedDocument, ParseError, decode, parse_document
+from .templating import MARKDOWN_SUFFIXES, TEMPLATING_VERSION, includes_fingerprint, render_markdown
 from .tokens import TokenCounter
 
 PARALLEL_PARSE_MIN_FILES = 24
@@ -101,14 +102,81 @@ def _truthy(value) -> bool:
     return str(value).strip().lower() in {"1", "true", "yes", "y", "on"}
 
 
-def source_version(collection: Collection) -> str:
-    """Everything besides a file's bytes that shapes its document row."""
-    return content_hash(f"{PARSER_VERSION}\0{collection.defaults.model_dump_json()}").hex()[:16]
+def source_version(collection: Collection, includes: str = "") -> str:
+    """Everything besides a file's bytes that shapes its document row: parser, defaults,
+    templating, document fields, and the digest of the files it includes (if any)."""
+    version = content_hash("\0".join((
+        PARSER_VERSION, collection.defaults.model_dump_json(), TEMPLATING_VERSION,
+        collection.markdown.model_dump_json(), ",".join(collection.document_fields)))).hex()[:16]
+    return f"{version}+{includes}" if includes else version
 
 
-def build_document_row(collection: Collection, source: SourceFile,
-                       parsed: ParsedDocument) -> tuple[DocumentRow, list[str]]:
-    """Manifest defaults, overridden by the file's own metadata."""
+def _is_markdown(path: str) -> bool:
+    return path.lower().endswith(MARKDOWN_SUFFIXES)
+
+
+class _CollectionFiles:
+    """The scanned files by path, decoded on demand: what includes are resolved from."""
+
+    def __init__(self, files: list[SourceFile]) -> None:
+        self._files = {f.path: f for f in files if f.data is not None}
+        self._texts: dict[str, str] = {}
+
+    def text(self, path: str) -> str | None:
+        if path not in self._texts:
+            source = self._files.get(path)
+            if source is None:
+                return None
+            data = source.data[3:] if source.data.startswith(b"\xef\xbb\xbf") else source.data
+            self._texts[path] = data.decode("utf-8", errors="replace")
+        return self._texts[path]
+
+    def hash(self, path: str) -> bytes | None:
+        source = self._files.get(path)
+        return source.content_hash if source is not None else None
+
+
+def file_source_version(collection: Collection, source: SourceFile, files: _CollectionFiles) -> str:
+    """source_version for this file: a Markdown file's includes are part of what it yields."""
+    if not _is_markdown(source.path) or source.data is None:
+        return source_version(collection)
+    text = files.text(source.path)
+    return source_version(collection, includes_fingerprint(source.path, text, collection.markdown, files.hash, files.text))
+
+
+def preprocess(collection: Collection, source: SourceFile, files: _CollectionFiles) -> tuple[SourceFile, list[str]]:
+    """A Markdown file with its templating stripped and includes resolved (templating.py), as
+    the parser should see it; other files as they are."""
+    if not _is_markdown(source.path) or source.data is None or collection.markdown.templates == "keep":
+        return source, []
+    try:
+        text, warnings = decode(source.data)  # the parser sees valid UTF-8 now: it cannot warn itself
+    except ParseError:
+        return source, []  # binary: the parser refuses it
+    text, rendered = render_markdown(source.path, text, collection.markdown, files.text)
+    return replace(source, data=text.encode("utf-8")), warnings + rendered
+
+
+def document_card(parsed: ParsedDocument, fields: list[str]) -> str:
+    """What the document says of itself in its metadata (description, summary, ...), one line a
+    field; the title its metadata gives, for a document with no body text, so a page of front
+    matter alone can still be found (an emptied file has none: it leaves search)."""
+    lines = []
+    for name in fields:
+        value = parsed.metadata.get(name)
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value if isinstance(v, (str, int, float)) and str(v).strip())
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
+            lines.append(" ".join(str(value).split()))
+    if not lines and not parsed.blocks and str(parsed.metadata.get("title") or "").strip():
+        lines.append(parsed.title)
+    return "\n".join(dict.fromkeys(lines))
+
+
+def build_document_row(collection: Collection, source: SourceFile, parsed: ParsedDocument,
+                       version: str | None = None) -> tuple[DocumentRow, list[str]]:
+    """Manifest defaults, overridden by the file's own metadata. The document card (its
+    descriptive metadata) is the first block, in a section of its own (chunking.py)."""
     meta = parsed.metadata
     fields = collection.defaults.model_dump()
     warnings = list(parsed.warnings)
@@ -126,14 +194,16 @@ def build_document_row(collection: Collection, source: SourceFile,
                             f"using {fields['embed_mode']!r}")
     if "pricing_sensitive" in meta:
         fields["pricing_sensitive"] = _truthy(meta["pricing_sensitive"])
+    card = document_card(parsed, collection.document_fields)
+    blocks = ([Block(CARD_KIND, card, [])] if card else []) + parsed.blocks
     row = DocumentRow(
         id=stable_id("document", collection.name, source.path),
         collection=collection.name, path=source.path, content_hash=source.content_hash,
         size_bytes=source.size, format=parsed.format, title=parsed.title,
         metadata=meta, headings=parsed.headings,
         blocks=[{"kind": b.kind, "text": b.text, "path": b.heading_path} | ({"page": b.page} if b.page else {})
-                for b in parsed.blocks],
-        source_version=source_version(collection), **fields,
+                for b in blocks],
+        source_version=version or source_version(collection), **fields,
     )
     return row, warnings
 
@@ -155,7 +225,8 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
     report = StepReport(collection.name, "documents")
     files = scan_collection(collection, max_file_bytes)
     stored = store.document_versions(collection.name)
-    version = source_version(collection)
+    by_path = _CollectionFiles(files)
+    versions: dict[str, str] = {}
     deleted = sorted(set(stored) - {f.path for f in files if not f.withdrawn})
     to_parse: list[SourceFile] = []
     counts = Counter(new=0, changed=0, unchanged=0, deleted=len(deleted), failed=0, skipped=0)
@@ -164,19 +235,23 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
             # A file that exists but cannot be read keeps its last good version in the index.
             report.issues.append(FileIssue(f.path, "error", f.problem))
             counts["failed"] += 1
-        elif stored.get(f.path) == (f.content_hash, version):
+        elif stored.get(f.path) == (f.content_hash, versions.setdefault(
+                f.path, file_source_version(collection, f, by_path))):
             counts["unchanged"] += 1
         else:
             to_parse.append(f)
+    rendered = [preprocess(collection, f, by_path) for f in to_parse]
     rows: list[DocumentRow] = []
-    for done, (f, parsed) in enumerate(zip(to_parse, parse_files(to_parse, time_limit=parse_time_limit)), start=1):
+    for done, (f, (_, render_warnings), parsed) in enumerate(
+            zip(to_parse, rendered, parse_files([r for r, _ in rendered], time_limit=parse_time_limit)), start=1):
         if progress is not None:
             progress(done, len(to_parse))
         if isinstance(parsed, ParseError):
             report.issues.append(FileIssue(f.path, parsed.severity, parsed.reason))
             counts["failed" if parsed.severity == "error" else "skipped"] += 1
             continue
-        row, warnings = build_document_row(collection, f, parsed)
+        row, warnings = build_document_row(collection, f, parsed, versions[f.path])
+        warnings.extend(render_warnings)
         report.issues.extend(FileIssue(f.path, "warning", w) for w in warnings)
         counts["changed" if f.path in stored else "new"] += 1
         rows.append(row)

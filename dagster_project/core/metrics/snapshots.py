@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from ..db.store import VectorStore
 from ..embed.base import Embedder
-from ..search.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
+from ..search.evaluation import QuestionsError, evaluate, load_questions
 
 FIRST_DAY_FILE = "first_day"  # under REFINERY_HOME: the UTC day the project was first loaded
 APPROVAL_WINDOW_DAYS = 7  # feedback approval: user judgements of the last seven days
@@ -200,10 +200,10 @@ def golden_set_retrieval(store: VectorStore, embedder: Embedder, questions: list
     vectors = dict(zip(texts, embedder.embed(texts).vectors))
 
     def search(text: str):
-        return store.search(model_id, embedder.model.dims, vectors[text], k=50, mode="hybrid", query_text=text,
-                            text_search_config=text_search_config)
+        return store.search_documents(model_id, embedder.model.dims, vectors[text], k=10, mode="hybrid",
+                                      query_text=text, text_search_config=text_search_config, passages=1)
 
-    return evaluate(questions, lambda text: distinct_documents(search(text))[:10]), search
+    return evaluate(questions, lambda text: [(d.collection, d.path) for d in search(text)]), search
 
 
 def measure_retrieval(store: VectorStore, embedder: Embedder, questions_path: Path,

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 MAX_QUERY_CHARS = 2000  # as a feedback event's query (sql/0007_feedback.sql)
 MAX_K = 100
+DEFAULT_PASSAGES = 3  # results are documents with their best passages, as `refinery search` gives them
+MAX_PASSAGES = 10
 MAX_PATH_CHARS = 8192  # a 2,000-character query, URL-encoded, fits
 MAX_FILTER_CHARS = 200
 IDLE_SECONDS = 30  # a client that sends nothing for this long is disconnected
@@ -242,7 +244,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "repeated_parameter", f"give each parameter once: {', '.join(repeated)[:100]}")
         flat = {name: values[0] for name, values in params.items()}
         request = {"query": flat.pop("q", flat.pop("query", None)), "filters": {}}
-        for name in ("k", "mode"):
+        for name in ("k", "mode", "passages"):
             if name in flat:
                 request[name] = flat.pop(name)
         for column in FILTER_COLUMNS:
@@ -250,16 +252,16 @@ class ApiHandler(BaseHTTPRequestHandler):
                 request["filters"][column] = flat.pop(column)
         if flat:
             raise ApiError(400, "unknown_parameter", f"unknown parameter(s) {', '.join(sorted(flat))[:100]}: use q, k, "
-                                                     f"mode and the filters {', '.join(FILTER_COLUMNS)}")
+                                                     f"mode, passages and the filters {', '.join(FILTER_COLUMNS)}")
         return request
 
     # ------------------------------------------------------------------ endpoints
 
     def _search(self, tenant: str, request: dict) -> dict:
-        unknown = set(request) - {"query", "k", "mode", "filters"}
+        unknown = set(request) - {"query", "k", "mode", "passages", "filters"}
         if unknown:
             raise ApiError(400, "unknown_field", f"unknown field(s) {', '.join(sorted(unknown))[:100]}: use query, k, "
-                                                 "mode and filters")
+                                                 "mode, passages and filters")
         query = request.get("query")
         if not isinstance(query, str) or not query.strip():
             raise ApiError(400, "missing_query", "give the question as `q` (GET) or `query` (POST JSON)")
@@ -270,6 +272,12 @@ class ApiHandler(BaseHTTPRequestHandler):
             k = int(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ApiError(400, "bad_k", f"k must be a whole number from 1 to {MAX_K}, not {str(request.get('k'))[:20]}")
+        passages = request.get("passages", DEFAULT_PASSAGES)
+        if isinstance(passages, str) and passages.strip().isdigit():
+            passages = int(passages)
+        if isinstance(passages, bool) or not isinstance(passages, int) or not 0 <= passages <= MAX_PASSAGES:
+            raise ApiError(400, "bad_passages", f"passages must be a whole number from 0 (the k best chunks) to "
+                                                f"{MAX_PASSAGES}, not {str(request.get('passages'))[:20]}")
         mode = request.get("mode", "hybrid")
         if mode not in SEARCH_MODES:
             raise ApiError(400, "bad_mode", f"mode must be one of {', '.join(SEARCH_MODES)}, not {str(mode)[:20]!r}")
@@ -285,12 +293,12 @@ class ApiHandler(BaseHTTPRequestHandler):
         searcher = self.state.current_searcher()
         started = time.perf_counter()
         try:
-            hits = searcher.search(query, mode=mode, k=k, filters=filters, tenant=tenant)
+            hits = searcher.search(query, mode=mode, k=k, filters=filters, tenant=tenant, passages=passages or None)
         except SearchError as exc:
             raise ApiError(400, "bad_query", str(exc)) from None
         except TenantError as exc:
             raise ApiError(503, "tenant_not_ready", str(exc)) from None
-        return {"tenant": tenant, "mode": mode, "k": k, "filters": filters,
+        return {"tenant": tenant, "mode": mode, "k": k, "passages": passages, "filters": filters,
                 "ms": round((time.perf_counter() - started) * 1000, 2), "hits": [hit_record(h) for h in hits]}
 
     def _document(self, tenant: str, rest: str) -> dict:

@@ -20,11 +20,13 @@ RRF_DEPTH = 50  # hits taken from each leg before fusing
 # its chunks in that leg, each further chunk counting this much less than the one before (so a
 # document with several good passages rises, but twenty weak ones do not beat one strong one).
 RRF_SAME_DOCUMENT_DECAY = 0.5
+RRF_LEG_WEIGHTS = {"vector": 1.0, "text": 1.0}  # each leg's share of a document's fused score
 # Unfiltered text search reads at most this many postings per query term, best BM25 weight first
 # (a term found in more chunks than that contributes little: its idf is low). Filtered text
 # search reads every posting of its terms, so a narrow filter never loses its matches.
 BM25_POSTINGS_PER_TERM = 3000
 FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
+REPEATED_TEXT_ONCE = True  # see search_sql
 
 # BM25 (sql/0006_bm25.sql): idf from the per-collection document frequencies (N from the
 # planner's row count, exact for small tables), then the sum of idf * weight over the query's
@@ -64,6 +66,17 @@ class SearchHit:
         return f"{unit} {first}" if first == last else f"{unit}s {first}-{last}"
 
 
+@dataclass
+class DocumentResult:
+    """A document found by a search, with its best passages (best first)."""
+
+    collection: str
+    path: str
+    title: str
+    score: float  # hybrid: the fused score; vector / text: the score of its best passage
+    passages: list[SearchHit]
+
+
 class SearchQueries:
     """Search over the store's chunks (a part of `VectorStore`)."""
 
@@ -80,10 +93,41 @@ class SearchQueries:
         mode `hybrid`: both legs fused by reciprocal rank fusion per document, in one statement
         (score = the document's fused score). The best chunk of each document comes first, in
         document order; further chunks of the same documents follow. Every hit says at which
-        rank each leg found it.
+        rank each leg found it. `search_documents` gives documents with their passages.
 
         With a tenant, the statement runs as the tenant's read role: row security leaves only its
         collections' rows (and their vectors and postings) in every leg."""
+        rows = self._run_search(model_id, dims, query, k, filters, ef_search, mode, query_text,
+                                text_search_config, tenant, passages=None)
+        return [self._hit(r) for r in rows]
+
+    def search_documents(self, model_id: int | None, dims: int, query: np.ndarray | None, k: int = 5,
+                         filters: dict[str, str] | None = None, ef_search: int = 100, *, mode: str = "hybrid",
+                         query_text: str = "", text_search_config: str = "english",
+                         tenant: str | None = None, passages: int = 3) -> list[DocumentResult]:
+        """The k best documents in any mode, each with up to `passages` of its best chunks: one
+        long page cannot fill the list with its chunks. Documents rank by their fused score
+        (hybrid) or by their best chunk (vector, text)."""
+        if passages < 1:
+            raise ValueError(f"passages must be at least 1, not {passages}")
+        rows = self._run_search(model_id, dims, query, k, filters, ef_search, mode, query_text,
+                                text_search_config, tenant, passages=passages)
+        documents: dict[tuple[str, str], DocumentResult] = {}
+        for r in rows:
+            key = (r[0], r[1])
+            if key not in documents:
+                documents[key] = DocumentResult(r[0], r[1], r[2], float(r[9]), [])
+            documents[key].passages.append(self._hit(r))
+        return list(documents.values())
+
+    @staticmethod
+    def _hit(r) -> SearchHit:
+        return SearchHit(r[0], r[1], r[2], list(r[3]), r[4], float(r[6]), str(r[5]),
+                         {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None},
+                         (r[10], r[11]) if r[10] is not None else None, r[12])
+
+    def _run_search(self, model_id, dims, query, k, filters, ef_search, mode, query_text, text_search_config,
+                    tenant, passages: int | None) -> list[tuple]:
         if mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
         where, params = self._search_filters(filters)
@@ -102,12 +146,9 @@ class SearchQueries:
                 if mode != "text" and not exact:
                     conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
                     conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-                cursor = conn.execute(self.search_sql(dims, where, exact, mode, model_id=model_id, k=k), params)
-            rows = cursor.fetchall()
-        return [SearchHit(r[0], r[1], r[2], list(r[3]), r[4], float(r[6]), str(r[5]),
-                          {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None},
-                          (r[9], r[10]) if r[9] is not None else None, r[11])
-                for r in rows]
+                cursor = conn.execute(self.search_sql(dims, where, exact, mode, model_id=model_id, k=k,
+                                                      passages=passages), params)
+            return cursor.fetchall()
 
     @staticmethod
     def _search_filters(filters: dict[str, str] | None) -> tuple[list[str], dict]:
@@ -121,24 +162,30 @@ class SearchQueries:
         return where, params
 
     def search_sql(self, dims: int, where: list[str], exact: bool, mode: str = "vector", *,
-                   model_id: int | None, k: int) -> str:
+                   model_id: int | None, k: int, passages: int | None = None) -> str:
         """One statement per mode; columns: collection, path, title, heading_path, text, chunk id,
-        score, vector rank, text rank, first and last page, format. The model, k and the fusion constants are literals, the query
+        score, vector rank, text rank, document score, first and last page, format. `passages` set:
+        the k best documents, each with at most that many chunks; else the k best chunks. The model, k and the fusion constants are literals, the query
         and the filter values parameters, so the generic plan of the prepared statement is the
         custom plan (a parameter for the model would hide the model's partial HNSW index from it):
         a search is not planned afresh each time, which cost 1.2 ms of a hybrid search."""
         model, k = int(model_id or 0), int(k)
-        depth = max(RRF_DEPTH, k) if mode == "hybrid" else k
+        # Per document, a leg must reach past the k best chunks to find k documents.
+        depth = max(RRF_DEPTH, k) if mode == "hybrid" else k if passages is None else max(RRF_DEPTH, 2 * k)
         vtype, _ = vector_type(dims)
         distance = f"(e.embedding::{vtype}) <=> %(q)s::{vtype}"
         order = f"({distance}) + 0" if exact else distance  # "+ 0": keep the planner off the index
         filters = "".join(f" AND {w}" for w in where)
+        # A text repeated across documents (an included snippet, a generated block) counts once in
+        # a leg, where it ranks best: its copies would push other documents out of the depth.
+        once = "WHERE v.copy = 1" if REPEATED_TEXT_ONCE else ""
         vector_leg = (
             "SELECT v.id, v.document_id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score"
-            f" FROM (SELECT c.id, c.document_id, {distance} AS distance"
+            " FROM (SELECT v.*, row_number() OVER (PARTITION BY md5(v.text) ORDER BY v.distance, v.id) AS copy"
+            f" FROM (SELECT c.id, c.document_id, c.text, {distance} AS distance"
             "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
             "   JOIN documents d ON d.id = c.document_id"
-            f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v")
+            f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v) v {once}")
         if where:
             postings = ("stats s JOIN chunk_terms p ON p.term = s.term JOIN chunks c ON c.id = p.chunk_id"
                         f" JOIN documents d ON d.id = c.document_id WHERE {' AND '.join(where)}")
@@ -147,15 +194,19 @@ class SearchQueries:
                         f" WHERE p.term = s.term ORDER BY p.weight DESC LIMIT {BM25_POSTINGS_PER_TERM}) p")
         text_leg = (
             "SELECT t.id, row_number() OVER (ORDER BY t.score DESC, t.id) AS rank, t.score FROM ("
+            " SELECT t.*, row_number() OVER (PARTITION BY md5(c.text) ORDER BY t.score DESC, t.id) AS copy"
+            " FROM ("
             f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
             f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {depth}"
-            ") t")
+            f") t JOIN chunks c ON c.id = t.id) t {once.replace('v.', 't.')}")
+        per_document = ("row_number() OVER (PARTITION BY document_id ORDER BY rank) AS nth,"
+                        " max(score) OVER (PARTITION BY document_id) AS score, score AS chunk_score")
         if mode == "vector":
-            legs = (f"SELECT id, 1 AS nth, score, score AS chunk_score, rank AS vector_rank, NULL::bigint AS text_rank"
+            legs = (f"SELECT id, document_id, {per_document}, rank AS vector_rank, NULL::bigint AS text_rank"
                     f" FROM ({vector_leg}) x")
         elif mode == "text":
-            legs = (f"SELECT id, 1 AS nth, score, score AS chunk_score, NULL::bigint AS vector_rank, rank AS text_rank"
-                    f" FROM ({text_leg}) x")
+            legs = (f"SELECT id, document_id, {per_document}, NULL::bigint AS vector_rank, rank AS text_rank"
+                    f" FROM (SELECT t.*, c.document_id FROM ({text_leg}) t JOIN chunks c ON c.id = t.id) x")
         else:
             legs = (
                 f"WITH legs AS (SELECT id, document_id, rank, 'v' AS leg FROM ({vector_leg}) v"
@@ -163,7 +214,9 @@ class SearchQueries:
                 f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id),"
                 " per AS (SELECT l.id, l.leg, l.rank, l.document_id, row_number() OVER"
                 "         (PARTITION BY l.leg, l.document_id ORDER BY l.rank) AS nth FROM legs l),"
-                f" docs AS (SELECT document_id, sum(power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1) / ({int(RRF_K)} + rank)) AS score"
+                f" docs AS (SELECT document_id, sum(CASE leg WHEN 'v' THEN {float(RRF_LEG_WEIGHTS['vector'])}"
+                f"         ELSE {float(RRF_LEG_WEIGHTS['text'])} END"
+                f"         * power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1) / ({int(RRF_K)} + rank)) AS score"
                 "          FROM per GROUP BY document_id),"
                 " fused AS (SELECT p.id, p.document_id, max(docs.score) AS score,"
                 f"           sum(1.0 / ({int(RRF_K)} + p.rank)) AS chunk_score,"
@@ -172,11 +225,19 @@ class SearchQueries:
                 "           FROM per p JOIN docs USING (document_id) GROUP BY p.id, p.document_id)"
                 # every document's best chunk first, then the second-best ones...: k hits show the
                 # k best documents, not one document's k passages
-                " SELECT id, row_number() OVER (PARTITION BY document_id ORDER BY chunk_score DESC, id) AS nth,"
+                " SELECT id, document_id, row_number() OVER (PARTITION BY document_id ORDER BY chunk_score DESC, id) AS nth,"
                 "        score, chunk_score, vector_rank, text_rank FROM fused")
-        order = "nth, score DESC, chunk_score DESC, id"
+        if passages is not None:
+            top = ("SELECT * FROM (SELECT hits.*, dense_rank() OVER (ORDER BY score DESC, document_id) AS doc_rank"
+                   f" FROM hits) x WHERE doc_rank <= {k} AND nth <= {int(passages)}")
+            order = "doc_rank, nth"
+        else:
+            order = "nth, score DESC, chunk_score DESC, id" if mode == "hybrid" else "chunk_score DESC, id"
+            top = f"SELECT * FROM hits ORDER BY {order} LIMIT {k}"
+        hit_score = "h.score" if mode == "hybrid" else "h.chunk_score"  # hybrid: the document's fused score
         return (f"WITH hits AS MATERIALIZED ({legs}),"
-                f" top AS MATERIALIZED (SELECT * FROM hits ORDER BY {order} LIMIT {k}) "  # text of k hits only
-                "SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, h.score, h.vector_rank, "
-                "h.text_rank, c.first_page, c.last_page, d.format FROM top h JOIN chunks c ON c.id = h.id JOIN documents d ON d.id = c.document_id "
+                f" top AS MATERIALIZED ({top}) "  # text of the hits returned only
+                f"SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, {hit_score}, h.vector_rank, "
+                "h.text_rank, h.score, c.first_page, c.last_page, d.format FROM top h JOIN chunks c ON c.id = h.id "
+                "JOIN documents d ON d.id = c.document_id "
                 f"ORDER BY {', '.join('h.' + o for o in order.split(', '))}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 from contextlib import nullcontext
+from functools import partial
 
-from .hybrid import SEARCH_MODES, SearchHit
+from .hybrid import SEARCH_MODES, DocumentResult, SearchHit
 
 
 class SearchError(ValueError):
@@ -44,23 +45,34 @@ class Searcher:
         return vector
 
     def search(self, query: str, *, mode: str = "hybrid", k: int = 5, filters: dict | None = None,
-               tenant: str | None = None) -> list[SearchHit]:
+               tenant: str | None = None, passages: int | None = None) -> list[SearchHit] | list[DocumentResult]:
+        """The k best documents, each with up to `passages` of its best chunks; `passages=None`:
+        the k best chunks."""
         if mode not in SEARCH_MODES:
             raise SearchError(f"unknown search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
         if not query.strip():
             raise SearchError("the query is empty: say what you are looking for")
+        if passages is not None and passages < 1:
+            raise SearchError(f"passages must be at least 1, not {passages}")
         vector = None
         if mode != "text":
             if self.embedder is None:
                 raise SearchError(f"mode {mode!r} needs the embedder, which this searcher did not load")
             vector = self.embed(query)
-        return self.store.search(self.model_id, self.dims, vector, k=k, filters=filters, mode=mode,
-                                 query_text=query, text_search_config=self.settings.text_search_config,
-                                 tenant=tenant)
+        run = self.store.search if passages is None else partial(self.store.search_documents, passages=passages)
+        return run(self.model_id, self.dims, vector, k=k, filters=filters, mode=mode, query_text=query,
+                   text_search_config=self.settings.text_search_config, tenant=tenant)
 
 
-def hit_record(hit: SearchHit) -> dict:
-    """A hit as applications and `--json` see it."""
-    return {"collection": hit.collection, "path": hit.path, "title": hit.title, "heading_path": hit.heading_path,
-            "text": hit.text, "score": round(hit.score, 4), "chunk_id": hit.chunk_id, "legs": hit.legs,
-            "pages": list(hit.pages) if hit.pages else None, "locator": hit.locator}
+def passage_record(hit: SearchHit) -> dict:
+    return {"heading_path": hit.heading_path, "text": hit.text, "score": round(hit.score, 4), "chunk_id": hit.chunk_id,
+            "legs": hit.legs, "pages": list(hit.pages) if hit.pages else None, "locator": hit.locator}
+
+
+def hit_record(hit: SearchHit | DocumentResult) -> dict:
+    """A hit as applications and `--json` see it. A document carries its best passage's fields at
+    the top too, so a reader of chunk hits reads documents unchanged."""
+    if isinstance(hit, SearchHit):
+        return {"collection": hit.collection, "path": hit.path, "title": hit.title, **passage_record(hit)}
+    return {"collection": hit.collection, "path": hit.path, "title": hit.title, **passage_record(hit.passages[0]),
+            "score": round(hit.score, 4), "passages": [passage_record(h) for h in hit.passages]}

@@ -1,0 +1,274 @@
+"""Markdown preprocessing for templating syntax: Hugo shortcodes, Liquid/Jekyll and Jinja tags,
+HTML comments and GitHub alert markers are stripped (a paired shortcode keeps what it encloses),
+and includes are resolved within the collection root, before the Markdown parser sees the file."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .hashing import content_hash
+
+# Bump when preprocessing changes what a file yields: every Markdown file is parsed again.
+TEMPLATING_VERSION = "templating-v1"
+MARKDOWN_SUFFIXES = (".md", ".markdown")
+MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
+MAX_INCLUDES = 500  # per page: a hostile page cannot include a big file a million times
+MAX_WARNINGS = 10
+MAX_TAG_CHARS = 4000  # a shortcode's arguments may span lines, but a stray `{{<` must not eat the file
+
+
+class MarkdownTemplating(BaseModel):
+    """Per collection (corpus.yaml `markdown:`): what to do with templating syntax in Markdown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # strip: shortcode and template tags leave the text (a paired shortcode keeps its content);
+    # keep: the file is indexed as written.
+    templates: Literal["strip", "keep"] = "strip"
+    # resolve: an include is replaced by the included file (from the collection root, Markdown
+    # only, its own templating processed); strip: the include tag is dropped like any other tag.
+    includes: Literal["resolve", "strip"] = "resolve"
+    # Shortcode / tag names that include another file (Hugo `{{% include "x.md" %}}`, Jekyll
+    # `{% include x.md %}` and `{% include_relative x.md %}`, `{{< readfile file="x.md" >}}`).
+    include_tags: list[str] = Field(default_factory=lambda: ["include", "include_relative", "readfile"])
+    # Folders (relative to the collection root) searched for an include's file, in order.
+    include_dirs: list[str] = Field(default_factory=lambda: ["", "_includes"])
+
+    @field_validator("include_dirs")
+    @classmethod
+    def _inside_root(cls, dirs: list[str]) -> list[str]:
+        for folder in dirs:
+            if posixpath.isabs(folder) or ".." in folder.split("/"):
+                raise ValueError(f"include_dirs entry {folder!r} must be a folder inside the collection root")
+        return [folder.strip("/") for folder in dirs]
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_FRONT_MATTER = re.compile(r"\A(?:---|\+\+\+)[ \t]*\r?\n")
+# One pass over the text: the first alternatives are spans to keep as written (inline code, an
+# escaped shortcode), then the syntax to strip. Hugo before Liquid: `{{%` is not `{%`.
+# Argument runs exclude braces: every attempt to match stops at the next brace, so a hostile
+# file of `{{<{{<...` costs linear time.
+_SYNTAX = re.compile(
+    (r"(?P<code>(?P<ticks>`{1,3})[^`\n]+?(?P=ticks))"
+     r"|\{\{(?P<esc>[<%])/\*(?P<escaped>[^{}]{0,N}?)\*/[>%]\}\}"
+     r"|\{\{[<%]-?[ \t\n]*(?P<close>/)?[ \t]*(?P<hugo>[\w./-]+)(?P<hargs>[^{}]{0,N}?)/?[ \t\n]*-?[>%]\}\}"
+     r"|(?<!\{)\{%-?[ \t]*(?P<liquid>\w+)(?P<largs>[^{}]{0,N}?)-?%\}"
+     r"|\{#[^{}]{0,N}?#\}").replace("N", str(MAX_TAG_CHARS)),
+)
+# Comment pairs (Liquid, HTML), found by scanning forward once: a regex over an unclosed comment
+# would rescan the rest of the file from every opener.
+_COMMENTS = ((re.compile(r"\{%-?[ \t]*comment[ \t]*-?%\}"), re.compile(r"\{%-?[ \t]*endcomment[ \t]*-?%\}")),
+             (re.compile(r"<!--"), re.compile(r"-->")))
+_ALERT = re.compile(r"^([ \t]*>[ \t]*)\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*$", re.MULTILINE | re.IGNORECASE)
+_QUOTED = re.compile(r"""(?:\bfile\s*=\s*)?["']([^"'\n]+)["']|(\S+)""")
+_REMOVED = "\x00"  # marks where a tag was: a line left with only marks goes away whole
+
+
+def _split_front_matter(text: str) -> tuple[str, str]:
+    """(front matter with its fences, body): templating in the header is the parser's business."""
+    if not _FRONT_MATTER.match(text):
+        return "", text
+    fence = text[:3]
+    closers = ("---", "...") if fence == "---" else ("+++",)
+    position = text.index("\n") + 1
+    while position < len(text):
+        end = text.find("\n", position)
+        line = text[position:] if end < 0 else text[position:end]
+        if line.strip() in closers:
+            cut = len(text) if end < 0 else end + 1
+            return text[:cut], text[cut:]
+        if end < 0:
+            break
+        position = end + 1
+    return "", text
+
+
+def _segments(body: str) -> list[tuple[bool, str]]:
+    """(is fenced code, text) runs: code fences are examples, kept exactly as written."""
+    out: list[tuple[bool, str]] = []
+    current: list[str] = []
+    fence = None
+    for line in body.splitlines(keepends=True):
+        match = _FENCE.match(line)
+        if fence is None and match:
+            if current:
+                out.append((False, "".join(current)))
+            current, fence = [line], match.group(1)
+        elif fence is not None and match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) \
+                and not line.strip()[len(match.group(1)):].strip():
+            current.append(line)
+            out.append((True, "".join(current)))
+            current, fence = [], None
+        else:
+            current.append(line)
+    if current:
+        out.append((fence is not None, "".join(current)))
+    return out
+
+
+def include_target(tag: str, args: str) -> str | None:
+    """The file an include tag names: its first quoted argument, `file="..."`, or first word."""
+    match = _QUOTED.search(args.strip())
+    if match is None:
+        return None
+    target = match.group(1) or match.group(2)
+    return target if target and "{{" not in target and "{%" not in target else None
+
+
+def candidate_paths(target: str, including: str, tag: str, options: MarkdownTemplating) -> list[str]:
+    """Where an include may live, relative to the collection root, best first; never outside it."""
+    target = target.replace("\\", "/")
+    if tag == "include_relative":
+        bases = [posixpath.dirname(including)]
+    elif target.startswith("/"):
+        bases = [""]
+    else:
+        bases = [*options.include_dirs, posixpath.dirname(including)]
+    out = []
+    for base in bases:
+        path = posixpath.normpath(posixpath.join(base, target.lstrip("/")))
+        if path not in out and not path.startswith("../") and path not in ("..", "."):
+            out.append(path)
+    return out
+
+
+Reader = Callable[[str], "str | None"]  # collection-relative path -> its text, None when absent
+
+
+def render_markdown(path: str, text: str, options: MarkdownTemplating, read: Reader) -> tuple[str, list[str]]:
+    """The file's text with templating stripped and includes resolved; warnings say what could
+    not be included. Front matter and fenced code are left as written."""
+    if options.templates == "keep":
+        return text, []
+    header, body = _split_front_matter(text)
+    state = _Render(options, read)
+    rendered = header + _render_body(path, body, state, (path,))
+    return rendered, state.warnings
+
+
+@dataclass
+class _Render:
+    """One page's rendering: its options, its reader, what it has included and said so far."""
+
+    options: MarkdownTemplating
+    read: Reader
+    includes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings and len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(message)
+
+
+def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -> str:
+    parts = []
+    for is_code, segment in _segments(body):
+        if is_code:
+            parts.append(segment)
+            continue
+        for opener, closer in _COMMENTS:
+            segment = _strip_pairs(segment, opener, closer)
+        segment = _ALERT.sub(r"\1", segment)
+        segment = _SYNTAX.sub(lambda m: _replace(m, path, state, chain), segment)
+        parts.append(_drop_marked_lines(segment))
+    return "".join(parts)
+
+
+def _strip_pairs(text: str, opener: re.Pattern, closer: re.Pattern) -> str:
+    parts, position = [], 0
+    while (start := opener.search(text, position)) is not None:
+        line_start = max(text.rfind("\n", 0, start.start()) + 1, start.start() - 1000)
+        if text.count("`", line_start, start.start()) % 2:  # inside inline code: shown, not hidden
+            parts.append(text[position:start.end()])
+            position = start.end()
+            continue
+        end = closer.search(text, start.end())
+        if end is None:
+            break
+        parts += [text[position:start.start()], _REMOVED]
+        position = end.end()
+    return "".join(parts) + text[position:]
+
+
+def _replace(match: re.Match, path: str, state: _Render, chain: tuple[str, ...]) -> str:
+    if match.group("code"):
+        return match.group(0)
+    if match.group("esc"):  # {{</* x */>}} is how a page shows a literal shortcode
+        delimiter = match.group("esc")
+        closing = ">" if delimiter == "<" else "%"
+        return "{{" + delimiter + match.group("escaped") + closing + "}}"
+    tag = match.group("hugo") or match.group("liquid")
+    args = match.group("hargs") if match.group("hugo") else match.group("largs")
+    if tag and not match.group("close") and tag in state.options.include_tags and state.options.includes == "resolve":
+        return _include(tag, args or "", path, state, chain)
+    return _REMOVED
+
+
+def _include(tag: str, args: str, path: str, state: _Render, chain: tuple[str, ...]) -> str:
+    target = include_target(tag, args)
+    if target is None:
+        return _REMOVED
+    state.includes += 1
+    if state.includes > MAX_INCLUDES:
+        state.warn(f"over {MAX_INCLUDES} includes: the rest are left out")
+        return _REMOVED
+    options = state.options
+    for candidate in candidate_paths(target, path, tag, options):
+        if not candidate.endswith(MARKDOWN_SUFFIXES):
+            continue
+        text = state.read(candidate)
+        if text is None:
+            continue
+        if candidate in chain or len(chain) > MAX_INCLUDE_DEPTH:
+            state.warn(f"include {target!r} left out: it includes itself (through {' -> '.join(chain)})"
+                            if candidate in chain else f"include {target!r} left out: nested over "
+                            f"{MAX_INCLUDE_DEPTH} levels")
+            return _REMOVED
+        _, body = _split_front_matter(text)
+        included = _render_body(candidate, body, state, (*chain, candidate))
+        return f"{_REMOVED}\n\n{included.strip()}\n\n{_REMOVED}"
+    state.warn(f"include {target!r} not found in the collection (looked in "
+                    f"{', '.join(candidate_paths(target, path, tag, options)) or 'nowhere inside the root'}): "
+                    "its text is left out; add the file or set `markdown: {includes: strip}`")
+    return _REMOVED
+
+
+def _drop_marked_lines(text: str) -> str:
+    """A line that held only tags goes away whole (a blank line in its place would split the
+    paragraph around it); marks inside prose just vanish."""
+    if _REMOVED not in text:
+        return text
+    lines = text.split("\n")
+    kept = [line.replace(_REMOVED, "") for line in lines
+            if _REMOVED not in line or line.replace(_REMOVED, "").strip()]
+    return "\n".join(kept)
+
+
+def includes_fingerprint(path: str, text: str, options: MarkdownTemplating, read_hash: Callable[[str], bytes | None],
+                         read: Reader) -> str:
+    """A digest of every file this one includes (transitively, found or not): a file whose
+    includes changed is parsed again though its own bytes did not change. '' without includes."""
+    if options.templates == "keep" or options.includes != "resolve" or not _may_include(text, options):
+        return ""
+    seen: list[str] = []
+
+    def record(candidate: str) -> str | None:
+        seen.append(candidate)
+        return read(candidate)
+
+    render_markdown(path, text, options, record)
+    if not seen:
+        return ""
+    digest = b"".join(c.encode() + b"\0" + (read_hash(c) or b"-") for c in sorted(set(seen)))
+    return content_hash(digest).hex()[:16]
+
+
+def _may_include(text: str, options: MarkdownTemplating) -> bool:
+    return any(tag in text for tag in options.include_tags)

@@ -1,0 +1,130 @@
+"""Markdown templating preprocessing: shortcodes and tags leave the text, includes are resolved
+inside the collection root, code stays as written, and no chunk is made of markup alone."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dagster_project.core.ingest.chunking import ChunkSettings, chunk_blocks
+from dagster_project.core.ingest.parsing import parse_document
+from dagster_project.core.ingest.templating import MarkdownTemplating, includes_fingerprint, render_markdown
+from dagster_project.core.ingest.tokens import wordpiece_counter
+
+OPTIONS = MarkdownTemplating()
+PAGE = """---
+title: Images
+description: Resize images with {{< hugo >}} filters.
+---
+
+{{< new-in 0.120.0 >}}
+
+Resize an image to fit a box.
+{{% glossary-term "resize" %}} keeps the aspect ratio.
+
+{{< img
+  src="images/zion.jpg"
+  alt="Zion"
+  filter="Sepia"
+>}}
+
+{{< code-toggle file=hugo >}}
+[imaging]
+quality = 75
+{{< /code-toggle >}}
+
+> [!NOTE]
+> Large images take time.
+
+<!--more-->
+
+```go-html-template
+{{< img src="x.jpg" >}} is how you call it; {% raw %} stays here
+```
+
+Show the call itself with `{{< img >}}` or {{</* img src="a.jpg" */>}}; `<!--more-->` ends a summary.
+{% if site.x %}Liquid text{% endif %} and {# a Jinja comment #} end.
+{% comment %}hidden{% endcomment %}
+"""
+
+
+def render(text: str, files: dict[str, str] | None = None, path: str = "page.md", options=OPTIONS):
+    return render_markdown(path, text, options, (files or {}).get)
+
+
+def test_shortcodes_and_tags_leave_the_text_but_what_they_enclose_stays():
+    text, warnings = render(PAGE)
+    body = text.split("---", 2)[2]
+    assert warnings == []
+    assert "{{< hugo >}}" in text.split("---")[1]  # front matter is the parser's, left as written
+    assert "Resize an image to fit a box.\n keeps the aspect ratio." in body  # one paragraph still
+    assert "[imaging]\nquality = 75" in body  # a paired shortcode keeps its content
+    prose = body.split("```")[0] + body.split("```")[2].replace('{{< img src="a.jpg" >}}', "").replace("`{{< img >}}`", "").replace("`<!--more-->`", "")
+    for markup in ("new-in", "src=", ">}}", "code-toggle", "[!NOTE]", "<!--more-->", "{%", "{#", "hidden"):
+        assert markup not in prose, markup
+    assert '{{< img src="x.jpg" >}} is how you call it; {% raw %} stays here' in body  # fenced code as written
+    assert "`{{< img >}}`" in body and "`<!--more-->` ends" in body  # inline code as written
+    assert '{{< img src="a.jpg" >}}' in body  # an escaped shortcode is shown as the literal call
+    assert "Liquid text and  end." in body
+
+
+def test_no_chunk_is_made_of_markup_alone():
+    text, _ = render(PAGE)
+    parsed = parse_document("page.md", text.encode())
+    chunks = chunk_blocks(parsed.blocks, ChunkSettings(max_tokens=64, overlap_tokens=8, context_tokens=16),
+                          wordpiece_counter())
+    for chunk in chunks:
+        words = re.sub(r"\{\{.*?\}\}|[{}<>%/=\"`\[\]!-]", " ", chunk.text).split()
+        assert words, f"a chunk of markup only: {chunk.text!r}"
+    assert not any(c.text.strip() in (">}}", "%}}") for c in chunks)
+
+
+def test_includes_are_resolved_inside_the_root_with_their_own_templating():
+    files = {
+        "_common/install.md": "---\n_comment: keep\n---\n\nRun `brew install hugo`.\n\n{{% include \"_common/deep.md\" %}}\n",
+        "_common/deep.md": "Deep text {{< new-in 1.0 >}}.\n",
+        "_includes/footer.md": "Jekyll footer text.\n",
+        "docs/sibling.md": "Sibling text.\n",
+    }
+    page = ('Intro.\n\n{{% include "/_common/install.md" %}}\n\n{% include footer.md %}\n\n'
+            '{% include_relative sibling.md %}\n\nEnd.\n')
+    text, warnings = render(page, files, path="docs/page.md")
+    assert warnings == []
+    assert "Run `brew install hugo`." in text and "Deep text ." in text
+    assert "_comment" not in text  # the included file's front matter stays out
+    assert "Jekyll footer text." in text and "Sibling text." in text
+    assert text.index("Intro.") < text.index("Run `brew") < text.index("Jekyll") < text.index("End.")
+
+
+def test_an_include_that_escapes_the_root_is_missing_or_loops_is_left_out_and_said():
+    files = {"a.md": '{{% include "b.md" %}}\nA text.\n', "b.md": '{{% include "a.md" %}}\nB text.\n'}
+    text, warnings = render('{{% include "../../etc/passwd.md" %}}\n\n{{% include "nope.md" %}}\n\n'
+                            '{{% include "a.md" %}}\n', files, path="page.md")
+    assert "A text." in text and "B text." in text
+    assert any("nope.md" in w and "not found" in w for w in warnings)
+    assert any("../../etc/passwd.md" in w for w in warnings)
+    assert sum("includes itself" in w for w in warnings) == 1
+
+
+def test_options_keep_and_strip_includes():
+    files = {"s.md": "Snippet.\n"}
+    page = '{{% include "s.md" %}}\n\nBody {{< x >}}.\n'
+    assert render(page, files, options=MarkdownTemplating(templates="keep"))[0] == page
+    stripped, warnings = render(page, files, options=MarkdownTemplating(includes="strip"))
+    assert "Snippet." not in stripped and "Body ." in stripped and not warnings
+    with pytest.raises(ValueError, match="inside the collection root"):
+        MarkdownTemplating(include_dirs=["../shared"])
+
+
+def test_the_includes_fingerprint_follows_the_included_files():
+    files = {"s.md": "v1 {{% include \"t.md\" %}}", "t.md": "deep"}
+    hashes = {"s.md": b"1", "t.md": b"2"}
+    page = 'Text {{% include "s.md" %}}'
+    first = includes_fingerprint("p.md", page, OPTIONS, hashes.get, files.get)
+    assert first and includes_fingerprint("p.md", "No includes here.", OPTIONS, hashes.get, files.get) == ""
+    hashes["t.md"] = b"3"  # a file included by an included file changed
+    assert includes_fingerprint("p.md", page, OPTIONS, hashes.get, files.get) != first
+    missing = includes_fingerprint("p.md", 'Text {{% include "gone.md" %}}', OPTIONS, hashes.get, files.get)
+    files["gone.md"], hashes["gone.md"] = "back", b"4"
+    assert includes_fingerprint("p.md", 'Text {{% include "gone.md" %}}', OPTIONS, hashes.get, files.get) != missing
