@@ -65,7 +65,7 @@ def _process_pool(workers: int, initializer=None, initargs: tuple = ()) -> Proce
     # from a server that has already imported the parsers and the chunker, so each pool starts warm.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["dagster_project.core.ingest.parsing", "dagster_project.core.ingest.chunking",
-                                    "docutils.parsers.rst", "markdown_it", "bs4", "tokenizers"])
+                                    "markdown_it", "bs4", "tokenizers"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs)
 
 
