@@ -247,3 +247,21 @@ def test_inline_markup_reads_as_text(source, text):
 def test_tabs_and_crlf_line_ends():
     rst = "Title\r\n=====\r\n\r\nText::\r\n\r\n\tindented\r\n"
     assert blocks(rst) == [("paragraph", ["Title"], "Text:"), ("code", ["Title"], "indented")]
+
+
+@pytest.mark.parametrize("unit, read", [("**a ", "**a"), ("``a ", "``a"), ("`a ", "`a"), ("*a ", "*a"),
+                                        (":x:`a ", ":x:`a"), ("a_ ", "a"), ("[1]_ ", "1"), ("|a ", "|a")])
+def test_unclosed_inline_markup_many_times_over_is_read_in_linear_time(unit, read):
+    """80 KB of start-strings: a pattern that scanned to the paragraph's end from each unclosed
+    one took minutes on "**a " (quadratic); each now scans to the next delimiter only."""
+    assert texts(unit * 20_000 + "\n") == [" ".join([read] * 20_000)]
+
+
+def test_nesting_deeper_than_any_document_is_kept_as_text_without_overflowing_the_stack():
+    rst = "".join(" " * i + "- item\n" for i in range(0, 1000, 2))
+    doc = parse_document("deep.rst", rst.encode())
+    assert [w for w in all_words(doc) if w != "-"] == ["item"] * 500
+
+
+def all_words(doc) -> list[str]:
+    return " ".join(b.text for b in doc.blocks).split()

@@ -13,6 +13,7 @@ Item = tuple
 
 _ADORNMENT = re.compile(r"([!-/:-@\[-`{-~])\1* *$")
 _TRANSITION_MIN = 4
+MAX_NESTING = 40  # lists in quotes in lists...: deeper than any real document
 _BULLET = re.compile(r"([-+*\u2022\u2023\u2043])( +|$)")
 _ENUMERATOR = re.compile(r"(\(?)(\d+|#|[a-zA-Z]|[ivxlcdmIVXLCDM]+)([.)])( +|$)")
 _FIELD = re.compile(r":(?![: ])((?:[^:\\]|\\.|:(?!([ `]|$)))*)(?<! ):( +|$)")
@@ -39,8 +40,18 @@ class _Parser:
     def __init__(self) -> None:
         self.styles: list[tuple[str, bool]] = []  # adornment styles in order of first use = levels
         self.depth = 0
+        self.nesting = 0
 
     def body(self, lines: list[str], top: bool = False) -> list[Item]:
+        if self.nesting >= MAX_NESTING:  # its text, as written: no stack overflow, no quadratic copies
+            return [("quote", "\n".join(line.strip() for line in lines if line))]
+        self.nesting += 1
+        try:
+            return self._body(lines, top)
+        finally:
+            self.nesting -= 1
+
+    def _body(self, lines: list[str], top: bool) -> list[Item]:
         items: list[Item] = []
         i, n = 0, len(lines)
         while i < n:
@@ -393,12 +404,14 @@ def _astext(items: list[Item]) -> str:
 _START = r"(?<![^\s'\"(\[{<\-/:\u2018\u201c\u2019\u00ab\u00a1\u00bf\u2010-\u2014\u00a0])"
 _END = r"(?=[\s'\")\]}>\-/:.,;!?\\\u2019\u201d\u00bb\u2010-\u2014\u00a0]|$)"
 _ROLE_NAME = r"[A-Za-z0-9](?:[-_.+:]?[A-Za-z0-9])*"
+# Content stops at the next end-string: an unclosed start-string then costs a scan to the next
+# delimiter, not to the end of the paragraph (quadratic on hostile text).
 _INLINE = re.compile(
     _START + "(?:"
-    r"``(?P<literal>\S(?:.*?\S)??)``" + _END
+    r"``(?P<literal>\S(?:(?:[^`]|`(?!`))*?\S)??)``" + _END
     + r"|:(?P<role>" + _ROLE_NAME + r"):`(?P<role_text>[^`\s](?:[^`]*?[^`\s\\])??)`" + _END
     + r"|`(?P<interpreted>[^`\s](?:[^`]*?[^`\s\\])??)`(?::(?P<suffix>" + _ROLE_NAME + r"):|(?P<ref>__?))?" + _END
-    + r"|\*\*(?P<strong>[^\s*](?:.*?[^\s\\])??)\*\*" + _END
+    + r"|\*\*(?P<strong>[^\s*](?:(?:[^*]|\*(?!\*))*?[^\s\\])??)\*\*" + _END
     + r"|\*(?P<emphasis>[^\s*](?:[^*]*?[^\s\\])??)\*" + _END
     + r"|\|(?P<substitution>[^\s|](?:[^|]*?[^\s|])??)\|(?:__?)?" + _END
     + r"|\[(?P<footnote>#[\w.:+-]*|\*|\d+|[^\W\d][\w.:+-]*)\]_" + _END
