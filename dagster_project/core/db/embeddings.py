@@ -34,6 +34,27 @@ TEXTS_WITHOUT_VECTOR = (
 )
 
 
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
+_COPY_TRAILER = b"\xff\xff"
+
+
+def binary_copy_rows(hashes: Sequence[bytes], vectors: np.ndarray) -> bytes:
+    """(content_hash bytea, embedding vector) rows in COPY's binary format, built by numpy in
+    one piece: converting each vector on its own cost more than the COPY itself."""
+    rows, dims = vectors.shape
+    size = len(hashes[0]) if rows else 0
+    if any(len(h) != size for h in hashes):
+        raise ValueError("content hashes of different sizes")  # a bug: they are all one digest
+    row = np.dtype([("fields", ">i2"), ("hash_len", ">i4"), ("hash", f"S{size}"), ("vector_len", ">i4"),
+                    ("dims", ">i2"), ("unused", ">i2"), ("vector", ">f4", (dims,))])
+    table = np.empty(rows, dtype=row)
+    table["fields"], table["hash_len"], table["vector_len"] = 2, size, 4 + 4 * dims
+    table["hash"] = np.frombuffer(b"".join(hashes), dtype=f"S{size}")
+    table["dims"], table["unused"] = dims, 0
+    table["vector"] = vectors
+    return _COPY_HEADER + table.tobytes() + _COPY_TRAILER
+
+
 @dataclass
 class StoredModel:
     id: int
@@ -181,9 +202,7 @@ class EmbeddingTables:
         with self.writing() as conn:
             conn.execute("CREATE TEMP TABLE embeddings_stage (content_hash bytea, embedding vector) ON COMMIT DROP")
             with conn.cursor().copy("COPY embeddings_stage FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["bytea", "vector"])
-                for h, v in zip(hashes, vectors):
-                    copy.write_row((h, v))
+                copy.write(binary_copy_rows(hashes, vectors))
             return conn.execute(
                 "INSERT INTO embeddings (model_id, content_hash, embedding) "
                 "SELECT %s, content_hash, embedding FROM embeddings_stage ON CONFLICT DO NOTHING",

@@ -1,26 +1,26 @@
 """Parsers for Markdown, reStructuredText, HTML and plain text (PDF, Word, PowerPoint: formats/).
-Each turns a file's bytes into a title, metadata (YAML front matter or a PEP-style header block), the heading tree and text
-blocks that know their heading path. Built on markdown-it-py, docutils, BeautifulSoup and the
-standard library's RFC 822 header parser."""
+Each turns a file's bytes into a title, metadata (YAML front matter or a PEP-style header block),
+the heading tree and text blocks that know their heading path. Built on markdown-it-py, our own
+reST block parser (rst.py), BeautifulSoup and the standard library's RFC 822 header parser."""
 
 from __future__ import annotations
 
-import copy
 import datetime
 import email.parser
-import functools
 import json
 import math
 import posixpath
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 import yaml
 
+from .rst import parse_rst_blocks
+
 Severity = Literal["error", "warning"]
-# Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word, PowerPoint).
+# Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word,
+# PowerPoint; reST by rst.py).
 PARSER_VERSION = "parsers-v4"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
@@ -264,72 +264,18 @@ def _split_header_block(text: str) -> tuple[dict, str]:
     return metadata, rest
 
 
-_RST_SETTINGS = {
-    "report_level": 5, "halt_level": 5, "warning_stream": False, "file_insertion_enabled": False,
-    "raw_enabled": False, "input_encoding": "unicode", "doctitle_xform": False,
-    # By default docutils refuses a whole document with a line over 10,000 characters (silently,
-    # at this report level). MAX_FILE_BYTES bounds a line already.
-    "line_length_limit": sys.maxsize,
-}
-
-
-@functools.cache
-def _rst_settings():
-    """docutils' settings object, built once: building it (an option parser) cost 6% of a parse."""
-    from docutils.frontend import get_default_settings
-    from docutils.parsers.rst import Parser
-
-    settings = get_default_settings(Parser)
-    for key, value in _RST_SETTINGS.items():
-        setattr(settings, key, value)
-    return settings
-
-
 def _parse_rst(text: str) -> ParsedDocument:
-    from docutils import nodes
-    from docutils.parsers.rst import Parser
-    from docutils.utils import new_document
-
     metadata, body = _split_header_block(text)
-    parser = Parser()
-    document = new_document("<rst>", copy.copy(_rst_settings()))
-    # Parse only: the full publish pipeline's transforms cost more than the parse and add
-    # nothing the chunker reads.
-    parser.parse(body, document)
-    # Messages about unknown roles and directives (e.g. Sphinx-only ones) sit inside the
-    # blocks they concern; they are not the author's text.
-    for message in list(document.findall(nodes.system_message)):
-        message.parent.remove(message)
-
     headings: list[dict] = []
     blocks: list[Block] = []
-    kinds = {nodes.paragraph: "paragraph", nodes.literal_block: "code", nodes.doctest_block: "code",
-             nodes.bullet_list: "list", nodes.enumerated_list: "list", nodes.definition_list: "list",
-             nodes.field_list: "list", nodes.option_list: "list", nodes.table: "table",
-             nodes.block_quote: "quote", nodes.line_block: "paragraph"}
-    skip = (nodes.system_message, nodes.comment, nodes.substitution_definition, nodes.target,
-            nodes.pending, nodes.raw)
-
-    def walk(node, path: list[str], level: int) -> None:
-        for child in node.children:
-            if isinstance(child, nodes.section):
-                title_node = child.next_node(nodes.title)
-                title = title_node.astext().strip() if title_node is not None else ""
-                headings.append({"level": level + 1, "title": title})
-                walk(child, path + [title], level + 1)
-            elif isinstance(child, (nodes.title, *skip)):
-                continue
-            elif isinstance(child, nodes.Element):
-                kind = next((k for cls, k in kinds.items() if isinstance(child, cls)), None)
-                if kind is None:  # admonitions, topics, containers: read what they hold
-                    if any(isinstance(c, nodes.Element) for c in child.children):
-                        walk(child, path, level)
-                    else:
-                        blocks.append(Block("other", child.astext().strip(), path))
-                else:
-                    blocks.append(Block(kind, child.astext().strip(), path))
-
-    walk(document, [], 0)
+    path: list[str] = []
+    for item in parse_rst_blocks(body):
+        if item[0] == "section":
+            _, level, title = item
+            headings.append({"level": level, "title": title})
+            path = path[:level - 1] + [title]
+        else:
+            blocks.append(Block(item[0], item[1].strip(), path))
     title = str(metadata.get("title") or (headings[0]["title"] if headings else ""))
     return ParsedDocument("rst", title, metadata, headings, blocks)
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..parsing import ParsedDocument, ParseError
 
 # Modules the fork server imports once, so that every parse process and pool worker starts warm.
-FORKSERVER_PRELOAD = ["dagster_project.core.ingest.pipeline", "docutils.parsers.rst", "markdown_it", "bs4",
+FORKSERVER_PRELOAD = ["dagster_project.core.ingest.pipeline", "markdown_it", "bs4",
                       "tokenizers", "pypdfium2", "docx", "pptx"]
 FILES_PER_WORKER = 200  # then a fresh process: whatever a library leaks stays bounded
 
