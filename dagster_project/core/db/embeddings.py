@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,14 +160,19 @@ class EmbeddingTables:
             row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (key,)).fetchone()
         return row[0] if row else None
 
-    def texts_to_embed(self, collection: str, model_id: int) -> list[tuple[bytes, str, int]]:
-        """Distinct chunk texts of the collection that have no vector for this model, with
-        their token counts."""
+    def texts_to_embed(self, collection: str, model_id: int, batch: int) -> Iterator[list[tuple[bytes, str, int]]]:
+        """Distinct chunk texts of the collection that have no vector for this model, with their
+        token counts, `batch` at a time from a server-side cursor: a first load of a million
+        texts never sits in memory. The cursor reads one snapshot, taken before the first batch."""
+        with self.reading() as conn, conn.cursor(name="texts_to_embed") as cursor:
+            cursor.itersize = batch
+            cursor.execute(TEXTS_WITHOUT_VECTOR, (collection, model_id))
+            while rows := cursor.fetchmany(batch):
+                yield [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
+
+    def count_texts_to_embed(self, collection: str, model_id: int) -> int:
         with self.reading() as conn:
-            rows = conn.execute(
-                TEXTS_WITHOUT_VECTOR,
-                (collection, model_id)).fetchall()
-        return [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
+            return conn.execute(f"SELECT count(*) FROM ({TEXTS_WITHOUT_VECTOR}) t", (collection, model_id)).fetchone()[0]
 
     def embedded_hashes(self, model_key: str, hashes: set[bytes]) -> set[bytes]:
         """The subset of `hashes` that already has a vector for the model."""

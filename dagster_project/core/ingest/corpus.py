@@ -5,11 +5,15 @@ so one broken file never stops a collection."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
 import re
 import stat
+import struct
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,7 +21,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .hashing import content_hash
+from .hashing import content_hash, file_hash
 
 EmbedMode = Literal["full", "metadata_only", "skip"]
 DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm"]
@@ -160,6 +164,38 @@ class SourceFile:
     problem: str | None = None
     # Refused by policy rather than unreadable: a version indexed earlier leaves the index too.
     withdrawn: bool = False
+    # (size, mtime, ctime, inode) when content_hash was taken; None when too recent to trust.
+    signature: bytes | None = None
+
+
+# A file changed less than this before its signature was taken could change again within the
+# same timestamp tick (coarse filesystem clocks) without its signature changing: hashed next time.
+RACY_SECONDS = 2.0
+
+
+def file_signature(info: os.stat_result, scan_started_ns: int) -> bytes | None:
+    """What must change when a file's bytes change: any write moves ctime, which no tool can set
+    back (cp -p and rsync -t restore mtime, not ctime). None for a file written too recently."""
+    if max(info.st_mtime_ns, info.st_ctime_ns) >= scan_started_ns - int(RACY_SECONDS * 1e9):
+        return None
+    return struct.pack("<4q", info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
+def read_sources(files: list[SourceFile]) -> list[SourceFile]:
+    """The files with their bytes, read now and hashed again from those very bytes (a file
+    rewritten since the scan is parsed and stored as it is now, never under an older hash)."""
+    out = []
+    for f in files:
+        if f.problem is not None:
+            out.append(f)
+            continue
+        try:
+            data = f.abs_path.read_bytes()
+        except OSError as exc:
+            out.append(dataclasses.replace(f, problem=f"cannot be read ({exc.strerror})"))
+            continue
+        out.append(dataclasses.replace(f, size=len(data), data=data, content_hash=content_hash(data)))
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -191,14 +227,19 @@ def _matches(rel: str, globs: list[str]) -> bool:
     return any(_glob_regex(glob).match(rel) for glob in globs)
 
 
-def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceFile]:
-    """Every regular file under the root that the include/exclude globs select, read and hashed.
+def scan_collection(collection: Collection, max_file_bytes: int,
+                    known: Mapping[str, tuple[bytes, bytes]] | None = None) -> list[SourceFile]:
+    """Every regular file under the root that the include/exclude globs select, hashed (streamed:
+    the bytes are not kept; read_sources reads the files to parse). `known`: path -> (signature,
+    content hash) stored earlier; a file whose signature is unchanged is not read again.
 
     Directory symlinks are not followed (no loops); a file symlink is read through if it stays
     inside the root (or the collection sets follow_external_symlinks), and a broken, looping or
     escaping one is reported, not raised.
     """
     root = collection.root
+    known = known or {}
+    started_ns = time.time_ns()
     found: list[SourceFile] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
@@ -212,7 +253,8 @@ def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceF
                 found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
                                         problem="file name is not valid UTF-8: rename the file"))
                 continue
-            found.append(_read(rel, abs_path, max_file_bytes, root=None if collection.follow_external_symlinks else root.resolve()))
+            found.append(_read(rel, abs_path, max_file_bytes, started_ns, known.get(rel),
+                               root=None if collection.follow_external_symlinks else root.resolve()))
     return found
 
 
@@ -233,8 +275,10 @@ def _undecodable(name: str) -> bool:
         return True
 
 
-def _read(rel: str, abs_path: Path, max_file_bytes: int, root: Path | None) -> SourceFile:
-    """`root`: the folder the file must resolve into (None: anywhere)."""
+def _read(rel: str, abs_path: Path, max_file_bytes: int, started_ns: int, known: tuple[bytes, bytes] | None,
+          root: Path | None) -> SourceFile:
+    """`root`: the folder the file must resolve into (None: anywhere); `known`: its stored
+    (signature, content hash)."""
     try:
         info = abs_path.stat()
     except OSError as exc:
@@ -257,8 +301,12 @@ def _read(rel: str, abs_path: Path, max_file_bytes: int, root: Path | None) -> S
             problem=f"{info.st_size} bytes is over MAX_FILE_BYTES={max_file_bytes}: "
             "split the file, exclude it, or raise the limit",
         )
+    signature = file_signature(info, started_ns)
+    if known is not None and signature is not None and known[0] == signature:
+        return SourceFile(rel, abs_path, size=info.st_size, content_hash=known[1], signature=signature)
     try:
-        data = abs_path.read_bytes()
+        digest, size = file_hash(abs_path)
     except OSError as exc:
         return SourceFile(rel, abs_path, size=info.st_size, problem=f"cannot be read ({exc.strerror})")
-    return SourceFile(rel, abs_path, size=len(data), data=data, content_hash=content_hash(data))
+    # Read after the stat: a write in between moves ctime, so the next scan reads it again.
+    return SourceFile(rel, abs_path, size=size, content_hash=digest, signature=signature)

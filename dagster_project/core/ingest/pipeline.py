@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -17,12 +17,13 @@ from ..db.documents import DocumentRow, FileIssue
 from ..db.store import VectorStore
 from ..embed.base import Embedder
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
-from .corpus import Collection, SourceFile, collection_version, scan_collection
+from .corpus import Collection, SourceFile, collection_version, read_sources, scan_collection
 from .hashing import content_hash, stable_id
 from .parsing import PARSER_VERSION, Block, ParsedDocument, ParseError, parse_document
 from .tokens import TokenCounter
 
 PARALLEL_PARSE_MIN_FILES = 24
+PARSE_TX_FILES = 1000  # files parsed and stored per transaction on a big load: memory stays flat
 CHUNK_TX_DOCUMENTS = 50  # documents re-chunked per transaction: a crash keeps finished batches
 EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
 ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
@@ -110,7 +111,7 @@ def build_document_row(collection: Collection, source: SourceFile,
     if "pricing_sensitive" in meta:
         fields["pricing_sensitive"] = _truthy(meta["pricing_sensitive"])
     row = DocumentRow(
-        id=stable_id("document", collection.name, source.path),
+        id=stable_id("document", collection.name, source.path), file_stat=source.signature,
         collection=collection.name, path=source.path, content_hash=source.content_hash,
         size_bytes=source.size, format=parsed.format, title=parsed.title,
         metadata=meta, headings=parsed.headings,
@@ -129,17 +130,29 @@ class DocumentChanges:
     present: list[str]  # every path on disk
 
 
-def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
-                   progress=None) -> DocumentChanges:
-    """Scan the collection against the stored hashes and parse only new or changed files.
-    Writes nothing. `progress(done, total)` follows the parsing."""
+@dataclass
+class DocumentScan:
+    """A collection's files against the stored documents, before any parsing."""
+    report: StepReport
+    files: list[SourceFile]
+    to_parse: list[SourceFile]
+    stored: dict[str, tuple[bytes, str]]
+    deleted: list[str]
+    unchanged_signatures: list[tuple[str, bytes, bytes]]  # (path, signature, hash) to record
+
+
+def scan_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> DocumentScan:
+    """Stat and hash the collection's files (a file whose stored signature still matches is not
+    read) and sort them into unchanged, to parse, failed and deleted. Writes nothing."""
     started = time.perf_counter()
     report = StepReport(collection.name, "documents")
-    files = scan_collection(collection, max_file_bytes)
+    known = store.file_signatures(collection.name)
+    files = scan_collection(collection, max_file_bytes, known)
     stored = store.document_versions(collection.name)
     version = source_version(collection)
     deleted = sorted(set(stored) - {f.path for f in files if not f.withdrawn})
     to_parse: list[SourceFile] = []
+    signatures = []
     counts = Counter(new=0, changed=0, unchanged=0, deleted=len(deleted), failed=0, skipped=0)
     for f in files:
         if f.problem is not None:
@@ -148,25 +161,57 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
             counts["failed"] += 1
         elif stored.get(f.path) == (f.content_hash, version):
             counts["unchanged"] += 1
+            if f.signature is not None and known.get(f.path, (None,))[0] != f.signature:
+                signatures.append((f.path, f.signature, f.content_hash))
         else:
             to_parse.append(f)
-    rows: list[DocumentRow] = []
-    for done, (f, parsed) in enumerate(zip(to_parse, parse_files(to_parse)), start=1):
-        if progress is not None:
-            progress(done, len(to_parse))
-        if isinstance(parsed, ParseError):
-            report.issues.append(FileIssue(f.path, parsed.severity, parsed.reason))
-            counts["failed" if parsed.severity == "error" else "skipped"] += 1
-            continue
-        row, warnings = build_document_row(collection, f, parsed)
-        report.issues.extend(FileIssue(f.path, "warning", w) for w in warnings)
-        counts["changed" if f.path in stored else "new"] += 1
-        rows.append(row)
     report.counts = dict(counts)
     report.source_version = collection_version(collection, files)
     report.seconds = time.perf_counter() - started
-    examined = [f.path for f in files if f.problem is not None] + [f.path for f in to_parse]
-    return DocumentChanges(report, rows, deleted, examined, [f.path for f in files])
+    return DocumentScan(report, files, to_parse, stored, deleted, signatures)
+
+
+def parse_documents(collection: Collection, scan: DocumentScan, progress=None,
+                    batch_files: int | None = None) -> Iterator[tuple[list[SourceFile], list[DocumentRow]]]:
+    """The files to parse, read and parsed batch by batch (only one batch's bytes and rows in
+    memory): each batch's files and the rows of those that parsed. Counts and file issues go to
+    scan.report."""
+    report, counts = scan.report, scan.report.counts
+    batch_files = batch_files or PARSE_TX_FILES
+    done = 0
+    for start in range(0, len(scan.to_parse), batch_files):
+        batch = read_sources(scan.to_parse[start:start + batch_files])
+        readable = [f for f in batch if f.problem is None]
+        for f in batch:
+            if f.problem is not None:
+                report.issues.append(FileIssue(f.path, "error", f.problem))
+                counts["failed"] += 1
+        rows: list[DocumentRow] = []
+        for f, parsed in zip(readable, parse_files(readable)):
+            done += 1
+            if progress is not None:
+                progress(done, len(scan.to_parse))
+            if isinstance(parsed, ParseError):
+                report.issues.append(FileIssue(f.path, parsed.severity, parsed.reason))
+                counts["failed" if parsed.severity == "error" else "skipped"] += 1
+                continue
+            row, warnings = build_document_row(collection, f, parsed)
+            report.issues.extend(FileIssue(f.path, "warning", w) for w in warnings)
+            counts["changed" if f.path in scan.stored else "new"] += 1
+            rows.append(row)
+        yield batch, rows
+
+
+def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                   progress=None) -> DocumentChanges:
+    """Scan the collection against the stored hashes and parse only new or changed files, all
+    in memory (a dry run's plan). Writes nothing. `progress(done, total)` follows the parsing."""
+    scan = scan_documents(store, collection, max_file_bytes=max_file_bytes)
+    started = time.perf_counter()
+    rows = [row for _, batch_rows in parse_documents(collection, scan, progress) for row in batch_rows]
+    scan.report.seconds += time.perf_counter() - started
+    examined = [f.path for f in scan.files if f.problem is not None] + [f.path for f in scan.to_parse]
+    return DocumentChanges(scan.report, rows, scan.deleted, examined, [f.path for f in scan.files])
 
 
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
@@ -176,11 +221,30 @@ def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes
 
 
 def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress) -> StepReport:
-    changes = diff_documents(store, collection, max_file_bytes=max_file_bytes, progress=progress)
-    report = changes.report
+    """Parsed rows are stored batch by batch as they come (one writer thread, while the next
+    batch parses); the last transaction also deletes vanished files and replaces the file
+    issues, so a change that fits one batch is applied in one transaction, as before. A crash
+    keeps the finished batches: the rerun finds them unchanged."""
+    scan = scan_documents(store, collection, max_file_bytes=max_file_bytes)
+    report = scan.report
     started = time.perf_counter()
+    store.record_signatures(collection.name, scan.unchanged_signatures)
+    scan_issues, mark = list(report.issues), len(report.issues)  # unreadable files: with the last transaction
+    last: tuple[list[SourceFile], list[DocumentRow], list[FileIssue]] = ([], [], [])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="document-writer") as writer:
+        writing = None
+        for files, rows in parse_documents(collection, scan, progress):
+            if last[0]:
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(store.apply_documents, collection.name, last[1], [], last[2],
+                                        [f.path for f in last[0]], None)
+            last, mark = (files, rows, report.issues[mark:]), len(report.issues)
+        if writing is not None:
+            writing.result()
+    examined = [f.path for f in scan.files if f.problem is not None] + [f.path for f in last[0]]
     report.counts["chunks_removed"] = store.apply_documents(
-        collection.name, changes.rows, changes.deleted, report.issues, changes.examined, changes.present)
+        collection.name, last[1], scan.deleted, scan_issues + last[2], examined, [f.path for f in scan.files])
     report.seconds += time.perf_counter() - started
     return report
 
@@ -239,12 +303,16 @@ def _chunk_in_worker(documents: list[DocumentToChunk], collection: str, settings
     return [row for d in documents for row in build_chunks(d, collection, settings, _worker_counter)]
 
 
-def chunk_batches(batches: list[list[DocumentToChunk]], collection: str, settings: ChunkSettings,
-                  counter: TokenCounter, workers: int | None = None) -> Iterator[list[ChunkRow]]:
+def chunk_batches(batches: Iterable[list[DocumentToChunk]], collection: str, settings: ChunkSettings,
+                  counter: TokenCounter, workers: int | None = None, total: int | None = None) -> Iterator[list[ChunkRow]]:
     """The chunks of each batch of documents, in order; on every core when there are enough
-    documents to pay for the workers' start-up (token counting is most of chunking)."""
+    documents to pay for the workers' start-up (token counting is most of chunking). `total`:
+    the number of documents, when `batches` is a lazy stream."""
     workers = workers or os.cpu_count() or 1
-    if workers < 2 or sum(map(len, batches)) < PARALLEL_PARSE_MIN_FILES:
+    if total is None:
+        batches = list(batches)
+        total = sum(map(len, batches))
+    if workers < 2 or total < PARALLEL_PARSE_MIN_FILES:
         for batch in batches:
             yield [row for d in batch for row in build_chunks(d, collection, settings, counter)]
         return
@@ -264,18 +332,27 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
     started = time.perf_counter()
     report = StepReport(collection, "chunks")
     version = settings.version(counter)
-    documents = store.documents_to_chunk(collection, version)
+    documents = store.document_ids_to_chunk(collection, version)
     counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, chunks=0)
     defer = store.text_index_pending(collection) or (
         len(documents) >= BULK_TERMS_MIN_DOCUMENTS and 2 * len(documents) >= len(store.document_versions(collection)))
     if defer:
         store.defer_text_index(collection)
-    batches = [documents[i:i + CHUNK_TX_DOCUMENTS] for i in range(0, len(documents), CHUNK_TX_DOCUMENTS)]
+    loaded: deque[list[DocumentToChunk]] = deque()  # batches handed to the chunker, awaiting their rows
+
+    def load_batches() -> Iterator[list[DocumentToChunk]]:
+        # Blocks are loaded a batch at a time, as the chunker asks: a first load of 100k files
+        # never holds every document's text at once.
+        for start in range(0, len(documents), CHUNK_TX_DOCUMENTS):
+            loaded.append(store.documents_by_id(documents[start:start + CHUNK_TX_DOCUMENTS]))
+            yield loaded[-1]
+
     # Chunking runs in worker processes; one writer thread stores a batch (and PostgreSQL indexes
     # its text for BM25) while the next ones are chunked. Batches still commit one at a time, in order.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as writer:
         writing, done = None, 0
-        for batch, rows in zip(batches, chunk_batches(batches, collection, settings, counter)):
+        for rows in chunk_batches(load_batches(), collection, settings, counter, total=len(documents)):
+            batch = loaded.popleft()
             counts["chunks"] += len(rows)
             if writing is not None:
                 counts.update(writing.result())
@@ -323,14 +400,13 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
     model_id = store.ensure_model(embedder.model)
     store.activate_first_model(model_id)
     vectors_removed = store.drop_unreferenced_vectors()
-    pending = store.texts_to_embed(collection, model_id)
     total = store.count_texts(collection)
-    counts = {"texts": total, "reused": total - len(pending), "embedded": 0, "vectors_removed": vectors_removed}
-    if len(pending) >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) \
-            and len(pending) > store.vector_count(model_id):
+    # Counted, then streamed a batch at a time (never every text in memory).
+    pending = store.count_texts_to_embed(collection, model_id)
+    counts = {"texts": total, "reused": total - pending, "embedded": 0, "vectors_removed": vectors_removed}
+    if pending >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) and pending > store.vector_count(model_id):
         store.drop_index(model_id)
-    for start in range(0, len(pending), EMBED_TX_TEXTS):
-        batch = pending[start:start + EMBED_TX_TEXTS]
+    for batch in store.texts_to_embed(collection, model_id, EMBED_TX_TEXTS) if pending else ():
         result = embedder.embed([text for _, text, _ in batch])  # context + text, as hashed
         store.write_embeddings(model_id, [h for h, _, _ in batch], result.vectors)
         counts["embedded"] += len(batch)
@@ -338,7 +414,7 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
         report.tokens_embedded += result.tokens if result.tokens is not None else sum(n for _, _, n in batch)
         report.warnings.extend(w for w in result.warnings if w not in report.warnings)
         if progress is not None:
-            progress(counts["embedded"], len(pending))
+            progress(counts["embedded"], max(pending, counts["embedded"]))  # a concurrent run may add texts
     counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
     if counts["index_built"] or counts["embedded"] >= ANALYZE_AFTER_TEXTS:
         store.analyze()
