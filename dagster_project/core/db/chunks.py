@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from ..ingest.corpus import Shard
+
 
 @dataclass
 class ChunkRow:
@@ -53,11 +55,15 @@ _CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea
 class ChunkTables:
     """Reads and writes of chunks (a part of `VectorStore`)."""
 
-    def document_ids_to_chunk(self, collection: str, chunker_version: str) -> list[uuid.UUID]:
-        """The ids of documents_to_chunk, in its order: the blocks are loaded a batch at a time."""
+    def document_ids_to_chunk(self, collection: str, chunker_version: str,
+                              shard: Shard | None = None) -> list[uuid.UUID]:
+        """The ids of documents_to_chunk (of one shard), in its order: the blocks are loaded a
+        batch at a time."""
+        sql = CHANGED_DOCUMENTS.replace(_CHANGED_FIELDS, "id", 1)
+        if shard is not None:
+            sql = sql.replace(" ORDER BY path", shard.documents_filter() + " ORDER BY path")
         with self.reading() as conn:
-            return [r[0] for r in conn.execute(CHANGED_DOCUMENTS.replace(_CHANGED_FIELDS, "id", 1),
-                                               (collection, chunker_version))]
+            return [r[0] for r in conn.execute(sql, (collection, chunker_version))]
 
     def documents_by_id(self, ids: Sequence[uuid.UUID]) -> list[DocumentToChunk]:
         """The documents `ids` names, in that order (a document deleted meanwhile is left out)."""
@@ -141,7 +147,7 @@ class ChunkTables:
                 "SELECT DISTINCT content_hash FROM chunks WHERE collection = %s AND NOT document_id = ANY(%s)",
                 (collection, list(exclude_documents)))}
 
-    def count_texts(self, collection: str) -> int:
+    def count_texts(self, collection: str, shard: Shard | None = None) -> int:
         with self.reading() as conn:
-            return conn.execute("SELECT count(DISTINCT content_hash) FROM chunks WHERE collection = %s",
-                                (collection,)).fetchone()[0]
+            return conn.execute("SELECT count(DISTINCT content_hash) FROM chunks WHERE collection = %s"
+                                + (shard.chunks_filter() if shard else ""), (collection,)).fetchone()[0]

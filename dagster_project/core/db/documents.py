@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from psycopg.types.json import Jsonb
 
+from ..ingest.corpus import Shard
+
 
 @dataclass
 class DocumentRow:
@@ -142,11 +144,13 @@ class DocumentTables:
 
     def apply_documents(self, collection: str, upserts: Sequence[DocumentRow],
                         deleted_paths: Sequence[str], issues: Sequence[FileIssue],
-                        examined_paths: Sequence[str], present_paths: Sequence[str] | None) -> int:
+                        examined_paths: Sequence[str], present_paths: Sequence[str] | None,
+                        shard: Shard | None = None) -> int:
         """Upsert parsed documents, delete vanished ones with their chunks (so search can never
         return them again), and replace the file issues of the files examined now (files left
         unchanged keep theirs; files gone lose theirs): all in one transaction. `present_paths`
-        None: a batch of a bigger load, whose last batch names the files present.
+        None: a batch of a bigger load, whose last batch names the files present; with a `shard`,
+        the files present in that shard (other shards' issues are theirs).
         Returns the number of chunks deleted."""
         with self.writing(collection) as conn:
             removed = 0
@@ -181,7 +185,8 @@ class DocumentTables:
                              (collection, list(examined_paths)))
             else:
                 conn.execute(
-                    "DELETE FROM ingest_errors WHERE collection = %s AND (path = ANY(%s) OR NOT path = ANY(%s))",
+                    "DELETE FROM ingest_errors WHERE collection = %s AND (path = ANY(%s) OR NOT path = ANY(%s))"
+                    + (shard.documents_filter() if shard else ""),
                     (collection, list(examined_paths), list(present_paths)))
             if issues:
                 with conn.cursor() as cur:

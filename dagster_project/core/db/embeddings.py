@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from ..embed.base import EmbeddingModel
 from ..ingest.chunking import embed_text
+from ..ingest.corpus import Shard
 
 HALFVEC_ABOVE_DIMS = 2000
 
@@ -32,6 +33,12 @@ TEXTS_WITHOUT_VECTOR = (
     "WHERE c.collection = %s AND NOT EXISTS (SELECT 1 FROM embeddings e "
     "WHERE e.model_id = %s AND e.content_hash = c.content_hash) ORDER BY c.content_hash"
 )
+
+
+def _in_shard(sql: str, shard: Shard | None) -> str:
+    """TEXTS_WITHOUT_VECTOR limited to the chunks of one shard's documents."""
+    return sql if shard is None else sql.replace("WHERE c.collection = %s", "WHERE c.collection = %s"
+                                                 + shard.chunks_filter("c.document_id"), 1)
 
 
 @dataclass
@@ -160,19 +167,21 @@ class EmbeddingTables:
             row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (key,)).fetchone()
         return row[0] if row else None
 
-    def texts_to_embed(self, collection: str, model_id: int, batch: int) -> Iterator[list[tuple[bytes, str, int]]]:
+    def texts_to_embed(self, collection: str, model_id: int, batch: int,
+                       shard: Shard | None = None) -> Iterator[list[tuple[bytes, str, int]]]:
         """Distinct chunk texts of the collection that have no vector for this model, with their
         token counts, `batch` at a time from a server-side cursor: a first load of a million
         texts never sits in memory. The cursor reads one snapshot, taken before the first batch."""
         with self.reading() as conn, conn.cursor(name="texts_to_embed") as cursor:
             cursor.itersize = batch
-            cursor.execute(TEXTS_WITHOUT_VECTOR, (collection, model_id))
+            cursor.execute(_in_shard(TEXTS_WITHOUT_VECTOR, shard), (collection, model_id))
             while rows := cursor.fetchmany(batch):
                 yield [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
 
-    def count_texts_to_embed(self, collection: str, model_id: int) -> int:
+    def count_texts_to_embed(self, collection: str, model_id: int, shard: Shard | None = None) -> int:
         with self.reading() as conn:
-            return conn.execute(f"SELECT count(*) FROM ({TEXTS_WITHOUT_VECTOR}) t", (collection, model_id)).fetchone()[0]
+            return conn.execute(f"SELECT count(*) FROM ({_in_shard(TEXTS_WITHOUT_VECTOR, shard)}) t",
+                                (collection, model_id)).fetchone()[0]
 
     def embedded_hashes(self, model_key: str, hashes: set[bytes]) -> set[bytes]:
         """The subset of `hashes` that already has a vector for the model."""

@@ -51,6 +51,9 @@ class Collection(BaseModel):
     defaults: DocumentDefaults = Field(default_factory=DocumentDefaults)
     # A symlink out of the root would publish whatever it points at (/etc/shadow): only by choice.
     follow_external_symlinks: bool = False
+    # Parts of the collection that ingest in parallel (one partition each), by a stable hash of
+    # each file's relative path; 1: the collection is one partition, as it always was.
+    shards: int = Field(1, ge=1, le=1024)
 
     @field_validator("name")
     @classmethod
@@ -71,6 +74,47 @@ class Collection(BaseModel):
         return self.model_dump_json()
 
 
+def shard_of(path: str, shards: int) -> int:
+    """The shard of a relative path: the first 4 bytes of its sha256, big-endian, modulo the
+    shard count (sql/0016's path_shard computes the same in the database)."""
+    return int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:4], "big") % shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One partition of ingestion: a collection, or one shard of a sharded collection. Every
+    file belongs to exactly one shard, so the shards' documents, deletes and chunks add up to
+    the collection's."""
+
+    collection: str
+    index: int = 0
+    count: int = 1
+
+    @property
+    def key(self) -> str:
+        """Its partition key: the collection's name when unsharded, else `name/index`."""
+        return self.collection if self.count == 1 else f"{self.collection}/{self.index}"
+
+    def holds(self, path: str) -> bool:
+        return self.count == 1 or shard_of(path, self.count) == self.index
+
+    def documents_filter(self, column: str = "path") -> str:
+        """SQL that keeps this shard's documents (nothing when unsharded); integers only."""
+        return "" if self.count == 1 else f" AND path_shard({column}, {int(self.count)}) = {int(self.index)}"
+
+    def chunks_filter(self, column: str = "document_id") -> str:
+        """SQL that keeps the chunks of this shard's documents (nothing when unsharded)."""
+        if self.count == 1:
+            return ""
+        return (f" AND {column} IN (SELECT id FROM documents WHERE collection = {_quote(self.collection)}"
+                f"{self.documents_filter()})")
+
+
+def _quote(name: str) -> str:
+    # Collection names are letters, digits, _ and - (Collection._partition_safe).
+    return "'" + name.replace("'", "''") + "'"
+
+
 class Manifest(BaseModel):
     path: Path
     collections: dict[str, Collection]
@@ -78,6 +122,21 @@ class Manifest(BaseModel):
     def external_roots(self) -> dict[str, Path]:
         """Collections whose root lies outside the manifest's folder (allowed, but worth showing)."""
         return {name: c.root for name, c in self.collections.items() if not c.root.is_relative_to(self.path.parent)}
+
+    def shards(self) -> list[Shard]:
+        """Every ingestion partition, by collection then shard."""
+        return [Shard(c.name, i, c.shards) for _, c in sorted(self.collections.items()) for i in range(c.shards)]
+
+    def shard(self, key: str) -> tuple[Collection, Shard]:
+        """The collection and shard of an ingestion partition key (`name` or `name/index`)."""
+        name, _, index = key.partition("/")
+        collection = self.collection(name)
+        if (collection.shards == 1) != (index == "") or (index and not (
+                index.isdigit() and int(index) < collection.shards)):
+            keys = ", ".join(s.key for s in self.shards() if s.collection == name)
+            raise ManifestError(f"no partition {key!r} in {self.path}: collection {name!r} has "
+                                f"{collection.shards} shard(s) ({keys})")
+        return collection, Shard(name, int(index or 0), collection.shards)
 
     def collection(self, name: str) -> Collection:
         try:
@@ -228,10 +287,11 @@ def _matches(rel: str, globs: list[str]) -> bool:
 
 
 def scan_collection(collection: Collection, max_file_bytes: int,
-                    known: Mapping[str, tuple[bytes, bytes]] | None = None) -> list[SourceFile]:
+                    known: Mapping[str, tuple[bytes, bytes]] | None = None, shard: Shard | None = None) -> list[SourceFile]:
     """Every regular file under the root that the include/exclude globs select, hashed (streamed:
     the bytes are not kept; read_sources reads the files to parse). `known`: path -> (signature,
-    content hash) stored earlier; a file whose signature is unchanged is not read again.
+    content hash) stored earlier; a file whose signature is unchanged is not read again. `shard`:
+    only that shard's files.
 
     Directory symlinks are not followed (no loops); a file symlink is read through if it stays
     inside the root (or the collection sets follow_external_symlinks), and a broken, looping or
@@ -247,6 +307,8 @@ def scan_collection(collection: Collection, max_file_bytes: int,
             abs_path = Path(dirpath) / filename
             rel = abs_path.relative_to(root).as_posix()
             if not _matches(rel, collection.include) or _matches(rel, collection.exclude):
+                continue
+            if shard is not None and not shard.holds(rel):
                 continue
             if _undecodable(rel):
                 # PostgreSQL text cannot hold the name: reported under a readable one, never stored.

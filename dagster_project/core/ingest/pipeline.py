@@ -17,7 +17,7 @@ from ..db.documents import DocumentRow, FileIssue
 from ..db.store import VectorStore
 from ..embed.base import Embedder
 from .chunking import ChunkSettings, chunk_blocks, chunk_context, embed_text
-from .corpus import Collection, SourceFile, collection_version, read_sources, scan_collection
+from .corpus import Collection, Shard, SourceFile, collection_version, read_sources, scan_collection
 from .hashing import content_hash, stable_id
 from .parsing import PARSER_VERSION, Block, ParsedDocument, ParseError, parse_document
 from .tokens import TokenCounter
@@ -139,16 +139,21 @@ class DocumentScan:
     stored: dict[str, tuple[bytes, str]]
     deleted: list[str]
     unchanged_signatures: list[tuple[str, bytes, bytes]]  # (path, signature, hash) to record
+    shard: Shard
 
 
-def scan_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int) -> DocumentScan:
+def scan_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                   shard: Shard | None = None) -> DocumentScan:
     """Stat and hash the collection's files (a file whose stored signature still matches is not
-    read) and sort them into unchanged, to parse, failed and deleted. Writes nothing."""
+    read) and sort them into unchanged, to parse, failed and deleted. Writes nothing. `shard`:
+    that shard's files and documents only (a file that moved to another shard is deleted here
+    and added there)."""
     started = time.perf_counter()
     report = StepReport(collection.name, "documents")
-    known = store.file_signatures(collection.name)
-    files = scan_collection(collection, max_file_bytes, known)
-    stored = store.document_versions(collection.name)
+    shard = shard or Shard(collection.name)
+    known = {p: v for p, v in store.file_signatures(collection.name).items() if shard.holds(p)}
+    files = scan_collection(collection, max_file_bytes, known, shard)
+    stored = {p: v for p, v in store.document_versions(collection.name).items() if shard.holds(p)}
     version = source_version(collection)
     deleted = sorted(set(stored) - {f.path for f in files if not f.withdrawn})
     to_parse: list[SourceFile] = []
@@ -168,7 +173,7 @@ def scan_documents(store: VectorStore, collection: Collection, *, max_file_bytes
     report.counts = dict(counts)
     report.source_version = collection_version(collection, files)
     report.seconds = time.perf_counter() - started
-    return DocumentScan(report, files, to_parse, stored, deleted, signatures)
+    return DocumentScan(report, files, to_parse, stored, deleted, signatures, shard)
 
 
 def parse_documents(collection: Collection, scan: DocumentScan, progress=None,
@@ -215,17 +220,19 @@ def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes
 
 
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
-                   progress=None) -> StepReport:
-    with store.step_lock(collection.name):
-        return _sync_documents(store, collection, max_file_bytes, progress)
+                   progress=None, shard: Shard | None = None) -> StepReport:
+    shard = shard or Shard(collection.name)
+    with store.step_lock(shard.key):
+        return _sync_documents(store, collection, max_file_bytes, progress, shard)
 
 
-def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress) -> StepReport:
+def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress,
+                    shard: Shard) -> StepReport:
     """Parsed rows are stored batch by batch as they come (one writer thread, while the next
     batch parses); the last transaction also deletes vanished files and replaces the file
     issues, so a change that fits one batch is applied in one transaction, as before. A crash
     keeps the finished batches: the rerun finds them unchanged."""
-    scan = scan_documents(store, collection, max_file_bytes=max_file_bytes)
+    scan = scan_documents(store, collection, max_file_bytes=max_file_bytes, shard=shard)
     report = scan.report
     started = time.perf_counter()
     store.record_signatures(collection.name, scan.unchanged_signatures)
@@ -244,7 +251,8 @@ def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: 
             writing.result()
     examined = [f.path for f in scan.files if f.problem is not None] + [f.path for f in last[0]]
     report.counts["chunks_removed"] = store.apply_documents(
-        collection.name, last[1], scan.deleted, scan_issues + last[2], examined, [f.path for f in scan.files])
+        collection.name, last[1], scan.deleted, scan_issues + last[2], examined, [f.path for f in scan.files],
+        shard=shard)
     report.seconds += time.perf_counter() - started
     return report
 
@@ -286,9 +294,10 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
 
 
 def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
-                counter: TokenCounter, *, progress=None) -> StepReport:
-    with store.step_lock(collection):
-        return _sync_chunks(store, collection, settings, counter, progress)
+                counter: TokenCounter, *, progress=None, shard: Shard | None = None) -> StepReport:
+    shard = shard or Shard(collection)
+    with store.step_lock(shard.key):
+        return _sync_chunks(store, collection, settings, counter, progress, shard)
 
 
 _worker_counter: TokenCounter | None = None  # a chunk worker's own counter, built once per worker
@@ -328,14 +337,21 @@ def chunk_batches(batches: Iterable[list[DocumentToChunk]], collection: str, set
 
 
 def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, counter: TokenCounter,
-                 progress) -> StepReport:
+                 progress, shard: Shard) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "chunks")
     version = settings.version(counter)
-    documents = store.document_ids_to_chunk(collection, version)
+    documents = store.document_ids_to_chunk(collection, version, shard)
     counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, chunks=0)
-    defer = store.text_index_pending(collection) or (
-        len(documents) >= BULK_TERMS_MIN_DOCUMENTS and 2 * len(documents) >= len(store.document_versions(collection)))
+    if shard.count > 1:
+        # Shards write one collection's BM25 statistics at once: each transaction keeps them
+        # whole (triggers), never deferred, so no shard's bulk build can miss a sibling's chunks.
+        defer = False
+        if store.text_index_pending(collection):  # owed by an unsharded load that died
+            counts["postings_built"] = store.build_text_index(collection)
+    else:
+        defer = store.text_index_pending(collection) or (
+            len(documents) >= BULK_TERMS_MIN_DOCUMENTS and 2 * len(documents) >= len(store.document_versions(collection)))
     if defer:
         store.defer_text_index(collection)
     loaded: deque[list[DocumentToChunk]] = deque()  # batches handed to the chunker, awaiting their rows
@@ -383,30 +399,33 @@ def adopt_stored_size(store: VectorStore, embedder: Embedder) -> None:
             embedder.adopt_dims(int(stored.rsplit(":", 1)[1]))
 
 
-def sync_embeddings(store: VectorStore, collection: str, *embedders: Embedder, progress=None) -> StepReport:
+def sync_embeddings(store: VectorStore, collection: str, *embedders: Embedder, progress=None,
+                    shard: Shard | None = None) -> StepReport:
     """Vectors for the collection's texts that have none, for each model in turn: during a model
     change, the active model first (search serves it), then the candidate beside it. The first
     model ever built becomes the active one."""
-    with store.step_lock(collection):
+    shard = shard or Shard(collection)
+    with store.step_lock(shard.key):
         report = StepReport(collection, "embeddings")
         for embedder in embedders:
-            _sync_embeddings(store, collection, embedder, progress, report)
+            _sync_embeddings(store, collection, embedder, progress, report, shard)
         return report
 
 
-def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress, report: StepReport) -> None:
+def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress, report: StepReport,
+                     shard: Shard) -> None:
     started = time.perf_counter()
     adopt_stored_size(store, embedder)
     model_id = store.ensure_model(embedder.model)
     store.activate_first_model(model_id)
     vectors_removed = store.drop_unreferenced_vectors()
-    total = store.count_texts(collection)
+    total = store.count_texts(collection, shard)
     # Counted, then streamed a batch at a time (never every text in memory).
-    pending = store.count_texts_to_embed(collection, model_id)
+    pending = store.count_texts_to_embed(collection, model_id, shard)
     counts = {"texts": total, "reused": total - pending, "embedded": 0, "vectors_removed": vectors_removed}
     if pending >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) and pending > store.vector_count(model_id):
         store.drop_index(model_id)
-    for batch in store.texts_to_embed(collection, model_id, EMBED_TX_TEXTS) if pending else ():
+    for batch in store.texts_to_embed(collection, model_id, EMBED_TX_TEXTS, shard) if pending else ():
         result = embedder.embed([text for _, text, _ in batch])  # context + text, as hashed
         store.write_embeddings(model_id, [h for h, _, _ in batch], result.vectors)
         counts["embedded"] += len(batch)
