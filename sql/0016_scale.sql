@@ -12,3 +12,18 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
              | get_byte(h, 3)::bigint) % shards)::integer
     FROM sha256(convert_to(path, 'UTF8')) AS h
 $$;
+
+-- Chunk deletes leave a mark: the vector collector (drop_unreferenced_vectors) scans every vector
+-- only when a chunk went since its last pass, so a no-change run skips a scan that grows with the
+-- store. A row per statement, no key: concurrent writers never wait on each other for it.
+CREATE TABLE vector_gc_due (since timestamptz NOT NULL DEFAULT now());
+ALTER TABLE vector_gc_due OWNER TO refinery_writer;
+INSERT INTO vector_gc_due DEFAULT VALUES;  -- whatever an earlier version left is collected once
+
+CREATE FUNCTION chunks_mark_vector_gc() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO vector_gc_due DEFAULT VALUES;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER chunks_mark_vector_gc AFTER DELETE ON chunks
+    FOR EACH STATEMENT EXECUTE FUNCTION chunks_mark_vector_gc();

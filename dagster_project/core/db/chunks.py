@@ -147,7 +147,7 @@ class ChunkTables:
                 "SELECT DISTINCT content_hash FROM chunks WHERE collection = %s AND NOT document_id = ANY(%s)",
                 (collection, list(exclude_documents)))}
 
-    def count_texts(self, collection: str, shard: Shard | None = None) -> int:
+    def count_texts(self, collection: str) -> int:
         with self.reading() as conn:
-            return conn.execute("SELECT count(DISTINCT content_hash) FROM chunks WHERE collection = %s"
-                                + (shard.chunks_filter() if shard else ""), (collection,)).fetchone()[0]
+            return conn.execute("SELECT count(DISTINCT content_hash) FROM chunks WHERE collection = %s",
+                                (collection,)).fetchone()[0]

@@ -178,10 +178,15 @@ class EmbeddingTables:
             while rows := cursor.fetchmany(batch):
                 yield [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
 
-    def count_texts_to_embed(self, collection: str, model_id: int, shard: Shard | None = None) -> int:
+    def text_counts(self, collection: str, model_id: int, shard: Shard | None = None) -> tuple[int, int]:
+        """(distinct chunk texts, of which without a vector for the model) in one pass."""
+        chunks = shard.chunks_filter() if shard else ""
         with self.reading() as conn:
-            return conn.execute(f"SELECT count(*) FROM ({_in_shard(TEXTS_WITHOUT_VECTOR, shard)}) t",
-                                (collection, model_id)).fetchone()[0]
+            return tuple(conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
+                "WHERE e.model_id = %s AND e.content_hash = t.content_hash)) "
+                f"FROM (SELECT DISTINCT content_hash FROM chunks WHERE collection = %s{chunks}) t",
+                (model_id, collection)).fetchone())
 
     def embedded_hashes(self, model_key: str, hashes: set[bytes]) -> set[bytes]:
         """The subset of `hashes` that already has a vector for the model."""
@@ -198,10 +203,13 @@ class EmbeddingTables:
                 copy.set_types(["bytea", "vector"])
                 for h, v in zip(hashes, vectors):
                     copy.write_row((h, v))
-            return conn.execute(
+            written = conn.execute(
                 "INSERT INTO embeddings (model_id, content_hash, embedding) "
                 "SELECT %s, content_hash, embedding FROM embeddings_stage ON CONFLICT DO NOTHING",
                 (model_id,)).rowcount
+            if written:  # a chunk deleted while its text was embedded leaves a vector to collect
+                conn.execute("INSERT INTO vector_gc_due DEFAULT VALUES")
+            return written
 
     def drop_unreferenced_vectors(self) -> int:
         """Drop vectors (of every model) whose text no chunk holds any more.
@@ -212,6 +220,10 @@ class EmbeddingTables:
         meantime, because it reaches vectors only through live chunks."""
         with self.writing() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:vectors'))")
+            # Only after a chunk delete (sql/0016). The mark goes first: a delete committed after
+            # it leaves a new one, so the next pass collects what this one cannot see.
+            if not conn.execute("DELETE FROM vector_gc_due").rowcount:
+                return 0
             return conn.execute(
                 "DELETE FROM embeddings e WHERE NOT EXISTS "
                 "(SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)").rowcount

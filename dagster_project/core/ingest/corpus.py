@@ -13,7 +13,7 @@ import re
 import stat
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -298,26 +298,46 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     escaping one is reported, not raised.
     """
     root = collection.root
+    inside = None if collection.follow_external_symlinks else root.resolve()
     known = known or {}
     started_ns = time.time_ns()
     found: list[SourceFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for filename in sorted(filenames):
-            abs_path = Path(dirpath) / filename
-            rel = abs_path.relative_to(root).as_posix()
-            if not _matches(rel, collection.include) or _matches(rel, collection.exclude):
-                continue
-            if shard is not None and not shard.holds(rel):
-                continue
-            if _undecodable(rel):
-                # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
-                found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
-                                        problem="file name is not valid UTF-8: rename the file"))
-                continue
-            found.append(_read(rel, abs_path, max_file_bytes, started_ns, known.get(rel),
-                               root=None if collection.follow_external_symlinks else root.resolve()))
+    for rel, is_link in _walk(str(root), ""):
+        if not _matches(rel, collection.include) or _matches(rel, collection.exclude):
+            continue
+        if shard is not None and not shard.holds(rel):
+            continue
+        abs_path = root / rel
+        if _undecodable(rel):
+            # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
+            found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
+                                    problem="file name is not valid UTF-8: rename the file"))
+            continue
+        found.append(_read(rel, abs_path, max_file_bytes, started_ns, known.get(rel),
+                           root=inside if is_link else None))
     return found
+
+
+def _walk(folder: str, prefix: str) -> Iterator[tuple[str, bool]]:
+    """(relative path, is a symlink) of every file under `folder`, a folder's files before its
+    subfolders', each sorted by name; symlinked folders are not entered (no loops). One
+    scandir per folder: the file type comes with the listing, not from a stat per file."""
+    files, folders = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.is_symlink():
+                    folders.append(entry.name)
+            else:
+                files.append((entry.name, entry.is_symlink()))
+    for name, is_link in sorted(files):
+        yield prefix + name, is_link
+    for name in sorted(folders):
+        yield from _walk(os.path.join(folder, name), f"{prefix}{name}/")
 
 
 def collection_version(collection: Collection, files: list[SourceFile]) -> str:
@@ -339,10 +359,10 @@ def _undecodable(name: str) -> bool:
 
 def _read(rel: str, abs_path: Path, max_file_bytes: int, started_ns: int, known: tuple[bytes, bytes] | None,
           root: Path | None) -> SourceFile:
-    """`root`: the folder the file must resolve into (None: anywhere); `known`: its stored
-    (signature, content hash)."""
+    """`root`: the folder a symlinked file must resolve into (None: anywhere, or not a symlink);
+    `known`: its stored (signature, content hash)."""
     try:
-        info = abs_path.stat()
+        info = os.stat(abs_path)
     except OSError as exc:
         if exc.errno == 40:
             reason = "symlink loop: point the link at a real file or exclude it"
@@ -351,7 +371,7 @@ def _read(rel: str, abs_path: Path, max_file_bytes: int, started_ns: int, known:
         else:
             reason = f"cannot be read ({exc.strerror})"
         return SourceFile(rel, abs_path, problem=reason)
-    if root is not None and abs_path.is_symlink() and not abs_path.resolve().is_relative_to(root):
+    if root is not None and not abs_path.resolve().is_relative_to(root):
         return SourceFile(rel, abs_path, withdrawn=True, problem=(
             f"symlink to {abs_path.resolve()}, outside the collection root: refused (move the file into "
             "the root, exclude the link, or set follow_external_symlinks: true on the collection)"))

@@ -419,9 +419,8 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
     model_id = store.ensure_model(embedder.model)
     store.activate_first_model(model_id)
     vectors_removed = store.drop_unreferenced_vectors()
-    total = store.count_texts(collection, shard)
     # Counted, then streamed a batch at a time (never every text in memory).
-    pending = store.count_texts_to_embed(collection, model_id, shard)
+    total, pending = store.text_counts(collection, model_id, shard)
     counts = {"texts": total, "reused": total - pending, "embedded": 0, "vectors_removed": vectors_removed}
     if pending >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) and pending > store.vector_count(model_id):
         store.drop_index(model_id)
