@@ -29,19 +29,19 @@ TABLES = {
 }
 
 
-def ingest(store: VectorStore, collection, shard: Shard) -> None:
+def ingest(store: VectorStore, collection, shard: Shard, settings: ChunkSettings = SETTINGS) -> None:
     sync_documents(store, collection, max_file_bytes=10_000_000, shard=shard)
-    sync_chunks(store, collection.name, SETTINGS, HashEmbedder().token_counter, shard=shard)
+    sync_chunks(store, collection.name, settings, HashEmbedder().token_counter, shard=shard)
     sync_embeddings(store, collection.name, HashEmbedder(), shard=shard)
 
 
-def ingest_in_parallel(url: str, manifest) -> None:
+def ingest_in_parallel(url: str, manifest, settings: ChunkSettings = SETTINGS) -> None:
     collection = load_manifest(manifest).collection("kb")
     shards = [Shard("kb", i, collection.shards) for i in range(collection.shards)]
     stores = [VectorStore(url) for _ in shards]
     try:
         with ThreadPoolExecutor(len(shards)) as pool:
-            for done in [pool.submit(ingest, s, collection, shard) for s, shard in zip(stores, shards)]:
+            for done in [pool.submit(ingest, s, collection, shard, settings) for s, shard in zip(stores, shards)]:
                 done.result()
     finally:
         for s in stores:
