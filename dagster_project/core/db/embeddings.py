@@ -182,11 +182,12 @@ class EmbeddingTables:
         """(distinct chunk texts, of which without a vector for the model) in one pass."""
         chunks = shard.chunks_filter() if shard else ""
         with self.reading() as conn:
+            # A join, not a NOT EXISTS per text: one hash or merge join over a million texts.
             return tuple(conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
-                "WHERE e.model_id = %s AND e.content_hash = t.content_hash)) "
-                f"FROM (SELECT DISTINCT content_hash FROM chunks WHERE collection = %s{chunks}) t",
-                (model_id, collection)).fetchone())
+                "SELECT count(*), count(*) FILTER (WHERE e.content_hash IS NULL) "
+                f"FROM (SELECT DISTINCT content_hash FROM chunks WHERE collection = %s{chunks}) t "
+                "LEFT JOIN embeddings e ON e.model_id = %s AND e.content_hash = t.content_hash",
+                (collection, model_id)).fetchone())
 
     def embedded_hashes(self, model_key: str, hashes: set[bytes]) -> set[bytes]:
         """The subset of `hashes` that already has a vector for the model."""
