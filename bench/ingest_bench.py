@@ -27,7 +27,7 @@ from dagster_project.core.db.chunks import DocumentToChunk  # noqa: E402
 from dagster_project.core.db.store import VectorStore  # noqa: E402
 from dagster_project.core.embed.local import HashEmbedder  # noqa: E402
 from dagster_project.core.ingest.chunking import ChunkSettings  # noqa: E402
-from dagster_project.core.ingest.corpus import load_manifest, scan_collection  # noqa: E402
+from dagster_project.core.ingest.corpus import load_manifest, read_sources, scan_collection  # noqa: E402
 from dagster_project.core.ingest.pipeline import build_chunks, build_document_row, ingest_collection, parse_files  # noqa: E402
 
 MAX_BYTES = 20_000_000
@@ -93,7 +93,7 @@ def floor(server: str, collection, settings: ChunkSettings, embedder) -> dict:
     BM25 postings are a search index the product chooses to keep, like the HNSW index: their
     triggers are off here, so their cost counts against the product, not the floor."""
     with Timer() as t_parse:
-        files = scan_collection(collection, MAX_BYTES)
+        files = read_sources(scan_collection(collection, MAX_BYTES))
         parsed = parse_files(files)
         rows = [build_document_row(collection, f, p)[0] for f, p in zip(files, parsed)]
         chunks = [c for r in rows for c in build_chunks(

@@ -70,8 +70,9 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
         return dg.RunRequest(run_key=day, partition_key=day)
 
     ingest_job = dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.assets(*ingestion),
-                                     partitions_def=project.partitions,
-                                     description="Documents, chunks and embeddings of one collection.")
+                                     partitions_def=project.ingest_partitions,
+                                     description="Documents, chunks and embeddings of one collection (or one "
+                                                 "shard of a collection with `shards: N`).")
 
     # Every collection, whatever the automation saw: cheap when nothing changed (nothing is
     # parsed, chunked or embedded again). Off until switched on in the UI.
@@ -82,7 +83,7 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
     def reingest_all_collections(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
         tick = context.scheduled_execution_time.isoformat()
         return [dg.RunRequest(run_key=f"{tick}:{name}", partition_key=name)
-                for name in project.partitions.get_partition_keys()]
+                for name in project.ingest_partitions.get_partition_keys()]
 
     # On by default (AUTOMATION_SENSOR_DEFAULT): observes corpus_files on CORPUS_OBSERVE_CRON and
     # materializes what changed.

@@ -34,6 +34,20 @@ class Project:
         return dg.StaticPartitionsDefinition(sorted(self.manifest.collections))
 
     @cached_property
+    def ingest_partitions(self) -> dg.StaticPartitionsDefinition:
+        """Ingestion's partitions: a collection, or `name/shard` for each shard of a collection
+        with `shards: N` (they run in parallel). With no sharded collection, the collections."""
+        if all(c.shards == 1 for c in self.manifest.collections.values()):
+            return self.partitions
+        return dg.StaticPartitionsDefinition([s.key for s in self.manifest.shards()])
+
+    def collection_of_shards(self) -> dg.PartitionMapping | None:
+        """From ingestion's partitions to the collections (refinement is per collection)."""
+        if self.ingest_partitions is self.partitions:
+            return None
+        return dg.StaticPartitionMapping({s.key: s.collection for s in self.manifest.shards()})
+
+    @cached_property
     def metrics_start_date(self) -> date:
         """METRICS_START_DATE, else the day this REFINERY_HOME was first used."""
         from .core.metrics.snapshots import first_day

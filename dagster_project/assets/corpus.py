@@ -53,24 +53,24 @@ def record_observed_version(context: dg.AssetExecutionContext, source: str, vers
 
 
 def observed_collections(context, project: Project) -> list[str]:
-    """The collections an observation covers: its run's partition (the automation sensor observes
-    one collection per run), or every collection (Observe in the UI without a partition)."""
-    return [context.partition_key] if context.has_partition_key else sorted(project.manifest.collections)
+    """The partitions an observation covers: its run's (the automation sensor observes one
+    collection or shard per run), or every one (Observe in the UI without a partition)."""
+    return [context.partition_key] if context.has_partition_key else [s.key for s in project.manifest.shards()]
 
 
 def build_corpus_files(project: Project) -> dg.SourceAsset:
     @dg.observable_source_asset(
-        name="corpus_files", partitions_def=project.partitions, group_name="ingestion",
+        name="corpus_files", partitions_def=project.ingest_partitions, group_name="ingestion",
         tags=kind_tags("python", "file"),
         description="Files selected by corpus.yaml, one partition per collection. Observed by the "
                     "automation sensor on CORPUS_OBSERVE_CRON.",
         automation_condition=observe_on(project.settings.corpus_observe_cron),
     )
     def corpus_files(context) -> dg.DataVersionsByPartition:
-        collections = [project.manifest.collection(name) for name in observed_collections(context, project)]
+        shards = [project.manifest.shard(key) for key in observed_collections(context, project)]
         return dg.DataVersionsByPartition({
-            c.name: dg.DataVersion(collection_version(c, scan_collection(c, project.settings.max_file_bytes)))
-            for c in collections
+            s.key: dg.DataVersion(collection_version(c, scan_collection(c, project.settings.max_file_bytes, shard=s)))
+            for c, s in shards
         })
 
     return corpus_files

@@ -15,7 +15,7 @@ from .tables import OWNERS, table_metadata
 
 def build_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
-        name="documents", partitions_def=project.partitions, deps=["corpus_files"],
+        name="documents", partitions_def=project.ingest_partitions, deps=["corpus_files"],
         group_name="ingestion", code_version=f"{PARSER_VERSION}+{TEMPLATING_VERSION}", kinds={"postgres", "python"},
         owners=OWNERS, metadata=table_metadata("documents"), automation_condition=ON_SOURCE_CHANGE,
         description="Table documents: parsed files with metadata. A vanished file's document and "
@@ -23,7 +23,7 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
                     "no chunk uses are dropped by the embeddings step of the same run.",
     )
     def documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
-        collection = project.manifest.collection(context.partition_key)
+        collection, shard = project.manifest.shard(context.partition_key)
         # A collection missing from the manifest is left alone (a manifest slip must not delete
         # data): `refinery prune` removes it, and status and ingest point at it.
         outside = vector_store.store.collections_outside(sorted(project.manifest.collections))
@@ -31,7 +31,7 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
             context.log.warning(f"collection {name!r} is in the database ({counts['documents']} documents) but not in "
                                 f"the manifest: `refinery prune` removes it")
         report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes,
-                                progress=Progress("files parsed", context.log.info),
+                                progress=Progress("files parsed", context.log.info), shard=shard,
                                 parse_time_limit=project.settings.parse_time_limit_seconds)
         for issue in report.issues:
             log = context.log.error if issue.severity == "error" else context.log.warning

@@ -32,10 +32,10 @@ SWITCH_CHECKS = {
 
 def build_embeddings(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
-        name="embeddings", partitions_def=project.partitions, deps=["chunks"],
+        name="embeddings", partitions_def=project.ingest_partitions, deps=["chunks"],
         group_name="ingestion", code_version=project.embedding_generation, kinds={"pgvector", "postgres", "python"},
         owners=OWNERS, metadata=table_metadata("embeddings"), automation_condition=ON_UPSTREAM_CHANGE,
-        check_specs=[dg.AssetCheckSpec(name, asset="embeddings", description=d, partitions_def=project.partitions)
+        check_specs=[dg.AssetCheckSpec(name, asset="embeddings", description=d, partitions_def=project.ingest_partitions)
                      for name, d in CHECKS.items()],
         pool=EMBEDDING_POOL,
         description="Table embeddings: one vector per (chunk text, model), HNSW-indexed per model. "
@@ -46,13 +46,14 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
                    embedder: EmbedderResource) -> dg.MaterializeResult:
         store = vector_store.store
         models = models_to_build(store, embedder.get(), embedder.get)
+        _, shard = project.manifest.shard(context.partition_key)
         settings = project.settings
-        report = sync_embeddings(store, context.partition_key, *models,
-                                 progress=Progress("texts embedded", context.log.info),
+        report = sync_embeddings(store, shard.collection, *models,
+                                 progress=Progress("texts embedded", context.log.info), shard=shard,
                                  batch=BatchPolicy(settings.embed_batch_min_texts, settings.llm_batch_poll_seconds,
                                                    settings.llm_batch_max_wait_seconds))
-        states = {m.model.key: store.consistency(context.partition_key, store.model_id(m.model),
-                                                 project.chunker_version) for m in models}
+        states = {m.model.key: store.consistency(shard.collection, store.model_id(m.model),
+                                                 project.chunker_version, shard) for m in models}
         active = states[models[0].model.key]  # first: the active model (search serves it)
         # Recorded with the step: the embedding coverage of the daily metric snapshots.
         report.counts.update(live_chunks=active.live_chunks, missing_vectors=active.missing_vectors)

@@ -19,7 +19,8 @@ from .tables import OWNERS, table_metadata
 
 def build_refined_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
-        name="refined_documents", partitions_def=project.partitions, deps=["documents", "chunks", "feedback_events"],
+        name="refined_documents", partitions_def=project.partitions, deps=[dg.AssetDep(name, partition_mapping=project.collection_of_shards())
+                                                         for name in ("documents", "chunks")] + ["feedback_events"],
         group_name="refinement", code_version=project.refinement_version, kinds={"openai", "postgres", "python"},
         owners=OWNERS, metadata=table_metadata("refined_documents"), automation_condition=ON_UPSTREAM_CHANGE,
         pool=LLM_POOL,

@@ -17,6 +17,7 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("chunked_hash", "bytea", "content_hash its chunks were made from"),
         ("chunker_version", "text", ""), ("ingested_at", "timestamptz", ""), ("updated_at", "timestamptz", ""),
         ("analysis", "jsonb", "quality scores"), ("source_version", "text", ""),
+        ("file_stat", "bytea", "size, mtime, ctime, inode when content_hash was taken"),
     ],
     "chunks": [
         ("id", "uuid", ""), ("document_id", "uuid", ""), ("collection", "text", "the partition"),

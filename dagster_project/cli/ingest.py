@@ -39,11 +39,13 @@ def _run_ingest(project, names: list[str], as_json: bool) -> int:
     from ..core.db.store import VectorStore
     from ..definitions import INGEST_JOB
 
-    runs = run_job(project, INGEST_JOB, names)
+    keys = [s.key for s in project.manifest.shards() if s.collection in names]
+    runs = run_job(project, INGEST_JOB, keys)
     per_collection: dict[str, dict] = {}
-    for name, run in runs.items():
+    for key, run in runs.items():
+        name = key.partition("/")[0]
         docs, emb = run["steps"].get("documents", {}), run["steps"].get("embeddings", {})
-        per_collection[name] = {
+        shard = {
             "run_id": run["run_id"], "success": run["success"], "seconds": run["seconds"],
             "documents": {k: int(docs.get(k, 0)) for k in ("new", "changed", "unchanged", "deleted")},
             "chunks": {k: int(v) for k, v in run["steps"].get("chunks", {}).items() if isinstance(v, int)},
@@ -51,6 +53,7 @@ def _run_ingest(project, names: list[str], as_json: bool) -> int:
             "tokens_embedded": int(emb.get("tokens_embedded", 0)),
             "checks": run["checks"], "failures": run["failures"],
         }
+        per_collection[name] = _add_shard(per_collection[name], shard) if name in per_collection else shard
     store = VectorStore(os.environ["DATABASE_URL"])
     try:
         status = store.status(None)
@@ -65,6 +68,20 @@ def _run_ingest(project, names: list[str], as_json: bool) -> int:
     summary["not_in_manifest"] = outside
     emit(summary, as_json, _ingest_table(summary, "ingested"))
     return 0 if all_passed(runs) else 1
+
+
+def _add_shard(total: dict, shard: dict) -> dict:
+    """A sharded collection's line: its shards' runs added up (checks pass when every shard's do)."""
+    def add(a, b):
+        if isinstance(a, dict):
+            return {k: add(a.get(k, 0), b.get(k, 0)) for k in a.keys() | b.keys()}
+        return a + b
+    return {"run_id": f"{total['run_id']},{shard['run_id']}", "success": total["success"] and shard["success"],
+            "seconds": round(total["seconds"] + shard["seconds"], 2),
+            **{k: add(total[k], shard[k]) for k in ("documents", "chunks", "embedded", "reused", "tokens_embedded")},
+            "checks": {k: total["checks"].get(k, True) and shard["checks"].get(k, True)
+                       for k in total["checks"].keys() | shard["checks"].keys()},
+            "failures": total["failures"] + shard["failures"]}
 
 
 def _summarize(per_collection: dict[str, dict]) -> dict:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from ..ingest.corpus import Shard
+
 
 @dataclass
 class ChunkRow:
@@ -35,8 +37,9 @@ class DocumentToChunk:
     blocks: list
 
 
+_CHANGED_FIELDS = "id, path, content_hash, title, embed_mode, metadata, blocks"
 CHANGED_DOCUMENTS = (
-    "SELECT id, path, content_hash, title, embed_mode, metadata, blocks FROM documents "
+    f"SELECT {_CHANGED_FIELDS} FROM documents "
     "WHERE collection = %s AND (chunked_hash IS DISTINCT FROM content_hash "
     "OR chunker_version IS DISTINCT FROM %s) ORDER BY path"
 )
@@ -52,6 +55,23 @@ _CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea
 
 class ChunkTables:
     """Reads and writes of chunks (a part of `VectorStore`)."""
+
+    def document_ids_to_chunk(self, collection: str, chunker_version: str,
+                              shard: Shard | None = None) -> list[uuid.UUID]:
+        """The ids of documents_to_chunk (of one shard), in its order: the blocks are loaded a
+        batch at a time."""
+        sql = CHANGED_DOCUMENTS.replace(_CHANGED_FIELDS, "id", 1)
+        if shard is not None:
+            sql = sql.replace(" ORDER BY path", shard.documents_filter() + " ORDER BY path")
+        with self.reading() as conn:
+            return [r[0] for r in conn.execute(sql, (collection, chunker_version))]
+
+    def documents_by_id(self, ids: Sequence[uuid.UUID]) -> list[DocumentToChunk]:
+        """The documents `ids` names, in that order (a document deleted meanwhile is left out)."""
+        with self.reading() as conn:
+            rows = conn.execute(f"SELECT {_CHANGED_FIELDS} FROM documents WHERE id = ANY(%s)", (list(ids),)).fetchall()
+        by_id = {r[0]: DocumentToChunk(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
 
     def documents_to_chunk(self, collection: str, chunker_version: str) -> list[DocumentToChunk]:
         with self.reading() as conn:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from psycopg.types.json import Jsonb
 
+from ..ingest.corpus import Shard
+
 
 @dataclass
 class DocumentRow:
@@ -28,6 +30,7 @@ class DocumentRow:
     headings: list
     blocks: list
     source_version: str
+    file_stat: bytes | None = None  # the file's signature when content_hash was taken (corpus.file_signature)
 
 
 @dataclass
@@ -53,11 +56,11 @@ OUTSIDE_COUNTS = (
 
 _DOC_COLUMNS = ("id", "collection", "path", "content_hash", "size_bytes", "format", "title",
                 "category", "doc_type", "status", "embed_mode", "pricing_sensitive", "metadata",
-                "headings", "blocks", "source_version")
+                "headings", "blocks", "source_version", "file_stat")
 
 
 _DOC_TYPES = ("uuid", "text", "text", "bytea", "int8", "text", "text", "text", "text", "text",
-              "text", "bool", "jsonb", "jsonb", "jsonb", "text")
+              "text", "bool", "jsonb", "jsonb", "jsonb", "text", "bytea")
 
 
 class DocumentTables:
@@ -69,6 +72,25 @@ class DocumentTables:
             rows = conn.execute("SELECT path, content_hash, source_version FROM documents WHERE collection = %s",
                                 (collection,)).fetchall()
         return {path: (bytes(h), v) for path, h, v in rows}
+
+    def file_signatures(self, collection: str) -> dict[str, tuple[bytes, bytes]]:
+        """path -> (file signature, content hash) of the stored documents that have a signature."""
+        with self.reading() as conn:
+            rows = conn.execute("SELECT path, file_stat, content_hash FROM documents "
+                                "WHERE collection = %s AND file_stat IS NOT NULL", (collection,)).fetchall()
+        return {path: (bytes(s), bytes(h)) for path, s, h in rows}
+
+    def record_signatures(self, collection: str, signatures: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """Store (path, signature, content hash) for documents whose bytes are unchanged; a row
+        whose hash moved on meanwhile keeps its own."""
+        if not signatures:
+            return
+        with self.writing(collection) as conn:
+            conn.execute(
+                "UPDATE documents d SET file_stat = s.sig FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) "
+                "AS s(path, sig, hash) WHERE d.collection = %s AND d.path = s.path AND d.content_hash = s.hash",
+                ([p for p, _, _ in signatures], [s for _, s, _ in signatures], [h for _, _, h in signatures],
+                 collection))
 
     def document_keys(self) -> set[tuple[str, str]]:
         with self.reading() as conn:
@@ -123,10 +145,13 @@ class DocumentTables:
 
     def apply_documents(self, collection: str, upserts: Sequence[DocumentRow],
                         deleted_paths: Sequence[str], issues: Sequence[FileIssue],
-                        examined_paths: Sequence[str], present_paths: Sequence[str]) -> int:
+                        examined_paths: Sequence[str], present_paths: Sequence[str] | None,
+                        shard: Shard | None = None) -> int:
         """Upsert parsed documents, delete vanished ones with their chunks (so search can never
         return them again), and replace the file issues of the files examined now (files left
-        unchanged keep theirs; files gone lose theirs): all in one transaction.
+        unchanged keep theirs; files gone lose theirs): all in one transaction. `present_paths`
+        None: a batch of a bigger load, whose last batch names the files present; with a `shard`,
+        the files present in that shard (other shards' issues are theirs).
         Returns the number of chunks deleted."""
         with self.writing(collection) as conn:
             removed = 0
@@ -147,7 +172,8 @@ class DocumentTables:
                                         row.size_bytes, row.format, row.title, row.category,
                                         row.doc_type, row.status, row.embed_mode,
                                         row.pricing_sensitive, Jsonb(row.metadata),
-                                        Jsonb(row.headings), Jsonb(row.blocks), row.source_version))
+                                        Jsonb(row.headings), Jsonb(row.blocks), row.source_version,
+                                        row.file_stat))
                 updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS[1:])
                 conn.execute(
                     f"INSERT INTO documents ({', '.join(_DOC_COLUMNS)}) "
@@ -155,9 +181,14 @@ class DocumentTables:
                     # A re-parsed row may chunk differently (embed_mode, title): re-chunk it.
                     f"ON CONFLICT (id) DO UPDATE SET {updates}, chunked_hash = NULL, updated_at = now()"
                 )
-            conn.execute(
-                "DELETE FROM ingest_errors WHERE collection = %s AND (path = ANY(%s) OR NOT path = ANY(%s))",
-                (collection, list(examined_paths), list(present_paths)))
+            if present_paths is None:
+                conn.execute("DELETE FROM ingest_errors WHERE collection = %s AND path = ANY(%s)",
+                             (collection, list(examined_paths)))
+            else:
+                conn.execute(
+                    "DELETE FROM ingest_errors WHERE collection = %s AND (path = ANY(%s) OR NOT path = ANY(%s))"
+                    + (shard.documents_filter() if shard else ""),
+                    (collection, list(examined_paths), list(present_paths)))
             if issues:
                 with conn.cursor() as cur:
                     cur.executemany(

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from ..embed.base import EmbeddingModel
 from ..ingest.chunking import embed_text
+from ..ingest.corpus import Shard
 
 HALFVEC_ABOVE_DIMS = 2000
 
@@ -53,6 +54,12 @@ def binary_copy_rows(hashes: Sequence[bytes], vectors: np.ndarray) -> bytes:
     table["dims"], table["unused"] = dims, 0
     table["vector"] = vectors
     return _COPY_HEADER + table.tobytes() + _COPY_TRAILER
+
+
+def _in_shard(sql: str, shard: Shard | None) -> str:
+    """TEXTS_WITHOUT_VECTOR limited to the chunks of one shard's documents."""
+    return sql if shard is None else sql.replace("WHERE c.collection = %s", "WHERE c.collection = %s"
+                                                 + shard.chunks_filter("c.document_id"), 1)
 
 
 @dataclass
@@ -181,14 +188,27 @@ class EmbeddingTables:
             row = conn.execute("SELECT id FROM embedding_models WHERE key = %s", (key,)).fetchone()
         return row[0] if row else None
 
-    def texts_to_embed(self, collection: str, model_id: int) -> list[tuple[bytes, str, int]]:
-        """Distinct chunk texts of the collection that have no vector for this model, with
-        their token counts."""
+    def texts_to_embed(self, collection: str, model_id: int, batch: int,
+                       shard: Shard | None = None) -> Iterator[list[tuple[bytes, str, int]]]:
+        """Distinct chunk texts of the collection that have no vector for this model, with their
+        token counts, `batch` at a time from a server-side cursor: a first load of a million
+        texts never sits in memory. The cursor reads one snapshot, taken before the first batch."""
+        with self.reading() as conn, conn.cursor(name="texts_to_embed") as cursor:
+            cursor.itersize = batch
+            cursor.execute(_in_shard(TEXTS_WITHOUT_VECTOR, shard), (collection, model_id))
+            while rows := cursor.fetchmany(batch):
+                yield [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
+
+    def text_counts(self, collection: str, model_id: int, shard: Shard | None = None) -> tuple[int, int]:
+        """(distinct chunk texts, of which without a vector for the model) in one pass."""
+        chunks = shard.chunks_filter() if shard else ""
         with self.reading() as conn:
-            rows = conn.execute(
-                TEXTS_WITHOUT_VECTOR,
-                (collection, model_id)).fetchall()
-        return [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
+            # A join, not a NOT EXISTS per text: one hash or merge join over a million texts.
+            return tuple(conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE e.content_hash IS NULL) "
+                f"FROM (SELECT DISTINCT content_hash FROM chunks WHERE collection = %s{chunks}) t "
+                "LEFT JOIN embeddings e ON e.model_id = %s AND e.content_hash = t.content_hash",
+                (collection, model_id)).fetchone())
 
     def embedded_hashes(self, model_key: str, hashes: set[bytes]) -> set[bytes]:
         """The subset of `hashes` that already has a vector for the model."""
@@ -203,10 +223,13 @@ class EmbeddingTables:
             conn.execute("CREATE TEMP TABLE embeddings_stage (content_hash bytea, embedding vector) ON COMMIT DROP")
             with conn.cursor().copy("COPY embeddings_stage FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.write(binary_copy_rows(hashes, vectors))
-            return conn.execute(
+            written = conn.execute(
                 "INSERT INTO embeddings (model_id, content_hash, embedding) "
                 "SELECT %s, content_hash, embedding FROM embeddings_stage ON CONFLICT DO NOTHING",
                 (model_id,)).rowcount
+            if written:  # a chunk deleted while its text was embedded leaves a vector to collect
+                conn.execute("INSERT INTO vector_gc_due DEFAULT VALUES")
+            return written
 
     def drop_unreferenced_vectors(self) -> int:
         """Drop vectors (of every model) whose text no chunk holds any more.
@@ -217,6 +240,10 @@ class EmbeddingTables:
         meantime, because it reaches vectors only through live chunks."""
         with self.writing() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:vectors'))")
+            # Only after a chunk delete (sql/0016). The mark goes first: a delete committed after
+            # it leaves a new one, so the next pass collects what this one cannot see.
+            if not conn.execute("DELETE FROM vector_gc_due").rowcount:
+                return 0
             return conn.execute(
                 "DELETE FROM embeddings e WHERE NOT EXISTS "
                 "(SELECT 1 FROM chunks c WHERE c.content_hash = e.content_hash)").rowcount

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from psycopg.types.json import Jsonb
 
+from ..ingest.corpus import Shard
+
 
 @dataclass
 class Consistency:
@@ -79,12 +81,12 @@ class StatusQueries:
                 {"c": collection}).fetchone()
         return dict(zip(("documents", "chunks", "vectors", "refined"), map(int, row)))
 
-    def stale_documents(self, collection: str, chunker_version: str) -> int:
-        """Documents whose chunks were not made from their current text by this chunker."""
+    def stale_documents(self, collection: str, chunker_version: str, shard: Shard | None = None) -> int:
+        """Documents (of one shard) whose chunks were not made from their current text by this chunker."""
         with self.reading() as conn:
             return conn.execute(
                 "SELECT count(*) FROM documents WHERE collection = %s AND (chunked_hash IS DISTINCT "
-                "FROM content_hash OR chunker_version IS DISTINCT FROM %s)",
+                "FROM content_hash OR chunker_version IS DISTINCT FROM %s)" + (shard.documents_filter() if shard else ""),
                 (collection, chunker_version)).fetchone()[0]
 
     def text_index_counts(self, collection: str) -> dict[str, int]:
@@ -96,11 +98,17 @@ class StatusQueries:
                 {"c": collection}).fetchone()
         return {"lexemes": int(row[0]), "postings": int(row[1]), "document_frequencies": int(row[2])}
 
-    def consistency(self, collection: str, model_id: int | None, chunker_version: str) -> Consistency:
+    def consistency(self, collection: str, model_id: int | None, chunker_version: str,
+                    shard: Shard | None = None) -> Consistency:
+        """With a shard: its chunks and documents (a sibling shard still running is not counted
+        against it); orphan vectors are always counted over the whole store."""
+        chunks = shard.chunks_filter() if shard else ""
         with self.reading() as conn:
-            live = conn.execute("SELECT count(*) FROM chunks WHERE collection = %s", (collection,)).fetchone()[0]
+            live = conn.execute("SELECT count(*) FROM chunks WHERE collection = %s" + chunks,
+                                (collection,)).fetchone()[0]
             missing = conn.execute(
                 "SELECT count(*), (array_agg(c.id::text))[1:3] FROM chunks c WHERE c.collection = %s "
+                + (shard.chunks_filter("c.document_id") if shard else "") + " "
                 "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = %s AND e.content_hash = c.content_hash)",
                 (collection, model_id)).fetchone()
             orphan_vectors = conn.execute(
@@ -111,9 +119,9 @@ class StatusQueries:
                 "(SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.collection = c.collection)",
                 (collection,)).fetchone()[0]
             duplicates = conn.execute(
-                CHUNK_ORDER_BROKEN,
+                CHUNK_ORDER_BROKEN.replace(" GROUP BY", chunks + " GROUP BY", 1),
                 (collection,)).fetchone()[0]
-        stale = self.stale_documents(collection, chunker_version)
+        stale = self.stale_documents(collection, chunker_version, shard)
         return Consistency(live, missing[0], orphan_vectors, orphan_chunks, duplicates, stale,
                            {"missing_vector_chunk_ids": missing[1] or []})
 

@@ -5,11 +5,15 @@ so one broken file never stops a collection."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
 import re
 import stat
+import struct
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from .hashing import content_hash
+from .hashing import content_hash, file_hash
 from .templating import MarkdownTemplating
 
 EmbedMode = Literal["full", "metadata_only", "skip"]
@@ -41,7 +45,7 @@ DEFAULT_DOCUMENT_FIELDS = ["description", "summary", "abstract", "subtitle", "ex
 
 
 # Collection settings added after the first release (see Collection.fingerprint).
-ADDED_SETTINGS = ("text_search_config", "best_of", "tenant", "document_fields", "markdown")
+ADDED_SETTINGS = ("text_search_config", "best_of", "tenant", "document_fields", "markdown", "shards")
 
 
 class ManifestError(ValueError):
@@ -107,6 +111,9 @@ class Collection(BaseModel):
     def _field_names(cls, names: list[str]) -> list[str]:
         # Stored metadata keys are lower case with _ for - (parsing._normalize_metadata).
         return [str(n).strip().lower().replace("-", "_") for n in names if str(n).strip()]
+    # Parts of the collection that ingest in parallel (one partition each), by a stable hash of
+    # each file's relative path; 1: the collection is one partition, as it always was.
+    shards: int = Field(1, ge=1, le=1024)
 
     @field_validator("name")
     @classmethod
@@ -140,6 +147,47 @@ class Collection(BaseModel):
         return self.model_dump_json(exclude=at_default)
 
 
+def shard_of(path: str, shards: int) -> int:
+    """The shard of a relative path: the first 4 bytes of its sha256, big-endian, modulo the
+    shard count (sql/0016's path_shard computes the same in the database)."""
+    return int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:4], "big") % shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One partition of ingestion: a collection, or one shard of a sharded collection. Every
+    file belongs to exactly one shard, so the shards' documents, deletes and chunks add up to
+    the collection's."""
+
+    collection: str
+    index: int = 0
+    count: int = 1
+
+    @property
+    def key(self) -> str:
+        """Its partition key: the collection's name when unsharded, else `name/index`."""
+        return self.collection if self.count == 1 else f"{self.collection}/{self.index}"
+
+    def holds(self, path: str) -> bool:
+        return self.count == 1 or shard_of(path, self.count) == self.index
+
+    def documents_filter(self, column: str = "path") -> str:
+        """SQL that keeps this shard's documents (nothing when unsharded); integers only."""
+        return "" if self.count == 1 else f" AND path_shard({column}, {int(self.count)}) = {int(self.index)}"
+
+    def chunks_filter(self, column: str = "document_id") -> str:
+        """SQL that keeps the chunks of this shard's documents (nothing when unsharded)."""
+        if self.count == 1:
+            return ""
+        return (f" AND {column} IN (SELECT id FROM documents WHERE collection = {_quote(self.collection)}"
+                f"{self.documents_filter()})")
+
+
+def _quote(name: str) -> str:
+    # Collection names are letters, digits, _ and - (Collection._partition_safe).
+    return "'" + name.replace("'", "''") + "'"
+
+
 class Manifest(BaseModel):
     path: Path
     collections: dict[str, Collection]
@@ -147,6 +195,21 @@ class Manifest(BaseModel):
     def external_roots(self) -> dict[str, Path]:
         """Collections whose root lies outside the manifest's folder (allowed, but worth showing)."""
         return {name: c.root for name, c in self.collections.items() if not c.root.is_relative_to(self.path.parent)}
+
+    def shards(self) -> list[Shard]:
+        """Every ingestion partition, by collection then shard."""
+        return [Shard(c.name, i, c.shards) for _, c in sorted(self.collections.items()) for i in range(c.shards)]
+
+    def shard(self, key: str) -> tuple[Collection, Shard]:
+        """The collection and shard of an ingestion partition key (`name` or `name/index`)."""
+        name, _, index = key.partition("/")
+        collection = self.collection(name)
+        if (collection.shards == 1) != (index == "") or (index and not (
+                index.isdigit() and int(index) < collection.shards)):
+            keys = ", ".join(s.key for s in self.shards() if s.collection == name)
+            raise ManifestError(f"no partition {key!r} in {self.path}: collection {name!r} has "
+                                f"{collection.shards} shard(s) ({keys})")
+        return collection, Shard(name, int(index or 0), collection.shards)
 
     def collection(self, name: str) -> Collection:
         try:
@@ -233,6 +296,38 @@ class SourceFile:
     problem: str | None = None
     # Refused by policy rather than unreadable: a version indexed earlier leaves the index too.
     withdrawn: bool = False
+    # (size, mtime, ctime, inode) when content_hash was taken; None when too recent to trust.
+    signature: bytes | None = None
+
+
+# A file changed less than this before its signature was taken could change again within the
+# same timestamp tick (coarse filesystem clocks) without its signature changing: hashed next time.
+RACY_SECONDS = 2.0
+
+
+def file_signature(info: os.stat_result, scan_started_ns: int) -> bytes | None:
+    """What must change when a file's bytes change: any write moves ctime, which no tool can set
+    back (cp -p and rsync -t restore mtime, not ctime). None for a file written too recently."""
+    if max(info.st_mtime_ns, info.st_ctime_ns) >= scan_started_ns - int(RACY_SECONDS * 1e9):
+        return None
+    return struct.pack("<4q", info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
+def read_sources(files: list[SourceFile]) -> list[SourceFile]:
+    """The files with their bytes, read now and hashed again from those very bytes (a file
+    rewritten since the scan is parsed and stored as it is now, never under an older hash)."""
+    out = []
+    for f in files:
+        if f.problem is not None:
+            out.append(f)
+            continue
+        try:
+            data = f.abs_path.read_bytes()
+        except OSError as exc:
+            out.append(dataclasses.replace(f, problem=f"cannot be read ({exc.strerror})"))
+            continue
+        out.append(dataclasses.replace(f, size=len(data), data=data, content_hash=content_hash(data)))
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -264,30 +359,58 @@ def matches_globs(rel: str, globs: list[str]) -> bool:
     return any(_glob_regex(glob).match(rel) for glob in globs)
 
 
-
-def scan_collection(collection: Collection, max_file_bytes: int) -> list[SourceFile]:
-    """Every regular file under the root that the include/exclude globs select, read and hashed.
+def scan_collection(collection: Collection, max_file_bytes: int,
+                    known: Mapping[str, tuple[bytes, bytes]] | None = None, shard: Shard | None = None) -> list[SourceFile]:
+    """Every regular file under the root that the include/exclude globs select, hashed (streamed:
+    the bytes are not kept; read_sources reads the files to parse). `known`: path -> (signature,
+    content hash) stored earlier; a file whose signature is unchanged is not read again. `shard`:
+    only that shard's files.
 
     Directory symlinks are not followed (no loops); a file symlink is read through if it stays
     inside the root (or the collection sets follow_external_symlinks), and a broken, looping or
     escaping one is reported, not raised.
     """
     root = collection.root
+    inside = None if collection.follow_external_symlinks else root.resolve()
+    known = known or {}
+    started_ns = time.time_ns()
     found: list[SourceFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for filename in sorted(filenames):
-            abs_path = Path(dirpath) / filename
-            rel = abs_path.relative_to(root).as_posix()
-            if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
-                continue
-            if _undecodable(rel):
-                # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
-                found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
-                                        problem="file name is not valid UTF-8: rename the file"))
-                continue
-            found.append(_read(rel, abs_path, max_file_bytes, root=None if collection.follow_external_symlinks else root.resolve()))
+    for rel, is_link in _walk(str(root), ""):
+        if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
+            continue
+        if shard is not None and not shard.holds(rel):
+            continue
+        abs_path = root / rel
+        if _undecodable(rel):
+            # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
+            found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
+                                    problem="file name is not valid UTF-8: rename the file"))
+            continue
+        found.append(_read(rel, abs_path, max_file_bytes, started_ns, known.get(rel),
+                           root=inside if is_link else None))
     return found
+
+
+def _walk(folder: str, prefix: str) -> Iterator[tuple[str, bool]]:
+    """(relative path, is a symlink) of every file under `folder`, a folder's files before its
+    subfolders', each sorted by name; symlinked folders are not entered (no loops). One
+    scandir per folder: the file type comes with the listing, not from a stat per file."""
+    files, folders = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.is_symlink():
+                    folders.append(entry.name)
+            else:
+                files.append((entry.name, entry.is_symlink()))
+    for name, is_link in sorted(files):
+        yield prefix + name, is_link
+    for name in sorted(folders):
+        yield from _walk(os.path.join(folder, name), f"{prefix}{name}/")
 
 
 def collection_version(collection: Collection, files: list[SourceFile]) -> str:
@@ -307,10 +430,12 @@ def _undecodable(name: str) -> bool:
         return True
 
 
-def _read(rel: str, abs_path: Path, max_file_bytes: int, root: Path | None) -> SourceFile:
-    """`root`: the folder the file must resolve into (None: anywhere)."""
+def _read(rel: str, abs_path: Path, max_file_bytes: int, started_ns: int, known: tuple[bytes, bytes] | None,
+          root: Path | None) -> SourceFile:
+    """`root`: the folder a symlinked file must resolve into (None: anywhere, or not a symlink);
+    `known`: its stored (signature, content hash)."""
     try:
-        info = abs_path.stat()
+        info = os.stat(abs_path)
     except OSError as exc:
         if exc.errno == 40:
             reason = "symlink loop: point the link at a real file or exclude it"
@@ -319,7 +444,7 @@ def _read(rel: str, abs_path: Path, max_file_bytes: int, root: Path | None) -> S
         else:
             reason = f"cannot be read ({exc.strerror})"
         return SourceFile(rel, abs_path, problem=reason)
-    if root is not None and abs_path.is_symlink() and not abs_path.resolve().is_relative_to(root):
+    if root is not None and not abs_path.resolve().is_relative_to(root):
         return SourceFile(rel, abs_path, withdrawn=True, problem=(
             f"symlink to {abs_path.resolve()}, outside the collection root: refused (move the file into "
             "the root, exclude the link, or set follow_external_symlinks: true on the collection)"))
@@ -331,8 +456,12 @@ def _read(rel: str, abs_path: Path, max_file_bytes: int, root: Path | None) -> S
             problem=f"{info.st_size} bytes is over MAX_FILE_BYTES={max_file_bytes}: "
             "split the file, exclude it, or raise the limit",
         )
+    signature = file_signature(info, started_ns)
+    if known is not None and signature is not None and known[0] == signature:
+        return SourceFile(rel, abs_path, size=info.st_size, content_hash=known[1], signature=signature)
     try:
-        data = abs_path.read_bytes()
+        digest, size = file_hash(abs_path)
     except OSError as exc:
         return SourceFile(rel, abs_path, size=info.st_size, problem=f"cannot be read ({exc.strerror})")
-    return SourceFile(rel, abs_path, size=len(data), data=data, content_hash=content_hash(data))
+    # Read after the stat: a write in between moves ctime, so the next scan reads it again.
+    return SourceFile(rel, abs_path, size=size, content_hash=digest, signature=signature)

@@ -13,6 +13,16 @@ def content_hash(data: str | bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def file_hash(path) -> tuple[bytes, int]:
+    """content_hash of a file's bytes, read in blocks (never the whole file in memory), and its size."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return h.digest(), size
+
+
 def stable_id(*parts: str | bytes | int) -> uuid.UUID:
     """A UUID derived from its parts, so the same source always gets the same id."""
     h = hashlib.sha256()

@@ -9,7 +9,7 @@ import os
 import posixpath
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -21,7 +21,7 @@ from ..embed.batch import embed_in_batches
 from ..live_status import publishing
 from ..openai_batch import BatchPolicy
 from .chunking import CARD_KIND, ChunkSettings, chunk_blocks, chunk_context, embed_text
-from .corpus import Collection, SourceFile, collection_version, scan_collection
+from .corpus import Collection, Shard, SourceFile, collection_version, matches_globs, read_sources, scan_collection
 from .formats import BINARY_FORMATS, PARSE_TIME_LIMIT_SECONDS
 from .formats.isolation import FORKSERVER_PRELOAD, parse_isolated
 from .hashing import content_hash, stable_id
@@ -30,6 +30,7 @@ from .templating import MARKDOWN_SUFFIXES, TEMPLATING_VERSION, includes_fingerpr
 from .tokens import TokenCounter
 
 PARALLEL_PARSE_MIN_FILES = 24
+PARSE_TX_FILES = 1000  # files parsed and stored per transaction on a big load: memory stays flat
 CHUNK_TX_DOCUMENTS = 50  # documents re-chunked per transaction: a crash keeps finished batches
 EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
 ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
@@ -116,31 +117,52 @@ def _is_markdown(path: str) -> bool:
 
 
 class _CollectionFiles:
-    """The scanned files by path, decoded on demand: what includes are resolved from."""
+    """The collection's files by path, read and decoded on demand: what includes are resolved
+    from (in a sharded collection, from every shard). Only included files' texts are kept."""
 
-    def __init__(self, files: list[SourceFile]) -> None:
-        self._files = {f.path: f for f in files if f.data is not None}
-        self._texts: dict[str, str] = {}
+    def __init__(self, collection: Collection, files: list[SourceFile]) -> None:
+        self._collection = collection
+        self._hashes = {f.path: f.content_hash for f in files if f.problem is None}
+        self._texts: dict[str, str | None] = {}
+
+    def _read(self, path: str) -> bytes | None:
+        c = self._collection
+        if path not in self._hashes and (not matches_globs(path, c.include) or matches_globs(path, c.exclude)):
+            return None
+        target = c.root / path
+        # Never through a link out of the root (scan_collection's rule for what it reads).
+        if not (c.follow_external_symlinks or target.resolve().is_relative_to(c.root.resolve())):
+            return None
+        try:
+            return target.read_bytes() if target.is_file() else None
+        except OSError:
+            return None
+
+    def own_text(self, path: str) -> str | None:
+        """A scanned file's text, read now and not kept (a first load reads every file)."""
+        data = self._read(path)
+        if data is None:
+            return None
+        return (data[3:] if data.startswith(b"\xef\xbb\xbf") else data).decode("utf-8", errors="replace")
 
     def text(self, path: str) -> str | None:
+        """An included file's text, kept: the same snippets are included by many pages."""
         if path not in self._texts:
-            source = self._files.get(path)
-            if source is None:
-                return None
-            data = source.data[3:] if source.data.startswith(b"\xef\xbb\xbf") else source.data
-            self._texts[path] = data.decode("utf-8", errors="replace")
+            self._texts[path] = self.own_text(path)
         return self._texts[path]
 
     def hash(self, path: str) -> bytes | None:
-        source = self._files.get(path)
-        return source.content_hash if source is not None else None
+        if path in self._hashes:
+            return self._hashes[path]
+        text = self.text(path)  # another shard's file
+        return content_hash(text.encode()) if text is not None else None
 
 
 def file_source_version(collection: Collection, source: SourceFile, files: _CollectionFiles) -> str:
     """source_version for this file: a Markdown file's includes are part of what it yields."""
-    if not _is_markdown(source.path) or source.data is None:
+    text = files.own_text(source.path) if _is_markdown(source.path) else None
+    if text is None:
         return source_version(collection)
-    text = files.text(source.path)
     return source_version(collection, includes_fingerprint(source.path, text, collection.markdown, files.hash, files.text))
 
 
@@ -197,7 +219,7 @@ def build_document_row(collection: Collection, source: SourceFile, parsed: Parse
     card = document_card(parsed, collection.document_fields)
     blocks = ([Block(CARD_KIND, card, [])] if card else []) + parsed.blocks
     row = DocumentRow(
-        id=stable_id("document", collection.name, source.path),
+        id=stable_id("document", collection.name, source.path), file_stat=source.signature,
         collection=collection.name, path=source.path, content_hash=source.content_hash,
         size_bytes=source.size, format=parsed.format, title=parsed.title,
         metadata=meta, headings=parsed.headings,
@@ -217,66 +239,143 @@ class DocumentChanges:
     present: list[str]  # every path on disk
 
 
-def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
-                   progress=None, parse_time_limit: float = PARSE_TIME_LIMIT_SECONDS) -> DocumentChanges:
-    """Scan the collection against the stored hashes and parse only new or changed files.
-    Writes nothing. `progress(done, total)` follows the parsing."""
+@dataclass
+class DocumentScan:
+    """A collection's files against the stored documents, before any parsing."""
+    report: StepReport
+    files: list[SourceFile]
+    to_parse: list[SourceFile]
+    stored: dict[str, tuple[bytes, str]]
+    deleted: list[str]
+    unchanged_signatures: list[tuple[str, bytes, bytes]]  # (path, signature, hash) to record
+    shard: Shard
+    by_path: _CollectionFiles  # what includes are resolved from
+    versions: dict[str, str]  # path -> source version, of the files to parse
+
+
+def scan_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                   shard: Shard | None = None) -> DocumentScan:
+    """Stat and hash the collection's files (a file whose stored signature still matches is not
+    read) and sort them into unchanged, to parse, failed and deleted. Writes nothing. `shard`:
+    that shard's files and documents only (a file that moved to another shard is deleted here
+    and added there)."""
     started = time.perf_counter()
     report = StepReport(collection.name, "documents")
-    files = scan_collection(collection, max_file_bytes)
-    stored = store.document_versions(collection.name)
-    by_path = _CollectionFiles(files)
+    shard = shard or Shard(collection.name)
+    known = {p: v for p, v in store.file_signatures(collection.name).items() if shard.holds(p)}
+    files = scan_collection(collection, max_file_bytes, known, shard)
+    stored = {p: v for p, v in store.document_versions(collection.name).items() if shard.holds(p)}
+    plain = source_version(collection)
+    by_path = _CollectionFiles(collection, files)
     versions: dict[str, str] = {}
     deleted = sorted(set(stored) - {f.path for f in files if not f.withdrawn})
     to_parse: list[SourceFile] = []
+    signatures = []
     counts = Counter(new=0, changed=0, unchanged=0, deleted=len(deleted), failed=0, skipped=0)
     for f in files:
         if f.problem is not None:
             # A file that exists but cannot be read keeps its last good version in the index.
             report.issues.append(FileIssue(f.path, "error", f.problem))
             counts["failed"] += 1
-        elif stored.get(f.path) == (f.content_hash, versions.setdefault(
-                f.path, file_source_version(collection, f, by_path))):
+        elif stored.get(f.path) == (f.content_hash, plain) or stored.get(f.path) == (
+                f.content_hash, versions.setdefault(f.path, file_source_version(collection, f, by_path))):
+            # Same bytes stored under the plain version: the file includes nothing, so nothing
+            # else can change what it yields, and it is not read (a signature-matched scan).
             counts["unchanged"] += 1
+            if f.signature is not None and known.get(f.path, (None,))[0] != f.signature:
+                signatures.append((f.path, f.signature, f.content_hash))
         else:
             to_parse.append(f)
-    rendered = [preprocess(collection, f, by_path) for f in to_parse]
-    rows: list[DocumentRow] = []
-    for done, (f, (_, render_warnings), parsed) in enumerate(
-            zip(to_parse, rendered, parse_files([r for r, _ in rendered], time_limit=parse_time_limit)), start=1):
-        if progress is not None:
-            progress(done, len(to_parse))
-        if isinstance(parsed, ParseError):
-            report.issues.append(FileIssue(f.path, parsed.severity, parsed.reason))
-            counts["failed" if parsed.severity == "error" else "skipped"] += 1
-            continue
-        row, warnings = build_document_row(collection, f, parsed, versions[f.path])
-        warnings.extend(render_warnings)
-        report.issues.extend(FileIssue(f.path, "warning", w) for w in warnings)
-        counts["changed" if f.path in stored else "new"] += 1
-        rows.append(row)
     report.counts = dict(counts)
     report.source_version = collection_version(collection, files)
     report.seconds = time.perf_counter() - started
-    examined = [f.path for f in files if f.problem is not None] + [f.path for f in to_parse]
-    return DocumentChanges(report, rows, deleted, examined, [f.path for f in files])
+    return DocumentScan(report, files, to_parse, stored, deleted, signatures, shard, by_path, versions)
+
+
+def parse_documents(collection: Collection, scan: DocumentScan, progress=None, batch_files: int | None = None,
+                    parse_time_limit: float = PARSE_TIME_LIMIT_SECONDS,
+                    ) -> Iterator[tuple[list[SourceFile], list[DocumentRow]]]:
+    """The files to parse, read and parsed batch by batch (only one batch's bytes and rows in
+    memory): each batch's files and the rows of those that parsed. Counts and file issues go to
+    scan.report."""
+    report, counts = scan.report, scan.report.counts
+    batch_files = batch_files or PARSE_TX_FILES
+    done = 0
+    for start in range(0, len(scan.to_parse), batch_files):
+        batch = read_sources(scan.to_parse[start:start + batch_files])
+        readable = [f for f in batch if f.problem is None]
+        for f in batch:
+            if f.problem is not None:
+                report.issues.append(FileIssue(f.path, "error", f.problem))
+                counts["failed"] += 1
+        rendered = [preprocess(collection, f, scan.by_path) for f in readable]
+        rows: list[DocumentRow] = []
+        for f, (_, render_warnings), parsed in zip(
+                readable, rendered, parse_files([r for r, _ in rendered], time_limit=parse_time_limit)):
+            done += 1
+            if progress is not None:
+                progress(done, len(scan.to_parse))
+            if isinstance(parsed, ParseError):
+                report.issues.append(FileIssue(f.path, parsed.severity, parsed.reason))
+                counts["failed" if parsed.severity == "error" else "skipped"] += 1
+                continue
+            version = scan.versions.get(f.path) or file_source_version(collection, f, scan.by_path)
+            row, warnings = build_document_row(collection, f, parsed, version)
+            warnings.extend(render_warnings)
+            report.issues.extend(FileIssue(f.path, "warning", w) for w in warnings)
+            counts["changed" if f.path in scan.stored else "new"] += 1
+            rows.append(row)
+        yield batch, rows
+
+
+def diff_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                   progress=None) -> DocumentChanges:
+    """Scan the collection against the stored hashes and parse only new or changed files, all
+    in memory (a dry run's plan). Writes nothing. `progress(done, total)` follows the parsing."""
+    scan = scan_documents(store, collection, max_file_bytes=max_file_bytes)
+    started = time.perf_counter()
+    rows = [row for _, batch_rows in parse_documents(collection, scan, progress) for row in batch_rows]
+    scan.report.seconds += time.perf_counter() - started
+    examined = [f.path for f in scan.files if f.problem is not None] + [f.path for f in scan.to_parse]
+    return DocumentChanges(scan.report, rows, scan.deleted, examined, [f.path for f in scan.files])
 
 
 def sync_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
-                   progress=None, parse_time_limit: float = PARSE_TIME_LIMIT_SECONDS) -> StepReport:
-    with store.step_lock(collection.name), publishing(store.conninfo, collection.name, "documents", progress) as live:
-        return _sync_documents(store, collection, max_file_bytes, live, parse_time_limit)
+                   progress=None, shard: Shard | None = None,
+                   parse_time_limit: float = PARSE_TIME_LIMIT_SECONDS) -> StepReport:
+    shard = shard or Shard(collection.name)
+    with store.step_lock(shard.key), publishing(store.conninfo, collection.name, "documents", progress) as live:
+        return _sync_documents(store, collection, max_file_bytes, live, shard, parse_time_limit)
 
 
 def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: int, progress,
-                    parse_time_limit: float) -> StepReport:
+                    shard: Shard, parse_time_limit: float) -> StepReport:
+    """Parsed rows are stored batch by batch as they come (one writer thread, while the next
+    batch parses); the last transaction also deletes vanished files and replaces the file
+    issues, so a change that fits one batch is applied in one transaction, as before. A crash
+    keeps the finished batches: the rerun finds them unchanged."""
     store.assign_tenant(collection.name, collection.tenant)
-    changes = diff_documents(store, collection, max_file_bytes=max_file_bytes, progress=progress,
-                             parse_time_limit=parse_time_limit)
-    report = changes.report
+    scan = scan_documents(store, collection, max_file_bytes=max_file_bytes, shard=shard)
+    report = scan.report
     started = time.perf_counter()
+    store.record_signatures(collection.name, scan.unchanged_signatures)
+    scan_issues, mark = list(report.issues), len(report.issues)  # unreadable files: with the last transaction
+    last: tuple[list[SourceFile], list[DocumentRow], list[FileIssue]] = ([], [], [])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="document-writer") as writer:
+        writing = None
+        for files, rows in parse_documents(collection, scan, progress, parse_time_limit=parse_time_limit):
+            if last[0]:
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(store.apply_documents, collection.name, last[1], [], last[2],
+                                        [f.path for f in last[0]], None)
+            last, mark = (files, rows, report.issues[mark:]), len(report.issues)
+        if writing is not None:
+            writing.result()
+    examined = [f.path for f in scan.files if f.problem is not None] + [f.path for f in last[0]]
     report.counts["chunks_removed"] = store.apply_documents(
-        collection.name, changes.rows, changes.deleted, report.issues, changes.examined, changes.present)
+        collection.name, last[1], scan.deleted, scan_issues + last[2], examined, [f.path for f in scan.files],
+        shard=shard)
     report.seconds += time.perf_counter() - started
     return report
 
@@ -319,9 +418,10 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
 
 
 def sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings,
-                counter: TokenCounter, *, progress=None) -> StepReport:
-    with store.step_lock(collection), publishing(store.conninfo, collection, "chunks", progress) as live:
-        return _sync_chunks(store, collection, settings, counter, live)
+                counter: TokenCounter, *, progress=None, shard: Shard | None = None) -> StepReport:
+    shard = shard or Shard(collection)
+    with store.step_lock(shard.key), publishing(store.conninfo, collection, "chunks", progress) as live:
+        return _sync_chunks(store, collection, settings, counter, live, shard)
 
 
 _worker_counter: TokenCounter | None = None  # a chunk worker's own counter, built once per worker
@@ -336,12 +436,16 @@ def _chunk_in_worker(documents: list[DocumentToChunk], collection: str, settings
     return [row for d in documents for row in build_chunks(d, collection, settings, _worker_counter)]
 
 
-def chunk_batches(batches: list[list[DocumentToChunk]], collection: str, settings: ChunkSettings,
-                  counter: TokenCounter, workers: int | None = None) -> Iterator[list[ChunkRow]]:
+def chunk_batches(batches: Iterable[list[DocumentToChunk]], collection: str, settings: ChunkSettings,
+                  counter: TokenCounter, workers: int | None = None, total: int | None = None) -> Iterator[list[ChunkRow]]:
     """The chunks of each batch of documents, in order; on every core when there are enough
-    documents to pay for the workers' start-up (token counting is most of chunking)."""
+    documents to pay for the workers' start-up (token counting is most of chunking). `total`:
+    the number of documents, when `batches` is a lazy stream."""
     workers = workers or os.cpu_count() or 1
-    if workers < 2 or sum(map(len, batches)) < PARALLEL_PARSE_MIN_FILES:
+    if total is None:
+        batches = list(batches)
+        total = sum(map(len, batches))
+    if workers < 2 or total < PARALLEL_PARSE_MIN_FILES:
         for batch in batches:
             yield [row for d in batch for row in build_chunks(d, collection, settings, counter)]
         return
@@ -357,22 +461,38 @@ def chunk_batches(batches: list[list[DocumentToChunk]], collection: str, setting
 
 
 def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, counter: TokenCounter,
-                 progress) -> StepReport:
+                 progress, shard: Shard) -> StepReport:
     started = time.perf_counter()
     report = StepReport(collection, "chunks")
     version = settings.version(counter)
-    documents = store.documents_to_chunk(collection, version)
+    documents = store.document_ids_to_chunk(collection, version, shard)
     counts = Counter(documents=len(documents), new=0, unchanged=0, removed=0, chunks=0)
-    defer = store.text_index_pending(collection) or (
-        len(documents) >= BULK_TERMS_MIN_DOCUMENTS and 2 * len(documents) >= len(store.document_versions(collection)))
+    if shard.count > 1:
+        # Shards write one collection's BM25 statistics at once: each transaction keeps them
+        # whole (triggers), never deferred, so no shard's bulk build can miss a sibling's chunks.
+        defer = False
+        if store.text_index_pending(collection):  # owed by an unsharded load that died
+            counts["postings_built"] = store.build_text_index(collection)
+    else:
+        defer = store.text_index_pending(collection) or (
+            len(documents) >= BULK_TERMS_MIN_DOCUMENTS and 2 * len(documents) >= len(store.document_versions(collection)))
     if defer:
         store.defer_text_index(collection)
-    batches = [documents[i:i + CHUNK_TX_DOCUMENTS] for i in range(0, len(documents), CHUNK_TX_DOCUMENTS)]
+    loaded: deque[list[DocumentToChunk]] = deque()  # batches handed to the chunker, awaiting their rows
+
+    def load_batches() -> Iterator[list[DocumentToChunk]]:
+        # Blocks are loaded a batch at a time, as the chunker asks: a first load of 100k files
+        # never holds every document's text at once.
+        for start in range(0, len(documents), CHUNK_TX_DOCUMENTS):
+            loaded.append(store.documents_by_id(documents[start:start + CHUNK_TX_DOCUMENTS]))
+            yield loaded[-1]
+
     # Chunking runs in worker processes; one writer thread stores a batch (and PostgreSQL indexes
     # its text for BM25) while the next ones are chunked. Batches still commit one at a time, in order.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as writer:
         writing, done = None, 0
-        for batch, rows in zip(batches, chunk_batches(batches, collection, settings, counter)):
+        for rows in chunk_batches(load_batches(), collection, settings, counter, total=len(documents)):
+            batch = loaded.popleft()
             counts["chunks"] += len(rows)
             if writing is not None:
                 counts.update(writing.result())
@@ -404,41 +524,42 @@ def adopt_stored_size(store: VectorStore, embedder: Embedder) -> None:
 
 
 def sync_embeddings(store: VectorStore, collection: str, *embedders: Embedder, progress=None,
-                    batch: BatchPolicy = BatchPolicy()) -> StepReport:
+                    shard: Shard | None = None, batch: BatchPolicy = BatchPolicy()) -> StepReport:
     """Vectors for the collection's texts that have none, for each model in turn: during a model
     change, the active model first (search serves it), then the candidate beside it. The first
     model ever built becomes the active one. `batch`: the candidate's texts go through the Batch
     API when there are at least `min_items` of them (an OpenAI embedder only; search does not
     wait on the candidate, so hours of batch latency cost nothing but the switch)."""
-    with store.step_lock(collection), publishing(store.conninfo, collection, "embeddings", progress) as live:
+    shard = shard or Shard(collection)
+    with store.step_lock(shard.key), publishing(store.conninfo, collection, "embeddings", progress) as live:
         report = StepReport(collection, "embeddings")
         for position, embedder in enumerate(embedders):
-            _sync_embeddings(store, collection, embedder, live, report, batch if position else BatchPolicy())
+            _sync_embeddings(store, collection, embedder, live, report, shard, batch if position else BatchPolicy())
         return report
 
 
 def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, progress, report: StepReport,
-                     batch: BatchPolicy = BatchPolicy()) -> None:
+                     shard: Shard, batch: BatchPolicy = BatchPolicy()) -> None:
     started = time.perf_counter()
     adopt_stored_size(store, embedder)
     model_id = store.ensure_model(embedder.model)
     store.activate_first_model(model_id)
     vectors_removed = store.drop_unreferenced_vectors()
-    pending = store.texts_to_embed(collection, model_id)
-    total = store.count_texts(collection)
-    counts = {"texts": total, "reused": total - len(pending), "embedded": 0, "vectors_removed": vectors_removed}
-    if len(pending) >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) \
-            and len(pending) > store.vector_count(model_id):
+    # Counted, then streamed a batch at a time (never every text in memory).
+    total, pending = store.text_counts(collection, model_id, shard)
+    counts = {"texts": total, "reused": total - pending, "embedded": 0, "vectors_removed": vectors_removed}
+    if pending >= REBUILD_INDEX_MIN_TEXTS and store.has_index(model_id) and pending > store.vector_count(model_id):
         store.drop_index(model_id)
     if batch.min_items and pending and hasattr(embedder, "batch_bodies"):
-        batched = embed_in_batches(store, collection, embedder, model_id, pending, batch)
+        # A batch file holds them all anyway: the one path that lists the pending texts in memory.
+        listed = [text for part in store.texts_to_embed(collection, model_id, EMBED_TX_TEXTS, shard) for text in part]
+        batched = embed_in_batches(store, collection, embedder, model_id, listed, batch)
         counts["embedded_by_batch"] = batched.embedded
         report.texts_embedded += batched.embedded
         report.tokens_embedded += batched.tokens
         report.warnings.extend(w for w in batched.warnings if w not in report.warnings)
-        pending = store.texts_to_embed(collection, model_id)  # what no batch answered goes live
-    for start in range(0, len(pending), EMBED_TX_TEXTS):
-        batch = pending[start:start + EMBED_TX_TEXTS]
+        _, pending = store.text_counts(collection, model_id, shard)  # what no batch answered goes live
+    for batch in store.texts_to_embed(collection, model_id, EMBED_TX_TEXTS, shard) if pending else ():
         result = embedder.embed([text for _, text, _ in batch])  # context + text, as hashed
         store.write_embeddings(model_id, [h for h, _, _ in batch], result.vectors)
         counts["embedded"] += len(batch)
@@ -446,7 +567,7 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
         report.tokens_embedded += result.tokens if result.tokens is not None else sum(n for _, _, n in batch)
         report.warnings.extend(w for w in result.warnings if w not in report.warnings)
         if progress is not None:
-            progress(counts["embedded"], len(pending))
+            progress(counts["embedded"], max(pending, counts["embedded"]))  # a concurrent run may add texts
     counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
     if counts["index_built"] or counts["embedded"] >= ANALYZE_AFTER_TEXTS:
         store.analyze()
