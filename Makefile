@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export PYTHONWARNINGS := ignore::UserWarning
 
-.PHONY: install chromium demo test bench dev clean
+.PHONY: install chromium redis demo test bench dev clean
 
 $(BIN)/refinery $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/refinery status
 	$(BIN)/refinery search "How do I get back into a locked account?" --k 3
 
-test: install chromium
+test: install chromium redis
 	$(BIN)/python -m pytest -q
 
 # The browser test drives Debian's Chromium, never a downloaded one: installed here when missing
@@ -34,6 +34,15 @@ chromium:
 	    echo "installing Debian's chromium and chromium-driver for the browser test (apt-get)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+# The Celery test (tests/test_celery.py) starts its own broker from Debian's redis-server.
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	    sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	    echo "installing Debian's redis-server for the Celery test (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq redis-server >/dev/null; } || echo "no redis-server: the Celery test will be skipped" >&2; \
 	fi
 
 bench: install
