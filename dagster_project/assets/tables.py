@@ -42,6 +42,7 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("refined", "jsonb", "RefinedDocument"), ("quality_score", "real", ""), ("cited_chunk_ids", "uuid[]", ""),
         ("prompt_tokens", "integer", ""), ("budget_tokens", "integer", ""), ("refined_at", "timestamptz", ""),
         ("refinement_score", "real", ""), ("feedback_considered", "bigint[]", ""), ("quarantined", "boolean", ""),
+        ("candidates", "smallint", "best-of: how many candidates were asked for"),
     ],
     "feedback_events": [
         ("id", "bigint", ""), ("target", "text", "document or search hit"), ("document_id", "uuid", ""),
@@ -50,6 +51,7 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("input_hash", "bytea", ""), ("rating", "smallint", "+1 or -1"), ("score", "smallint", "1-5"),
         ("tags", "text[]", ""), ("comment", "text", ""), ("source", "text", "user, validator or auto"),
         ("author", "text", ""), ("created_at", "timestamptz", ""),
+        ("candidate_hash", "bytea", "best-of: the discarded candidate an auto judgement is about"),
     ],
     "metric_snapshots": [
         ("day", "date", "the partition"), ("metric", "text", ""), ("dimensions", "jsonb", ""),
