@@ -559,15 +559,29 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
         report.tokens_embedded += batched.tokens
         report.warnings.extend(w for w in batched.warnings if w not in report.warnings)
         _, pending = store.text_counts(collection, model_id, shard)  # what no batch answered goes live
-    for batch in store.texts_to_embed(collection, model_id, EMBED_TX_TEXTS, shard) if pending else ():
-        result = embedder.embed([text for _, text, _ in batch])  # context + text, as hashed
-        store.write_embeddings(model_id, [h for h, _, _ in batch], result.vectors)
-        counts["embedded"] += len(batch)
-        report.texts_embedded += len(batch)
-        report.tokens_embedded += result.tokens if result.tokens is not None else sum(n for _, _, n in batch)
+
+    def stored(part: list[tuple[bytes, str, int]], result) -> None:
+        counts["embedded"] += len(part)
+        report.texts_embedded += len(part)
+        report.tokens_embedded += result.tokens if result.tokens is not None else sum(n for _, _, n in part)
         report.warnings.extend(w for w in result.warnings if w not in report.warnings)
         if progress is not None:
             progress(counts["embedded"], max(pending, counts["embedded"]))  # a concurrent run may add texts
+
+    # One writer thread stores a batch while the next one is embedded (numpy hashing and an
+    # API call both leave the GIL), as in the chunks step; batches still commit one at a time.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-writer") as writer:
+        writing = None
+        for part in store.texts_to_embed(collection, model_id, EMBED_TX_TEXTS, shard) if pending else ():
+            result = embedder.embed([text for _, text, _ in part])  # context + text, as hashed
+            if writing is not None:
+                writing[0].result()
+                stored(*writing[1:])
+            writing = (writer.submit(store.write_embeddings, model_id, [h for h, _, _ in part], result.vectors),
+                       part, result)
+        if writing is not None:
+            writing[0].result()
+            stored(*writing[1:])
     counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
     if counts["index_built"] or counts["embedded"] >= ANALYZE_AFTER_TEXTS:
         store.analyze()
