@@ -247,3 +247,17 @@ def test_checks_catch_an_orphan_vector_a_missing_vector_and_duplicates(sample_in
     assert broken.orphan_vectors == 1
     assert broken.missing_vectors >= 1
     assert broken.duplicate_chunks == 1
+
+
+def test_the_texts_to_embed_stream_closes_quietly_when_its_server_connection_died(sample_index, db_url):
+    # A step that loses the server mid-stream reports one clear error; the stream's cleanup must not
+    # raise again (in a generator finalized later, that is a traceback on the user's terminal).
+    store, embedder = sample_index
+    other = store.ensure_model(HashEmbedder(dims=64).model)  # a model with every text still to embed
+    stream = store.texts_to_embed("product", other, 1)
+    assert len(next(stream)) == 1
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE query LIKE '%%texts_to_embed%%' AND pid <> pg_backend_pid()").fetchone()[0]
+    assert killed == 1
+    stream.close()  # raised OperationalError before

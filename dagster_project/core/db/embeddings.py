@@ -193,11 +193,22 @@ class EmbeddingTables:
         """Distinct chunk texts of the collection that have no vector for this model, with their
         token counts, `batch` at a time from a server-side cursor: a first load of a million
         texts never sits in memory. The cursor reads one snapshot, taken before the first batch."""
-        with self.reading() as conn, conn.cursor(name="texts_to_embed") as cursor:
-            cursor.itersize = batch
-            cursor.execute(_in_shard(TEXTS_WITHOUT_VECTOR, shard), (collection, model_id))
-            while rows := cursor.fetchmany(batch):
-                yield [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
+        closing = False
+        try:
+            with self.reading() as conn, conn.cursor(name="texts_to_embed") as cursor:
+                cursor.itersize = batch
+                cursor.execute(_in_shard(TEXTS_WITHOUT_VECTOR, shard), (collection, model_id))
+                while rows := cursor.fetchmany(batch):
+                    try:
+                        yield [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
+                    except GeneratorExit:
+                        closing = True
+                        raise
+        except psycopg.OperationalError:
+            # The caller stopped reading because the connection died (its own error says so):
+            # closing the cursor on it must not raise again, least of all from a finalizer.
+            if not closing:
+                raise
 
     def text_counts(self, collection: str, model_id: int, shard: Shard | None = None) -> tuple[int, int]:
         """(distinct chunk texts, of which without a vector for the model) in one pass."""
