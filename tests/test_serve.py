@@ -131,6 +131,20 @@ def test_search_and_documents_over_http_see_only_the_tokens_tenant(served):
     assert missing[0] == absent[0] == 404 and missing[1]["error"]["code"] == absent[1]["error"]["code"]
 
 
+def test_search_answers_documents_with_passages_unless_chunks_are_asked_for(served):
+    token = served.tokens["acme"]["token"]
+    status, body, _ = served.request("GET", "/v1/search?q=sync&k=5&passages=2", token=token)
+    assert status == 200, body
+    paths = [h["path"] for h in body["hits"]]
+    assert body["passages"] == 2 and paths and len(paths) == len(set(paths))  # one entry per document
+    assert all(1 <= len(h["passages"]) <= 2 and h["text"] == h["passages"][0]["text"] for h in body["hits"])
+    status, body, _ = served.request("POST", "/v1/search", {"query": "sync", "k": 20, "passages": 0}, token=token)
+    assert status == 200 and body["hits"] and all("passages" not in h for h in body["hits"])
+    assert len({h["chunk_id"] for h in body["hits"]}) == len(body["hits"]) > len({h["path"] for h in body["hits"]})
+    status, body, _ = served.request("GET", "/v1/search?q=sync&passages=11", token=token)
+    assert status == 400 and body["error"]["code"] == "bad_passages"
+
+
 def test_bad_requests_get_a_4xx_json_error_that_says_what_to_fix(served):
     token = served.tokens["acme"]["token"]
     cases = [
