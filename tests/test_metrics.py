@@ -36,7 +36,10 @@ from dagster_project.core.refine.quality import RoutingThresholds
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database
 from tests.fakes.openai_server import refinement_answer
 
-TODAY = datetime.now(timezone.utc).date()
+def today():
+    """Asked each time: a module constant taken before midnight (UTC) names yesterday for the rows
+    a test writes after it."""
+    return datetime.now(timezone.utc).date()
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ def pipeline(db_url, corpus, monkeypatch, tmp_path):
     monkeypatch.setenv("EMBED_PROVIDER", "hash")
     monkeypatch.setenv("CORPUS_MANIFEST", str(corpus / "corpus.yaml"))
     monkeypatch.setenv("MONITORING_FILE", str(write_monitoring(tmp_path, {})))
-    monkeypatch.setenv("METRICS_START_DATE", (TODAY - timedelta(days=30)).isoformat())  # past days to snapshot
+    monkeypatch.setenv("METRICS_START_DATE", (today() - timedelta(days=30)).isoformat())  # past days to snapshot
     pipeline = Pipeline(db_url)
     yield pipeline
     pipeline.store.close()
@@ -137,8 +140,8 @@ def test_a_past_day_backfill_gives_back_the_numbers_taken_on_the_day(pipeline, c
                                      ("sales", "billing-faq.html", -1)):
         record_feedback(store, Feedback(rating=rating, collection=collection, path=path, comment="judged"))
 
-    taken = pipeline.snapshot(TODAY)
-    on_the_day = read_snapshot(store, TODAY)
+    taken = pipeline.snapshot(today())
+    on_the_day = read_snapshot(store, today())
     got = values(on_the_day)
 
     def value(metric, **dims):
@@ -165,7 +168,7 @@ def test_a_past_day_backfill_gives_back_the_numbers_taken_on_the_day(pipeline, c
 
     # That was two days ago. Since then: a file deleted, more feedback, more model calls.
     pipeline.shift_into_the_past(2)
-    past = TODAY - timedelta(days=2)
+    past = today() - timedelta(days=2)
     (corpus / "knowledge_base" / "product" / "search.md").unlink()
     pipeline.ingest("product")
     record_feedback(store, Feedback(rating=-1, collection="product", path="getting-started.md", comment="late"))
@@ -176,12 +179,12 @@ def test_a_past_day_backfill_gives_back_the_numbers_taken_on_the_day(pipeline, c
     assert backfill.asset_materializations_for_node("metric_snapshots")[0].metadata["live_metrics"].value \
         == "kept as measured"
 
-    now = take_snapshot(store, TODAY)
+    now = take_snapshot(store, today())
     assert now.value("documents") == 13 and now.value("feedback_events") == 1 and now.value("refined") == 1
     assert now.value("feedback_redos") == 1 and now.value("llm_calls") == 1
     assert now.value("texts_embedded") == 0  # a deletion embeds nothing
     # A day between the two: nothing happened, the state carried over.
-    between = take_snapshot(store, TODAY - timedelta(days=1), now=datetime.now(timezone.utc) + timedelta(days=5))
+    between = take_snapshot(store, today() - timedelta(days=1), now=datetime.now(timezone.utc) + timedelta(days=5))
     assert between.value("documents") == 14 and between.value("llm_calls") == 0 and between.value("refined") == 0
     assert between.value("recall_at_5") is None and between.live.startswith("not measured")
 
@@ -220,7 +223,7 @@ def test_row_count_history_always_equals_the_tables(store, tmp_path):
     store.prune_collections(["product", "support"])
     store.drop_unreferenced_vectors()
     assert drift() == 0
-    assert take_snapshot(store, TODAY).value("documents") == 6 + 4
+    assert take_snapshot(store, today()).value("documents") == 6 + 4
 
 
 def test_a_threshold_breach_fails_its_check_with_its_severity(pipeline, corpus, tmp_path, monkeypatch):
@@ -237,8 +240,8 @@ def test_a_threshold_breach_fails_its_check_with_its_severity(pipeline, corpus, 
     pipeline.ingest()
     # The week before, for the table and the chart.
     for back in (3, 1):
-        take_snapshot(pipeline.store, TODAY - timedelta(days=back), now=datetime.now(timezone.utc))
-    result = pipeline.snapshot(TODAY)
+        take_snapshot(pipeline.store, today() - timedelta(days=back), now=datetime.now(timezone.utc))
+    result = pipeline.snapshot(today())
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     verdict = {name: (e.passed, e.severity, e.metadata["status"].value) for name, e in checks.items()}
     assert verdict == {
@@ -251,9 +254,9 @@ def test_a_threshold_breach_fails_its_check_with_its_severity(pipeline, corpus, 
     }
     documents = checks["documents_within_thresholds"].metadata
     assert documents["value"].value == "14"  # text: a check's numbers are plotted by run time, not by day
-    assert documents["day"].value == TODAY.isoformat()  # the partition the verdict belongs to
+    assert documents["day"].value == today().isoformat()  # the partition the verdict belongs to
     week = documents["trend"].value.records
-    assert [r.data["day"] for r in week] == [(TODAY - timedelta(days=i)).isoformat() for i in range(8)]
+    assert [r.data["day"] for r in week] == [(today() - timedelta(days=i)).isoformat() for i in range(8)]
     # The documents arrived today: the days before had none (and two days ago was never snapshotted).
     assert [r.data["value"] for r in week[:4]] == [14.0, 0.0, None, 0.0]
     # Bars on one scale, up to the target (100): today's 14 is 2.8 of 20 characters.
@@ -296,7 +299,7 @@ def test_cli_snapshot(pg_server, tmp_path):
                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
     for day, message in (("2026-02-30", "--day must be a date as YYYY-MM-DD"),
-                         ((TODAY + timedelta(days=1)).isoformat(), "has not begun yet"),
+                         ((today() + timedelta(days=1)).isoformat(), "has not begun yet"),
                          ("2020-01-01", "is before the first metric day")):
         out = refinery("--day", day)
         assert out.returncode == 2 and message in out.stderr and out.stdout == "", out.stderr
@@ -304,7 +307,7 @@ def test_cli_snapshot(pg_server, tmp_path):
     out = refinery("--json")  # an empty index: the documents check fails critically
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout)
-    assert report["day"] == TODAY.isoformat() and report["success"] is True
+    assert report["day"] == today().isoformat() and report["success"] is True
     assert {"metric": "documents", "dimensions": {}, "value": 0.0, "kind": "history"} in report["metrics"]
     assert report["checks"]["documents_within_thresholds"]["severity"] == "ERROR"
     assert report["live_metrics"].startswith("not measured")
