@@ -117,3 +117,21 @@ def write_manifest(root: Path, collections: dict[str, dict]) -> Path:
     path = root / "corpus.yaml"
     path.write_text(yaml.safe_dump({"collections": collections}))
     return path
+
+
+def ingest_sample(store) -> VectorStore:
+    """Every collection of the sample manifest ingested with the hash embedder (no model, no server)."""
+    from dagster_project.core.embed.local import HashEmbedder
+    from dagster_project.core.ingest.chunking import ChunkSettings
+    from dagster_project.core.ingest.corpus import load_manifest
+    from dagster_project.core.ingest.pipeline import ingest_collection
+
+    for collection in load_manifest(SAMPLE_MANIFEST).collections.values():
+        ingest_collection(store, collection, embedder=HashEmbedder(), chunk_settings=ChunkSettings(),
+                          max_file_bytes=10**7)
+    return store
+
+
+@pytest.fixture
+def indexed(store) -> VectorStore:
+    return ingest_sample(store)

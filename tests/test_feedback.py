@@ -11,7 +11,6 @@ import re
 import psycopg
 import pytest
 
-from dagster_project.core.embed.local import HashEmbedder
 from dagster_project.core.feedback.events import (
     Feedback,
     FeedbackError,
@@ -20,30 +19,15 @@ from dagster_project.core.feedback.events import (
     record_feedback,
     refiner_stats,
 )
-from dagster_project.core.ingest.chunking import ChunkSettings
-from dagster_project.core.ingest.corpus import load_manifest
-from dagster_project.core.ingest.pipeline import ingest_collection
 from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database, refinery
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, ingest_sample, new_database, refinery
 from tests.fakes.openai_server import refinement_answer
 
 PRICES = {"primary-model": Price(1.0, 2.0), "backup-model": Price(0.5, 1.0)}
 EXTRACTIVE_ONLY = LLMChain(models=[], base_url=None, api_key=None, prices={})
-
-
-def ingest(store):
-    for collection in load_manifest(SAMPLE_MANIFEST).collections.values():
-        ingest_collection(store, collection, embedder=HashEmbedder(), chunk_settings=ChunkSettings(),
-                          max_file_bytes=10**7)
-    return store
-
-
-@pytest.fixture
-def indexed(store):
-    return ingest(store)
 
 
 def chain(fake, models=("primary-model",)) -> LLMChain:
@@ -373,7 +357,7 @@ def cli_env(pg_server, tmp_path, fake_openai):
 
     store = VectorStore(env["DATABASE_URL"])
     try:
-        ingest(store)
+        ingest_sample(store)
     finally:
         store.close()
     return env

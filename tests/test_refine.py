@@ -8,17 +8,12 @@ import time
 
 import pytest
 
-from dagster_project.core.embed.local import HashEmbedder
-from dagster_project.core.ingest.chunking import ChunkSettings
-from dagster_project.core.ingest.corpus import load_manifest
-from dagster_project.core.ingest.pipeline import ingest_collection
 from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.refine import pipeline as refine_module
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
 from dagster_project.core.refine.schema import RefinedDocument
-from tests.conftest import SAMPLE_MANIFEST
 from tests.fakes.openai_server import refinement_answer
 
 PRICES = {"primary-model": Price(1.0, 2.0), "backup-model": Price(0.5, 1.0)}
@@ -26,14 +21,6 @@ KEY = "sk-test-SECRET-refine-123"
 
 
 valid_answer = refinement_answer
-
-
-@pytest.fixture
-def indexed(store):
-    for collection in load_manifest(SAMPLE_MANIFEST).collections.values():
-        ingest_collection(store, collection, embedder=HashEmbedder(), chunk_settings=ChunkSettings(),
-                          max_file_bytes=10**7)
-    return store
 
 
 def chain(fake, models=("primary-model",), **kw) -> LLMChain:

@@ -16,29 +16,17 @@ import psycopg
 import pytest
 import yaml
 
-from dagster_project.core.embed.local import HashEmbedder
-from dagster_project.core.ingest.chunking import ChunkSettings
-from dagster_project.core.ingest.corpus import load_manifest
-from dagster_project.core.ingest.pipeline import ingest_collection
 from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.openai_batch import BatchPending, BatchPolicy
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, refinery
+from tests.conftest import PROJECT_ROOT, refinery
 from tests.fakes.openai_server import refinement_answer
 
 PRICES = {"primary-model": Price(1.0, 2.0)}
 KEY = "sk-test-batch-SECRET-456"
 FAST = BatchPolicy(min_items=1, poll_seconds=0.05, max_wait_seconds=30)
-
-
-@pytest.fixture
-def indexed(store):
-    for collection in load_manifest(SAMPLE_MANIFEST).collections.values():
-        ingest_collection(store, collection, embedder=HashEmbedder(), chunk_settings=ChunkSettings(),
-                          max_file_bytes=10**7)
-    return store
 
 
 def chain(fake) -> LLMChain:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 import openai
@@ -48,6 +48,22 @@ class BatchJobs:
 
     def open(self) -> list[OpenBatch]:
         return self.store.open_batches(self.purpose, self.collection, self.key)
+
+    def resume_open(self, keys: Callable[[BatchRequest], Iterable[Hashable]]) -> tuple[list[Submitted], set]:
+        """The open batches of earlier runs, each resumed for its lines that still answer something
+        wanted: `keys` gives what a line answers that is still wanted (texts without a vector,
+        documents unchanged since), and a line whose keys an earlier batch covers is skipped. A
+        batch left with no line is closed. Returns the batches and the keys they cover."""
+        waiting: list[Submitted] = []
+        covered: set = set()
+        for batch in self.open():
+            lines = {cid: r for cid, r in batch.requests.items() if any(k not in covered for k in keys(r))}
+            if not lines:  # its answers are stored, or what it answers changed since: nothing to collect
+                self.finish(batch.id, "collected" if batch.batch_id else "abandoned", None)
+                continue
+            waiting.append(self.resume(batch, lines))
+            covered.update(k for r in lines.values() for k in keys(r))
+        return waiting, covered
 
     def resume(self, batch: OpenBatch, requests: dict[str, BatchRequest]) -> Submitted:
         """An open batch of an earlier run, to collect `requests` (those still wanted) from."""
@@ -111,6 +127,12 @@ class BatchJobs:
                                    f"{self.policy.max_wait_seconds:g}s{done}: {self.rerun} again later to collect "
                                    "it (it is not submitted again)")
             time.sleep(self.policy.poll_seconds)
+
+    def collected(self, waiting: list[Submitted]) -> Iterator[tuple[Submitted, object, Iterator[dict]]]:
+        """Each of `waiting` once it has ended, with the batch and its lines."""
+        for wait in waiting:
+            batch = self.wait(wait.batch_id)
+            yield wait, batch, self.lines(batch)
 
     def lines(self, batch) -> Iterator[dict]:
         """Every line of the batch's output and error files."""

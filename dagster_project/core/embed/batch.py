@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..db.batches import BatchRequest
-from ..openai_batch import BatchJobs, BatchPolicy, Submitted, answer_of
+from ..openai_batch import BatchJobs, BatchPolicy, answer_of
 from .base import EmbeddingError
 
 ENDPOINT = "/v1/embeddings"
@@ -32,17 +32,8 @@ def embed_in_batches(store, collection: str, embedder, model_id: int, pending: l
                         key=embedder.model.key, endpoint=ENDPOINT, policy=policy,
                         rerun="run the embeddings step (refinery ingest)")
     wanted = {h for h, _, _ in pending}
-    waiting: list[Submitted] = []
-    covered: set[bytes] = set()
-    for batch in batches.open():
-        lines = {cid: r for cid, r in batch.requests.items() if any(h in wanted and h not in covered
-                                                                    for h in r.content_hashes or [])}
-        if not lines:  # every text of it has a vector now
-            batches.finish(batch.id, "collected" if batch.batch_id else "abandoned", None)
-            continue
-        waiting.append(batches.resume(batch, lines))
-        outcome.resumed.append(waiting[-1].batch_id)
-        covered.update(h for r in lines.values() for h in r.content_hashes)
+    waiting, covered = batches.resume_open(lambda r: [h for h in r.content_hashes or [] if h in wanted])
+    outcome.resumed.extend(w.batch_id for w in waiting)
     rest = [(h, text) for h, text, _ in pending if h not in covered]
     if rest and len(rest) >= max(1, policy.min_items):
         bodies, warnings = embedder.batch_bodies([text for _, text in rest])
@@ -53,9 +44,8 @@ def embed_in_batches(store, collection: str, embedder, model_id: int, pending: l
         if submitted is not None:
             waiting.append(submitted)
             outcome.submitted.append(submitted.batch_id)
-    for wait in waiting:
-        batch = batches.wait(wait.batch_id)
-        for line in batches.lines(batch):
+    for wait, batch, lines in batches.collected(waiting):
+        for line in lines:
             request = wait.requests.get(line.get("custom_id"))
             if request is None:
                 continue

@@ -41,18 +41,13 @@ def refine_in_batches(store: VectorStore, collection: str, chain: LLMChain, jobs
     batches = BatchJobs(store, chain.client, chain.explain, purpose="refine", collection=collection,
                         key=refine_key(key), endpoint=ENDPOINT, policy=policy, rerun="run the refine")
     pending = {job.candidate.id: job for job in jobs}
-    waiting: list[Submitted] = []
-    covered: set[uuid.UUID] = set()
-    for batch in batches.open():
-        wanted = {cid: r for cid, r in batch.requests.items()
-                  if r.document_id in pending and pending[r.document_id].input_hash == r.input_hash
-                  and r.document_id not in covered}
-        if not wanted:  # its answers are stored, or its documents changed since: nothing to collect
-            batches.finish(batch.id, "collected" if batch.batch_id else "abandoned", None)
-            continue
-        waiting.append(batches.resume(batch, wanted))
-        outcome.resumed.append(waiting[-1].batch_id)
-        covered.update(r.document_id for r in wanted.values())
+
+    def answers(r: BatchRequest) -> list[uuid.UUID]:  # the document, while it is as the batch saw it
+        job = pending.get(r.document_id)
+        return [r.document_id] if job is not None and job.input_hash == r.input_hash else []
+
+    waiting, covered = batches.resume_open(answers)
+    outcome.resumed.extend(w.batch_id for w in waiting)
     rest = [job for doc, job in pending.items() if doc not in covered]
     if rest and len(rest) >= max(1, policy.min_items):
         model = chain.models[0]
@@ -63,9 +58,8 @@ def refine_in_batches(store: VectorStore, collection: str, chain: LLMChain, jobs
         if submitted is not None:
             waiting.append(submitted)
             outcome.submitted.append(submitted.batch_id)
-    for wait in waiting:
-        batch = batches.wait(wait.batch_id)
-        for line in batches.lines(batch):
+    for wait, batch, lines in batches.collected(waiting):
+        for line in lines:
             _take(chain, wait, line, outcome)
         outcome.finished.append((wait.row, batch.status))
     outcome.warnings.extend(batches.warnings)
