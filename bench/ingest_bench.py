@@ -43,6 +43,21 @@ def make_corpus(files: list[Path]) -> tuple[Path, Path]:
     return root, manifest
 
 
+def _paragraph_batches(files: list[Path], size: int = 20_000):
+    paths: list[str] = []
+    texts: list[str] = []
+    for f in files:
+        for paragraph in f.read_text("utf-8", errors="replace").split("\n\n"):
+            if paragraph.strip():
+                paths.append(f.name)
+                texts.append(paragraph.strip())
+        if len(texts) >= size:
+            yield paths, texts
+            paths, texts = [], []
+    if texts:
+        yield paths, texts
+
+
 def naive_floor(server: str, files: list[Path], embedder) -> float:
     """What the simplest loader does: read each file, split it on blank lines, hash every
     paragraph with numpy, binary COPY them with their vectors into one keyed table."""
@@ -52,18 +67,13 @@ def naive_floor(server: str, files: list[Path], embedder) -> float:
         conn.execute(f"CREATE TABLE naive_chunks (id bigint PRIMARY KEY, path text, text text, "
                      f"embedding vector({embedder.model.dims}))")
         register_vector(conn)
-        with Timer() as t:
-            paths, texts = [], []
-            for f in files:
-                for paragraph in f.read_text("utf-8", errors="replace").split("\n\n"):
-                    if paragraph.strip():
-                        paths.append(f.name)
-                        texts.append(paragraph.strip())
-            vectors = embedder.embed(texts).vectors
-            with conn.cursor().copy("COPY naive_chunks FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "text", "text", "vector"])
-                for i, row in enumerate(zip(paths, texts, vectors)):
-                    copy.write_row((i, *row))
+        with Timer() as t, conn.cursor().copy("COPY naive_chunks FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "text", "vector"])
+            rows = 0
+            for paths, texts in _paragraph_batches(files):  # in batches: 100k files do not fit in memory at once
+                for row in zip(paths, texts, embedder.embed(texts).vectors):
+                    copy.write_row((rows, *row))
+                    rows += 1
     return t.seconds
 
 
