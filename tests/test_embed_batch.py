@@ -1,11 +1,19 @@
 """Embeddings of a model change's candidate through the OpenAI Batch API, against the fake server
 over real HTTP on a real PostgreSQL: the active model stays live, the candidate's texts go in one
 batch with the vectors the live API would give; a batch still running fails the step and the
-rerun collects it without submitting again; lines it did not answer go live."""
+rerun collects it without submitting again; lines it did not answer go live; a `refinery ingest`
+SIGKILLed while it polls is collected by the rerun, not submitted again."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
+import psycopg
 import pytest
 
 from dagster_project.core.embed.base import normalize
@@ -15,7 +23,7 @@ from dagster_project.core.ingest.chunking import ChunkSettings
 from dagster_project.core.ingest.corpus import load_manifest
 from dagster_project.core.ingest.pipeline import ingest_collection, sync_embeddings
 from dagster_project.core.openai_batch import BatchPending, BatchPolicy
-from tests.conftest import SAMPLE_MANIFEST
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, refinery
 from tests.fakes.openai_server import FakeOpenAI
 
 KEY = "sk-test-embed-batch-789"
@@ -96,3 +104,48 @@ def test_lines_a_batch_did_not_answer_go_live(product, fake_openai):
     assert 0 < len(live) <= 8 and report.counts["embedded_by_batch"] == report.counts["texts"] - len(live)
     assert len(stored(product, model.model.key)) == report.counts["texts"]
     assert any("boom" in w for w in report.warnings) and all(KEY not in w for w in report.warnings)
+
+
+def test_a_killed_ingest_resumes_the_candidates_batch_without_submitting_again(project_env, fake_openai, db_url):
+    """`refinery ingest` building an OpenAI candidate is SIGKILLed (its whole process group) while
+    it polls the submitted batch; the rerun collects that batch: one upload, one batch, every
+    chunk of the collection gets the candidate's vector, none embedded live."""
+    hashed = {**os.environ, "EMBED_PROVIDER": "hash"}
+    assert refinery(hashed, "ingest", "--collection", "product").returncode == 0
+    env = {**os.environ, "EMBED_PROVIDER": "openai", "EMBED_MODEL": "text-embedding-3-small", "EMBED_DIMS": "64",
+           "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_API_KEY": KEY, "EMBED_BATCH_MIN_TEXTS": "1",
+           "LLM_BATCH_POLL_SECONDS": "0.1", "LLM_MAX_RETRIES": "0"}
+    fake_openai.hold_batches = True
+    first = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "ingest", "--collection", "product"],
+                             env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with psycopg.connect(db_url) as conn:
+                submitted = conn.execute("SELECT count(*) FROM llm_batches WHERE status = 'submitted' "
+                                         "AND purpose = 'embed'").fetchone()[0]
+            if submitted and fake_openai.requests_to("GET", "/v1/batches/"):  # recorded, and being polled
+                break
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the batch was never submitted")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    assert len(fake_openai.requests_to("POST", "/v1/batches")) == 1
+
+    fake_openai.hold_batches = False
+    again = refinery(env, "ingest", "--collection", "product")
+    assert again.returncode == 0, again.stderr
+    assert len(fake_openai.requests_to("POST", "/v1/batches")) == 1  # no second submission
+    assert len(fake_openai.requests_to("POST", "/v1/files")) == 1
+    assert fake_openai.embedding_inputs == []  # nothing live
+    with psycopg.connect(db_url) as conn:
+        missing = conn.execute(
+            "SELECT count(*) FROM chunks c WHERE c.collection = 'product' AND NOT EXISTS (SELECT 1 FROM embeddings e "
+            "JOIN embedding_models m ON m.id = e.model_id WHERE e.content_hash = c.content_hash "
+            "AND m.key LIKE 'openai:text-embedding-3-small:%%')").fetchone()[0]
+    assert missing == 0
