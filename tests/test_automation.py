@@ -5,11 +5,14 @@ schedule asks for every collection."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 import dagster as dg
 import pytest
 from dagster._core.definitions.observe import observe
+
+from dagster_project.core.ingest import corpus as corpus_module
 
 AUTOMATED = ("documents", "chunks", "embeddings", "refined_documents")
 
@@ -64,6 +67,30 @@ def test_an_edit_in_one_collection_updates_only_that_collection(automated):
 
     wanted, _ = requested(defs, instance, cursor)
     assert wanted == {key: [] for key in AUTOMATED}
+
+
+def test_an_observation_reads_only_the_files_changed_since_the_ingest(automated, monkeypatch):
+    """Observing stats the files and reads only those whose signature moved since the documents
+    step stored it: otherwise each observation (every minute by default) reads the whole corpus."""
+    defs, instance, corpus = automated
+    time.sleep(corpus_module.RACY_SECONDS + 0.1)  # a file written just now has no signature yet
+    wanted, cursor = requested(defs, instance, None)
+    run_requested(defs, instance, wanted)
+    reads = []
+    real = corpus_module.file_hash
+    monkeypatch.setattr(corpus_module, "file_hash", lambda path: reads.append(path) or real(path))
+    source = defs.resolve_assets_def("corpus_files")
+    observe([source], instance=instance)
+    assert reads == []
+    wanted, cursor = requested(defs, instance, cursor)
+    assert wanted == {key: [] for key in AUTOMATED}
+
+    faq = next((corpus / "support").glob("*.rst"))
+    faq.write_text(faq.read_text() + "\n\nA new paragraph about exporting a workspace.\n")
+    observe([source], instance=instance)
+    assert reads == [faq]
+    wanted, _ = requested(defs, instance, cursor)
+    assert wanted == {key: ["support"] for key in AUTOMATED}
 
 
 def test_a_first_observation_after_a_build_starts_nothing(automated):

@@ -4,7 +4,7 @@ exactly when the manifest entry or any selected file's path or bytes change."""
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG  # what observe() writes; no public name
 
-from ..core.ingest.corpus import collection_version, scan_collection
+from ..core.ingest.pipeline import observed_version
 from ..project import Project
 from .tables import kind_tags
 
@@ -65,11 +65,13 @@ def build_corpus_files(project: Project) -> dg.SourceAsset:
         description="Files selected by corpus.yaml, one partition per collection. Observed by the "
                     "automation sensor on CORPUS_OBSERVE_CRON.",
         automation_condition=observe_on(project.settings.corpus_observe_cron),
+        required_resource_keys={"vector_store"},
     )
     def corpus_files(context) -> dg.DataVersionsByPartition:
         shards = [project.manifest.shard(key) for key in observed_collections(context, project)]
+        store = context.resources.vector_store.store
         return dg.DataVersionsByPartition({
-            s.key: dg.DataVersion(collection_version(c, scan_collection(c, project.settings.max_file_bytes, shard=s)))
+            s.key: dg.DataVersion(observed_version(store, c, max_file_bytes=project.settings.max_file_bytes, shard=s))
             for c, s in shards
         })
 

@@ -253,6 +253,20 @@ class DocumentScan:
     versions: dict[str, str]  # path -> source version, of the files to parse
 
 
+def _known_signatures(store: VectorStore, collection: Collection, shard: Shard) -> dict[str, tuple[bytes, bytes]]:
+    return {p: v for p, v in store.file_signatures(collection.name).items() if shard.holds(p)}
+
+
+def observed_version(store: VectorStore, collection: Collection, *, max_file_bytes: int,
+                     shard: Shard | None = None) -> str:
+    """The data version the documents step would record for the collection (or shard) now, from a
+    scan that reads only the files whose stored signature no longer matches: observing 100k
+    unchanged files stats them instead of reading them."""
+    shard = shard or Shard(collection.name)
+    return collection_version(collection, scan_collection(collection, max_file_bytes,
+                                                          _known_signatures(store, collection, shard), shard))
+
+
 def scan_documents(store: VectorStore, collection: Collection, *, max_file_bytes: int,
                    shard: Shard | None = None) -> DocumentScan:
     """Stat and hash the collection's files (a file whose stored signature still matches is not
@@ -262,7 +276,7 @@ def scan_documents(store: VectorStore, collection: Collection, *, max_file_bytes
     started = time.perf_counter()
     report = StepReport(collection.name, "documents")
     shard = shard or Shard(collection.name)
-    known = {p: v for p, v in store.file_signatures(collection.name).items() if shard.holds(p)}
+    known = _known_signatures(store, collection, shard)
     files = scan_collection(collection, max_file_bytes, known, shard)
     stored = {p: v for p, v in store.document_versions(collection.name).items() if shard.holds(p)}
     plain = source_version(collection)
