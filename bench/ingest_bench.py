@@ -28,7 +28,8 @@ from dagster_project.core.db.store import VectorStore  # noqa: E402
 from dagster_project.core.embed.local import HashEmbedder  # noqa: E402
 from dagster_project.core.ingest.chunking import ChunkSettings  # noqa: E402
 from dagster_project.core.ingest.corpus import load_manifest, read_sources, scan_collection  # noqa: E402
-from dagster_project.core.ingest.pipeline import build_chunks, build_document_row, ingest_collection, parse_files  # noqa: E402
+from dagster_project.core.ingest.pipeline import (  # noqa: E402
+    build_chunks, build_document_row, ingest_collection, parse_files, sync_chunks, sync_documents, sync_embeddings)
 
 MAX_BYTES = 20_000_000
 
@@ -75,6 +76,60 @@ def naive_floor(server: str, files: list[Path], embedder) -> float:
                     copy.write_row((rows, *row))
                     rows += 1
     return t.seconds
+
+
+class CpuClock:
+    """CPU seconds, which other sessions' load inflates far less than wall time: of this process
+    (all its threads), of its worker processes (the forkserver's pool, live or reaped), and of
+    the PostgreSQL server (every backend and parallel worker, live or reaped). Linux /proc only."""
+
+    def __init__(self, server: str) -> None:
+        with psycopg.connect(server) as conn:
+            data_directory = conn.execute("SHOW data_directory").fetchone()[0]
+        self.postmaster = int(Path(data_directory, "postmaster.pid").read_text().split()[0])
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _stat(self, pid: int) -> tuple[int, list[float]]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), [int(x) / self.tick for x in fields[11:15]]  # ppid; utime stime cutime cstime
+
+    def _tree(self, root: int, own_children: bool) -> float:
+        """CPU of the processes under `root` (not root itself), live ones and those they reaped."""
+        parents: dict[int, list[tuple[int, list[float]]]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    ppid, times = self._stat(int(entry))
+                except (OSError, IndexError):
+                    continue
+                parents.setdefault(ppid, []).append((int(entry), times))
+        total, todo = 0.0, [root]
+        while todo:
+            for pid, (user, system, child_user, child_system) in parents.get(todo.pop(), []):
+                total += user + system + child_user + child_system
+                todo.append(pid)
+        _, (_, _, child_user, child_system) = self._stat(root)
+        return total + (child_user + child_system if own_children else 0.0)
+
+    def read(self) -> dict[str, float]:
+        own = os.times()
+        workers = self._tree(os.getpid(), own_children=True)
+        _, (user, system, child_user, child_system) = self._stat(self.postmaster)
+        postgres = self._tree(self.postmaster, own_children=False) + user + system + child_user + child_system
+        return {"python": own.user + own.system, "workers": workers, "postgres": postgres}
+
+
+def timed_ingest(store: VectorStore, collection, embedder, settings: ChunkSettings, clock: CpuClock):
+    """ingest_collection's three steps, with the CPU seconds each one took."""
+    steps = {"documents": lambda: sync_documents(store, collection, max_file_bytes=MAX_BYTES),
+             "chunks": lambda: sync_chunks(store, collection.name, settings, embedder.token_counter),
+             "embeddings": lambda: sync_embeddings(store, collection.name, embedder)}
+    reports, cpu = {}, {}
+    for name, step in steps.items():
+        before = clock.read()
+        reports[name] = step()
+        cpu[name] = {k: v - before[k] for k, v in clock.read().items()}
+    return reports, cpu
 
 
 def command_run(server: str, manifest_path: Path) -> float:
@@ -152,16 +207,15 @@ def main() -> None:
         f = min((floor(server, collection, settings, embedder) for _ in range(2)),
                 key=lambda r: r["parse_chunk"] + r["copy"])
         floor_s = f["parse_chunk"] + f["copy"]
-        t_full, full, store = None, None, None
+        t_full, full, store, clock = None, None, None, CpuClock(server)
         for _ in range(2):
             candidate = VectorStore(fresh_database(server))
             with Timer() as timer:
-                reports = ingest_collection(candidate, collection, embedder=embedder, chunk_settings=settings,
-                                            max_file_bytes=MAX_BYTES)
+                reports, cpu = timed_ingest(candidate, collection, embedder, settings, clock)
             if t_full is None or timer.seconds < t_full.seconds:
                 if store is not None:
                     store.close()
-                t_full, full, store = timer, reports, candidate
+                t_full, full, full_cpu, store = timer, reports, cpu, candidate
             else:
                 candidate.close()
         run = lambda: ingest_collection(store, collection, embedder=embedder, chunk_settings=settings,  # noqa: E731
@@ -194,6 +248,11 @@ def main() -> None:
             ("  embeddings step (embed + COPY + HNSW build)", f"{full['embeddings'].seconds:.2f}", "", "", ""),
             ("`refinery ingest` command (new process, Dagster, fresh home)", f"{command_s:.2f}",
              f"{command_s / naive_s:.2f}", f"{command_s / floor_s:.2f}", "<= 8x naive"),
+        ])
+        print_table("CPU seconds of that full ingest, per step (the wall time is at least their sum / cores)", [
+            ("step", "wall", "this process", "pool workers", "PostgreSQL", "CPU total"),
+            *[(name, f"{full[name].seconds:.2f}", *(f"{full_cpu[name][k]:.2f}" for k in ("python", "workers", "postgres")),
+               f"{sum(full_cpu[name].values()):.2f}") for name in full_cpu],
         ])
         new_texts = len(after - before)
         print_table("Incremental reruns", [
