@@ -1,0 +1,136 @@
+"""Local embedder throughput and quality per backend on the PEP chunk texts: torch fp32 (the
+default path, sentence-transformers), ONNX Runtime fp32 and dynamic int8 (LOCAL_EMBED_BACKEND),
+timed on the same texts in the same run, interleaved round by round (the best round counts: the
+machine is shared). Quality against torch fp32: cosine of each vector, and document-level vector
+retrieval (exact cosine, no index) of the golden PEP questions over the chunks of the benchmark's
+files (every PEP a question names, plus others up to --files). Prints a table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import PEPS, PROJECT_ROOT, Timer, print_table  # noqa: E402
+from dagster_project.core.db.chunks import DocumentToChunk  # noqa: E402
+from dagster_project.core.embed.local import LocalEmbedder  # noqa: E402
+from dagster_project.core.embed.onnx_embedder import OnnxEmbedder  # noqa: E402
+from dagster_project.core.ingest.chunking import ChunkSettings, embed_text  # noqa: E402
+from dagster_project.core.ingest.corpus import load_manifest, read_sources, scan_collection  # noqa: E402
+from dagster_project.core.ingest.tokens import wordpiece_counter  # noqa: E402
+from dagster_project.core.ingest.pipeline import EMBED_TX_TEXTS, build_chunks, build_document_row, parse_files  # noqa: E402
+from dagster_project.core.search.evaluation import evaluate, load_questions  # noqa: E402
+
+QUESTIONS = PROJECT_ROOT / "bench" / "peps_questions.yaml"
+
+
+def chunk_texts(paths: list[Path]) -> tuple[list[str], list[str]]:
+    """The texts the embeddings step embeds (context + chunk, distinct), with their document."""
+    from bench.ingest_bench import make_corpus
+
+    root, manifest = make_corpus(paths)
+    collection = load_manifest(manifest).collection("peps")
+    sources = read_sources(scan_collection(collection, 20_000_000))
+    parsed = parse_files(sources)
+    texts: dict[str, str] = {}
+    counter = wordpiece_counter()
+    for source, doc in zip(sources, parsed):
+        row = build_document_row(collection, source, doc)[0]
+        for c in build_chunks(DocumentToChunk(row.id, row.path, row.content_hash, row.title, row.embed_mode,
+                                              row.metadata, row.blocks), "peps", ChunkSettings(), counter):
+            texts.setdefault(embed_text(c.context, c.text), row.path)
+    return list(texts), list(texts.values())
+
+
+def timed(embedder, texts: list[str]) -> tuple[float, np.ndarray]:
+    """As the embeddings step calls it: one call per transaction's worth of texts."""
+    parts = []
+    with Timer() as t:
+        for start in range(0, len(texts), EMBED_TX_TEXTS):
+            parts.append(embedder.embed(texts[start:start + EMBED_TX_TEXTS]).vectors)
+    return t.seconds, np.vstack(parts)
+
+
+def retrieval(embedder, questions, vectors: np.ndarray, documents: list[str]) -> dict:
+    doc_names = sorted(set(documents))
+    doc_index = np.array([doc_names.index(d) for d in documents])
+
+    def retrieve(question: str) -> list[tuple[str, str]]:
+        scores = vectors @ embedder.embed([question]).vectors[0]
+        best = np.full(len(doc_names), -np.inf)
+        np.maximum.at(best, doc_index, scores)
+        return [("peps", doc_names[i]) for i in np.argsort(-best)[:10]]
+
+    return evaluate(questions, retrieve)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=83, help="PEPs: every one a question names (83), then others")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-sizes", default="64", help="comma-separated; each is a row per backend")
+    parser.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their default)")
+    parser.add_argument("--backends", default="torch,onnx,onnx-int8")
+    parser.add_argument("--time-texts", type=int, default=1000, help="texts timed per round (0: all)")
+    parser.add_argument("--no-quality", dest="quality", action="store_false",
+                        help="skip cosine and retrieval (which embed every text once more per backend)")
+    args = parser.parse_args()
+    named = sorted({d for q in yaml.safe_load(QUESTIONS.read_text())["questions"] for d in q["documents"]})
+    others = [p.name for p in sorted(PEPS.glob("*.rst")) if p.name not in named]
+    files = [PEPS / n for n in (named + others)[: max(args.files, len(named))]]
+    texts, documents = chunk_texts(files)
+    random.Random(7).shuffle(order := list(range(len(texts))))  # the step's order is by hash, not length
+    texts, documents = [texts[i] for i in order], [documents[i] for i in order]
+    questions = load_questions(QUESTIONS, {("peps", d) for d in documents})
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    cache = Path(tempfile.mkdtemp(prefix="refinery-onnx-"))
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    embedders = {}
+    for backend in args.backends.split(","):
+        for size in sizes:
+            if backend == "torch":
+                embedder = LocalEmbedder(batch_size=size)
+            else:
+                embedder = OnnxEmbedder(cache, backend, batch_size=size, threads=args.threads or None)
+            embedder.embed(["warm up"])
+            embedders[(backend, size)] = embedder
+    timing = texts[: args.time_texts] if args.time_texts else texts
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    seconds: dict = {k: [] for k in embedders}
+    for round_ in range(args.rounds):
+        for key, embedder in embedders.items():
+            seconds[key].append(timed(embedder, timing)[0])
+            print(f"round {round_ + 1}: {key} {seconds[key][-1]:.1f} s", file=sys.stderr, flush=True)
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    vectors = {k: timed(e, texts)[1] for k, e in embedders.items()} if args.quality else {}
+    reference = vectors.get(("torch", sizes[0]))
+    floor = min(seconds[("torch", sizes[0])]) if ("torch", sizes[0]) in seconds else None
+    rows = [("backend", "batch", "texts/s", "x torch fp32", "cosine vs fp32 mean / min", "recall@5", "MRR@10",
+             "seconds per round")]
+    for key, embedder in embedders.items():
+        best = min(seconds[key])
+        cosine = (vectors[key] * reference).sum(axis=1) if reference is not None and key in vectors else None
+        r = retrieval(embedder, questions, vectors[key], documents) if key in vectors else None
+        rows.append((key[0], key[1], f"{len(timing) / best:.1f}", f"{floor / best:.2f}" if floor else "",
+                     f"{cosine.mean():.5f} / {cosine.min():.5f}" if cosine is not None else "",
+                     f"{r['recall@5']:.3f}" if r else "", f"{r['mrr@10']:.3f}" if r else "",
+                     " ".join(f"{s:.1f}" for s in seconds[key])))
+    print_table(f"Local embedder, all-MiniLM-L6-v2 on {os.cpu_count()} cores: {len(texts)} texts of {len(files)} PEPs, "
+                f"{len(questions)} questions; texts/s on {len(timing)} of them, best of {args.rounds} interleaved rounds; "
+                f"load {' '.join(load_before)} -> {' '.join(load_after)}", rows)
+
+
+if __name__ == "__main__":
+    main()
