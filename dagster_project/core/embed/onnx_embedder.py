@@ -3,6 +3,7 @@ once, offline, from the installed package's weights into REFINERY_HOME's cache, 
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -95,7 +96,11 @@ def export_model(target: Path, backend: str) -> Path:
             fd, made = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".int8.tmp")
             os.close(fd)
             temporaries.append(made)
-            quantize_dynamic(fp32, made, weight_type=QuantType.QInt8)
+            logging.disable(logging.WARNING)  # its advice to pre-process is for convolution models
+            try:
+                quantize_dynamic(fp32, made, weight_type=QuantType.QInt8)
+            finally:
+                logging.disable(logging.NOTSET)
         with open(made, "rb") as f:
             os.fsync(f.fileno())
         os.replace(made, target)
@@ -125,6 +130,8 @@ class OnnxEmbedder:
         path = cached_model_path(cache_dir, backend)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
+        # Spinning threads wait faster but burn the cores that parsing, PostgreSQL and other steps share.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         for attempt in (1, 2):
@@ -152,8 +159,8 @@ class OnnxEmbedder:
     def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
         counts = self.token_counter.count(texts)  # as the torch path counts them (before truncation)
         too_long = sum(1 for c in counts if c > self.MAX_TOKENS - 2)
-        warnings = [f"{too_long} text(s) longer than {self.MAX_TOKENS} tokens were truncated by "
-                    f"{self.model.name}; lower CHUNK_MAX_TOKENS to keep whole chunks"] if too_long else []
+        warnings = [(f"{too_long} text(s) longer than {self.MAX_TOKENS} tokens were truncated by "
+                     f"{self.model.name}; lower CHUNK_MAX_TOKENS to keep whole chunks")] if too_long else []
         encodings = self._tokenizer.encode_batch(list(texts))
         vectors = np.zeros((len(encodings), self.model.dims), dtype=np.float32)
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
