@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="64", help="comma-separated; each is a row per backend")
     parser.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their default)")
     parser.add_argument("--backends", default="torch,onnx,onnx-int8")
-    parser.add_argument("--time-texts", type=int, default=500, help="texts timed per round (0: all)")
+    parser.add_argument("--time-texts", type=int, default=500, help="texts timed per round (0: all, and their vectors give the quality columns)")
     parser.add_argument("--no-quality", dest="quality", action="store_false",
                         help="skip cosine and retrieval (which embed every text once more per backend)")
     args = parser.parse_args()
@@ -134,17 +134,19 @@ def main() -> None:
             embedder.embed(["warm up"])
             embedders[(backend, size)] = embedder
     timing = texts[: args.time_texts] if args.time_texts else texts
+    vectors: dict = {}
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     seconds: dict = {k: [] for k in embedders}
     cpu: dict = {k: [] for k in embedders}
     for round_ in range(args.rounds):
         for key, embedder in embedders.items():
-            wall, used, _ = timed(embedder, timing)
+            wall, used, vectors[key] = timed(embedder, timing)
             seconds[key].append(wall)
             cpu[key].append(used)
             print(f"round {round_ + 1}: {key} {wall:.1f} s, {used:.1f} CPU s", file=sys.stderr, flush=True)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
-    vectors = {k: timed(e, texts)[2] for k, e in embedders.items()} if args.quality else {}
+    if len(timing) < len(texts):  # the quality columns need every text's vector
+        vectors = {k: timed(e, texts)[2] for k, e in embedders.items()} if args.quality else {}
     reference = vectors.get(("torch", sizes[0]))
     floor = min(seconds[("torch", sizes[0])]) if ("torch", sizes[0]) in seconds else None
     cpu_floor = min(cpu[("torch", sizes[0])]) if ("torch", sizes[0]) in cpu else None
