@@ -122,7 +122,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    cache = Path(tempfile.mkdtemp(prefix="refinery-onnx-"))
+    cache = Path(tempfile.mkdtemp(prefix="refinery-onnx-"))  # a fresh export each run: what a user's first run does
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     embedders = {}
     for backend in args.backends.split(","):
@@ -133,6 +133,7 @@ def main() -> None:
                 embedder = OnnxEmbedder(cache, backend, batch_size=size, threads=args.threads or None)
             embedder.embed(["warm up"])
             embedders[(backend, size)] = embedder
+    shutil.rmtree(cache)  # the sessions hold their models
     timing = texts[: args.time_texts] if args.time_texts else texts
     vectors: dict = {}
     load_before = Path("/proc/loadavg").read_text().split()[:3]
