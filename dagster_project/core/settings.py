@@ -31,6 +31,8 @@ class Settings(BaseModel):
     embed_dims: int | None = None
     embed_batch_size: int = Field(64, ge=1)
     embed_concurrency: int = Field(4, ge=1)
+    # EMBED_PROVIDER=local: torch (sentence-transformers) or ONNX Runtime, fp32 or int8 (docs/architecture.md)
+    local_embed_backend: str = "torch"
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
 
@@ -92,6 +94,14 @@ class Settings(BaseModel):
         value = value.strip().lower()
         if value not in {"local", "openai", "hash"}:
             raise ValueError(f"EMBED_PROVIDER must be local, openai or hash, not {value!r}")
+        return value
+
+    @field_validator("local_embed_backend")
+    @classmethod
+    def _known_local_backend(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in {"torch", "onnx", "onnx-int8"}:
+            raise ValueError(f"LOCAL_EMBED_BACKEND must be torch, onnx or onnx-int8, not {value!r}")
         return value
 
     @model_validator(mode="after")

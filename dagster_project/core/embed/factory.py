@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..ingest.tokens import TokenCounter, tiktoken_counter, wordpiece_counter
 from .base import Embedder, EmbeddingError, EmbeddingModel, parse_model_key
 from .local import HashEmbedder, LocalEmbedder
+from .onnx_embedder import OnnxEmbedder, backend_of, model_name
 from .openai_embedder import DEFAULT_MODEL, KNOWN_DIMS, OpenAIEmbedder
 
 
@@ -22,7 +23,7 @@ def configured_model_key(settings) -> str:
     if settings.embed_provider == "hash":
         return EmbeddingModel("hash", HashEmbedder.NAME, settings.embed_dims or 384).key
     if settings.embed_provider == "local":
-        return EmbeddingModel("local", LocalEmbedder.NAME, LocalEmbedder.DIMS).key
+        return EmbeddingModel("local", model_name(settings.local_embed_backend), LocalEmbedder.DIMS).key
     model = settings.embed_model or DEFAULT_MODEL
     return f"openai:{model}:{settings.embed_dims or KNOWN_DIMS.get(model, 'auto')}"
 
@@ -33,8 +34,9 @@ def _settings_for_key(settings, key: str):
     provider, name, dims = parse_model_key(key)
     if provider == "hash" and name == HashEmbedder.NAME:
         return settings.model_copy(update={"embed_provider": "hash", "embed_dims": dims})
-    if provider == "local" and name == LocalEmbedder.NAME:
-        return settings.model_copy(update={"embed_provider": "local"})
+    if provider == "local" and backend_of(name, settings.local_embed_backend):
+        return settings.model_copy(update={"embed_provider": "local",
+                                           "local_embed_backend": backend_of(name, settings.local_embed_backend)})
     if provider == "openai":
         if settings.embed_provider == "openai" and (settings.embed_model or DEFAULT_MODEL) == name:
             requested = settings.embed_dims  # the configured model: exactly as configured
@@ -52,6 +54,9 @@ def build_embedder(settings, key: str | None = None) -> Embedder:
         settings = _settings_for_key(settings, key)
     if settings.embed_provider == "hash":
         return HashEmbedder(dims=settings.embed_dims or 384)
+    if settings.embed_provider == "local" and settings.local_embed_backend != "torch":
+        return OnnxEmbedder(settings.refinery_home / "cache" / "onnx", settings.local_embed_backend,
+                            batch_size=settings.embed_batch_size)
     if settings.embed_provider == "local":
         return LocalEmbedder(batch_size=settings.embed_batch_size)
     embedder = OpenAIEmbedder(
