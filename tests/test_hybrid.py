@@ -114,8 +114,8 @@ def test_a_legs_first_document_outranks_one_both_legs_rank_lowly(store):
                    model_id)
         add_chunks(store, f"text-{i}", [(f"lighthouse keeper lighthouse keeper {i}", unit_near(rng, query, 0.0))],
                    model_id)
-    add_chunks(store, "both-weak", [("a note that names the lighthouse keeper once among many other words about "
-                                     "the weather and the boats", unit_near(rng, query, 0.7))], model_id)
+    weak = "a note that names the lighthouse keeper once among many other words about the weather and the boats"
+    add_chunks(store, "both-weak", [(weak, unit_near(rng, query, 0.7))], model_id)
     found = [d.path for d in store.search_documents(model_id, 16, query, k=30, mode="hybrid",
                                                     query_text="lighthouse keeper", passages=1)]
     assert found.index("answer.md") < found.index("both-weak.md")
