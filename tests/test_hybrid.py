@@ -121,24 +121,6 @@ def test_a_legs_first_document_outranks_one_both_legs_rank_lowly(store):
     assert found.index("answer.md") < found.index("both-weak.md")
 
 
-@pytest.mark.parametrize("mode", ["vector", "text"])
-def test_every_mode_ranks_documents_by_their_passages_not_their_single_best(store, mode):
-    """Three strong passages outrank one marginally better passage in every mode, as in hybrid."""
-    rng = np.random.default_rng(5)
-    query = normalize(rng.normal(size=(1, 16)).astype(np.float32))[0]
-    model_id = store.ensure_model(EmbeddingModel("test", f"passages-{mode}", 16))
-    add_chunks(store, "one-passage", [("lighthouse keeper", unit_near(rng, query, 0.99))], model_id)
-    add_chunks(store, "three-passages", [(f"lighthouse keeper log {n}", unit_near(rng, query, 0.98 - i * 0.005))
-                                         for i, n in enumerate(("one", "two", "three"))], model_id)
-    for i in range(5):
-        add_chunks(store, f"filler-{i}", [(f"unrelated note {i}", unit_near(rng, query, 0.3))], model_id)
-    found = store.search_documents(model_id, 16, query, k=3, mode=mode, query_text="lighthouse keeper", passages=3)
-    assert [d.path for d in found][:2] == ["three-passages.md", "one-passage.md"]
-    best = store.search(model_id, 16, query, k=1, mode=mode, query_text="lighthouse keeper")
-    assert best[0].path == "one-passage.md"  # it does hold the single best passage
-    assert [len(d.passages) for d in found][:2] == [3, 1]
-
-
 def test_text_leg_is_bm25_rare_words_outweigh_common_ones(store):
     """Inverse document frequency: the one chunk with the rare word beats the chunks that repeat
     the common word; a chunk matching both comes first."""
