@@ -204,14 +204,6 @@ class SearchQueries:
             f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
             f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {depth}"
             f") t JOIN chunks c ON c.id = t.id) t {once.replace('v.', 't.')}")
-        # Rows (id, document_id, rank[, leg]) of a leg, with nth (the chunk's place in its document)
-        # and drank (the document's rank in the leg, on its best chunk's row): see RRF_K.
-        def ranked(rows: str, leg: str = "") -> str:
-            return ("SELECT y.*, CASE WHEN nth = 1 THEN row_number() OVER"
-                    f" (PARTITION BY {leg}nth = 1 ORDER BY rank) END AS drank FROM (SELECT x.*, row_number()"
-                    f" OVER (PARTITION BY {leg}document_id ORDER BY rank) AS nth FROM ({rows}) x) y")
-        leg_score = (f"power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1)"
-                     f" / ({int(RRF_K)} + CASE WHEN nth = 1 THEN drank ELSE rank END)")
         # One leg alone ranks documents by their best chunk: scored like hybrid's legs, a page's
         # further chunks cost the Hugo set text MRR@10 0.550 -> 0.534 (docs/architecture.md).
         per_document = ("row_number() OVER (PARTITION BY document_id ORDER BY rank) AS nth,"
@@ -227,9 +219,14 @@ class SearchQueries:
                 f"WITH legs AS (SELECT id, document_id, rank, 'v' AS leg FROM ({vector_leg}) v"
                 f"              UNION ALL SELECT t.id, c.document_id, t.rank, 't'"
                 f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id),"
-                f" per AS ({ranked('SELECT * FROM legs', 'leg, ')}),"
+                # nth: the chunk's place in its document, in its leg; drank: the document's rank
+                # among the leg's documents, on its best chunk's row (see RRF_K)
+                " per AS (SELECT p.*, CASE WHEN nth = 1 THEN row_number() OVER"
+                "         (PARTITION BY leg, nth = 1 ORDER BY rank) END AS drank FROM (SELECT l.*, row_number()"
+                "         OVER (PARTITION BY l.leg, l.document_id ORDER BY l.rank) AS nth FROM legs l) p),"
                 f" docs AS (SELECT document_id, sum(CASE leg WHEN 'v' THEN {float(RRF_LEG_WEIGHTS['vector'])}"
-                f"         ELSE {float(RRF_LEG_WEIGHTS['text'])} END * {leg_score}) AS score"
+                f"         ELSE {float(RRF_LEG_WEIGHTS['text'])} END * power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1)"
+                f"         / ({int(RRF_K)} + CASE WHEN nth = 1 THEN drank ELSE rank END)) AS score"
                 "          FROM per GROUP BY document_id),"
                 " fused AS (SELECT p.id, p.document_id, max(docs.score) AS score,"
                 f"           sum(1.0 / ({int(RRF_K)} + p.rank)) AS chunk_score,"
