@@ -4,7 +4,8 @@ then its questions evaluated in text, vector and hybrid mode, with search latenc
 `--corpus hugo`: the Hugo documentation (~1,000 Markdown pages with front matter, shortcodes and
 includes; bench/hugo_corpus.md says how to recreate it), bench/hugo_questions.yaml.
 Prints a table. Pass --home DIR to keep the index: a second run re-ingests incrementally
-(nothing is re-embedded) and only re-measures."""
+(nothing is re-embedded) and only re-measures. --misses: for each question hybrid search does not
+answer first, the rank of its document in each mode (of 50) and the documents ranked above it."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", help="keep the embedded database here (reused by the next run)")
     parser.add_argument("--corpus", choices=sorted(QUESTIONS), default="peps")
+    parser.add_argument("--misses", action="store_true", help="profile the questions hybrid does not answer first")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="refinery-retrieval-"))
     home.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,8 @@ def main() -> None:
         rows.append((mode, f"{r['recall@1']:.3f}", f"{r['recall@5']:.3f}", f"{r['recall@10']:.3f}",
                      f"{r['mrr@10']:.3f}", f"{r['ndcg@10']:.3f}", f"{statistics.median(latencies):.1f}",
                      f"{latencies[int(len(latencies) * 0.95)]:.1f}"))
+    if args.misses:
+        print_misses(store, model_id, dims, questions, vectors)
     store.close()
     print_table(f"Retrieval on {len(questions)} {args.corpus} questions, all-MiniLM-L6-v2, document level, latency over "
                 f"{LATENCY_PASSES} passes, 10 documents a search "
@@ -93,6 +97,21 @@ def main() -> None:
                 "hybrid p50 <= 10 ms)", rows)
     for mode, r in results.items():
         print(f"{mode}: {len(r['missed_top5'])} questions missed the top 5")
+
+
+def print_misses(store: VectorStore, model_id: int, dims: int, questions, vectors) -> None:
+    modes = ("text", "vector", "hybrid")
+    for q in questions:
+        found = {mode: [(d.collection, d.path) for d in store.search_documents(
+            model_id, dims, vectors[q.text], k=50, mode=mode, query_text=q.text, passages=1)] for mode in modes}
+        ranks = {mode: next((i + 1 for i, d in enumerate(docs) if d in q.documents), None) for mode, docs in found.items()}
+        if ranks["hybrid"] == 1:
+            continue
+        print(f"\n{q.text}\n  expected {', '.join(p for _, p in q.documents)}; rank "
+              + ", ".join(f"{mode} {ranks[mode] or '>50'}" for mode in modes))
+        for mode in modes:
+            above = found[mode][:min(3, (ranks[mode] or 51) - 1)]
+            print(f"  {mode:>6} above it: {', '.join(p for _, p in above) or '-'}")
 
 
 if __name__ == "__main__":

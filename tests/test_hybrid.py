@@ -18,6 +18,7 @@ from dagster_project.core.ingest.corpus import load_manifest
 from dagster_project.core.ingest.hashing import content_hash, stable_id
 from dagster_project.core.ingest.pipeline import ingest_collection
 from dagster_project.core.search.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
+from dagster_project.core.search.hybrid import RRF_K
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
 
 GOLDEN = PROJECT_ROOT / "examples" / "golden_questions.yaml"
@@ -60,7 +61,64 @@ def test_fusion_ranks_first_what_both_legs_rank_second(store):
     paths, hits = top("hybrid")
     assert paths[0] == "answer.md"
     assert hits[0].legs == {"vector": 2, "text": 2}
-    assert hits[0].score == pytest.approx(2 / 62)
+    assert hits[0].score == pytest.approx(2 / (RRF_K + 2))
+
+
+def add_chunks(store, name: str, passages: list[tuple[str, np.ndarray]], model_id: int) -> None:
+    """A document of several chunks, each (text, vector)."""
+    doc = DocumentRow(stable_id("doc", name), "kb", f"{name}.md", content_hash(name), 1, "markdown", name,
+                      None, None, None, "full", False, {}, [], [], "test")
+    store.apply_documents("kb", [doc], [], [], [], [])
+    rows = [ChunkRow(stable_id("chunk", name, str(i)), doc.id, "kb", i, [], text, 5, content_hash(text))
+            for i, (text, _) in enumerate(passages)]
+    store.replace_chunks("kb", [], rows, "test")
+    store.write_embeddings(model_id, [r.content_hash for r in rows], np.stack([v for _, v in passages]))
+
+
+def unit_near(rng, query: np.ndarray, similarity: float) -> np.ndarray:
+    other = rng.normal(size=query.shape[0]).astype(np.float32)
+    other -= (other @ query) * query
+    other /= np.linalg.norm(other)
+    return (similarity * query + np.sqrt(1 - similarity**2) * other).astype(np.float32)
+
+
+def test_a_leg_counts_a_page_at_its_rank_among_documents_not_behind_a_long_pages_chunks(store):
+    """The vector leg's second document, behind a long page that holds its ten best chunks, ranks
+    above the text leg's third document (at its chunk rank, 11th, it fell below it)."""
+    rng = np.random.default_rng(11)
+    query = normalize(rng.normal(size=(1, 16)).astype(np.float32))[0]
+    model_id = store.ensure_model(EmbeddingModel("test", "document-rank", 16))
+    add_chunks(store, "long", [(f"harbour tide table part {i}", unit_near(rng, query, 0.99 - i * 0.004))
+                               for i in range(10)], model_id)
+    add_chunks(store, "answer", [("the harbour master's tide almanac", unit_near(rng, query, 0.94))], model_id)
+    for i in range(45):  # the rest of the vector leg's 50 chunks
+        add_chunks(store, f"filler-{i}", [(f"unrelated note number {i}", unit_near(rng, query, 0.5 - i * 0.004))],
+                   model_id)
+    for name, text in (("text-1", "lighthouse keeper lighthouse keeper"), ("text-2", "lighthouse keeper roster"),
+                       ("text-3", "the lighthouse keeper wrote a long letter home about the weather")):
+        add_chunks(store, name, [(text, unit_near(rng, query, 0.0))], model_id)
+    found = [d.path for d in store.search_documents(model_id, 16, query, k=10, mode="hybrid",
+                                                    query_text="lighthouse keeper", passages=1)]
+    assert found[0] == "long.md"
+    assert found.index("answer.md") < found.index("text-3.md")
+
+
+def test_a_legs_first_document_outranks_one_both_legs_rank_lowly(store):
+    """At K = 60 a page both legs rank 15th or so outscored the vector leg's first page."""
+    rng = np.random.default_rng(13)
+    query = normalize(rng.normal(size=(1, 16)).astype(np.float32))[0]
+    model_id = store.ensure_model(EmbeddingModel("test", "rrf-k", 16))
+    add_chunks(store, "answer", [("the harbour master's tide almanac", unit_near(rng, query, 0.99))], model_id)
+    for i in range(14):
+        add_chunks(store, f"vector-{i}", [(f"unrelated note number {i}", unit_near(rng, query, 0.9 - i * 0.01))],
+                   model_id)
+        add_chunks(store, f"text-{i}", [(f"lighthouse keeper lighthouse keeper {i}", unit_near(rng, query, 0.0))],
+                   model_id)
+    weak = "a note that names the lighthouse keeper once among many other words about the weather and the boats"
+    add_chunks(store, "both-weak", [(weak, unit_near(rng, query, 0.7))], model_id)
+    found = [d.path for d in store.search_documents(model_id, 16, query, k=30, mode="hybrid",
+                                                    query_text="lighthouse keeper", passages=1)]
+    assert found.index("answer.md") < found.index("both-weak.md")
 
 
 def test_text_leg_is_bm25_rare_words_outweigh_common_ones(store):

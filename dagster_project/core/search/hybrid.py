@@ -14,11 +14,16 @@ from ..db.embeddings import vector_type
 # (iterative scan) to find k rows that pass the filter.
 EXACT_SEARCH_MAX_ROWS = 10_000
 SEARCH_MODES = ("hybrid", "vector", "text")
-RRF_K = 60  # the usual reciprocal rank fusion constant: 1 / (60 + rank)
+# Hybrid fusion is per document: a document's score in a leg is 1 / (K + its rank among the
+# leg's documents) for its best chunk, plus 1 / (K + chunk rank) for each further chunk, each
+# counting this much less than the one before (so a document with several good passages rises,
+# but twenty weak ones do not beat one strong one); its fused score adds up both legs.
+# The best chunk counts at its document's rank: at its chunk rank, a page that a leg ranks second
+# among documents counted as 11th behind a long page holding the ten chunks above it.
+# K is 10, not the usual 60: a leg's 50 chunks hold some 20 to 40 documents, and at K = 60 a
+# document both legs rank 15th outscored the first document of either leg alone.
+RRF_K = 10
 RRF_DEPTH = 50  # hits taken from each leg before fusing
-# Hybrid fusion is per document: a document's score in a leg is the sum of 1 / (K + rank) over
-# its chunks in that leg, each further chunk counting this much less than the one before (so a
-# document with several good passages rises, but twenty weak ones do not beat one strong one).
 RRF_SAME_DOCUMENT_DECAY = 0.5
 RRF_LEG_WEIGHTS = {"vector": 1.0, "text": 1.0}  # each leg's share of a document's fused score
 # Unfiltered text search reads at most this many postings per query term, best BM25 weight first
@@ -199,6 +204,8 @@ class SearchQueries:
             f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
             f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {depth}"
             f") t JOIN chunks c ON c.id = t.id) t {once.replace('v.', 't.')}")
+        # One leg alone ranks documents by their best chunk: scored like hybrid's legs, a page's
+        # further chunks cost the Hugo set text MRR@10 0.550 -> 0.534 (docs/architecture.md).
         per_document = ("row_number() OVER (PARTITION BY document_id ORDER BY rank) AS nth,"
                         " max(score) OVER (PARTITION BY document_id) AS score, score AS chunk_score")
         if mode == "vector":
@@ -212,11 +219,14 @@ class SearchQueries:
                 f"WITH legs AS (SELECT id, document_id, rank, 'v' AS leg FROM ({vector_leg}) v"
                 f"              UNION ALL SELECT t.id, c.document_id, t.rank, 't'"
                 f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id),"
-                " per AS (SELECT l.id, l.leg, l.rank, l.document_id, row_number() OVER"
-                "         (PARTITION BY l.leg, l.document_id ORDER BY l.rank) AS nth FROM legs l),"
+                # nth: the chunk's place in its document, in its leg; drank: the document's rank
+                # among the leg's documents, on its best chunk's row (see RRF_K)
+                " per AS (SELECT p.*, CASE WHEN nth = 1 THEN row_number() OVER"
+                "         (PARTITION BY leg, nth = 1 ORDER BY rank) END AS drank FROM (SELECT l.*, row_number()"
+                "         OVER (PARTITION BY l.leg, l.document_id ORDER BY l.rank) AS nth FROM legs l) p),"
                 f" docs AS (SELECT document_id, sum(CASE leg WHEN 'v' THEN {float(RRF_LEG_WEIGHTS['vector'])}"
-                f"         ELSE {float(RRF_LEG_WEIGHTS['text'])} END"
-                f"         * power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1) / ({int(RRF_K)} + rank)) AS score"
+                f"         ELSE {float(RRF_LEG_WEIGHTS['text'])} END * power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1)"
+                f"         / ({int(RRF_K)} + CASE WHEN nth = 1 THEN drank ELSE rank END)) AS score"
                 "          FROM per GROUP BY document_id),"
                 " fused AS (SELECT p.id, p.document_id, max(docs.score) AS score,"
                 f"           sum(1.0 / ({int(RRF_K)} + p.rank)) AS chunk_score,"
