@@ -596,7 +596,7 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
         if writing is not None:
             writing[0].result()
             stored(*writing[1:])
-    counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims))
+    counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims, report.warnings))
     if counts["index_built"] or counts["embedded"] >= ANALYZE_AFTER_TEXTS:
         store.analyze()
     # Counts add up over the models; "texts" is the collection's, whatever the number of models.
