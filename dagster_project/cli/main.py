@@ -16,7 +16,18 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: the supervisor of a job command needs none of them (the child
     # imports them all again).
-    from . import db, dev, feedback, ingest, model, refine, search, serve, snapshot, tenant
+    from . import (
+        db,
+        dev,
+        feedback,
+        ingest,
+        model,
+        refine,
+        search,
+        serve,
+        snapshot,
+        tenant,
+    )
 
     parser = argparse.ArgumentParser(prog="refinery", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
