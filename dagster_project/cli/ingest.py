@@ -16,10 +16,6 @@ def cmd_ingest(args) -> int:
     project = Project.load(settings)
     names = [project.manifest.collection(args.collection).name] if args.collection else sorted(project.manifest.collections)
     urls = prepare_databases(settings)
-    if not args.dry_run:
-        from ..core.ingest.formats.isolation import start_fork_server
-
-        start_fork_server()  # its imports overlap Dagster's start-up below, on the other core
     if args.dry_run:
         from ..core.ingest.pipeline import plan_collection
 

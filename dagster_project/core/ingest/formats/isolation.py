@@ -71,16 +71,6 @@ class _Worker:
         self.process = self.connection = None
 
 
-def start_fork_server() -> None:
-    """Start the fork server now (it starts once per process) without waiting for it: its imports
-    then run beside the caller's own start-up (Dagster's, in `refinery ingest`) instead of delaying
-    the first parse."""
-    from multiprocessing import forkserver
-
-    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
-    forkserver.ensure_running()
-
-
 def parse_isolated(paths: list[str], datas: list[bytes], parse: Parse, *, workers: int | None = None,
                    time_limit: float) -> list[ParsedDocument | ParseError]:
     """`parse(path, data)` for each file in worker processes (forked from the warm fork server),
