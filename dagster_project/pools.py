@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import dagster as dg
 
@@ -120,12 +120,13 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     return dead
 
 
-def waiting_for(instance: dg.DagsterInstance, run_id: str) -> str | None:
+def waiting_for(instance: dg.DagsterInstance, run_id: str, pools: Collection[str] = (EMBEDDING_POOL, LLM_POOL)
+                ) -> str | None:
     """What the run's steps wait for, as one line (the pool, its limit, the runs holding it and
-    their processes), or None when no step of the run waits for a pool slot."""
+    their processes), or None when no step of the run waits for a slot of `pools` (the pools of
+    its job: asked every second while it runs, so in one round trip)."""
     storage = instance.event_log_storage
-    for pool in (EMBEDDING_POOL, LLM_POOL):
-        info = storage.get_concurrency_info(pool)
+    for pool, info in storage.get_concurrency_infos(sorted(pools)).items():
         if run_id not in info.pending_run_ids:
             continue
         holders = []

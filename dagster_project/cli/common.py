@@ -147,11 +147,11 @@ def _execute_watched(instance, job, partition_key: str | None, run_config: dict,
     try:
         worker = threading.Thread(target=work, name=f"run-{run_id[:8]}", daemon=True)
         worker.start()
-        said = None
+        said, pools = None, job.graph.pools  # a job without pools never waits for a slot
         while worker.is_alive() and not received:
             worker.join(1.0)
-            if worker.is_alive() and not received:
-                line = quietly(waiting_for, instance, run_id)
+            if worker.is_alive() and not received and pools:
+                line = quietly(waiting_for, instance, run_id, pools)
                 if line and line != said:
                     display.close()
                     print(f"refinery: {line}", file=sys.stderr, flush=True)

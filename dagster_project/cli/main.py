@@ -10,13 +10,25 @@ import subprocess
 import sys
 import warnings
 
-from . import db, dev, feedback, ingest, model, refine, search, serve, snapshot, tenant
-from .common import USER_ERRORS, CliError, Interrupted, lost_database
-
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: the supervisor of a job command needs none of them (the child
+    # imports them all again).
+    from . import (
+        db,
+        dev,
+        feedback,
+        ingest,
+        model,
+        refine,
+        search,
+        serve,
+        snapshot,
+        tenant,
+    )
+
     parser = argparse.ArgumentParser(prog="refinery", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (ingest, refine, search, feedback, snapshot, model, db, dev, tenant, serve):
@@ -73,10 +85,14 @@ def _die_with_supervisor(supervisor: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # The supervisor of a job command imports nothing beyond the standard library and parses
+    # nothing: the child does both (and reports a bad argument), so they are paid once.
+    if argv[:1] and argv[0] in JOB_COMMANDS and not os.environ.get(SUPERVISED):
+        return _run_supervised(argv)
+    from .common import USER_ERRORS, CliError, Interrupted, lost_database
+
     args = build_parser().parse_args(argv)
     if args.command in JOB_COMMANDS:
-        if not os.environ.get(SUPERVISED):
-            return _run_supervised(argv)
         _die_with_supervisor(int(os.environ[SUPERVISED]))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -9,10 +9,16 @@ import json
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-
-import openai
+from typing import TYPE_CHECKING
 
 from .db.batches import BatchRequest, OpenBatch
+
+if TYPE_CHECKING:
+    import openai
+
+# `openai` is imported in the functions that call it: its import costs about as much as
+# Dagster's, at every command's start and in every parse worker's fork server, and an
+# ingest with the hash or local embedder never calls it.
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -73,6 +79,7 @@ class BatchJobs:
     def submit(self, model: str, lines: list[tuple[BatchRequest, dict]]) -> Submitted | None:
         """One batch of (request, body) lines; None (with a warning) if the server refused it, so
         the caller goes live."""
+        import openai
         data = "".join(json.dumps({"custom_id": r.custom_id, "method": "POST", "url": self.endpoint, "body": body})
                        + "\n" for r, body in lines).encode()
         try:
@@ -91,6 +98,7 @@ class BatchJobs:
     def _find_or_create(self, row: int, input_file_id: str, look_first: bool) -> str | None:
         """The batch made from `input_file_id`: one the server already has (a step killed between
         creating it and recording it), else a new one; recorded before anything else happens."""
+        import openai
         try:
             found = next((b for b in self.client.batches.list(limit=100) if b.input_file_id == input_file_id),
                          None) if look_first else None
@@ -109,6 +117,7 @@ class BatchJobs:
 
     def wait(self, batch_id: str):
         """The batch once it is completed, failed, expired or cancelled."""
+        import openai
         deadline = time.monotonic() + self.policy.max_wait_seconds
         while True:
             try:
@@ -136,6 +145,7 @@ class BatchJobs:
 
     def lines(self, batch) -> Iterator[dict]:
         """Every line of the batch's output and error files."""
+        import openai
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue

@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-import openai
-
 from .secrets import scrub
+
+# `openai` is imported in the functions that call it: its import costs about as much as
+# Dagster's, at every command's start and in every parse worker's fork server, and an
+# ingest with the hash or local embedder never calls it.
 
 
 def server_place(base_url: str | None, what: str) -> str:
@@ -31,6 +33,7 @@ class ErrorExplainer:
 
     def explain(self, exc: Exception, hints: Mapping[int | str, str]) -> str:
         """`hints` by HTTP status, plus "timeout", "connection", "rate_limit", "server" and "other"."""
+        import openai
         retried = f"after {self.max_retries} retries" if self.max_retries else "(retries are off)"
         if isinstance(exc, openai.APITimeoutError):
             return self.scrub(f"{self.where} did not answer within {self.timeout:g}s {retried}: {hints['timeout']}")

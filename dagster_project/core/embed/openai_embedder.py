@@ -8,14 +8,20 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import openai
 
 from ..ingest.tokens import TokenCounter, tiktoken_counter
 from ..openai_errors import ErrorExplainer, server_place
 from .base import EmbeddingBatch, EmbeddingError, EmbeddingModel, normalize
+
+if TYPE_CHECKING:
+    import openai
+
+# `openai` is imported in the functions that call it: its import costs about as much as
+# Dagster's, at every command's start and in every parse worker's fork server, and an
+# ingest with the hash or local embedder never calls it.
 
 DEFAULT_MODEL = "text-embedding-3-small"
 KNOWN_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
@@ -45,6 +51,7 @@ class OpenAIEmbedder:
         timeout: float = 60.0,
         token_counter: TokenCounter | None = None,
     ) -> None:
+        import openai
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         if not api_key and not base_url:
@@ -174,6 +181,7 @@ class OpenAIEmbedder:
 
     def _request(self, batch: list[str], counted: int) -> tuple[np.ndarray, int]:
         """One embeddings request: (vectors in batch order, tokens)."""
+        import openai
         extra: dict[str, Any] = {"dimensions": self._requested_dims} if self._requested_dims else {}
         failure: str | None = None
         try:

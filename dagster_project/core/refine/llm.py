@@ -13,14 +13,21 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import openai
 import yaml
 from pydantic import ValidationError
 
 from ..openai_errors import ErrorExplainer, server_place
 from .prompts import Prompt
 from .schema import RefinedDocument
+
+if TYPE_CHECKING:
+    import openai
+
+# `openai` is imported in the functions that call it: its import costs about as much as
+# Dagster's, at every command's start and in every parse worker's fork server, and an
+# ingest with the hash or local embedder never calls it.
 
 EXTRACTIVE = "extractive"
 BATCH_DISCOUNT = 0.5  # the Batch API bills half the live price
@@ -160,6 +167,7 @@ class LLMChain:
     def __init__(self, *, models: list[str], base_url: str | None, api_key: str | None,
                  prices: dict[str, Price], timeout: float = 60.0, max_retries: int = 4,
                  concurrency: int = 4) -> None:
+        import openai
         self.models = models
         self.prices = prices
         self.concurrency = max(1, concurrency)
@@ -299,6 +307,7 @@ class LLMChain:
     def _request(self, model: str, link: str, attempt: str, messages: list[dict],
                  stop: threading.Event | None, n: int, temperature: float = 0.0) -> tuple[CallRecord, list[str]]:
         """One request for `n` choices (fewer if the server ignores `n`); none after an error."""
+        import openai
         record = CallRecord(model, link, attempt)
         started = time.perf_counter()
         try:
@@ -338,6 +347,7 @@ class LLMChain:
     def _create(self, model: str, messages: list[dict], n: int = 1, temperature: float = 0.0):
         """Structured output when the server takes it; JSON mode where it does not. `n` > 1 asks
         for several choices, unless the server refused it once (then one choice is asked)."""
+        import openai
         if n > 1 and self._n_ok.get(model, True):  # checked in the slot: requests queued meanwhile learn
             try:
                 return self._create_one(model, messages, temperature, n=n)
@@ -348,6 +358,7 @@ class LLMChain:
         return self._create_one(model, messages, temperature)
 
     def _create_one(self, model: str, messages: list[dict], temperature: float, **extra):
+        import openai
         create = functools.partial(self._client.chat.completions.with_raw_response.create, **extra)
         if self._json_schema_ok.get(model, True):
             try:
