@@ -135,3 +135,31 @@ def ingest_sample(store) -> VectorStore:
 @pytest.fixture
 def indexed(store) -> VectorStore:
     return ingest_sample(store)
+
+
+def kill_while_polling_a_batch(env, db_url: str, fake_openai, purpose: str, *args: str) -> None:
+    """`refinery ARGS` in its own process group, SIGKILLed once its `purpose` batch (refine |
+    embed) is submitted, recorded and being polled (the fake holds batches meanwhile)."""
+    import signal
+    import time
+
+    fake_openai.hold_batches = True
+    process = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", *args], env=env, cwd=PROJECT_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with psycopg.connect(db_url) as conn:
+                submitted = conn.execute("SELECT count(*) FROM llm_batches WHERE status = 'submitted' "
+                                         "AND purpose = %s", (purpose,)).fetchone()[0]
+            if submitted and fake_openai.requests_to("GET", "/v1/batches/"):
+                break
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the {purpose} batch was never submitted")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    fake_openai.hold_batches = False

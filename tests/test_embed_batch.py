@@ -7,10 +7,6 @@ SIGKILLed while it polls is collected by the rerun, not submitted again."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import psycopg
@@ -23,7 +19,11 @@ from dagster_project.core.ingest.chunking import ChunkSettings
 from dagster_project.core.ingest.corpus import load_manifest
 from dagster_project.core.ingest.pipeline import ingest_collection, sync_embeddings
 from dagster_project.core.openai_batch import BatchPending, BatchPolicy
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, refinery
+from tests.conftest import (
+    SAMPLE_MANIFEST,
+    kill_while_polling_a_batch,
+    refinery,
+)
 from tests.fakes.openai_server import FakeOpenAI
 
 KEY = "sk-test-embed-batch-789"
@@ -115,29 +115,8 @@ def test_a_killed_ingest_resumes_the_candidates_batch_without_submitting_again(p
     env = {**os.environ, "EMBED_PROVIDER": "openai", "EMBED_MODEL": "text-embedding-3-small", "EMBED_DIMS": "64",
            "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_API_KEY": KEY, "EMBED_BATCH_MIN_TEXTS": "1",
            "LLM_BATCH_POLL_SECONDS": "0.1", "LLM_MAX_RETRIES": "0"}
-    fake_openai.hold_batches = True
-    first = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "ingest", "--collection", "product"],
-                             env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            with psycopg.connect(db_url) as conn:
-                submitted = conn.execute("SELECT count(*) FROM llm_batches WHERE status = 'submitted' "
-                                         "AND purpose = 'embed'").fetchone()[0]
-            if submitted and fake_openai.requests_to("GET", "/v1/batches/"):  # recorded, and being polled
-                break
-            assert first.poll() is None, first.communicate()
-            time.sleep(0.2)
-        else:
-            pytest.fail("the batch was never submitted")
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
-    assert first.returncode == -signal.SIGKILL
+    kill_while_polling_a_batch(env, db_url, fake_openai, "embed", "ingest", "--collection", "product")
     assert len(fake_openai.requests_to("POST", "/v1/batches")) == 1
-
-    fake_openai.hold_batches = False
     again = refinery(env, "ingest", "--collection", "product")
     assert again.returncode == 0, again.stderr
     assert len(fake_openai.requests_to("POST", "/v1/batches")) == 1  # no second submission

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import psycopg
 import pytest
@@ -21,7 +17,7 @@ from dagster_project.core.openai_batch import BatchPending, BatchPolicy
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
-from tests.conftest import PROJECT_ROOT, refinery
+from tests.conftest import kill_while_polling_a_batch, refinery
 from tests.fakes.openai_server import refinement_answer
 
 PRICES = {"primary-model": Price(1.0, 2.0)}
@@ -148,28 +144,8 @@ def test_a_killed_refine_resumes_its_batch_without_submitting_again(project_env,
            "LLM_BATCH_POLL_SECONDS": "0.1", "LLM_MAX_RETRIES": "0"}
     assert refinery(env, "ingest", "--collection", "product").returncode == 0
     fake_openai.chat_responder = refinement_answer
-    fake_openai.hold_batches = True
-    first = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "refine", "--collection", "product"],
-                             env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            with psycopg.connect(db_url) as conn:
-                submitted = conn.execute("SELECT count(*) FROM llm_batches WHERE status = 'submitted'").fetchone()[0]
-            if submitted and fake_openai.requests_to("GET", "/v1/batches/"):  # recorded, and being polled
-                break
-            assert first.poll() is None, first.communicate()
-            time.sleep(0.2)
-        else:
-            pytest.fail("the batch was never submitted")
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
-    assert first.returncode == -signal.SIGKILL
+    kill_while_polling_a_batch(env, db_url, fake_openai, "refine", "refine", "--collection", "product")
     assert len(fake_openai.requests_to("POST", "/v1/batches")) == 1
-
-    fake_openai.hold_batches = False
     again = refinery(env, "refine", "--collection", "product", "--json")
     assert again.returncode == 0, again.stderr
     assert len(fake_openai.requests_to("POST", "/v1/batches")) == 1  # no second submission
