@@ -26,8 +26,8 @@ from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
 from dagster_project.core.secrets import ECHO_MIN, scrub
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database, refinery
+from tests.conftest import ingest_sample as ingest
 from tests.fakes.openai_server import refinement_answer
-from tests.test_feedback import ingest
 
 KEY = "sk-proj-Q7vXb29LmZtR4kWc8NpY3sHd"
 ECHOES = {
