@@ -71,7 +71,7 @@ def test_an_edit_in_one_collection_updates_only_that_collection(automated):
 
 def test_an_observation_reads_only_the_files_changed_since_the_ingest(automated, monkeypatch):
     """Observing stats the files and reads only those whose signature moved since the documents
-    step stored it: otherwise each observation (every minute by default) reads the whole corpus."""
+    step stored it: otherwise each observation (every 5 minutes by default) reads the whole corpus."""
     defs, instance, corpus = automated
     time.sleep(corpus_module.RACY_SECONDS + 0.1)  # a file written just now has no signature yet
     wanted, cursor = requested(defs, instance, None)
