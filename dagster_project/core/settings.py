@@ -91,18 +91,12 @@ class Settings(BaseModel):
     @field_validator("embed_provider")
     @classmethod
     def _known_provider(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value not in {"local", "openai", "hash"}:
-            raise ValueError(f"EMBED_PROVIDER must be local, openai or hash, not {value!r}")
-        return value
+        return _one_of("EMBED_PROVIDER", value, ("local", "openai", "hash"))
 
     @field_validator("local_embed_backend")
     @classmethod
     def _known_local_backend(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value not in {"torch", "onnx", "onnx-int8"}:
-            raise ValueError(f"LOCAL_EMBED_BACKEND must be torch, onnx or onnx-int8, not {value!r}")
-        return value
+        return _one_of("LOCAL_EMBED_BACKEND", value, ("torch", "onnx", "onnx-int8"))
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> Settings:
@@ -120,3 +114,11 @@ class Settings(BaseModel):
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _one_of(variable: str, value: str, allowed: tuple[str, ...]) -> str:
+    """`value` normalized, if it is one of `allowed`; else an error naming the variable and the choices."""
+    value = value.strip().lower()
+    if value not in allowed:
+        raise ValueError(f"{variable} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
+    return value
