@@ -26,7 +26,7 @@ from bench.common import PEPS, PROJECT_ROOT, Timer, embedded_server, fresh_datab
 from dagster_project.core.db.chunks import DocumentToChunk  # noqa: E402
 from dagster_project.core.db.store import VectorStore  # noqa: E402
 from dagster_project.core.embed.local import HashEmbedder  # noqa: E402
-from dagster_project.core.ingest.chunking import ChunkSettings  # noqa: E402
+from dagster_project.core.ingest.chunking import ChunkSettings, embed_text  # noqa: E402
 from dagster_project.core.ingest.corpus import load_manifest, read_sources, scan_collection  # noqa: E402
 from dagster_project.core.ingest.pipeline import (  # noqa: E402
     build_chunks, build_document_row, ingest_collection, parse_files, sync_chunks, sync_documents, sync_embeddings)
@@ -193,6 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=0, help="use only the first N PEPs (0 = all)")
     parser.add_argument("--local", type=int, default=0, help="also time the local embedder on N files")
+    parser.add_argument("--local-only", action="store_true", help="with --local: only that comparison")
     args = parser.parse_args()
     if not PEPS.is_dir():
         sys.exit(f"the PEP corpus is not at {PEPS}")
@@ -202,6 +203,8 @@ def main() -> None:
     settings, embedder = ChunkSettings(), HashEmbedder()
 
     with embedded_server() as server:
+        if args.local and args.local_only:
+            return local_comparison(server, files[: args.local], settings)
         # Best of two for every figure: this machine's timings wander by a third between runs.
         naive_s = min(naive_floor(server, files, embedder) for _ in range(2))
         f = min((floor(server, collection, settings, embedder) for _ in range(2)),
@@ -307,7 +310,8 @@ def local_comparison(server: str, files: list[Path], settings: ChunkSettings) ->
         reports = ingest_collection(store, collection, embedder=embedder, chunk_settings=settings,
                                     max_file_bytes=MAX_BYTES)
     with store.reading() as conn:
-        texts = [r[0] for r in conn.execute("SELECT DISTINCT ON (content_hash) text FROM chunks")]
+        # What the pipeline embeds: each distinct chunk's context line and text (chunking.embed_text).
+        texts = [embed_text(*r) for r in conn.execute("SELECT DISTINCT ON (content_hash) context, text FROM chunks")]
     store.close()
     with Timer() as t_embed:
         embedder.embed(texts)

@@ -1,4 +1,5 @@
-"""Retrieval quality on a golden set: a corpus ingested with the local embedder (all-MiniLM-L6-v2),
+"""Retrieval quality on a golden set: a corpus ingested with the local embedder (all-MiniLM-L6-v2;
+`--backend onnx-int8` for its quantized ONNX model),
 then its questions evaluated in text, vector and hybrid mode, with search latency per mode.
 `--corpus peps` (default): all 703 PEPs (reStructuredText), bench/peps_questions.yaml.
 `--corpus hugo`: the Hugo documentation (~1,000 Markdown pages with front matter, shortcodes and
@@ -24,6 +25,7 @@ from bench.ingest_bench import MAX_BYTES, make_corpus  # noqa: E402
 from dagster_project.core.db.pg import _with_database, ensure_database, start_embedded  # noqa: E402
 from dagster_project.core.db.store import VectorStore  # noqa: E402
 from dagster_project.core.embed.local import LocalEmbedder  # noqa: E402
+from dagster_project.core.embed.onnx_embedder import BACKENDS, OnnxEmbedder  # noqa: E402
 from dagster_project.core.ingest.chunking import ChunkSettings  # noqa: E402
 from dagster_project.core.ingest.corpus import load_manifest  # noqa: E402
 from dagster_project.core.ingest.pipeline import ingest_collection  # noqa: E402
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument("--home", help="keep the embedded database here (reused by the next run)")
     parser.add_argument("--corpus", choices=sorted(QUESTIONS), default="peps")
     parser.add_argument("--misses", action="store_true", help="profile the questions hybrid does not answer first")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="the local model's runtime (LOCAL_EMBED_BACKEND); onnx-int8 is another model")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="refinery-retrieval-"))
     home.mkdir(parents=True, exist_ok=True)
@@ -57,7 +61,7 @@ def main() -> None:
     server = start_embedded(home / "db")
     ensure_database(server, "retrieval")
     store = VectorStore(_with_database(server, "retrieval"))
-    embedder = LocalEmbedder()
+    embedder = LocalEmbedder() if args.backend == "torch" else OnnxEmbedder(home / "onnx", args.backend)
     with Timer() as t_ingest:
         reports = ingest_collection(store, collection, embedder=embedder, chunk_settings=ChunkSettings(),
                                     max_file_bytes=MAX_BYTES)
@@ -91,7 +95,7 @@ def main() -> None:
     if args.misses:
         print_misses(store, model_id, dims, questions, vectors)
     store.close()
-    print_table(f"Retrieval on {len(questions)} {args.corpus} questions, all-MiniLM-L6-v2, document level, latency over "
+    print_table(f"Retrieval on {len(questions)} {args.corpus} questions, {embedder.model.name}, document level, latency over "
                 f"{LATENCY_PASSES} passes, 10 documents a search "
                 "(targets: hybrid beats both on recall@5 and MRR@10; recall@5 >= 0.93, MRR@10 >= 0.80; "
                 "hybrid p50 <= 10 ms)", rows)
