@@ -27,12 +27,12 @@ RRF_DEPTH = 50  # hits taken from each leg before fusing
 RRF_SAME_DOCUMENT_DECAY = 0.5
 RRF_LEG_WEIGHTS = {"vector": 1.0, "text": 1.0, "card": 1.0}  # each leg's share of a document's fused score
 # Hybrid's third leg ranks documents by their card alone (the chunk of what their metadata says
-# of them: description, summary...; pipeline.document_card), and only its few best count: a
-# reference page whose body is code or markup is described in its card in the words a question
-# uses, and its card, ranked among cards only, is not outnumbered by long pages' passages. On
-# the Hugo set the answer's card ranked 2nd or 3rd among cards where its page was 7th to 17th in
-# the vector leg (docs/architecture.md). Cards are read exactly (sql/0020's partial index):
-# a corpus without cards (the PEPs) pays nothing.
+# of them: description, summary...; pipeline.document_card): the cards among the vector leg's
+# chunks, ranked among themselves, the first few counted. A reference page whose body is code or
+# markup says what it does in its card in the words a question uses, and ranked among cards only
+# it is not outnumbered by long pages' passages: on the Hugo set the answer's card was 2nd or 3rd
+# among cards where its page was 7th to 19th in the vector leg (docs/architecture.md). It reads
+# nothing more than the vector leg did; a corpus without cards (the PEPs) ranks as before.
 RRF_CARD_DEPTH = 5
 # Unfiltered text search reads at most this many postings per query term, best BM25 weight first
 # (a term found in more chunks than that contributes little: its idf is low). Filtered text
@@ -193,9 +193,9 @@ class SearchQueries:
         # a leg, where it ranks best: its copies would push other documents out of the depth.
         once = "WHERE v.copy = 1" if REPEATED_TEXT_ONCE else ""
         vector_leg = (
-            "SELECT v.id, v.document_id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score"
+            "SELECT v.id, v.document_id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score, v.card"
             " FROM (SELECT v.*, row_number() OVER (PARTITION BY md5(v.text) ORDER BY v.distance, v.id) AS copy"
-            f" FROM (SELECT c.id, c.document_id, c.text, {distance} AS distance"
+            f" FROM (SELECT c.id, c.document_id, c.text, c.card, {distance} AS distance"
             "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
             "   JOIN documents d ON d.id = c.document_id"
             f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v) v {once}")
@@ -205,11 +205,6 @@ class SearchQueries:
         else:
             postings = ("stats s CROSS JOIN LATERAL (SELECT p.chunk_id, p.weight FROM chunk_terms p"
                         f" WHERE p.term = s.term ORDER BY p.weight DESC LIMIT {BM25_POSTINGS_PER_TERM}) p")
-        card_leg = (
-            "SELECT k.id, k.document_id, row_number() OVER (ORDER BY k.distance) AS rank"
-            f" FROM (SELECT c.id, c.document_id, {distance} AS distance"
-            "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash JOIN documents d ON d.id = c.document_id"
-            f"  WHERE e.model_id = {model} AND c.card{filters} ORDER BY ({distance}) + 0 LIMIT {RRF_CARD_DEPTH}) k")
         text_leg = (
             "SELECT t.id, row_number() OVER (ORDER BY t.score DESC, t.id) AS rank, t.score FROM ("
             " SELECT t.*, row_number() OVER (PARTITION BY md5(c.text) ORDER BY t.score DESC, t.id) AS copy"
@@ -229,10 +224,12 @@ class SearchQueries:
                     f" FROM (SELECT t.*, c.document_id FROM ({text_leg}) t JOIN chunks c ON c.id = t.id) x")
         else:
             legs = (
-                f"WITH legs AS (SELECT id, document_id, rank, 'v' AS leg FROM ({vector_leg}) v"
+                f"WITH v AS ({vector_leg}),"
+                " legs AS (SELECT id, document_id, rank, 'v' AS leg FROM v"
                 f"              UNION ALL SELECT t.id, c.document_id, t.rank, 't'"
                 f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id"
-                f"              UNION ALL SELECT id, document_id, rank, 'c' FROM ({card_leg}) k),"
+                "              UNION ALL SELECT id, document_id, rank, 'c' FROM (SELECT id, document_id,"
+                f"              row_number() OVER (ORDER BY rank) AS rank FROM v WHERE card) k WHERE rank <= {int(RRF_CARD_DEPTH)}),"
                 # nth: the chunk's place in its document, in its leg; drank: the document's rank
                 # among the leg's documents, on its best chunk's row (see RRF_K)
                 " per AS (SELECT p.*, CASE WHEN nth = 1 THEN row_number() OVER"
