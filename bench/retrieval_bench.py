@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--misses", action="store_true", help="profile the questions hybrid does not answer first")
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="the local model's runtime (LOCAL_EMBED_BACKEND); onnx-int8 is another model")
+    parser.add_argument("--chunk-max-tokens", type=int, default=ChunkSettings().max_tokens,
+                        help="chunk size (CHUNK_MAX_TOKENS): a kept --home is re-chunked, new texts embedded")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="refinery-retrieval-"))
     home.mkdir(parents=True, exist_ok=True)
@@ -63,8 +65,8 @@ def main() -> None:
     store = VectorStore(_with_database(server, "retrieval"))
     embedder = LocalEmbedder() if args.backend == "torch" else OnnxEmbedder(home / "onnx", args.backend)
     with Timer() as t_ingest:
-        reports = ingest_collection(store, collection, embedder=embedder, chunk_settings=ChunkSettings(),
-                                    max_file_bytes=MAX_BYTES)
+        reports = ingest_collection(store, collection, embedder=embedder,
+                                    chunk_settings=ChunkSettings(max_tokens=args.chunk_max_tokens), max_file_bytes=MAX_BYTES)
     print(f"ingest: {t_ingest.seconds:.1f} s, {reports['embeddings'].texts_embedded} texts embedded, "
           f"{reports['embeddings'].counts['reused']} reused", flush=True)
     questions = load_questions(QUESTIONS[args.corpus], store.document_keys())

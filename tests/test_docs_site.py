@@ -78,6 +78,12 @@ def test_front_matter_is_searchable_and_templating_is_not(store, site, embedder,
         "functions/truncate.md"]
     with store.reading() as conn:
         assert conn.execute("SELECT count(*) FROM chunks WHERE text ~ '\\{\\{[<%]|[>%]\\}\\}'").fetchone()[0] == 0
+        # the card's chunk, and only it, is marked for hybrid search's card leg
+        cards = dict(conn.execute("SELECT d.path, c.text FROM chunks c JOIN documents d ON d.id = c.document_id "
+                                  "WHERE c.card").fetchall())
+    assert cards == {"install/linux.md": "Install the tool on Linux.", "install/macos.md": "Install the tool on a Mac.",
+                     "install/_index.md": "Lighthouse keepers install the beacon here.",
+                     "functions/truncate.md": chunks_of(store, "functions/truncate.md")[0]}
     # The included snippet is part of each page that includes it.
     assert any("walrus release key" in t for t in chunks_of(store, "install/macos.md"))
     assert any("walrus release key" in t for t in chunks_of(store, "install/linux.md"))

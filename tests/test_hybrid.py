@@ -64,12 +64,13 @@ def test_fusion_ranks_first_what_both_legs_rank_second(store):
     assert hits[0].score == pytest.approx(2 / (RRF_K + 2))
 
 
-def add_chunks(store, name: str, passages: list[tuple[str, np.ndarray]], model_id: int) -> None:
-    """A document of several chunks, each (text, vector)."""
+def add_chunks(store, name: str, passages: list[tuple[str, np.ndarray]], model_id: int, card: bool = False) -> None:
+    """A document of several chunks, each (text, vector); with `card`, the first is its card."""
     doc = DocumentRow(stable_id("doc", name), "kb", f"{name}.md", content_hash(name), 1, "markdown", name,
                       None, None, None, "full", False, {}, [], [], "test")
     store.apply_documents("kb", [doc], [], [], [], [])
-    rows = [ChunkRow(stable_id("chunk", name, str(i)), doc.id, "kb", i, [], text, 5, content_hash(text))
+    rows = [ChunkRow(stable_id("chunk", name, str(i)), doc.id, "kb", i, [], text, 5, content_hash(text),
+                     card=card and i == 0)
             for i, (text, _) in enumerate(passages)]
     store.replace_chunks("kb", [], rows, "test")
     store.write_embeddings(model_id, [r.content_hash for r in rows], np.stack([v for _, v in passages]))
@@ -119,6 +120,29 @@ def test_a_legs_first_document_outranks_one_both_legs_rank_lowly(store):
     found = [d.path for d in store.search_documents(model_id, 16, query, k=30, mode="hybrid",
                                                     query_text="lighthouse keeper", passages=1)]
     assert found.index("answer.md") < found.index("both-weak.md")
+
+
+def test_a_page_whose_card_matches_outranks_a_slightly_closer_passage(store):
+    """Hybrid's card leg: a reference page described in its card (its front matter's description)
+    outranks a page whose one passage is a little closer to the question, which the vector leg
+    alone ranks first (without the card leg: 1/11 against 1/12)."""
+    rng = np.random.default_rng(17)
+    query = normalize(rng.normal(size=(1, 16)).astype(np.float32))[0]
+    model_id = store.ensure_model(EmbeddingModel("test", "card-leg", 16))
+    add_chunks(store, "reference", [("Returns a slice of integers.", unit_near(rng, query, 0.90))], model_id, card=True)
+    add_chunks(store, "guide", [("counting from one to ten in a loop", unit_near(rng, query, 0.92))], model_id)
+    for i in range(8):
+        add_chunks(store, f"other-{i}", [(f"unrelated note number {i}", unit_near(rng, query, 0.7 - i * 0.01))], model_id)
+    add_chunks(store, "described", [("Describes another function.", unit_near(rng, query, 0.45)),
+                                    ("its example", unit_near(rng, query, 0.5))], model_id, card=True)
+    assert [d.path for d in store.search_documents(model_id, 16, query, k=2, mode="vector", passages=1)] == [
+        "guide.md", "reference.md"]
+    found = store.search_documents(model_id, 16, query, k=10, mode="hybrid", query_text="seq", passages=2)
+    paths = [d.path for d in found]
+    assert paths[0] == "reference.md" and paths.index("described.md") < paths.index("guide.md")
+    assert found[0].score == pytest.approx(1 / (RRF_K + 2) + 1 / (RRF_K + 1))
+    # the card leg ranks documents, not passages: the passage the vector leg ranks above the card comes first
+    assert [p.text for p in found[1].passages] == ["its example", "Describes another function."]
 
 
 def test_text_leg_is_bm25_rare_words_outweigh_common_ones(store):

@@ -26,6 +26,7 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("context", "text", "Document title > Section"), ("ts_config", "regconfig", ""),
         ("first_page", "integer", "page or slide the text starts on (PDF, Word, PowerPoint)"),
         ("last_page", "integer", ""), ("tsv", "tsvector", "weighted full-text vector, CJK as bigrams"),
+        ("card", "boolean", "the document card's text (hybrid search's card leg)"),
     ],
     "embeddings": [
         ("model_id", "smallint", "embedding_models.id"), ("content_hash", "bytea", "chunks.content_hash"),

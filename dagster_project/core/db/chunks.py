@@ -24,6 +24,7 @@ class ChunkRow:
     content_hash: bytes  # of embed_text(context, text)
     context: str = ""
     pages: tuple[int, int] | None = None  # first and last page or slide (PDF, Word, PowerPoint)
+    card: bool = False  # text of the document card (pipeline.document_card)
 
 
 @dataclass
@@ -46,11 +47,11 @@ CHANGED_DOCUMENTS = (
 
 
 _CHUNK_COLUMNS = ("id", "document_id", "collection", "ordinal", "heading_path", "text",
-                  "token_count", "content_hash", "context", "ts_config", "first_page", "last_page")
+                  "token_count", "content_hash", "context", "ts_config", "first_page", "last_page", "card")
 
 
 # regconfig travels as its oid in binary COPY
-_CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea", "text", "oid", "int4", "int4")
+_CHUNK_TYPES = ("uuid", "uuid", "text", "int4", "text[]", "text", "int4", "bytea", "text", "oid", "int4", "int4", "bool")
 
 
 class ChunkTables:
@@ -103,7 +104,7 @@ class ChunkTables:
                 for c in chunks:
                     copy.write_row((c.id, c.document_id, c.collection, c.ordinal, c.heading_path,
                                     c.text, c.token_count, c.content_hash, c.context, config,
-                                    *(c.pages or (None, None))))
+                                    *(c.pages or (None, None)), c.card))
             conn.execute(
                 "UPDATE documents d SET chunked_hash = v.h, chunker_version = %s "
                 "FROM unnest(%s::uuid[], %s::bytea[]) AS v(id, h) WHERE d.id = v.id",

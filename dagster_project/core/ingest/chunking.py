@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .formats.tables import is_pipe_rule
 from .hashing import content_hash
@@ -19,8 +19,8 @@ from .tokens import COUNT_BATCH_CHARS, TokenCounter
 
 # v2: chunks carry their title + heading path context; v3: tables split by rows with their header,
 # no chunk without a letter or digit (the closing fence of a long code block, a table rule),
-# document cards in a section of their own
-CHUNKER_VERSION = "heading-cdc-v3"
+# document cards in a section of their own; v4: card chunks marked (hybrid search's card leg)
+CHUNKER_VERSION = "heading-cdc-v4"
 CARD_KIND = "card"  # a document's descriptive metadata (pipeline.document_card): a chunk of its own
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 _WORD = re.compile(r"[^\W_]")
@@ -76,6 +76,7 @@ class ChunkDraft:
     text: str
     token_count: int
     pages: tuple[int, int] | None = None  # first and last page (or slide) the chunk's text is on
+    card: bool = False  # the document card's text (CARD_KIND)
 
 
 @dataclass
@@ -110,7 +111,10 @@ def chunk_blocks(blocks: list[Block], settings: ChunkSettings, counter: TokenCou
             else:
                 units.extend((block.kind == "table" and _split_table(block, budget, counter))
                              or _split_oversize(block, budget, counter))
-        drafts.extend(_pack_section(heading_path, units, settings, budget, counter))
+        packed = _pack_section(heading_path, units, settings, budget, counter)
+        if section_blocks[0].kind == CARD_KIND:  # a card is a section of its own
+            packed = [replace(d, card=True) for d in packed]
+        drafts.extend(packed)
     # Markup alone (a closing ``` cut off a long code block, a table rule) is nothing to find.
     return [d for d in drafts if _WORD.search(d.text)]
 

@@ -410,14 +410,15 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
         return []
     if document.embed_mode == "metadata_only":
         text = _metadata_text(document)
-        drafts = [([], text, counter.count([text])[0], None)]
+        drafts = [([], text, counter.count([text])[0], None, False)]
     else:
         blocks = [Block(b["kind"], b["text"], b["path"], b.get("page")) for b in document.blocks]
-        drafts = [(d.heading_path, d.text, d.token_count, d.pages) for d in chunk_blocks(blocks, settings, counter)]
+        drafts = [(d.heading_path, d.text, d.token_count, d.pages, d.card)
+                  for d in chunk_blocks(blocks, settings, counter)]
     contexts: dict[tuple, tuple[str, int]] = {}
     seen: Counter[bytes] = Counter()
     rows = []
-    for ordinal, (heading_path, text, tokens, pages) in enumerate(drafts):
+    for ordinal, (heading_path, text, tokens, pages, card) in enumerate(drafts):
         key = tuple(heading_path)
         if key not in contexts:
             contexts[key] = chunk_context(document.title, heading_path, settings, counter)
@@ -427,7 +428,7 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
         seen[digest] += 1
         rows.append(ChunkRow(stable_id("chunk", document.id.bytes, digest, occurrence), document.id,
                              collection, ordinal, heading_path, text, tokens + context_tokens, digest, context,
-                             pages))
+                             pages, card))
     return rows
 
 

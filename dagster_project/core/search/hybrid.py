@@ -25,7 +25,15 @@ SEARCH_MODES = ("hybrid", "vector", "text")
 RRF_K = 10
 RRF_DEPTH = 50  # hits taken from each leg before fusing
 RRF_SAME_DOCUMENT_DECAY = 0.5
-RRF_LEG_WEIGHTS = {"vector": 1.0, "text": 1.0}  # each leg's share of a document's fused score
+RRF_LEG_WEIGHTS = {"vector": 1.0, "text": 1.0, "card": 1.0}  # each leg's share of a document's fused score
+# Hybrid's third leg ranks documents by their card alone (the chunk of what their metadata says
+# of them: description, summary...; pipeline.document_card): the cards among the vector leg's
+# chunks, ranked among themselves, the first few counted. A reference page whose body is code or
+# markup says what it does in its card in the words a question uses, and ranked among cards only
+# it is not outnumbered by long pages' passages: on the Hugo set the answer's card was 2nd or 3rd
+# among cards where its page was 7th to 19th in the vector leg (docs/architecture.md). It reads
+# nothing more than the vector leg did; a corpus without cards (the PEPs) ranks as before.
+RRF_CARD_DEPTH = 5
 # Unfiltered text search reads at most this many postings per query term, best BM25 weight first
 # (a term found in more chunks than that contributes little: its idf is low). Filtered text
 # search reads every posting of its terms, so a narrow filter never loses its matches.
@@ -185,9 +193,9 @@ class SearchQueries:
         # a leg, where it ranks best: its copies would push other documents out of the depth.
         once = "WHERE v.copy = 1" if REPEATED_TEXT_ONCE else ""
         vector_leg = (
-            "SELECT v.id, v.document_id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score"
+            "SELECT v.id, v.document_id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score, v.card"
             " FROM (SELECT v.*, row_number() OVER (PARTITION BY md5(v.text) ORDER BY v.distance, v.id) AS copy"
-            f" FROM (SELECT c.id, c.document_id, c.text, {distance} AS distance"
+            f" FROM (SELECT c.id, c.document_id, c.text, c.card, {distance} AS distance"
             "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
             "   JOIN documents d ON d.id = c.document_id"
             f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v) v {once}")
@@ -216,20 +224,25 @@ class SearchQueries:
                     f" FROM (SELECT t.*, c.document_id FROM ({text_leg}) t JOIN chunks c ON c.id = t.id) x")
         else:
             legs = (
-                f"WITH legs AS (SELECT id, document_id, rank, 'v' AS leg FROM ({vector_leg}) v"
+                f"WITH v AS ({vector_leg}),"
+                " legs AS (SELECT id, document_id, rank, 'v' AS leg FROM v"
                 f"              UNION ALL SELECT t.id, c.document_id, t.rank, 't'"
-                f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id),"
+                f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id"
+                "              UNION ALL SELECT id, document_id, rank, 'c' FROM (SELECT id, document_id,"
+                f"              row_number() OVER (ORDER BY rank) AS rank FROM v WHERE card) k WHERE rank <= {int(RRF_CARD_DEPTH)}),"
                 # nth: the chunk's place in its document, in its leg; drank: the document's rank
                 # among the leg's documents, on its best chunk's row (see RRF_K)
                 " per AS (SELECT p.*, CASE WHEN nth = 1 THEN row_number() OVER"
                 "         (PARTITION BY leg, nth = 1 ORDER BY rank) END AS drank FROM (SELECT l.*, row_number()"
                 "         OVER (PARTITION BY l.leg, l.document_id ORDER BY l.rank) AS nth FROM legs l) p),"
                 f" docs AS (SELECT document_id, sum(CASE leg WHEN 'v' THEN {float(RRF_LEG_WEIGHTS['vector'])}"
-                f"         ELSE {float(RRF_LEG_WEIGHTS['text'])} END * power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1)"
+                f"         WHEN 'c' THEN {float(RRF_LEG_WEIGHTS['card'])} ELSE {float(RRF_LEG_WEIGHTS['text'])} END"
+                f"         * power({float(RRF_SAME_DOCUMENT_DECAY)}, nth - 1)"
                 f"         / ({int(RRF_K)} + CASE WHEN nth = 1 THEN drank ELSE rank END)) AS score"
                 "          FROM per GROUP BY document_id),"
                 " fused AS (SELECT p.id, p.document_id, max(docs.score) AS score,"
-                f"           sum(1.0 / ({int(RRF_K)} + p.rank)) AS chunk_score,"
+                # the card leg ranks documents, not passages: it leaves a card the passage shown last
+                f"           coalesce(sum(1.0 / ({int(RRF_K)} + p.rank)) FILTER (WHERE p.leg <> 'c'), 0) AS chunk_score,"
                 "           max(p.rank) FILTER (WHERE p.leg = 'v') AS vector_rank,"
                 "           max(p.rank) FILTER (WHERE p.leg = 't') AS text_rank"
                 "           FROM per p JOIN docs USING (document_id) GROUP BY p.id, p.document_id)"
