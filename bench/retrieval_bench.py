@@ -11,6 +11,7 @@ answer first, the rank of its document in each mode (of 50) and the documents ra
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -31,7 +32,7 @@ from dagster_project.core.ingest.corpus import load_manifest  # noqa: E402
 from dagster_project.core.ingest.pipeline import ingest_collection  # noqa: E402
 from dagster_project.core.search.evaluation import evaluate, load_questions  # noqa: E402
 
-HUGO = PROJECT_ROOT.parent / "shared" / "corpora" / "hugo-docs"
+HUGO = Path(os.environ.get("HUGO_DOCS", PROJECT_ROOT.parent / "shared" / "corpora" / "hugo-docs"))
 QUESTIONS = {"peps": PROJECT_ROOT / "bench" / "peps_questions.yaml",
              "hugo": PROJECT_ROOT / "bench" / "hugo_questions.yaml"}
 LATENCY_PASSES = 3  # latency percentiles over every question asked this many times
@@ -56,7 +57,7 @@ def main() -> None:
             shutil.move(root, corpus)
         else:
             if not HUGO.is_dir():
-                sys.exit(f"{HUGO} is missing: bench/hugo_corpus.md says how to recreate it")
+                sys.exit(f"{HUGO} is missing: bench/hugo_corpus.md says how to recreate it (HUGO_DOCS=DIR: elsewhere)")
             corpus.mkdir()
             (corpus / "corpus.yaml").write_text(f"collections:\n  hugo:\n    root: {HUGO}\n    include: ['**/*.md']\n")
     collection = load_manifest(corpus / "corpus.yaml").collection(args.corpus)
