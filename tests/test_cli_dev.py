@@ -106,3 +106,49 @@ def _kill_all(dev: subprocess.Popen, home: Path) -> None:
                 os.kill(int(entry.name), signal.SIGINT if "postgres" in cmdline.split()[0] else signal.SIGKILL)
         except (OSError, ProcessLookupError, IndexError):
             continue
+
+
+def test_the_manifest_watcher_reloads_on_a_change_of_meaning_only(tmp_path, capsys):
+    """Against a stand-in for the webserver's GraphQL endpoint: a comment changes nothing, an edit
+    that breaks the manifest is reported once and reloads nothing (the last good one stays
+    loaded), and an added collection reloads the code location once."""
+    import json
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from dagster_project.cli.dev import ManifestWatcher
+
+    asked: list[dict] = []
+
+    class GraphQL(BaseHTTPRequestHandler):
+        def do_POST(self):
+            asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.dumps({"data": {"reloadRepositoryLocation": {"__typename": "WorkspaceLocationEntry"}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GraphQL)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        shutil.copytree(SAMPLE_MANIFEST.parent, tmp_path / "examples")
+        manifest = tmp_path / "examples" / SAMPLE_MANIFEST.name
+        good = manifest.read_text()
+        watcher = ManifestWatcher(manifest, f"http://127.0.0.1:{server.server_port}/graphql")
+        assert not watcher.check()
+        manifest.write_text(good + "\n# a comment\n")
+        assert not watcher.check() and asked == []
+        manifest.write_text(good + "  broken: [\n")
+        assert not watcher.check() and not watcher.check()
+        assert capsys.readouterr().err.count("is not usable") == 1
+        (tmp_path / "examples" / "more").mkdir()
+        manifest.write_text(good + "  more:\n    root: more\n")
+        assert watcher.check() and not watcher.check()
+        assert [a["variables"] for a in asked] == [{"name": "corpus_refinery"}]
+    finally:
+        server.shutdown()

@@ -82,3 +82,33 @@ def test_the_running_daemon_observes_the_corpus_and_updates_only_the_changed_col
         for collection in ("product", "sales"):  # observed every minute, never updated again
             assert {r["runId"] for r in _materializing_runs(server, collection)} == first_runs[collection]
         assert len(_materializing_runs(server, "support")) > len(first_runs["support"])
+
+
+def test_a_collection_added_to_the_manifest_while_dev_runs_is_built_by_the_daemon(tmp_path):
+    """The collections are the code location's partitions, read when it loads: `refinery dev`
+    reloads it when corpus.yaml changes, so the daemon builds a collection added meanwhile."""
+    shutil.copytree(PROJECT_ROOT / "examples", tmp_path / "examples")
+    manifest = tmp_path / "examples" / "corpus.yaml"
+    full = manifest.read_text()
+    # Start with support only: product is added while the server runs.
+    manifest.write_text(full.split("  product:")[0] + "  support:" + full.split("  support:")[1].split("  sales:")[0])
+    with refinery_dev("automation-added", manifest, AUTOMATION_SENSOR_DEFAULT="running",
+                      CORPUS_OBSERVE_CRON="* * * * *", FEEDBACK_OBSERVE_CRON="* * * * *",
+                      AUTOMATION_INTERVAL_SECONDS="5") as server:
+        def built(collection: str):
+            def done() -> bool:
+                runs = _materializing_runs(server, collection)
+                failed = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
+                if failed:
+                    server.fail(f"an automation run failed: {failed[0]}")
+                return bool(runs) and all(r["status"] == "SUCCESS" for r in runs)
+            return done
+
+        _wait(server, "the daemon's first build of support", INITIAL_BUILD_TIMEOUT, built("support"))
+        manifest.write_text(full.split("  sales:")[0])  # product and support
+        seconds = _wait(server, "the daemon to build the added collection", UPDATE_TIMEOUT, built("product"))
+        print(f"\ncollection added to searchable through the daemon: {seconds:.0f} s")
+        result = server.refinery("search", "offline", "--collection", "product", "--mode", "text", "--json")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout), "the added collection is not searchable"
+        assert "changed: code location reloaded" in server.log.read_text()

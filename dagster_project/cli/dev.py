@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from .common import CliError, load_settings, prepare_databases
 # Seconds the processes of `dg dev` get to stop after it exits, then after SIGTERM, before
 # what is left is killed.
 DEV_STOP_GRACE = (60.0, 15.0)
+MANIFEST_POLL_SECONDS = 5.0
+LOCATION_NAME = "corpus_refinery"  # workspace.yaml
+RELOAD_LOCATION = """mutation($name: String!) { reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename ... on PythonError { message } } }"""
 
 
 def cmd_dev(args) -> int:
@@ -31,7 +36,66 @@ def cmd_dev(args) -> int:
     command = [_dg_executable(), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                "-h", args.host, "-p", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)", flush=True)
+    watcher = ManifestWatcher(Path(settings.corpus_manifest), f"http://{args.host}:{args.port}/graphql")
+    threading.Thread(target=watcher.run, name="manifest-watcher", daemon=True).start()
     return _run_until_stopped(command, cwd=os.environ["DAGSTER_HOME"])
+
+
+class ManifestWatcher:
+    """Reloads the code location when corpus.yaml changes what it says: the collections (the
+    partitions) and their settings are read when the code location loads, so without a reload a
+    collection added while `refinery dev` runs would never be built, and the daemon would keep
+    the old roots. An edit that leaves the manifest unusable is reported and waits for the next
+    one; the loaded code location keeps running meanwhile."""
+
+    def __init__(self, manifest: Path, graphql_url: str) -> None:
+        self.manifest, self.graphql_url = manifest, graphql_url
+        self.reported: str | None = None  # the last problem printed, not repeated every poll
+        self.loaded = self._read()
+
+    def _read(self) -> str | None:
+        from ..core.ingest.corpus import ManifestError, load_manifest
+
+        try:
+            return load_manifest(self.manifest).model_dump_json()
+        except (ManifestError, OSError) as exc:
+            message = str(exc)
+            if message != self.reported:
+                self.reported = message
+                print(f"refinery dev: {self.manifest.name} is not usable, the code location keeps the last good one: "
+                      f"{message}", file=sys.stderr, flush=True)
+            return None
+
+    def check(self) -> bool:
+        """Reload if the manifest now says something else; True if a reload was asked for."""
+        current = self._read()
+        if current is None or current == self.loaded:
+            return False
+        try:
+            self._reload()
+        except (OSError, ValueError) as exc:  # the webserver is not up yet or is stopping: next time
+            print(f"refinery dev: could not reload the code location yet: {exc}", file=sys.stderr, flush=True)
+            return False
+        self.loaded, self.reported = current, None
+        print(f"refinery dev: {self.manifest.name} changed: code location reloaded", file=sys.stderr, flush=True)
+        return True
+
+    def _reload(self) -> None:
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(
+            self.graphql_url, headers={"Content-Type": "application/json"},
+            data=json.dumps({"query": RELOAD_LOCATION, "variables": {"name": LOCATION_NAME}}).encode())
+        with urllib.request.urlopen(request, timeout=120) as response:
+            result = json.load(response)["data"]["reloadRepositoryLocation"]
+        if result["__typename"] != "WorkspaceLocationEntry":
+            raise ValueError(f"{result['__typename']} {result.get('message', '')}".strip())
+
+    def run(self) -> None:
+        while True:
+            time.sleep(MANIFEST_POLL_SECONDS)
+            self.check()
 
 
 def _dg_executable() -> str:
