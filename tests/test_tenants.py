@@ -179,6 +179,11 @@ def test_cli_search_takes_a_tenant(project_env, tmp_path):
     assert {h["collection"] for h in json.loads(done.stdout)} == {"sales"}
     listed = refinery(env, "tenant", "list", "--json")
     assert json.loads(listed.stdout)["globex"]["collections"] == ["sales"]
+    # A token for a tenant that nothing names (a typo) is refused: it would see nothing.
+    done = refinery(env, "token", "create", "--tenant", "globx")
+    assert done.returncode == 2 and "no tenant 'globx'" in done.stderr and "globex" in done.stderr
+    assert "globx" not in json.loads(refinery(env, "tenant", "list", "--json").stdout)
+    assert refinery(env, "token", "create", "--tenant", "acme").returncode == 0  # named by the manifest
 
 
 def test_the_manifest_names_a_tenant_and_leaves_collections_without_one_as_they_were(tmp_path):

@@ -48,6 +48,11 @@ def cmd_tenant_list(args) -> int:
 def cmd_token_create(args) -> int:
     check_tenant_name(args.tenant)
     with _store(args) as store:
+        known = store.tenants()
+        if args.tenant not in known:  # a typo would get a working token that sees nothing
+            raise CliError(f"no tenant {args.tenant!r}: no collection names it (`tenant: {args.tenant}` in the "
+                           f"manifest, then `refinery ingest`) and `refinery tenant add {args.tenant}` was not run"
+                           f"{'; tenants: ' + ', '.join(sorted(known)) if known else ''}")
         if store.add_tenant(args.tenant):
             print(f"refinery: tenant {args.tenant} created (read role {tenant_role(args.tenant)})", file=sys.stderr)
         token_id, token = store.create_token(args.tenant, args.label)
