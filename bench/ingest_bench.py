@@ -305,21 +305,27 @@ def local_comparison(server: str, files: list[Path], settings: ChunkSettings) ->
     collection = load_manifest(manifest_path).collection("peps")
     embedder = LocalEmbedder()
     embedder.embed(["warm up"])
-    store = VectorStore(fresh_database(server))
-    with Timer() as t_pipeline:
-        reports = ingest_collection(store, collection, embedder=embedder, chunk_settings=settings,
-                                    max_file_bytes=MAX_BYTES)
-    with store.reading() as conn:
-        # What the pipeline embeds: each distinct chunk's context line and text (chunking.embed_text).
-        texts = [embed_text(*r) for r in conn.execute("SELECT DISTINCT ON (content_hash) context, text FROM chunks")]
-    store.close()
-    with Timer() as t_embed:
-        embedder.embed(texts)
-    print_table(f"Local embedder (all-MiniLM-L6-v2, CPU), {len(files)} PEPs, {len(texts)} texts", [
+    # Alternating, best of two each: on the shared machine the order alone moved the ratio by a tenth.
+    t_pipeline = t_embed = t_step = float("inf")
+    for _ in range(2):
+        store = VectorStore(fresh_database(server))
+        with Timer() as timer:
+            reports = ingest_collection(store, collection, embedder=embedder, chunk_settings=settings,
+                                        max_file_bytes=MAX_BYTES)
+        t_pipeline, t_step = min(t_pipeline, timer.seconds), min(t_step, reports["embeddings"].seconds)
+        with store.reading() as conn:
+            # What the pipeline embeds: each distinct chunk's context line and text (chunking.embed_text).
+            texts = [embed_text(*r) for r in conn.execute("SELECT DISTINCT ON (content_hash) context, text FROM chunks")]
+        store.close()
+        with Timer() as timer:
+            embedder.embed(texts)
+        t_embed = min(t_embed, timer.seconds)
+    print_table(f"Local embedder (all-MiniLM-L6-v2, CPU), {len(files)} PEPs, {len(texts)} texts, best of 2 alternating, "
+                f"load average {os.getloadavg()[0]:.1f}", [
         ("run", "seconds", "x embedding-only", "target"),
-        ("embedding only", f"{t_embed.seconds:.2f}", "1.00", ""),
-        ("whole pipeline", f"{t_pipeline.seconds:.2f}", f"{t_pipeline.seconds / t_embed.seconds:.2f}", "<= 1.1"),
-        ("  of which embeddings step", f"{reports['embeddings'].seconds:.2f}", "", ""),
+        ("embedding only", f"{t_embed:.2f}", "1.00", ""),
+        ("whole pipeline", f"{t_pipeline:.2f}", f"{t_pipeline / t_embed:.2f}", "<= 1.1"),
+        ("  of which embeddings step", f"{t_step:.2f}", f"{t_step / t_embed:.2f}", ""),
     ])
 
 
