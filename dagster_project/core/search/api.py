@@ -72,7 +72,7 @@ def checked_json(body: object, name: str = "the body") -> None:
         elif isinstance(value, dict):
             for key, item in value.items():
                 inner = checked_text(key, f"a field name in {where}")
-                pending.append((item, inner if where == "the body" else f"{where}.{inner}"))
+                pending.append((item, inner if where == name else f"{where}.{inner}"))
         elif isinstance(value, list):
             pending.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
@@ -147,8 +147,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.state.store.drop_broken_connections()
             status, headers = 503, {"Retry-After": "5"}
             body = {"error": {"status": 503, "code": "database_unavailable",
-                              "message": f"the database is unreachable (no connection within "
-                                         f"{self.state.connection_wait:g} s); retry shortly"}}
+                              "message": f"the database is unreachable; retry shortly (a request waits at "
+                                         f"most {self.state.connection_wait:g} s for it)"}}
         except Exception:
             log.exception("%s %s failed", method, self._path_only())
             status, headers = 500, {}
