@@ -1,6 +1,7 @@
 """`refinery serve` as deployed: a real process on a real port, tokens made by the CLI, requests
 over HTTP; one tenant's token reads only its collections; bad requests get a 4xx JSON body that
-says what to fix; tokens never reach the log; the health check notices a dead database."""
+says what to fix; tokens never reach the log; the health check notices a dead database, and a
+killed postmaster gets fast 503s, then service again soon after it is back."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import psycopg
 import pytest
 
@@ -228,6 +233,140 @@ def test_health_checks_the_database_and_the_embedder_and_notices_an_outage(serve
         assert time.monotonic() < deadline, "the service did not recover after the database came back"
         time.sleep(0.5)
     assert served.request("GET", "/v1/search?q=sync", token=served.tokens["acme"]["token"])[0] == 200
+
+
+def test_nul_bytes_lone_surrogates_and_bad_lengths_get_a_400_naming_the_value(served):
+    token = served.tokens["acme"]["token"]
+    cases = [
+        (("GET", "/v1/search?q=refund&status=%00"), {}, "bad_character", "parameter status"),
+        (("GET", "/v1/search?q=refund%00x"), {}, "bad_character", "parameter q"),
+        (("GET", "/v1/search?q=refund&%00=x"), {}, "bad_character", "a parameter name"),
+        (("GET", "/v1/documents/product/a%00b"), {}, "bad_character", "the URL path"),
+        (("GET", "/v1/documents/product/a%ED%A0%80b"), {}, None, None),  # invalid UTF-8: no such document
+        (("POST", "/v1/search"), {"body": {"query": "refund", "filters": {"doc_type": "\u0000"}}},
+         "bad_character", "filters.doc_type"),
+        (("POST", "/v1/search"), {"body": {"query": "refund\u0000x"}}, "bad_character", "query"),
+        (("POST", "/v1/search"), {"body": {"query": "refund", "filters": {"doc\u0000": "x"}}},
+         "bad_character", "a field name in filters"),
+        (("POST", "/v1/search"), {"raw": b'{"query": "refund \\ud800"}'}, "bad_character", "query is not valid Unicode"),
+        (("POST", "/v1/search"), {"raw": b"", "headers": {"Content-Length": "-5"}}, "bad_content_length", "'-5'"),
+        (("POST", "/v1/search"), {"raw": b"", "headers": {"Content-Length": "1_0"}}, "bad_content_length", "0 or more"),
+        (("POST", "/v1/search"), {"raw": b"[" * 8000 + b"]" * 8000}, "bad_json", "not valid JSON"),
+    ]
+    for (method, path), kw, code, hint in cases:
+        status, body, _ = served.request(method, path, token=token, **kw)
+        if code is None:
+            assert status == 404 and body["error"]["code"] == "no_document", (path, body)
+            continue
+        assert (status, body["error"]["code"]) == (400, code), (path, kw, body)
+        assert hint in body["error"]["message"], (path, kw, body)
+    time.sleep(0.5)
+    log = "".join(served.log)
+    assert "Traceback" not in log and " 500 " not in log, log[-3000:]
+    assert served.request("GET", "/v1/search?q=sync", token=token)[0] == 200
+
+
+def test_a_token_anywhere_in_the_url_is_refused_and_no_part_of_it_is_logged(served):
+    token = served.tokens["acme"]["token"]
+    leaked = create_token(served.env, "acme")["token"]  # the one pasted into URLs
+    encoded = "".join(f"%{b:02X}" for b in leaked.encode())
+    paths = [f"/v1/{leaked}", f"/v1/documents/product/{leaked}", f"/v1/search;{leaked}",
+             f"/v1/search?q={leaked}", f"/v1/search?q=x&session={leaked}", f"/v1/search?q=x&{leaked}",
+             f"/v1/documents/product/{encoded}", f"/v1/documents/product/x/{leaked[:24]}.md",
+             f"/{leaked}/health"]
+    for path in paths:
+        for auth in (token, None):
+            status, body, _ = served.request("GET", path, token=auth)
+            assert status == 400 and body["error"]["code"] == "token_in_url", (path, body)
+            assert "Authorization header" in body["error"]["message"]
+    # a request line the HTTP layer refuses before any route
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as raw:
+        raw.sendall(f"GET /v1/{leaked} HTTP/1.1 extra\r\n\r\n".encode())
+        answer = b"".join(iter(lambda: raw.recv(65536), b""))
+    assert b'"status": 400, "code": "bad_http"' in answer, answer
+    time.sleep(0.5)
+    log = "".join(served.log)
+    assert log.count(" 400 ") >= len(paths) * 2, log[-3000:]
+    secret = leaked[len("rfy_"):]
+    pieces = {secret[i:i + 8] for i in range(len(secret) - 7)}
+    assert not [p for p in pieces if p in log], log[-3000:]
+
+
+# ------------------------------------------------------------------ the postmaster killed under serve
+
+@pytest.fixture
+def own_database_home():
+    """A REFINERY_HOME with its own embedded server (one this test may kill), directly under the
+    temporary directory (under root the server's user must cross every parent)."""
+    home = enterable(Path(tempfile.mkdtemp(prefix="refinery-serve-")))
+    yield home
+    pid_file = home / "pgdata" / "postmaster.pid"
+    try:
+        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        postmaster.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+        postmaster.wait(20)
+    except (OSError, ValueError, IndexError, psutil.Error):
+        pass
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _timed(served: Served, *args, **kwargs) -> tuple[float, int, dict]:
+    started = time.monotonic()
+    status, body, _ = served.request(*args, **kwargs)
+    return time.monotonic() - started, status, body
+
+
+def test_with_the_postmaster_killed_requests_fail_fast_and_search_recovers_once_it_is_back(own_database_home):
+    home = own_database_home
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME", "LLM_MODEL", "OPENAI_API_KEY",
+                        "CHUNK_MAX_TOKENS")}
+    env.update(REFINERY_HOME=str(home / "home"), EMBED_PROVIDER="hash", CORPUS_MANIFEST=tenant_manifest(home))
+    done = refinery(env, "ingest")
+    assert done.returncode == 0, done.stderr
+    token = create_token(env, "acme")["token"]
+    server = start_serve(env)
+    try:
+        assert server.request("GET", "/v1/search?q=sync", token=token)[0] == 200
+        pid_file = home / "home" / "pgdata" / "postmaster.pid"
+        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        postmaster.send_signal(signal.SIGKILL)
+        postmaster.wait(10)
+        # down for 35 s, probed each second as a load balancer would: every answer within the bound
+        # (--db-wait, 2 s). Long enough for the pool's reconnection backoff (1, 2, 4 ... 32 s) to
+        # have its next attempt some 30 s away: without the fix, recovery would wait for it.
+        slowest = {"/health": 0.0, "/v1/search": 0.0}
+        outage_ends = time.monotonic() + 35
+        while time.monotonic() < outage_ends:
+            seconds, status, body = _timed(server, "GET", "/health")
+            assert status == 503 and not body["database"]["ok"], body
+            assert "database is unreachable" in body["database"]["error"] and seconds < 3.5, (seconds, body)
+            slowest["/health"] = max(slowest["/health"], seconds)
+            seconds, status, body = _timed(server, "GET", "/v1/search?q=sync", token=token)
+            assert status == 503 and body["error"]["code"] == "database_unavailable", body
+            assert "unreachable" in body["error"]["message"] and seconds < 3.5, (seconds, body)
+            slowest["/v1/search"] = max(slowest["/v1/search"], seconds)
+            time.sleep(1)
+        done = refinery(env, "db", "start")
+        assert done.returncode == 0, done.stderr
+        back = time.monotonic()
+        while server.request("GET", "/v1/search?q=sync", token=token)[0] != 200:
+            assert time.monotonic() - back < 5, "search did not recover within 5 s of the database's return"
+            time.sleep(0.2)
+        print(f"slowest answers while down: {slowest}; search recovered {time.monotonic() - back:.1f} s after "
+              "`refinery db start` returned")
+        assert server.request("GET", "/health")[0] == 200
+    finally:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+        refinery(env, "db", "stop")
+    time.sleep(0.3)
+    log = "".join(server.log)
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_serve_stops_cleanly_on_sigterm(served):

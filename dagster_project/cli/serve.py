@@ -17,10 +17,13 @@ def cmd_serve(args) -> int:
 
     if not 1 <= args.connections <= 64:
         raise CliError(f"--connections must be from 1 to 64, not {args.connections}")
+    if not 0.1 <= args.db_wait <= 60:
+        raise CliError(f"--db-wait must be from 0.1 to 60 seconds, not {args.db_wait:g}")
     settings = load_settings(args)
     urls = prepare_databases(settings)
-    store = VectorStore(urls.vector_store, max_connections=args.connections, session_role="refinery_reader")
-    state = ServeState(store, settings, secrets=_passwords(urls.vector_store))
+    store = VectorStore(urls.vector_store, max_connections=args.connections, session_role="refinery_reader",
+                        connection_wait=args.db_wait)
+    state = ServeState(store, settings, secrets=_passwords(urls.vector_store), connection_wait=args.db_wait)
     try:
         state.current_searcher()  # load the embedder before the first request (it can take seconds)
     except Exception as exc:  # noqa: BLE001 - nothing embedded yet: serve anyway, /health says so
@@ -60,5 +63,7 @@ def add_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port (printed at start)")
     p.add_argument("--connections", type=int, default=8, help="database connections (concurrent searches)")
+    p.add_argument("--db-wait", type=float, default=2.0, metavar="SECONDS",
+                   help="how long a request waits for a database connection before a 503 (default 2)")
     p.add_argument("--quiet", action="store_true", help="no line per request (errors only)")
     p.set_defaults(func=cmd_serve)

@@ -17,9 +17,12 @@ from .migrations import migrate
 class StoreBase:
     """The pool and the transactions; every table family runs its SQL through these."""
 
-    def __init__(self, url: str, *, max_connections: int = 4, session_role: str | None = None) -> None:
+    def __init__(self, url: str, *, max_connections: int = 4, session_role: str | None = None,
+                 connection_wait: float | None = None) -> None:
         """`session_role`: the role every session starts as (and returns to after each transaction),
-        e.g. refinery_reader for a read-only service: SQL outside `writing()` runs with its rights."""
+        e.g. refinery_reader for a read-only service: SQL outside `writing()` runs with its rights.
+        `connection_wait`: for a service, the seconds a caller waits for a connection before
+        psycopg_pool.PoolTimeout (default 30)."""
         migrate(url)
 
         def configure(conn: psycopg.Connection) -> None:
@@ -28,9 +31,14 @@ class StoreBase:
                 conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(session_role)))
                 conn.commit()
 
+        # With a bounded wait, reconnection attempts give up as soon as a caller would: the next
+        # caller then tries at once. The pool's own backoff (1, 2, 4 ... s for 5 minutes) would
+        # keep a service down for up to a minute after its database came back.
+        bounded = {} if connection_wait is None else {"timeout": connection_wait,
+                                                      "reconnect_timeout": connection_wait}
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max_connections, configure=configure, open=True,
-            kwargs={"application_name": "corpus-refinery"},
+            kwargs={"application_name": "corpus-refinery"}, **bounded,
         )
 
     def close(self) -> None:

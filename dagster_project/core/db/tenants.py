@@ -4,6 +4,7 @@ hashed application tokens of `refinery serve`."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -12,6 +13,9 @@ from psycopg import sql
 from ..ingest.corpus import TENANT_NAME
 
 TOKEN_PREFIX = "rfy_"
+# What a token looks like wherever it is pasted: the prefix and 16 or more of the 43 URL-safe
+# characters create_token gives it (a partly pasted token is still a secret).
+TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{16,}")
 
 
 class TenantError(ValueError):

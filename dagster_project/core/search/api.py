@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import psycopg
 
-from ..db.tenants import TOKEN_PREFIX, TenantError
+from ..db.tenants import TOKEN_PREFIX, TOKEN_SHAPE, TenantError
 from ..secrets import scrub
 from .hybrid import FILTER_COLUMNS, SEARCH_MODES
 from .searcher import Searcher, SearchError, hit_record
@@ -33,6 +33,48 @@ MAX_FILTER_CHARS = 200
 IDLE_SECONDS = 30  # a client that sends nothing for this long is disconnected
 ROUTES = ("GET /health", "GET /health/live", "GET|POST /v1/search", "GET /v1/documents/{collection}/{path}")
 _TOKEN_IN_URL = re.compile(r"(^|&)(token|access_token|api_key|key)=", re.IGNORECASE)
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")
+
+
+def holds_token(text: str) -> bool:
+    """Whether a token-shaped value is anywhere in `text`, as sent or percent-decoded."""
+    return bool(TOKEN_SHAPE.search(text) or TOKEN_SHAPE.search(unquote(text)))
+
+
+def without_tokens(text: str) -> str:
+    """`text` fit for the log: token-shaped values masked; if one is still there once decoded
+    (percent-encoded), nothing of it is kept."""
+    text = TOKEN_SHAPE.sub(TOKEN_PREFIX + "[masked]", text)
+    return "[not logged: it holds a token]" if holds_token(text) else text
+
+
+def checked_text(value: str, name: str) -> str:
+    """`value` if PostgreSQL can take it as text (no NUL, valid Unicode), else a 400 naming `name`:
+    every request value passes here where it enters, so none fails later in the database."""
+    if "\x00" in value:
+        raise ApiError(400, "bad_character", f"{name} contains a NUL character (%00 or \\u0000): remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "bad_character", f"{name} is not valid Unicode (a lone surrogate such as "
+                                             "\\ud800): send UTF-8 text") from None
+    return value
+
+
+def checked_json(body: object, name: str = "the body") -> None:
+    """Every string of a JSON body, keys too, through checked_text, named by where it is
+    (e.g. filters.doc_type). Iterative: a body may nest as deep as the JSON parser allows."""
+    pending = [(body, name)]
+    while pending:
+        value, where = pending.pop()
+        if isinstance(value, str):
+            checked_text(value, where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                inner = checked_text(key, f"a field name in {where}")
+                pending.append((item, inner if where == name else f"{where}.{inner}"))
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 class ApiError(Exception):
@@ -52,6 +94,7 @@ class ServeState:
     searcher: Searcher | None = None
     secrets: list[str] = field(default_factory=list)  # kept out of health answers (the database password)
     checked_at: float = 0.0
+    connection_wait: float = 30.0  # the store's bound on the wait for a connection (refinery serve --db-wait)
     model_check_seconds: float = 10.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -104,7 +147,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.state.store.drop_broken_connections()
             status, headers = 503, {"Retry-After": "5"}
             body = {"error": {"status": 503, "code": "database_unavailable",
-                              "message": "the database cannot be reached now; retry shortly"}}
+                              "message": f"the database is unreachable; retry shortly (a request waits at "
+                                         f"most {self.state.connection_wait:g} s for it)"}}
         except Exception:
             log.exception("%s %s failed", method, self._path_only())
             status, headers = 500, {}
@@ -148,8 +192,9 @@ class ApiHandler(BaseHTTPRequestHandler):
                     or self.headers.get("Transfer-Encoding"))
 
     def _path_only(self) -> str:
-        """The path without its query string: queries are the users' words, and stay out of logs."""
-        return urlsplit(self.path).path[:200]
+        """The path without its query string: queries are the users' words, and stay out of logs;
+        nor any token (refused with token_in_url, but still logged)."""
+        return without_tokens(urlsplit(self.path).path[:200])
 
     def log_message(self, format: str, *args) -> None:
         pass  # one line per request from _handle, without the query string or any header
@@ -164,9 +209,11 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(414, "uri_too_long", f"the URL is longer than {MAX_PATH_CHARS} characters: "
                                                 "send a long query as POST /v1/search with a JSON body")
         url = urlsplit(self.path)
-        if _TOKEN_IN_URL.search(url.query):
+        # anywhere in the URL (path, ;parameters, any query value), percent-encoded or not
+        if _TOKEN_IN_URL.search(url.query) or holds_token(self.path):
             raise ApiError(400, "token_in_url", "send the token in the Authorization header (Bearer), never in "
                                                 "the URL: URLs end up in logs and browser histories")
+        checked_text(unquote(url.path), "the URL path")
         path = url.path.rstrip("/") or "/"
         if path == "/health/live":
             self._allow(method, "GET")
@@ -213,10 +260,10 @@ class ApiHandler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None:
             raise ApiError(411, "length_required", "a POST needs a Content-Length header and a JSON body")
-        try:
-            size = int(length)
-        except ValueError:
-            raise ApiError(400, "bad_content_length", "Content-Length must be a number of bytes") from None
+        if not _CONTENT_LENGTH.fullmatch(length.strip()):
+            raise ApiError(400, "bad_content_length", f"Content-Length must be a whole number of bytes (0 or more), "
+                                                      f"not {length.strip()[:20]!r}")
+        size = int(length)
         if size > MAX_BODY_BYTES:
             raise ApiError(413, "body_too_large", f"the body is {size} bytes; at most {MAX_BODY_BYTES} are accepted")
         content_type = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
@@ -226,11 +273,12 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._body_read = True
         try:
             body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ApiError(400, "bad_json", f"the body is not valid JSON ({exc.__class__.__name__}: "
                                             f"{str(exc)[:100]})") from None
         if not isinstance(body, dict):
             raise ApiError(400, "bad_json", 'the body must be a JSON object, e.g. {"query": "...", "k": 5}')
+        checked_json(body)
         return body
 
     @staticmethod
@@ -242,7 +290,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         repeated = [name for name, values in params.items() if len(values) > 1]
         if repeated:
             raise ApiError(400, "repeated_parameter", f"give each parameter once: {', '.join(repeated)[:100]}")
-        flat = {name: values[0] for name, values in params.items()}
+        flat = {checked_text(name, "a parameter name"): checked_text(values[0], f"parameter {name}")
+                for name, values in params.items()}
         request = {"query": flat.pop("q", flat.pop("query", None)), "filters": {}}
         for name in ("k", "mode", "passages"):
             if name in flat:
@@ -339,9 +388,10 @@ class ApiHandler(BaseHTTPRequestHandler):
         except ApiError as exc:
             return {"ok": False, "error": exc.message}
         except Exception as exc:  # noqa: BLE001 - a health check reports what failed instead of failing
+            reason = scrub((str(exc).strip().splitlines() or [""])[0][:200], self.state.secrets)
             if isinstance(exc, psycopg.OperationalError):
                 self.state.store.drop_broken_connections()
-            reason = scrub((str(exc).strip().splitlines() or [""])[0][:200], self.state.secrets)
+                reason = f"the database is unreachable: {reason}"
             return {"ok": False, "error": f"{type(exc).__name__}: {reason}"}
         return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2), "detail": detail}
 
