@@ -64,8 +64,9 @@ def load_questions(path: str | Path, known_documents: set[tuple[str, str]]) -> l
 
 def evaluate(questions: list[Question], retrieve: Callable[[str], list[tuple[str, str]]]) -> dict:
     """`retrieve(question)` returns distinct documents, best first (at least 10 when it can). A
-    question search refuses (no word the embedder can use) is refused by its number, as a
-    malformed entry is: metrics that silently left it out would not compare with other runs."""
+    question that search refuses (no word the embedder can use) stops it with the question's
+    number, as a malformed entry does: metrics that silently left it out would not compare with
+    other runs."""
     sums = {f"recall@{k}": 0.0 for k in KS} | {"mrr@10": 0.0, "ndcg@10": 0.0}
     missed = []
     for number, question in enumerate(questions, start=1):
