@@ -47,3 +47,31 @@ def test_damaged_data_directory_says_what_to_do(tmp_path):
     assert proc.returncode != 0
     assert "DatabaseSetupError" in proc.stderr
     assert f"delete {pgdata}" in proc.stderr and "DATABASE_URL" in proc.stderr
+
+
+def test_dagster_pg_url_alone_holds_dagster_storage_beside_the_embedded_vector_store(pg_server, tmp_path):
+    """DAGSTER_PG_URL counts without DATABASE_URL: Dagster's runs go to that server, the vectors to
+    the embedded one; an unreachable one is refused by name, without its password."""
+    import json
+
+    import psycopg
+
+    from tests.conftest import SAMPLE_MANIFEST, new_database, refinery
+
+    dagster_db = new_database(pg_server, template="template1")
+    env = {k: v for k, v in _env().items() if k != "DAGSTER_HOME"} | {
+        "REFINERY_HOME": str(tmp_path / "home"), "EMBED_PROVIDER": "hash", "CORPUS_MANIFEST": str(SAMPLE_MANIFEST),
+        "DAGSTER_PG_URL": dagster_db}
+    ingest = refinery(env, "ingest", "--collection", "product", "--json")
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    with psycopg.connect(dagster_db) as conn:
+        assert conn.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'").fetchone()[0] >= 1
+    status = json.loads(refinery(env, "status", "--json").stdout)
+    assert status["collections"]["product"]["vectors"] > 0
+
+    env["DAGSTER_PG_URL"] = "postgresql://dag:Dg5ecretXY@127.0.0.1:1/dagster"
+    refused = refinery(env, "ingest", "--collection", "product")
+    assert refused.returncode == 2
+    assert "cannot connect to the Dagster storage (DAGSTER_PG_URL) at postgresql://dag:***@127.0.0.1:1/dagster" \
+        in refused.stderr
+    assert "Dg5ecretXY" not in refused.stdout + refused.stderr

@@ -314,3 +314,16 @@ def test_eval_cli_refuses_a_bad_questions_file(tmp_path):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
                           env={**__import__("os").environ, "REFINERY_HOME": str(env_home), "EMBED_PROVIDER": "hash"})
     assert proc.returncode == 2 and "question 1: needs `documents" in proc.stderr and proc.stdout == ""
+
+
+def test_eval_cli_names_a_question_with_no_word_the_embedder_can_use(sample_index, db_url, tmp_path):
+    """Refused by its number and text, as a malformed entry is, rather than stopping unnamed."""
+    questions = tmp_path / "q.yaml"
+    questions.write_text(GOLDEN.read_text(encoding="utf-8")
+                         + '  - question: "-"\n    documents: ["pricing-plans.md"]\n    collection: sales\n')
+    proc = subprocess.run([sys.executable, "-m", "dagster_project.cli", "eval", "--questions", str(questions),
+                           "--mode", "all"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "DATABASE_URL": db_url, "EMBED_PROVIDER": "hash",
+                               "REFINERY_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"{questions}, question 31 ('-'): the query has no words the embedder can use" in proc.stderr

@@ -219,3 +219,46 @@ def test_the_switch_is_an_asset_with_its_checks_and_a_job():
     assert checks == {"candidate_covers_every_live_chunk", "candidate_retrieves_at_least_as_well"}
     # never switched by the automation sensor: a switch is asked for
     assert not defs.resolve_assets_def("active_embedding_model").automation_conditions_by_key
+
+
+def test_a_model_that_never_built_a_vector_does_not_become_active(cli_env, fake_openai):  # noqa: F811
+    """The operator tries OpenAI with a wrong key (401), then falls back to the hash model: the
+    fallback is built and served, and the failed model can be dropped."""
+    fake_openai.fail_next(401, times=1000)
+    openai_env = dict(cli_env, EMBED_PROVIDER="openai", OPENAI_API_KEY="sk-wrongkey123456789",
+                      OPENAI_BASE_URL=fake_openai.base_url)
+    assert refinery(openai_env, "ingest", "--json").returncode != 0
+    before = refinery(cli_env, "search", "refund")
+    assert before.returncode == 2 and "nothing is embedded yet" in before.stderr
+
+    ingest = refinery(cli_env, "ingest", "--json")
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    hits = refinery(cli_env, "search", "refund", "--json")
+    assert hits.returncode == 0 and json.loads(hits.stdout), hits.stderr
+    status = json.loads(refinery(cli_env, "model", "status", "--json").stdout)
+    roles = {m["key"]: m["role"] for m in status["models"]}
+    assert roles[OLD.model.key] == "active" and roles["openai:text-embedding-3-small:1536"] != "active"
+    dropped = refinery(cli_env, "model", "drop", "openai:text-embedding-3-small:1536")
+    assert dropped.returncode == 0, dropped.stderr
+
+
+def test_an_install_stuck_on_an_active_model_without_vectors_heals_on_the_next_ingest(store):
+    """Before the fix, a model became active before embedding anything: such an install heals
+    when another model gets built, and search says what to do meanwhile."""
+    from dagster_project.core.embed.base import EmbeddingModel
+    from dagster_project.core.search.searcher import SearchError, Searcher
+
+    stuck = store.ensure_model(EmbeddingModel("openai", "text-embedding-3-small", 1536))
+    with store.writing() as conn:
+        conn.execute("INSERT INTO active_embedding_model (model_id) VALUES (%s)", (stuck,))
+    with pytest.raises(SearchError, match="nothing is embedded yet"):
+        Searcher(Settings(embed_provider="hash"), store)
+
+    collection = load_manifest(SAMPLE_MANIFEST).collections["product"]
+    sync_documents(store, collection, max_file_bytes=10**7)
+    sync_chunks(store, "product", ChunkSettings(), OLD.token_counter)
+    report = sync_embeddings(store, "product", *models_to_build(store, OLD, build))
+    assert store.active_model_key() == OLD.model.key and report.counts["activated"] == 1
+    assert any("held no vector" in w and "openai:text-embedding-3-small:1536" in w for w in report.warnings)
+    assert serve(store, "refund")
+    assert drop_model(store, "openai:text-embedding-3-small:1536", OLD.model.key) == 0

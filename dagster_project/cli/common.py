@@ -56,13 +56,13 @@ def load_settings(args) -> Settings:
 
 
 def prepare_databases(settings: Settings) -> DatabaseUrls:
-    """Databases up (embedded unless DATABASE_URL), their URLs and the manifest in the
-    environment, and DAGSTER_HOME holding the project's dagster.yaml."""
+    """Databases up (embedded unless DATABASE_URL; Dagster's on DAGSTER_PG_URL when set), their
+    URLs and the manifest in the environment, and DAGSTER_HOME holding the project's dagster.yaml."""
     urls = resolve_database_urls(settings)
     if not urls.embedded:
         check_reachable(urls.vector_store, "vector store (DATABASE_URL)")
-        if urls.dagster != urls.vector_store:
-            check_reachable(urls.dagster, "Dagster storage (DAGSTER_PG_URL)")
+    if settings.dagster_pg_url is not None and urls.dagster != urls.vector_store:
+        check_reachable(urls.dagster, "Dagster storage (DAGSTER_PG_URL)")
     export_urls(urls)
     os.environ["CORPUS_MANIFEST"] = str(Path(settings.corpus_manifest).resolve())
     if not os.environ.get("DAGSTER_HOME"):

@@ -78,7 +78,10 @@ def cmd_eval(args) -> int:
         results = {}
         for mode in (args.mode,) if args.mode != "all" else ("text", "vector", "hybrid"):
             search = _searcher(settings, store, mode, k=args.k, passages=1)
-            results[mode] = evaluate(questions, lambda q, search=search: [(d.collection, d.path) for d in search(q)])
+            try:
+                results[mode] = evaluate(questions, lambda q, search=search: [(d.collection, d.path) for d in search(q)])
+            except QuestionsError as exc:
+                raise CliError(f"{args.questions}, {exc}") from None
     finally:
         store.close()
     lines = [f"{'mode':<8} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'MRR@10':>7} {'nDCG@10':>8}"]

@@ -124,18 +124,33 @@ class EmbeddingTables:
                                "JOIN embedding_models m ON m.id = a.model_id").fetchone()
         return row[0] if row else None
 
-    def activate_first_model(self, model_id: int) -> bool:
-        """On a fresh install the first model built becomes active; later models wait for a
-        switch. True if this one was activated now."""
+    def holds_vectors(self, model_id: int | None) -> bool:
+        with self.reading() as conn:
+            return model_id is not None and conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = %s)", (model_id,)).fetchone()[0]
+
+    def activate_built_model(self, model_id: int) -> str | None:
+        """A model that holds vectors becomes active when no model is, or when the active one holds
+        none (its first build failed: before this check, a model became active before embedding
+        anything, and search was stuck on it). Later models wait for a switch. Returns "" when
+        this one was activated on a fresh install, the replaced model's key when it healed a stuck
+        one, None when nothing changed."""
         with self.writing() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('refinery:active-model'))")
-            activated = conn.execute(
-                "INSERT INTO active_embedding_model (model_id) VALUES (%s) ON CONFLICT DO NOTHING",
-                (model_id,)).rowcount == 1
-            if activated:
-                conn.execute("INSERT INTO embedding_model_switches (to_model_id, gates) VALUES (%s, %s)",
-                             (model_id, Jsonb({"reason": "first model built"})))
-        return activated
+            row = conn.execute(
+                "SELECT a.model_id, m.key, EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = a.model_id) "
+                "FROM active_embedding_model a JOIN embedding_models m ON m.id = a.model_id").fetchone()
+            previous, previous_key, served = row if row else (None, None, False)
+            if previous == model_id or served or not conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM embeddings WHERE model_id = %s)", (model_id,)).fetchone()[0]:
+                return None
+            conn.execute(
+                "INSERT INTO active_embedding_model (model_id) VALUES (%s) ON CONFLICT (only_row) "
+                "DO UPDATE SET model_id = EXCLUDED.model_id, activated_at = now()", (model_id,))
+            reason = "first model built" if previous is None else "the active model held no vector"
+            conn.execute("INSERT INTO embedding_model_switches (from_model_id, to_model_id, gates) "
+                         "VALUES (%s, %s, %s)", (previous, model_id, Jsonb({"reason": reason})))
+        return previous_key or ""
 
     def models(self) -> list[StoredModel]:
         """Every embedding model with its vectors, its live chunks without one (per collection),

@@ -139,17 +139,17 @@ def _passwords(conninfo: str) -> list[str]:
 
 
 def resolve_database_urls(settings: Settings) -> DatabaseUrls:
+    """The vector store's URL (DATABASE_URL, else the embedded server) and Dagster's (DAGSTER_PG_URL,
+    else the vector store's server): each variable counts on its own, so DAGSTER_PG_URL alone puts
+    Dagster's storage on that server and the vectors on the embedded one."""
+    dagster_url = (_given_url(settings.dagster_pg_url.get_secret_value(), "DAGSTER_PG_URL", settings.pgssl_mode)
+                   if settings.dagster_pg_url is not None else None)
     if settings.database_url is not None:
         vector_url = _given_url(settings.database_url.get_secret_value(), "DATABASE_URL", settings.pgssl_mode)
-        dagster_url = (
-            _given_url(settings.dagster_pg_url.get_secret_value(), "DAGSTER_PG_URL", settings.pgssl_mode)
-            if settings.dagster_pg_url is not None
-            else vector_url
-        )
-        return DatabaseUrls(vector_url, dagster_url, embedded=False)
+        return DatabaseUrls(vector_url, dagster_url or vector_url, embedded=False)
     server_url = start_embedded(settings.refinery_home)
     return DatabaseUrls(
-        _with_database(server_url, VECTOR_DB), _with_database(server_url, DAGSTER_DB), embedded=True
+        _with_database(server_url, VECTOR_DB), dagster_url or _with_database(server_url, DAGSTER_DB), embedded=True
     )
 
 

@@ -542,7 +542,8 @@ def sync_embeddings(store: VectorStore, collection: str, *embedders: Embedder, p
                     shard: Shard | None = None, batch: BatchPolicy = BatchPolicy()) -> StepReport:
     """Vectors for the collection's texts that have none, for each model in turn: during a model
     change, the active model first (search serves it), then the candidate beside it. The first
-    model ever built becomes the active one. `batch`: the candidate's texts go through the Batch
+    model that holds vectors becomes the active one (also in place of an active model that holds
+    none). `batch`: the candidate's texts go through the Batch
     API when there are at least `min_items` of them (an OpenAI embedder only; search does not
     wait on the candidate, so hours of batch latency cost nothing but the switch)."""
     shard = shard or Shard(collection)
@@ -558,7 +559,6 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
     started = time.perf_counter()
     adopt_stored_size(store, embedder)
     model_id = store.ensure_model(embedder.model)
-    store.activate_first_model(model_id)
     vectors_removed = store.drop_unreferenced_vectors()
     # Counted, then streamed a batch at a time (never every text in memory).
     total, pending = store.text_counts(collection, model_id, shard)
@@ -600,6 +600,12 @@ def _sync_embeddings(store: VectorStore, collection: str, embedder: Embedder, pr
     counts["index_built"] = int(store.ensure_index(model_id, embedder.model.dims, report.warnings))
     if counts["index_built"] or counts["embedded"] >= ANALYZE_AFTER_TEXTS:
         store.analyze()
+    # Only once it holds vectors: a model whose first build failed must not become the one search serves.
+    replaced = store.activate_built_model(model_id)
+    counts["activated"] = int(replaced is not None)
+    if replaced:
+        report.warnings.append(f"{embedder.model.key} is now the active model (search serves it): the active "
+                               f"model {replaced} held no vector (its first build never embedded anything)")
     # Counts add up over the models; "texts" is the collection's, whatever the number of models.
     for name, value in counts.items():
         report.counts[name] = value if name == "texts" else report.counts.get(name, 0) + value

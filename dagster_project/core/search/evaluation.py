@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .searcher import SearchError
+
 KS = (1, 5, 10)
 
 
@@ -61,11 +63,17 @@ def load_questions(path: str | Path, known_documents: set[tuple[str, str]]) -> l
 
 
 def evaluate(questions: list[Question], retrieve: Callable[[str], list[tuple[str, str]]]) -> dict:
-    """`retrieve(question)` returns distinct documents, best first (at least 10 when it can)."""
+    """`retrieve(question)` returns distinct documents, best first (at least 10 when it can). A
+    question that search refuses (no word the embedder can use) stops it with the question's
+    number, as a malformed entry does: metrics that silently left it out would not compare with
+    other runs."""
     sums = {f"recall@{k}": 0.0 for k in KS} | {"mrr@10": 0.0, "ndcg@10": 0.0}
     missed = []
-    for question in questions:
-        ranked = retrieve(question.text)[:10]
+    for number, question in enumerate(questions, start=1):
+        try:
+            ranked = retrieve(question.text)[:10]
+        except SearchError as exc:
+            raise QuestionsError(f"question {number} ({question.text!r}): {exc}, or remove the entry") from None
         relevant = set(question.documents)
         for k in KS:
             sums[f"recall@{k}"] += len(relevant & set(ranked[:k])) / len(relevant)

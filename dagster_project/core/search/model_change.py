@@ -24,10 +24,11 @@ class ModelChangeError(RuntimeError):
 
 def models_to_build(store: VectorStore, configured: Embedder, build: Callable[[str], Embedder]) -> list[Embedder]:
     """The active model first, so search keeps a vector for every new chunk; then the configured
-    model if it differs (the candidate, built beside it). On a fresh install: the configured one."""
+    model if it differs (the candidate, built beside it). On a fresh install, or when the active
+    model holds no vector (its first build failed): the configured one, which becomes active once built."""
     adopt_stored_size(store, configured)
     active = store.active_model_key()
-    if active is None or active == configured.model.key:
+    if active is None or active == configured.model.key or not store.holds_vectors(store.model_id_by_key(active)):
         return [configured]
     return [build(active), configured]
 

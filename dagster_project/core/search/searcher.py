@@ -27,8 +27,10 @@ class Searcher:
             from ..ingest.pipeline import adopt_stored_size
 
             active = store.active_model_key()  # what search serves, whatever EMBED_* says
-            if active is None:
-                raise SearchError("nothing is embedded yet: run `refinery ingest` first")
+            # An active model with no vector: an install whose first build failed, healed by the next ingest.
+            if active is None or not store.holds_vectors(store.model_id_by_key(active)):
+                raise SearchError("nothing is embedded yet: run `refinery ingest` first (if it failed, "
+                                  "its error says what to fix)")
             self.model_key = active
             if active.startswith("local:"):  # a torch model in one process: one query at a time
                 self._embedding = threading.Lock()
