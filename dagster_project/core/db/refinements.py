@@ -229,15 +229,16 @@ class RefinementTables:
 
     def refined_document(self, collection: str, path: str, tenant: str | None = None) -> dict | None:
         """A document's current refined JSON with what made it, as the tenant sees it: None when
-        the document is not visible (absent or another tenant's); `refined` None if not refined yet."""
+        the document is not visible (absent or another tenant's); `refined` None if not refined yet;
+        `awaiting_model` true for an extractive stand-in stored while the model was unreachable."""
         with self.reading(tenant) as conn:
             row = conn.execute(
                 "SELECT d.collection, d.path, d.title, r.refined, r.model, r.link, r.prompt_version, "
-                "r.schema_version, r.quality_score, r.refined_at FROM documents d "
+                "r.schema_version, r.quality_score, r.refined_at, r.awaiting_model FROM documents d "
                 "LEFT JOIN refined_documents r ON r.document_id = d.id WHERE d.collection = %s AND d.path = %s",
                 (collection, path)).fetchone()
         if row is None:
             return None
         keys = ("collection", "path", "title", "refined", "model", "link", "prompt_version", "schema_version",
-                "quality_score", "refined_at")
+                "quality_score", "refined_at", "awaiting_model")
         return dict(zip(keys, row, strict=True))
