@@ -1,7 +1,8 @@
 """The refine step: refined JSON for every document whose refinement key (input hash, chain,
 prompt version, schema version) has no result, whose current refinement a person has rejected
 since it was made, or whose result is a stand-in stored while the model was unreachable, through
-the analyzer's routing and the LLM chain; results are stored as they finish, with the pipeline's own judgement of them, so a failure loses nothing already done."""
+the analyzer's routing and the LLM chain; results are stored as they finish, with the
+pipeline's own judgement of them, so a failure loses nothing already done."""
 
 from __future__ import annotations
 
