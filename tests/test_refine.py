@@ -11,7 +11,7 @@ import pytest
 from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.refine import pipeline as refine_module
 from dagster_project.core.refine.llm import LLMChain, Price
-from dagster_project.core.refine.pipeline import refine_collection
+from dagster_project.core.refine.pipeline import ModelUnreachable, refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
 from dagster_project.core.refine.schema import RefinedDocument
 from tests.fakes.openai_server import refinement_answer
@@ -139,11 +139,12 @@ def test_server_errors_and_timeouts_fall_through_to_the_next_link(indexed, fake_
 
 def test_the_key_never_reaches_the_call_log(indexed, fake_openai):
     fake_openai.chat_responder = lambda body: (401, {}, {"error": {"message": f"Incorrect API key provided: {KEY}"}})
-    report = refine(indexed, chain(fake_openai), "sales")
-    assert report.by_link == {"extractive": 3}
+    with pytest.raises(ModelUnreachable) as failure:  # no document got an answer: the step fails
+        refine(indexed, chain(fake_openai), "sales")
+    assert "check OPENAI_API_KEY" in str(failure.value) and KEY not in str(failure.value)
+    assert rows(indexed, "SELECT link, awaiting_model FROM refined_documents") == [("extractive", True)] * 3
     logged = rows(indexed, "SELECT error FROM llm_calls")
     assert logged and all(KEY not in e and "check OPENAI_API_KEY" in e for (e,) in logged)
-    assert all(KEY not in w for w in report.warnings)
 
 
 def test_pricing_numbers_never_reach_the_model(indexed, fake_openai):

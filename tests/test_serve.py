@@ -130,6 +130,7 @@ def test_search_and_documents_over_http_see_only_the_tokens_tenant(served):
     status, body, _ = served.request("GET", document_url, token=globex)
     assert status == 200, body
     assert body["collection"] == "sales" and body["refined"]["title"] and body["link"] == "extractive"
+    assert body["awaiting_model"] is False  # extractive by design (no model configured), not a stand-in
     # another tenant's document is answered exactly like a missing one
     missing = served.request("GET", document_url, token=acme)
     absent = served.request("GET", "/v1/documents/sales/no-such-file.md", token=acme)

@@ -1,6 +1,7 @@
 """`refined_documents`: schema-valid refined JSON per document, from the LLM chain or the
-extractive refiner; only documents whose refinement key has no result, or whose current
-refinement a person rejected since, are sent."""
+extractive refiner; only documents whose refinement key has no result, whose current
+refinement a person rejected since, or whose result is a stand-in stored while the model was
+unreachable, are sent."""
 
 import dagster as dg
 
@@ -27,11 +28,12 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
         check_specs=[dg.AssetCheckSpec("every_document_refined", asset="refined_documents",
                                        partitions_def=project.partitions,
                                        description="Every document of the collection has refined JSON under the "
-                                                   "current key.")],
+                                                   "current key (a stand-in awaiting the model does not count).")],
         description="Table refined_documents: JSON valid against RefinedDocument, with the model, link, "
                     "prompt and schema versions, input hash and cited chunks. Calls are logged in llm_calls; "
                     "answers that failed validation and refinements above the auto threshold are judged in "
-                    "feedback_events. A refinement a person rejected is redone with their notes.",
+                    "feedback_events. A refinement a person rejected is redone with their notes; one stored while "
+                    "the model was unreachable is marked awaiting_model and sent again by the next run.",
     )
     def refined_documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore,
                           llm: LLMResource) -> dg.MaterializeResult:
@@ -52,7 +54,7 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
         metadata = {
             "documents": report.documents, "refined": report.refined, "skipped": report.skipped,
             "lightweight": report.lightweight, "bypass_rate": round(report.bypass_rate, 3),
-            "quarantined": report.quarantined, "llm_calls": report.calls, "failed_calls": report.failed_calls,
+            "quarantined": report.quarantined, "awaiting_model": report.awaiting_model, "llm_calls": report.calls, "failed_calls": report.failed_calls,
             "prompt_tokens": report.prompt_tokens, "completion_tokens": report.completion_tokens,
             "cost_usd": dg.MetadataValue.float(round(report.cost_usd, 6)),
             "seconds": round(report.seconds, 3),

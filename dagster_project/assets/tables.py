@@ -44,6 +44,7 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("prompt_tokens", "integer", ""), ("budget_tokens", "integer", ""), ("refined_at", "timestamptz", ""),
         ("refinement_score", "real", ""), ("feedback_considered", "bigint[]", ""), ("quarantined", "boolean", ""),
         ("candidates", "smallint", "best-of: how many candidates were asked for"),
+        ("awaiting_model", "boolean", "the model could not be reached: an extractive stand-in, sent again next run"),
     ],
     "feedback_events": [
         ("id", "bigint", ""), ("target", "text", "document or search hit"), ("document_id", "uuid", ""),

@@ -154,7 +154,8 @@ def cmd_status(args) -> int:
         outside = store.collections_outside(sorted(project.manifest.collections))
     finally:
         store.close()
-    empty = {"documents": 0, "chunks": 0, "vectors": 0, "refined": 0, "quarantined": 0, "errors": [], "warnings": []}
+    empty = {"documents": 0, "chunks": 0, "vectors": 0, "refined": 0, "awaiting_model": 0, "quarantined": 0,
+             "errors": [], "warnings": []}
     external = project.manifest.external_roots()
     out = {"collections": {n: {**collections.get(n, dict(empty)), "root": str(c.root),
                                "root_outside_manifest_folder": n in external,
@@ -168,6 +169,9 @@ def cmd_status(args) -> int:
     for n, c in out["collections"].items():
         lines.append(f"{n:<16} {c['documents']:>10} {c['chunks']:>8} {c['vectors']:>8} {c['refined']:>8} "
                      f"{c['quarantined']:>9} {len(c['errors']):>7} {len(c['warnings']):>9}")
+        if c["awaiting_model"]:
+            lines.append(f"  note: {c['awaiting_model']} more documents hold an extractive stand-in awaiting the model "
+                         "(it could not be reached for them): the next `refinery refine` sends them")
         if c["root_outside_manifest_folder"]:
             lines.append(f"  note: root {c['root']} is outside the manifest's folder")
         if c["follow_external_symlinks"]:

@@ -36,7 +36,7 @@ def cmd_refine(args) -> int:
         step = run["steps"].get("refined_documents", {})
         per_collection[name] = {
             "run_id": run["run_id"], "success": run["success"], "checks": run["checks"], "failures": run["failures"],
-            **{k: step.get(k, 0) for k in ("refined", "skipped", "lightweight", "quarantined", "llm_calls",
+            **{k: step.get(k, 0) for k in ("refined", "skipped", "lightweight", "quarantined", "awaiting_model", "llm_calls",
                                             "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd",
                                             "feedback_redos", "batched", "best_of", "candidates_discarded")},
             "by_link": step.get("by_link", {}), "lightweight_reasons": step.get("lightweight_reasons", {}),
@@ -50,6 +50,7 @@ def cmd_refine(args) -> int:
         "skipped": sum(c["skipped"] for c in per_collection.values()),
         "lightweight": sum(c["lightweight"] for c in per_collection.values()),
         "quarantined": sum(c["quarantined"] for c in per_collection.values()),
+        "awaiting_model": sum(c["awaiting_model"] for c in per_collection.values()),
         "feedback_redos": sum(c["feedback_redos"] for c in per_collection.values()),
         "by_link": by_link,
         "cost_usd": round(sum(c["cost_usd"] for c in per_collection.values()), 6),
@@ -60,6 +61,9 @@ def cmd_refine(args) -> int:
         lines.append(f"{name:<16} {c['refined']:>8} {c['skipped']:>8} {c['lightweight']:>6} {c['quarantined']:>9} "
                      f"{c['llm_calls']:>6} {c['cost_usd']:>10.4f}")
         lines.extend(f"  FAILED: {f}" for f in c["failures"])
+        if c["awaiting_model"]:
+            lines.append(f"  {c['awaiting_model']} documents await the model (it could not be reached for them; "
+                         "the run's warnings say why): their extractive stand-ins are stored, a rerun sends them")
     lines.append(f"chain: {' -> '.join(chain.links)}; by link: {by_link}")
     emit(summary, args.json, "\n".join(lines))
     return 0 if all_passed(runs) else 1

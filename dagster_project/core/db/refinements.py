@@ -44,6 +44,7 @@ class RefinementRow:
     quarantined: bool = False
     feedback_considered: list[int] = field(default_factory=list)  # negative user feedback this redo answers
     candidates: int = 1  # best-of-N: how many candidates it was chosen from
+    awaiting_model: bool = False  # an extractive stand-in: the model could not be reached
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RefinementKey:
     pricing_sensitive: bool
     current: tuple | None  # (input hash, chain, prompt version, schema version) of the stored refinement
     disputed: bool  # negative user feedback on the stored refinement that no redo has answered yet
+    awaiting_model: bool = False  # the stored refinement is a stand-in: the model could not be reached
 
 
 REFINEMENT_KEYS = (
@@ -91,15 +93,15 @@ REFINEMENT_KEYS = (
     "r.schema_version, EXISTS (SELECT 1 FROM feedback_events f WHERE f.document_id = d.id "
     "  AND f.source = 'user' AND f.rating = -1 AND f.target = 'document' AND f.model = r.model "
     "  AND f.prompt_version = r.prompt_version AND f.schema_version = r.schema_version "
-    "  AND f.input_hash = r.input_hash AND f.id <> ALL (r.feedback_considered)) "
+    "  AND f.input_hash = r.input_hash AND f.id <> ALL (r.feedback_considered)), coalesce(r.awaiting_model, false) "
     "FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
     "WHERE d.collection = %s ORDER BY d.path"
 )
 UPSERT_REFINEMENT = (
     "INSERT INTO refined_documents (document_id, collection, input_hash, chain, prompt_version, "
     "schema_version, model, link, route, route_reason, refined, quality_score, cited_chunk_ids, "
-    "prompt_tokens, budget_tokens, refinement_score, quarantined, feedback_considered, candidates) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "prompt_tokens, budget_tokens, refinement_score, quarantined, feedback_considered, candidates, awaiting_model) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (document_id) DO UPDATE SET input_hash = EXCLUDED.input_hash, chain = EXCLUDED.chain, "
     "prompt_version = EXCLUDED.prompt_version, schema_version = EXCLUDED.schema_version, "
     "model = EXCLUDED.model, link = EXCLUDED.link, route = EXCLUDED.route, "
@@ -107,7 +109,8 @@ UPSERT_REFINEMENT = (
     "quality_score = EXCLUDED.quality_score, cited_chunk_ids = EXCLUDED.cited_chunk_ids, "
     "prompt_tokens = EXCLUDED.prompt_tokens, budget_tokens = EXCLUDED.budget_tokens, "
     "refinement_score = EXCLUDED.refinement_score, quarantined = EXCLUDED.quarantined, "
-    "feedback_considered = EXCLUDED.feedback_considered, candidates = EXCLUDED.candidates, refined_at = now()"
+    "feedback_considered = EXCLUDED.feedback_considered, candidates = EXCLUDED.candidates, "
+    "awaiting_model = EXCLUDED.awaiting_model, refined_at = now()"
 )
 INSERT_LLM_CALL = (
     "INSERT INTO llm_calls (run_id, asset, collection, document_id, model, link, attempt, "
@@ -126,7 +129,7 @@ INSERT_PIPELINE_JUDGEMENTS = (
 UNREFINED_COUNT = (
     "SELECT count(*) FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
     "WHERE d.collection = %s AND (r.document_id IS NULL OR r.chain <> %s OR r.prompt_version <> %s "
-    "OR r.schema_version <> %s)"
+    "OR r.schema_version <> %s OR r.awaiting_model)"
 )
 
 
@@ -134,14 +137,14 @@ class RefinementTables:
     """Reads and writes of refinements and their call log (a part of `VectorStore`)."""
 
     def refinement_keys(self, collection: str) -> list[RefinementKey]:
-        """Each document's current refinement key, and whether a person has rejected that very
-        refinement since it was made: enough to tell which documents need refining without
+        """Each document's current refinement key, whether a person has rejected that very
+        refinement since it was made, and whether it is a stand-in awaiting the model: enough to tell which documents need refining without
         reading any text."""
         with self.reading() as conn:
             rows = conn.execute(
                 REFINEMENT_KEYS, (collection,)).fetchall()
-        return [RefinementKey(r[0], bytes(r[1]), r[2], None if r[3] is None else (bytes(r[3]), r[4], r[5], r[6]), r[7])
-                for r in rows]
+        return [RefinementKey(r[0], bytes(r[1]), r[2], None if r[3] is None else (bytes(r[3]), r[4], r[5], r[6]), r[7],
+                              r[8]) for r in rows]
 
     def documents_for_refinement(self, document_ids: Sequence[uuid.UUID]) -> list[RefineCandidate]:
         with self.reading() as conn:
@@ -174,7 +177,7 @@ class RefinementTables:
                 [(r.document_id, collection, r.input_hash, r.chain, r.prompt_version, r.schema_version, r.model,
                   r.link, r.route, r.route_reason, Jsonb(r.refined), r.quality_score,
                   [uuid.UUID(c) for c in r.cited_chunk_ids], r.prompt_tokens, r.budget_tokens, r.refinement_score,
-                  r.quarantined, list(r.feedback_considered), r.candidates) for r in refinements])
+                  r.quarantined, list(r.feedback_considered), r.candidates, r.awaiting_model) for r in refinements])
             cur.executemany("UPDATE documents SET analysis = %s WHERE id = %s",
                             [(Jsonb(r.analysis), r.document_id) for r in refinements])
             if calls:
@@ -218,23 +221,24 @@ class RefinementTables:
         return [r[0] for r in rows]
 
     def unrefined_count(self, collection: str, chain: str, prompt_version: str, schema_version: str) -> int:
-        """Documents with no refinement, or one made under another chain, prompt or schema
-        version. (A changed document is caught by its input hash when the step runs.)"""
+        """Documents with no refinement, one made under another chain, prompt or schema version,
+        or a stand-in awaiting the model. (A changed document is caught by its input hash when the step runs.)"""
         with self.reading() as conn:
             return conn.execute(
                 UNREFINED_COUNT, (collection, chain, prompt_version, schema_version)).fetchone()[0]
 
     def refined_document(self, collection: str, path: str, tenant: str | None = None) -> dict | None:
         """A document's current refined JSON with what made it, as the tenant sees it: None when
-        the document is not visible (absent or another tenant's); `refined` None if not refined yet."""
+        the document is not visible (absent or another tenant's); `refined` None if not refined yet;
+        `awaiting_model` true for an extractive stand-in stored while the model was unreachable."""
         with self.reading(tenant) as conn:
             row = conn.execute(
                 "SELECT d.collection, d.path, d.title, r.refined, r.model, r.link, r.prompt_version, "
-                "r.schema_version, r.quality_score, r.refined_at FROM documents d "
+                "r.schema_version, r.quality_score, r.refined_at, r.awaiting_model FROM documents d "
                 "LEFT JOIN refined_documents r ON r.document_id = d.id WHERE d.collection = %s AND d.path = %s",
                 (collection, path)).fetchone()
         if row is None:
             return None
         keys = ("collection", "path", "title", "refined", "model", "link", "prompt_version", "schema_version",
-                "quality_score", "refined_at")
+                "quality_score", "refined_at", "awaiting_model")
         return dict(zip(keys, row, strict=True))

@@ -59,14 +59,16 @@ class StatusQueries:
                 (model_id,)).fetchall()) if model_id is not None else {}
             issues = conn.execute(
                 "SELECT collection, path, severity, reason FROM ingest_errors ORDER BY collection, path").fetchall()
-            refined = dict(conn.execute(
-                "SELECT collection, count(*) FROM refined_documents GROUP BY collection").fetchall())
+            refined = {c: (done, awaiting) for c, done, awaiting in conn.execute(
+                "SELECT collection, count(*) FILTER (WHERE NOT awaiting_model), count(*) FILTER (WHERE awaiting_model) "
+                "FROM refined_documents GROUP BY collection").fetchall()}
             quarantined = dict(conn.execute(
                 "SELECT collection, count(DISTINCT document_id) FROM refine_quarantine GROUP BY collection").fetchall())
         out: dict[str, dict] = {}
         for name in sorted(set(docs) | set(chunks) | {i[0] for i in issues}):
             out[name] = {"documents": docs.get(name, 0), "chunks": chunks.get(name, 0),
-                         "vectors": vectors.get(name, 0), "refined": refined.get(name, 0),
+                         "vectors": vectors.get(name, 0), "refined": refined.get(name, (0, 0))[0],
+                         "awaiting_model": refined.get(name, (0, 0))[1],
                          "quarantined": quarantined.get(name, 0), "errors": [], "warnings": []}
         for collection, path, severity, reason in issues:
             out[collection]["errors" if severity == "error" else "warnings"].append({"path": path, "reason": reason})

@@ -87,6 +87,7 @@ class CallRecord:
     outcome: str = "ok"  # ok | invalid | error
     error: str | None = None
     batch_id: str | None = None  # answered through this Batch API job (billed at the batch price)
+    unavailable: bool = False  # the error says the model could not be reached, not that it refused this prompt
 
 
 @dataclass
@@ -128,6 +129,12 @@ class ChainResult:
         """Every model link answered, and no answer was valid even after repair."""
         return self.link == EXTRACTIVE and bool(self.rejected) and all(c.outcome != "error" for c in self.calls
                                                                       if c.attempt == "answer")
+
+    @property
+    def awaiting_model(self) -> bool:
+        """The extractive link answered because a model could not be reached (an outage, a bad
+        key, rate limits or server errors after retries), not by design: the model is still owed."""
+        return self.link == EXTRACTIVE and any(c.unavailable for c in self.calls)
 
 
 def _parse_duration(value: str) -> float:
@@ -333,9 +340,11 @@ class LLMChain:
         except openai.OpenAIError as exc:
             contents = []
             record.outcome, record.error = "error", self._errors.explain(exc, _HINTS)
+            record.unavailable = _unavailable(exc)
         except Exception as exc:  # an unreadable body: the model link failed, the chain goes on
             contents = []
             record.outcome, record.error = "error", self._errors.scrub(f"unreadable answer ({type(exc).__name__})")
+            record.unavailable = True
         record.latency_ms = round((time.perf_counter() - started) * 1000, 1)
         price = self.prices.get(model)
         if price is None:
@@ -397,6 +406,17 @@ class LLMChain:
             results.append({"model": model, "ok": record.outcome == "ok", "latency_ms": record.latency_ms,
                             "error": record.error})
         return results
+
+
+def _unavailable(exc: Exception) -> bool:
+    """Errors that fixing the server, the key, the model name or the quota cures, as opposed to a
+    request refused for its content (400, 413, 422), which the same prompt would meet again."""
+    import openai
+    if isinstance(exc, openai.APIConnectionError):  # timeouts included
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (401, 403, 404, 408, 409, 429) or exc.status_code >= 500
+    return False
 
 
 @functools.cache

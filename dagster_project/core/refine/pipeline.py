@@ -1,7 +1,8 @@
 """The refine step: refined JSON for every document whose refinement key (input hash, chain,
-prompt version, schema version) has no result, or whose current refinement a person has rejected
-since it was made, through the analyzer's routing and the LLM chain; results are stored as they
-finish, with the pipeline's own judgement of them, so a failure loses nothing already done."""
+prompt version, schema version) has no result, whose current refinement a person has rejected
+since it was made, or whose result is a stand-in stored while the model was unreachable, through
+the analyzer's routing and the LLM chain; results are stored as they finish, with the
+pipeline's own judgement of them, so a failure loses nothing already done."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ class RefineReport:
     lightweight: int = 0
     lightweight_reasons: Counter = field(default_factory=Counter)
     quarantined: int = 0
+    awaiting_model: int = 0  # the model could not be reached: an extractive stand-in is stored
+    sent_to_model: int = 0  # documents whose result cost at least one model call
+    unreachable: str | None = None  # the first error that made a document await the model
     by_link: Counter = field(default_factory=Counter)
     calls: int = 0
     failed_calls: int = 0
@@ -104,14 +108,15 @@ class _Job:
 
 def pending_jobs(store: VectorStore, collection: str, chain: LLMChain,
                  feedback: FeedbackPolicy = FeedbackPolicy(), best_of: BestOf | None = None) -> tuple[list[_Job], int]:
-    """Documents whose refinement key has no result, or whose current refinement a person
-    rejected after it was made (with a model to redo it), and how many are up to date. Only key
-    columns are read to decide; text and feedback are read for the pending documents alone."""
+    """Documents whose refinement key has no result, whose current refinement a person rejected
+    after it was made, or whose result is a stand-in awaiting the model (these two with a model to
+    redo them), and how many are up to date. Only key columns are read to decide; text and
+    feedback are read for the pending documents alone."""
     key_tail = (chain_key(chain), PROMPT_VERSION, SCHEMA_VERSION)
     keys = store.refinement_keys(collection)
     hashes = {k.document_id: input_hash(k.content_hash, k.pricing_sensitive) for k in keys}
     pending = [k.document_id for k in keys
-               if k.current != (hashes[k.document_id], *key_tail) or (k.disputed and chain.models)]
+               if k.current != (hashes[k.document_id], *key_tail) or ((k.disputed or k.awaiting_model) and chain.models)]
     candidates = store.documents_for_refinement(pending)
     chunks = store.chunks_of(pending) if chain.models else {}
     # Notes only help a model: the extractive refiner would write the same JSON again.
@@ -277,11 +282,28 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
     for model in sorted(chain.unpriced):
         report.warnings.append(f"no price for {model} in LLM_PRICES_FILE: its calls are logged at $0")
     report.seconds = time.perf_counter() - started
+    if report.awaiting_model and report.awaiting_model == report.sent_to_model:
+        raise ModelUnreachable(_unreachable(collection, report))
+    if report.awaiting_model:
+        report.warnings.insert(0, f"{report.awaiting_model} of the {report.sent_to_model} documents sent to the model "
+                                  f"await it ({report.unreachable}): their extractive stand-ins are stored; run the "
+                                  "refine again once it answers")
     return report
 
 
 class RefineInterrupted(RuntimeError):
     """Results could not be stored, so no more model calls were made; a rerun finishes the job."""
+
+
+class ModelUnreachable(RuntimeError):
+    """No document sent to the model got its answer: its stand-ins are stored, a rerun sends them."""
+
+
+def _unreachable(collection: str, report: RefineReport) -> str:
+    # The error as the chain explained it: cause and fix, key scrubbed.
+    return (f"refining {collection} failed: the model could not be reached for any of the {report.sent_to_model} "
+            f"documents sent to it ({report.unreachable}). Their extractive refinements are stored as stand-ins "
+            f"(awaiting_model): fix the cause, then run the refine again: only these documents are sent.")
 
 
 def _interrupted(collection: str, error: Exception, stored: int, pending: int) -> str:
@@ -303,7 +325,8 @@ def _row(job: _Job, result, chain: LLMChain) -> RefinementRow:
         cited_chunk_ids=job.prompt.chunk_ids if job.prompt else [],
         prompt_tokens=job.prompt.tokens if job.prompt else 0, budget_tokens=job.prompt.budget if job.prompt else 0,
         refinement_score=score_refinement(result.refined, source_text), quarantined=result.quarantined,
-        feedback_considered=sorted(n.event_id for n in job.notes), candidates=result.asked)
+        feedback_considered=sorted(n.event_id for n in job.notes), candidates=result.asked,
+        awaiting_model=result.awaiting_model)
 
 
 def candidate_rows(row: RefinementRow, result: ChainResult) -> list[CandidateRow]:
@@ -356,6 +379,10 @@ def _tally(report: RefineReport, job: _Job, result) -> None:
         report.lightweight_reasons[job.reason.split(" (")[0]] += 1
     if result.quarantined:
         report.quarantined += 1
+    report.awaiting_model += result.awaiting_model
+    if result.awaiting_model and report.unreachable is None:
+        report.unreachable = next(c.error for c in result.calls if c.unavailable)
+    report.sent_to_model += bool(result.calls)
     if result.candidates:
         report.best_of += 1
         report.candidates += len(result.candidates)
