@@ -5,7 +5,7 @@ observed discard rate (also in `refinery refine --dry-run`)."""
 
 from __future__ import annotations
 
-import itertools
+import collections
 import json
 import os
 import threading
@@ -37,16 +37,23 @@ def ungrounded(body):
 
 
 class Cycle:
-    """Per request of n choices: invalid, ungrounded, grounded, invalid, ... (a third invalid)."""
+    """Per prompt, its choices in turn: invalid, ungrounded, grounded, invalid, ... (a third
+    invalid). Counted per prompt, not overall: with parallel requests, one count for all would
+    deal the answers to documents in whatever order their requests interleave, and a document
+    could get no valid one (this test failed one run in four or five that way)."""
+
+    ANSWERS = (lambda b: INVALID, ungrounded, refinement_answer)
 
     def __init__(self):
-        self._answers = itertools.cycle([lambda b: INVALID, ungrounded, refinement_answer])
+        self._served: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
     def __call__(self, body):
+        prompt = json.dumps(body["messages"], sort_keys=True)
         with self._lock:
-            make = next(self._answers)
-        return make(body)
+            nth = self._served[prompt]
+            self._served[prompt] += 1
+        return self.ANSWERS[nth % len(self.ANSWERS)](body)
 
 
 @pytest.fixture
