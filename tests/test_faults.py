@@ -213,6 +213,37 @@ def test_two_ingests_killed_mid_embedding_then_a_third_finishes_exactly(corpus, 
     assert _with_server(home, _fingerprint) == reference
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_an_ingest_killed_mid_chunking_leaves_no_pool_process(home, tmp_path):
+    peps = tmp_path / "peps"
+    peps.mkdir()
+    for path in sorted(PEPS.glob("pep-*.rst"))[:300]:  # chunking on a process pool for a few seconds
+        shutil.copy(path, peps / path.name)
+    proc = _ingest(home, write_manifest(tmp_path, {"peps": {"root": str(peps), "include": ["*.rst"]}}))
+    try:
+        _until(proc, "documents chunked")
+        # The fork server, its workers and the resource tracker, found by their parent chain.
+        pool = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                if "multiprocessing" in " ".join(p.cmdline())]
+        assert sum("forkserver" in " ".join(p.cmdline()) for p in pool) >= 2, "no pool worker to watch"
+        proc.send_signal(signal.SIGKILL)  # `kill -9` on the pid a user sees: the job's child dies with it
+    finally:
+        proc.kill()
+        proc.communicate()
+    deadline = time.monotonic() + 5
+    while (left := [p for p in pool if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for p in left:
+        p.kill()
+    assert not left, f"pool processes outlived the killed ingest: {[' '.join(p.cmdline())[:90] for p in left]}"
+
+
 def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_sigterm(corpus, home):
     holder = _ingest(home, corpus, "--collection", "peps", EMBEDDING_POOL_LIMIT="1")
     holder_worker = None
