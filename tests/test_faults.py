@@ -220,12 +220,20 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def test_an_ingest_killed_mid_chunking_leaves_no_pool_process(home, tmp_path):
-    peps = tmp_path / "peps"
-    peps.mkdir()
-    for path in sorted(PEPS.glob("pep-*.rst"))[:300]:  # chunking on a process pool for a few seconds
-        shutil.copy(path, peps / path.name)
-    proc = _ingest(home, write_manifest(tmp_path, {"peps": {"root": str(peps), "include": ["*.rst"]}}))
+@pytest.fixture(scope="module")
+def chunking_corpus(tmp_path_factory) -> Path:
+    """300 PEPs: chunking runs on the process pool for several seconds."""
+    if not PEPS.is_dir():
+        pytest.skip(f"the PEP corpus is not at {PEPS}")
+    root = tmp_path_factory.mktemp("chunking")
+    (root / "peps").mkdir()
+    for path in sorted(PEPS.glob("pep-*.rst"))[:300]:
+        shutil.copy(path, root / "peps" / path.name)
+    return write_manifest(root, {"peps": {"root": str(root / "peps"), "include": ["*.rst"]}})
+
+
+def test_an_ingest_killed_mid_chunking_leaves_no_pool_process(chunking_corpus, home):
+    proc = _ingest(home, chunking_corpus)
     try:
         _until(proc, "documents chunked")
         # The fork server, its workers and the resource tracker, found by their parent chain.
@@ -242,6 +250,27 @@ def test_an_ingest_killed_mid_chunking_leaves_no_pool_process(home, tmp_path):
     for p in left:
         p.kill()
     assert not left, f"pool processes outlived the killed ingest: {[' '.join(p.cmdline())[:90] for p in left]}"
+
+
+def _only_its_own_lines(err: str, last: str) -> None:
+    """stderr holds the progress lines and the command's own lines, and `last` is the last: no
+    library chatter (database retries, pool reconnections), nothing after the line."""
+    said = [line for line in err.splitlines() if line.strip() and not line.startswith(("peps: ", "small: "))]
+    foreign = [line for line in said if not line.startswith(("refinery: ", "WARNING dagster_project."))]
+    assert not foreign, err[-3000:]
+    assert said and said[-1].startswith(last), err[-3000:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_chunking_ends_with_the_one_line_alone(chunking_corpus, home, signum):
+    # The embedded server stops as the command exits, while the canceled run's thread still writes.
+    proc = _ingest(home, chunking_corpus)
+    _until(proc, "documents chunked")
+    proc.send_signal(signum)  # `kill -INT` / `kill -TERM` on the pid a user sees
+    code, _, err = _finish(proc)
+    assert code == 128 + signum, err[-3000:]
+    _only_its_own_lines(err, f"refinery: stopped by {signum.name}: run ")
+    assert err.rstrip().endswith("(what is stored is not redone)"), err[-3000:]
 
 
 def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_sigterm(corpus, home):
@@ -304,6 +333,7 @@ def test_postmaster_killed_mid_run_gives_a_message_and_the_rerun_is_exact(corpus
     assert code == 2
     assert "refinery: lost the database connection" in err and "run the same command again" in err, err[-3000:]
     _no_traceback(err)
+    _only_its_own_lines(err, "refinery: lost the database connection")
     code, summary, err = _finish(_ingest(home, corpus, "--collection", "peps"))
     assert code == 0, err[-3000:]
     assert "refinery process that died" in err  # the killed run's record is ended too
