@@ -213,6 +213,67 @@ def test_two_ingests_killed_mid_embedding_then_a_third_finishes_exactly(corpus, 
     assert _with_server(home, _fingerprint) == reference
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def chunking_corpus(tmp_path_factory) -> Path:
+    """300 PEPs: chunking runs on the process pool for several seconds."""
+    if not PEPS.is_dir():
+        pytest.skip(f"the PEP corpus is not at {PEPS}")
+    root = tmp_path_factory.mktemp("chunking")
+    (root / "peps").mkdir()
+    for path in sorted(PEPS.glob("pep-*.rst"))[:300]:
+        shutil.copy(path, root / "peps" / path.name)
+    return write_manifest(root, {"peps": {"root": str(root / "peps"), "include": ["*.rst"]}})
+
+
+def test_an_ingest_killed_mid_chunking_leaves_no_pool_process(chunking_corpus, home):
+    proc = _ingest(home, chunking_corpus)
+    try:
+        _until(proc, "documents chunked")
+        # The fork server, its workers and the resource tracker, found by their parent chain.
+        pool = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                if "multiprocessing" in " ".join(p.cmdline())]
+        assert sum("forkserver" in " ".join(p.cmdline()) for p in pool) >= 2, "no pool worker to watch"
+        proc.send_signal(signal.SIGKILL)  # `kill -9` on the pid a user sees: the job's child dies with it
+    finally:
+        proc.kill()
+        proc.communicate()
+    deadline = time.monotonic() + 5
+    while (left := [p for p in pool if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for p in left:
+        p.kill()
+    _with_server(home, lambda url: None)  # the killed pid no longer holds the server: it stops after this
+    assert not left, f"pool processes outlived the killed ingest: {[' '.join(p.cmdline())[:90] for p in left]}"
+
+
+def _only_its_own_lines(err: str, last: str) -> None:
+    """stderr holds the progress lines and the command's own lines, and `last` is the last: no
+    library chatter (database retries, pool reconnections), nothing after the line."""
+    said = [line for line in err.splitlines() if line.strip() and not line.startswith(("peps: ", "small: "))]
+    foreign = [line for line in said if not line.startswith(("refinery: ", "WARNING dagster_project."))]
+    assert not foreign, err[-3000:]
+    assert said and said[-1].startswith(last), err[-3000:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_chunking_ends_with_the_one_line_alone(chunking_corpus, home, signum):
+    # The embedded server stops as the command exits, while the canceled run's thread still writes.
+    proc = _ingest(home, chunking_corpus)
+    _until(proc, "documents chunked")
+    proc.send_signal(signum)  # `kill -INT` / `kill -TERM` on the pid a user sees
+    code, _, err = _finish(proc)
+    assert code == 128 + signum, err[-3000:]
+    _only_its_own_lines(err, f"refinery: stopped by {signum.name}: run ")
+    assert err.rstrip().endswith("(what is stored is not redone)"), err[-3000:]
+
+
 def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_sigterm(corpus, home):
     holder = _ingest(home, corpus, "--collection", "peps", EMBEDDING_POOL_LIMIT="1")
     holder_worker = None
@@ -273,6 +334,7 @@ def test_postmaster_killed_mid_run_gives_a_message_and_the_rerun_is_exact(corpus
     assert code == 2
     assert "refinery: lost the database connection" in err and "run the same command again" in err, err[-3000:]
     _no_traceback(err)
+    _only_its_own_lines(err, "refinery: lost the database connection")
     code, summary, err = _finish(_ingest(home, corpus, "--collection", "peps"))
     assert code == 0, err[-3000:]
     assert "refinery process that died" in err  # the killed run's record is ended too

@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in JOB_COMMANDS:
         _die_with_supervisor(int(os.environ[SUPERVISED]))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command in JOB_COMMANDS:
+        from .quiet import drop_reconnect_chatter
+
+        drop_reconnect_chatter()
     try:
         return args.func(args)
     except (Interrupted, KeyboardInterrupt) as exc:
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         what = str(exc) if isinstance(exc, Interrupted) else "interrupted"
         print(f"refinery: {what}; {_kept_after_interrupt(args.command)}; run `refinery {args.command}` again "
               "to finish the job (what is stored is not redone)", file=sys.stderr)
+        _last_line_said(args.command)
         return getattr(exc, "exit_code", 130)
     except (CliError, *USER_ERRORS) as exc:
         print(f"refinery: {exc}", file=sys.stderr)
@@ -114,7 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"refinery: lost the database connection ({reason}). Nothing stored is lost: once the server "
               "is back (the embedded one starts again by itself), run the same command again.", file=sys.stderr)
+        _last_line_said(args.command)
         return 2
+
+
+def _last_line_said(command: str) -> None:
+    if command in JOB_COMMANDS:
+        from .quiet import fall_silent
+
+        fall_silent()
 
 
 def _kept_after_interrupt(command: str) -> str:

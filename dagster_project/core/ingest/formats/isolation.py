@@ -14,8 +14,10 @@ from ..parsing import ParsedDocument, ParseError
 
 # Modules the fork server imports once, so that every parse process and pool worker starts warm.
 # Not the PDF, Word and PowerPoint libraries (~0.5-1 s together): a process imports one when it
-# parses its first such file, so a corpus without them never pays for them.
-FORKSERVER_PRELOAD = ["dagster_project.core.ingest.pipeline", "markdown_it", "bs4", "tokenizers"]
+# parses its first such file, so a corpus without them never pays for them. `orphans` first: it ends
+# the fork server and its workers when their owner dies, even one killed while the others import.
+FORKSERVER_PRELOAD = ["dagster_project.core.ingest.orphans", "dagster_project.core.ingest.pipeline", "markdown_it",
+                      "bs4", "tokenizers"]
 FILES_PER_WORKER = 200  # then a fresh process: whatever a library leaks stays bounded
 
 Parse = Callable[[str, bytes], "ParsedDocument | ParseError"]
