@@ -13,7 +13,12 @@ from dagster_project.core.embed.factory import build_embedder
 from dagster_project.core.embed.local import HashEmbedder
 from dagster_project.core.ingest.chunking import ChunkSettings
 from dagster_project.core.ingest.corpus import load_manifest
-from dagster_project.core.ingest.pipeline import ingest_collection, sync_chunks, sync_documents, sync_embeddings
+from dagster_project.core.ingest.pipeline import (
+    ingest_collection,
+    sync_chunks,
+    sync_documents,
+    sync_embeddings,
+)
 from dagster_project.core.search.model_change import (
     ModelChangeError,
     drop_model,
@@ -246,7 +251,7 @@ def test_an_install_stuck_on_an_active_model_without_vectors_heals_on_the_next_i
     """Before the fix, a model became active before embedding anything: such an install heals
     when another model gets built, and search says what to do meanwhile."""
     from dagster_project.core.embed.base import EmbeddingModel
-    from dagster_project.core.search.searcher import SearchError, Searcher
+    from dagster_project.core.search.searcher import Searcher, SearchError
 
     stuck = store.ensure_model(EmbeddingModel("openai", "text-embedding-3-small", 1536))
     with store.writing() as conn:
