@@ -137,6 +137,24 @@ def indexed(store) -> VectorStore:
     return ingest_sample(store)
 
 
+def refine_cli_env(pg_server: str, tmp_path: Path, fake_openai, **settings: str) -> dict[str, str]:
+    """The environment of a `refinery` command whose LLM is the fake server: fresh vector and
+    Dagster databases with the sample ingested (hash embedder), gpt-4o-mini, plus `settings`."""
+    from dagster_project.core.db.store import VectorStore
+
+    env = {**os.environ, "DATABASE_URL": new_database(pg_server),
+           "DAGSTER_PG_URL": new_database(pg_server, template="template1"),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home"), "REFINERY_HOME": str(tmp_path / "refinery_home"),
+           "EMBED_PROVIDER": "hash", "CORPUS_MANIFEST": str(SAMPLE_MANIFEST), "LLM_MODEL": "gpt-4o-mini",
+           "OPENAI_BASE_URL": fake_openai.base_url, **settings}
+    store = VectorStore(env["DATABASE_URL"])
+    try:
+        ingest_sample(store)
+    finally:
+        store.close()
+    return env
+
+
 def kill_while_polling_a_batch(env, db_url: str, fake_openai, purpose: str, *args: str) -> None:
     """`refinery ARGS` in its own process group, SIGKILLed once its `purpose` batch (refine |
     embed) is submitted, recorded and being polled (the fake holds batches meanwhile)."""

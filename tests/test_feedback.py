@@ -5,7 +5,6 @@ refinement redone after a person rejects it, with their reason in the prompt."""
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import psycopg
@@ -23,7 +22,11 @@ from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, ingest_sample, new_database, refinery
+from tests.conftest import (
+    PROJECT_ROOT,
+    refine_cli_env,
+    refinery,
+)
 from tests.fakes.openai_server import refinement_answer
 
 PRICES = {"primary-model": Price(1.0, 2.0), "backup-model": Price(0.5, 1.0)}
@@ -347,20 +350,8 @@ def test_feedback_sends_a_small_document_to_the_model(indexed, fake_openai):
 @pytest.fixture
 def cli_env(pg_server, tmp_path, fake_openai):
     fake_openai.chat_responder = refinement_answer
-    env = dict(os.environ)
-    env.update(DATABASE_URL=new_database(pg_server), DAGSTER_PG_URL=new_database(pg_server, template="template1"),
-               DAGSTER_HOME=str(tmp_path / "dagster_home"), REFINERY_HOME=str(tmp_path / "refinery_home"),
-               EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(SAMPLE_MANIFEST), LLM_MODEL="gpt-4o-mini",
-               OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-test-feedback-cli", USER="tester",
-               LOGNAME="tester")
-    from dagster_project.core.db.store import VectorStore
-
-    store = VectorStore(env["DATABASE_URL"])
-    try:
-        ingest_sample(store)
-    finally:
-        store.close()
-    return env
+    return refine_cli_env(pg_server, tmp_path, fake_openai, OPENAI_API_KEY="sk-test-feedback-cli", USER="tester",
+                          LOGNAME="tester")
 
 
 def test_cli_feedback_add_list_and_the_refine_that_learns_from_it(cli_env, fake_openai):

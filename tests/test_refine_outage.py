@@ -5,7 +5,6 @@ refine sends those documents to the model again. Through the CLI and a fake Open
 from __future__ import annotations
 
 import json
-import os
 
 import psycopg
 import pytest
@@ -14,7 +13,11 @@ from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.refine.llm import LLMChain
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
-from tests.conftest import SAMPLE_MANIFEST, ingest_sample, new_database, refinery
+from tests.conftest import (
+    ingest_sample,
+    refine_cli_env,
+    refinery,
+)
 from tests.fakes.openai_server import refinement_answer
 
 KEY = "sk-test-OUTAGE-key-98765"
@@ -23,20 +26,8 @@ EVERY_DOCUMENT_TO_THE_MODEL = RoutingThresholds(min_words=1, min_quality=0)
 
 @pytest.fixture
 def cli_env(pg_server, tmp_path, fake_openai):
-    env = dict(os.environ)
-    env.update(DATABASE_URL=new_database(pg_server), DAGSTER_PG_URL=new_database(pg_server, template="template1"),
-               DAGSTER_HOME=str(tmp_path / "dagster_home"), REFINERY_HOME=str(tmp_path / "refinery_home"),
-               EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(SAMPLE_MANIFEST), LLM_MODEL="gpt-4o-mini",
-               OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY=KEY, LLM_MAX_RETRIES="1",
-               REFINE_MIN_WORDS="1", REFINE_MIN_QUALITY="0")
-    from dagster_project.core.db.store import VectorStore
-
-    store = VectorStore(env["DATABASE_URL"])
-    try:
-        ingest_sample(store)
-    finally:
-        store.close()
-    return env
+    return refine_cli_env(pg_server, tmp_path, fake_openai, OPENAI_API_KEY=KEY, LLM_MAX_RETRIES="1",
+                          REFINE_MIN_WORDS="1", REFINE_MIN_QUALITY="0")
 
 
 def stored(env, collection):

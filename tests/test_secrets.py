@@ -19,13 +19,16 @@ from dagster_project.core.db.pg import (
     dagster_storage_url,
     mask_url,
 )
-from dagster_project.core.db.store import VectorStore
 from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.refine.llm import LLMChain
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
 from dagster_project.core.secrets import ECHO_MIN, scrub
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, new_database, refinery
+from tests.conftest import (
+    PROJECT_ROOT,
+    refine_cli_env,
+    refinery,
+)
 from tests.conftest import ingest_sample as ingest
 from tests.fakes.openai_server import refinement_answer
 
@@ -82,18 +85,8 @@ def test_an_error_escaping_the_refine_step_carries_no_echo_of_the_key(store, fak
 
 @pytest.fixture
 def cli_env(pg_server, tmp_path, fake_openai):
-    env = dict(os.environ)
-    env.update(DATABASE_URL=new_database(pg_server), DAGSTER_PG_URL=new_database(pg_server, template="template1"),
-               DAGSTER_HOME=str(tmp_path / "dagster_home"), REFINERY_HOME=str(tmp_path / "refinery_home"),
-               EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(SAMPLE_MANIFEST), LLM_MODEL="gpt-4o-mini",
-               OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY=KEY, LLM_MAX_RETRIES="0",
-               REFINE_MIN_WORDS="0", REFINE_MIN_QUALITY="0")
-    store = VectorStore(env["DATABASE_URL"])
-    try:
-        ingest(store)
-    finally:
-        store.close()
-    return env
+    return refine_cli_env(pg_server, tmp_path, fake_openai, OPENAI_API_KEY=KEY, LLM_MAX_RETRIES="0",
+                          REFINE_MIN_WORDS="0", REFINE_MIN_QUALITY="0")
 
 
 def echoing_server(fake) -> dict[str, int]:
