@@ -73,6 +73,16 @@ def start_serve(env: dict) -> Served:
     return Served(env, port, process, log)
 
 
+def stop_serve(server: Served) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
 @pytest.fixture(scope="module")
 def served(pg_server, tmp_path_factory):
     """Product owned by acme, sales by globex, support public; ingested and refined (extractive);
@@ -89,13 +99,7 @@ def served(pg_server, tmp_path_factory):
     server = start_serve(env)
     server.tokens = {tenant: create_token(env, tenant) for tenant in ("acme", "globex")}
     yield server
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    stop_serve(server)
 
 
 def create_token(env: dict, tenant: str) -> dict:
@@ -358,12 +362,7 @@ def test_with_the_postmaster_killed_requests_fail_fast_and_search_recovers_once_
               "`refinery db start` returned")
         assert server.request("GET", "/health")[0] == 200
     finally:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+        stop_serve(server)
         refinery(env, "db", "stop")
     time.sleep(0.3)
     log = "".join(server.log)
