@@ -148,6 +148,10 @@ def test_the_manifest_watcher_reloads_on_a_change_of_meaning_only(tmp_path, caps
         assert capsys.readouterr().err.count("is not usable") == 1
         (tmp_path / "examples" / "more").mkdir()
         manifest.write_text(good + "  more:\n    root: more\n")
+        down = ManifestWatcher(manifest, f"http://127.0.0.1:{_free_port()}/graphql")  # webserver not up yet
+        down.loaded = watcher.loaded
+        assert not down.check() and not down.check()
+        assert capsys.readouterr().err.count("could not reload the code location yet") == 1
         assert watcher.check() and not watcher.check()
         assert [a["variables"] for a in asked] == [{"name": "corpus_refinery"}]
     finally:

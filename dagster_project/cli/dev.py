@@ -44,9 +44,10 @@ def cmd_dev(args) -> int:
 class ManifestWatcher:
     """Reloads the code location when corpus.yaml changes what it says: the collections (the
     partitions) and their settings are read when the code location loads, so without a reload a
-    collection added while `refinery dev` runs would never be built, and the daemon would keep
-    the old roots. An edit that leaves the manifest unusable is reported and waits for the next
-    one; the loaded code location keeps running meanwhile."""
+    collection added while `refinery dev` runs would never be built, and runs would use the
+    settings loaded then. An edit that leaves the manifest unusable is reported and waits for the
+    next one; the loaded code location keeps running meanwhile. A problem is printed once, not
+    every poll."""
 
     def __init__(self, manifest: Path, graphql_url: str) -> None:
         self.manifest, self.graphql_url = manifest, graphql_url
@@ -59,12 +60,13 @@ class ManifestWatcher:
         try:
             return load_manifest(self.manifest).model_dump_json()
         except (ManifestError, OSError) as exc:
-            message = str(exc)
-            if message != self.reported:
-                self.reported = message
-                print(f"refinery dev: {self.manifest.name} is not usable, the code location keeps the last good one: "
-                      f"{message}", file=sys.stderr, flush=True)
+            self._report(f"{self.manifest.name} is not usable, the code location keeps the last good one: {exc}")
             return None
+
+    def _report(self, message: str) -> None:
+        if message != self.reported:
+            self.reported = message
+            print(f"refinery dev: {message}", file=sys.stderr, flush=True)
 
     def check(self) -> bool:
         """Reload if the manifest now says something else; True if a reload was asked for."""
@@ -73,8 +75,9 @@ class ManifestWatcher:
             return False
         try:
             self._reload()
-        except (OSError, ValueError) as exc:  # the webserver is not up yet or is stopping: next time
-            print(f"refinery dev: could not reload the code location yet: {exc}", file=sys.stderr, flush=True)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # not up yet, or stopping: next time
+            self._report(f"could not reload the code location yet (tried again every {MANIFEST_POLL_SECONDS:.0f} s): "
+                         f"{type(exc).__name__}: {exc}")
             return False
         self.loaded, self.reported = current, None
         print(f"refinery dev: {self.manifest.name} changed: code location reloaded", file=sys.stderr, flush=True)
