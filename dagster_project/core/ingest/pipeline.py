@@ -20,7 +20,7 @@ from ..embed.base import Embedder
 from ..embed.batch import embed_in_batches
 from ..live_status import publishing
 from ..openai_batch import BatchPolicy
-from .chunking import CARD_KIND, ChunkSettings, chunk_blocks, chunk_context, embed_text
+from .chunking import CARD_KIND, ChunkDraft, ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, Shard, SourceFile, collection_version, matches_globs, read_sources, scan_collection
 from .formats import BINARY_FORMATS, PARSE_TIME_LIMIT_SECONDS
 from .formats.isolation import FORKSERVER_PRELOAD, parse_isolated
@@ -410,25 +410,24 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
         return []
     if document.embed_mode == "metadata_only":
         text = _metadata_text(document)
-        drafts = [([], text, counter.count([text])[0], None, False)]
+        drafts = [ChunkDraft([], text, counter.count([text])[0])]
     else:
         blocks = [Block(b["kind"], b["text"], b["path"], b.get("page")) for b in document.blocks]
-        drafts = [(d.heading_path, d.text, d.token_count, d.pages, d.card)
-                  for d in chunk_blocks(blocks, settings, counter)]
+        drafts = chunk_blocks(blocks, settings, counter)
     contexts: dict[tuple, tuple[str, int]] = {}
     seen: Counter[bytes] = Counter()
     rows = []
-    for ordinal, (heading_path, text, tokens, pages, card) in enumerate(drafts):
-        key = tuple(heading_path)
+    for ordinal, d in enumerate(drafts):
+        key = tuple(d.heading_path)
         if key not in contexts:
-            contexts[key] = chunk_context(document.title, heading_path, settings, counter)
+            contexts[key] = chunk_context(document.title, d.heading_path, settings, counter)
         context, context_tokens = contexts[key]
-        digest = content_hash(embed_text(context, text))
+        digest = content_hash(embed_text(context, d.text))
         occurrence = seen[digest]
         seen[digest] += 1
         rows.append(ChunkRow(stable_id("chunk", document.id.bytes, digest, occurrence), document.id,
-                             collection, ordinal, heading_path, text, tokens + context_tokens, digest, context,
-                             pages, card))
+                             collection, ordinal, d.heading_path, d.text, d.token_count + context_tokens, digest,
+                             context, d.pages, d.card))
     return rows
 
 
