@@ -24,7 +24,7 @@ SEARCH_MODES = ("hybrid", "vector", "text")
 # document both legs rank 15th outscored the first document of either leg alone.
 RRF_K = 10
 RRF_DEPTH = 50  # hits taken from each leg before fusing
-RRF_SAME_DOCUMENT_DECAY = 0.5
+RRF_SAME_DOCUMENT_DECAY = 0.3
 RRF_LEG_WEIGHTS = {"vector": 1.0, "text": 1.0, "card": 1.0}  # each leg's share of a document's fused score
 # Hybrid's third leg ranks documents by their card alone (the chunk of what their metadata says
 # of them: description, summary...; pipeline.document_card): the cards among the vector leg's
