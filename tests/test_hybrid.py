@@ -18,7 +18,7 @@ from dagster_project.core.ingest.corpus import load_manifest
 from dagster_project.core.ingest.hashing import content_hash, stable_id
 from dagster_project.core.ingest.pipeline import ingest_collection
 from dagster_project.core.search.evaluation import QuestionsError, distinct_documents, evaluate, load_questions
-from dagster_project.core.search.hybrid import RRF_K
+from dagster_project.core.search.hybrid import OUTSIZED_DOCUMENT_CHUNKS, RRF_K
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
 
 GOLDEN = PROJECT_ROOT / "examples" / "golden_questions.yaml"
@@ -143,6 +143,30 @@ def test_a_page_whose_card_matches_outranks_a_slightly_closer_passage(store):
     assert found[0].score == pytest.approx(1 / (RRF_K + 2) + 1 / (RRF_K + 1))
     # the card leg ranks documents, not passages: the passage the vector leg ranks above the card comes first
     assert [p.text for p in found[1].passages] == ["its example", "Describes another function."]
+
+
+@pytest.mark.parametrize("entries", [3, 60])
+def test_an_outsized_document_does_not_outrank_a_focused_one_by_its_size(store, entries):
+    """A changelog that both legs rank first, against a focused page both rank second: once it
+    holds more than OUTSIZED_DOCUMENT_CHUNKS times the average document's chunks (60 against 81 / 22),
+    its fused score is scaled by sqrt(10 x average / its chunks) and the focused page comes first;
+    at a normal size (3 chunks) it keeps its place."""
+    rng = np.random.default_rng(19)
+    query = normalize(rng.normal(size=(1, 16)).astype(np.float32))[0]
+    model_id = store.ensure_model(EmbeddingModel("test", "outsized", 16))
+    add_chunks(store, "changelog", [("lighthouse keeper lighthouse keeper changes", unit_near(rng, query, 0.99))]
+               + [(f"release entry {i}", unit_near(rng, query, 0.1)) for i in range(entries - 1)], model_id)
+    add_chunks(store, "answer", [("the lighthouse keeper guide", unit_near(rng, query, 0.97))], model_id)
+    for i in range(20):
+        add_chunks(store, f"filler-{i}", [(f"unrelated note number {i}", unit_near(rng, query, 0.5 - i * 0.01))],
+                   model_id)
+    with store.writing() as conn:  # the average comes from the planner's statistics
+        conn.execute("ANALYZE documents, chunks")
+    found = [d.path for d in store.search_documents(model_id, 16, query, k=3, mode="hybrid",
+                                                    query_text="lighthouse keeper", passages=1)]
+    outsized = entries > OUTSIZED_DOCUMENT_CHUNKS * (entries + 21) / 22
+    assert outsized == (entries == 60)
+    assert found[:2] == (["answer.md", "changelog.md"] if outsized else ["changelog.md", "answer.md"])
 
 
 def test_text_leg_is_bm25_rare_words_outweigh_common_ones(store):
