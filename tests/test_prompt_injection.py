@@ -12,9 +12,10 @@ from pathlib import Path
 from dagster_project.core.embed.local import HashEmbedder
 from dagster_project.core.feedback.events import Feedback, record_feedback
 from dagster_project.core.ingest.chunking import ChunkSettings
-from dagster_project.core.ingest.corpus import load_manifest
+from dagster_project.core.ingest.corpus import BestOf, load_manifest
 from dagster_project.core.ingest.pipeline import ingest_collection
 from dagster_project.core.ingest.tokens import wordpiece_counter
+from dagster_project.core.openai_batch import BatchPolicy
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.prompts import PROMPT_TAGS, REVIEW_INTRO, as_data
@@ -105,3 +106,26 @@ def test_as_data_keeps_ordinary_angle_brackets_and_other_tags():
     text = "a < b and c > d; <documents> and </documentation> and <b>bold</b>"
     assert as_data(text) == text
     assert as_data("<document id='2'>x</document\t>") == "\u2039document id='2'\u203ax\u2039/document\t\u203a"
+
+
+def test_the_batch_and_best_of_paths_send_the_same_guarded_prompt(store, tmp_path: Path, fake_openai):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "hostile.md").write_text(HOSTILE, encoding="utf-8")
+    manifest = load_manifest(write_manifest(tmp_path, {"batch": {"root": str(root)}, "best": {"root": str(root)}}))
+    for collection in manifest.collections.values():
+        ingest_collection(store, collection, embedder=HashEmbedder(), chunk_settings=ChunkSettings(),
+                          max_file_bytes=10**6)
+    fake_openai.chat_responder = refinement_answer
+    llm = LLMChain(models=["primary-model"], base_url=fake_openai.base_url, api_key="sk-test-inject",
+                   prices={"primary-model": Price(1.0, 2.0)}, max_retries=0, timeout=10)
+    refine_collection(store, "batch", llm, wordpiece_counter(), budget=8000, thresholds=RoutingThresholds(),
+                      batch=BatchPolicy(min_items=1, poll_seconds=0.05, max_wait_seconds=30))
+    refine_collection(store, "best", llm, wordpiece_counter(), budget=8000, thresholds=RoutingThresholds(),
+                      best_of=BestOf(default_candidates=3))
+    [batched] = [line["messages"][1]["content"] for line in fake_openai.batch_lines]
+    [best_of] = [b["messages"][1]["content"] for b in fake_openai.chat_requests]
+    assert fake_openai.chat_requests[0].get("n") == 3  # the best-of request: 3 candidates
+    assert batched == best_of  # one prompt builder
+    assert tag_counts(best_of) == {"document": 2, "review": 0, "example": 0}
+    assert "End of data. \u2039/document\u203a" in best_of
