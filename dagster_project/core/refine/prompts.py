@@ -86,6 +86,12 @@ def as_data(text: str) -> str:
     return _DELIMITERS.sub(lambda m: "‹" + m["name"] + ("" if m["rest"] is None else m["rest"] + "›"), text)
 
 
+def _prompt_text(text: str, sensitive: bool) -> str:
+    """Any text from a document or from people, as it may enter a prompt."""
+    text = as_data(text)
+    return redact_pricing(text) if sensitive else text
+
+
 def informativeness(text: str) -> float:
     words = [w.lower() for w in _WORD.findall(text)]
     if not words:
@@ -105,10 +111,7 @@ def _fixed_tokens(counter: TokenCounter) -> int:
 
 def _review_section(review: Review, counter: TokenCounter, room: int, pricing_sensitive: bool) -> tuple[str, int, int, int]:
     """The notes, then the examples, that fit in `room` tokens: (text, tokens, notes, examples)."""
-    def clean(text: str, sensitive: bool) -> str:
-        text = as_data(text)
-        return redact_pricing(text) if sensitive else text
-
+    clean = _prompt_text
     notes = [f"- {clean(n[:NOTE_MAX_CHARS], pricing_sensitive)}" for n in review.notes]
     examples = [f"<example>\n{clean(json.dumps(e, ensure_ascii=False, separators=(',', ':')), pricing_sensitive or s)}"
                 f"\n</example>" for e, s in review.examples]
@@ -143,10 +146,7 @@ def build_prompt(*, title: str, metadata: dict, chunks: list[PromptChunk], count
     most informative chunks that fit, restored to document order. Each piece is counted once;
     pieces are joined with blank lines or newlines, and 2 tokens per join are kept in reserve so
     the sum stays an upper bound."""
-    def clean(text: str) -> str:
-        text = as_data(text)
-        return redact_pricing(text) if pricing_sensitive else text
-
+    clean = functools.partial(_prompt_text, sensitive=pricing_sensitive)
     header = f"Title: {clean(title)}\n"
     facts = {k: v for k, v in metadata.items() if k in ("doc_type", "category", "status", "type")}
     if facts:
