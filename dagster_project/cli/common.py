@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -76,6 +77,17 @@ def prepare_databases(settings: Settings) -> DatabaseUrls:
 
 def emit(obj, as_json: bool, text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if as_json else text)
+
+
+# Control characters, line and paragraph separators, and bidi overrides: in a file name or a title
+# they would break a line of text output or make it lie (a newline starts a fake result).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` for one line of text output, with the characters that would break it escaped as in a
+    Python string (\\n, \\x1b, \\u202e); --json keeps the text as it is."""
+    return _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
 def run_job(project, job_name: str, names: list[str | None], run_config: dict | None = None) -> dict[str, dict]:

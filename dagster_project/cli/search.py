@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..core.db.tenants import check_tenant_name
 from ..core.search.hybrid import SEARCH_MODES
 from ..core.settings import Settings
-from .common import CliError, emit, load_settings, prepare_databases
+from .common import CliError, emit, load_settings, prepare_databases, printable
 
 
 def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None,
@@ -49,15 +49,17 @@ def cmd_search(args) -> int:
         store.close()
 
     def show(h, indent: str) -> str:
-        return (f"{indent}> {' > '.join(h.heading_path)}{' (' + h.locator + ')' if h.locator else ''} [{h.score:.3f}]"
+        where = printable(" > ".join(h.heading_path) + (f" ({h.locator})" if h.locator else ""))
+        return (f"{indent}> {where} [{h.score:.3f}]"
                 f" ({', '.join(f'{leg} #{rank}' for leg, rank in h.legs.items())})\n"
-                f"{indent}  {h.text[:240].replace(chr(10), ' ')}")
+                f"{indent}  {printable(' '.join(h.text[:240].split()))}")
 
     rows = [hit_record(h) for h in found]
     if args.chunks:
-        text = "\n\n".join(f"{i + 1}. {h.collection}/{h.path}\n{show(h, '   ')}" for i, h in enumerate(found))
+        text = "\n\n".join(f"{i + 1}. {printable(f'{h.collection}/{h.path}')}\n{show(h, '   ')}"
+                           for i, h in enumerate(found))
     else:
-        text = "\n\n".join(f"{i + 1}. [{d.score:.3f}] {d.collection}/{d.path}: {d.title}\n"
+        text = "\n\n".join(f"{i + 1}. [{d.score:.3f}] {printable(f'{d.collection}/{d.path}: {d.title}')}\n"
                            + "\n".join(show(h, "   ") for h in d.passages) for i, d in enumerate(found))
     emit(rows, args.json, text or "no results")
     return 0

@@ -253,6 +253,20 @@ def test_html_text_outside_paragraph_tags_is_kept():
     assert "pro rata" in text
 
 
+def test_deeply_nested_html_parses_like_a_flat_page():
+    # QA's old page: 1,200 unclosed <font> tags once failed with RecursionError.
+    old_page = ("<html><head><title>Old page</title></head><body>" + "<font size=2>ocelot word " * 1200
+                + "</body></html>").encode()
+    doc = parse_document("old.html", old_page)
+    assert doc.title == "Old page" and doc.warnings == []
+    assert [b.text for b in doc.blocks] == ["ocelot word"] * 1200
+    nested = ("<html><body><h1>Deep</h1>" + "<div>" * 100_000 + "<p>bottom text</p>" + "</div>" * 100_000
+              + "<p>after</p></body></html>").encode()
+    doc = parse_document("deep.html", nested)
+    assert [(b.kind, b.text, b.heading_path) for b in doc.blocks] == [
+        ("paragraph", "bottom text", ["Deep"]), ("paragraph", "after", ["Deep"])]
+
+
 # ------------------------------------------------------------------ plain text
 
 def test_plain_text_paragraphs_and_title_from_first_line():
@@ -297,6 +311,11 @@ def test_invalid_utf8_is_parsed_with_a_warning():
     assert "Crème brûlée" in all_text(doc) and "and more text." in all_text(doc)
     assert "\ufffd" in all_text(doc)
     assert len(doc.warnings) == 1 and "UTF-8" in doc.warnings[0]
+
+
+def test_the_bad_byte_offset_counts_the_bom():
+    doc = parse_document("bom-bad.md", b"\xef\xbb\xbf\xffabc\n")
+    assert "first bad byte at offset 3" in doc.warnings[0]  # the byte after the BOM, as a hex editor shows it
 
 
 def test_utf8_bom_is_stripped():

@@ -296,6 +296,7 @@ class SourceFile:
     problem: str | None = None
     # Refused by policy rather than unreadable: a version indexed earlier leaves the index too.
     withdrawn: bool = False
+    severity: Literal["error", "warning"] = "error"  # of `problem`; a folder not entered is a warning
     # (size, mtime, ctime, inode) when content_hash was taken; None when too recent to trust.
     signature: bytes | None = None
 
@@ -366,16 +367,22 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     content hash) stored earlier; a file whose signature is unchanged is not read again. `shard`:
     only that shard's files.
 
-    Directory symlinks are not followed (no loops); a file symlink is read through if it stays
-    inside the root (or the collection sets follow_external_symlinks), and a broken, looping or
-    escaping one is reported, not raised.
+    A file symlink is read through if it stays inside the root (or the collection sets
+    follow_external_symlinks), and a broken, looping or escaping one is reported, not raised.
+    Symlinked folders follow _FolderLinks' rules; each one not entered is reported under its
+    path with a trailing slash.
     """
     root = collection.root
     inside = None if collection.follow_external_symlinks else root.resolve()
     known = known or {}
     started_ns = time.time_ns()
     found: list[SourceFile] = []
-    for rel, is_link in _walk(str(root), ""):
+    links = _FolderLinks(root.resolve(), collection.follow_external_symlinks, collection.exclude)
+    for rel, is_link, skipped in _walk(str(root), "", str(root.resolve()), links):
+        if skipped is not None:
+            if shard is None or shard.holds(rel):
+                found.append(SourceFile(rel, root / rel, problem=skipped[1], severity=skipped[0]))
+            continue
         if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
             continue
         if shard is not None and not shard.holds(rel):
@@ -391,10 +398,47 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     return found
 
 
-def _walk(folder: str, prefix: str) -> Iterator[tuple[str, bool]]:
-    """(relative path, is a symlink) of every file under `folder`, a folder's files before its
-    subfolders', each sorted by name; symlinked folders are not entered (no loops). One
-    scandir per folder: the file type comes with the listing, not from a stat per file."""
+class _FolderLinks:
+    """Which symlinked folders a scan enters. One inside the root is not: its target is scanned
+    under its own path already, and entering would index every file twice. One outside is entered
+    only with follow_external_symlinks (the rule for file symlinks), and each outside folder once.
+    One that leads back to a folder holding it (or holding the root) is a loop and never entered.
+    An excluded link (`exclude: [docs/old/**]` excludes the link docs/old) is neither entered nor
+    reported."""
+
+    def __init__(self, root: Path, follow_external: bool, exclude: list[str]) -> None:
+        self.root = root
+        self.follow_external = follow_external
+        self.exclude = exclude
+        self.entered: dict[Path, str] = {}  # outside folder -> the path it is scanned under
+
+    def refusal(self, rel: str, holder: str, target: Path) -> tuple[Literal["error", "warning"], str] | None:
+        """None: enter the link at `rel` (in the folder whose real path is `holder`), else
+        (severity, reason)."""
+        if Path(holder).is_relative_to(target) or self.root.is_relative_to(target):
+            return "warning", (f"symlinked folder loops back to {target}, which holds it: not entered "
+                               "(exclude the link to silence this)")
+        if target.is_relative_to(self.root):
+            where = target.relative_to(self.root).as_posix()
+            return "warning", (f"symlinked folder to {where}/ inside the collection root: not entered, its files "
+                               f"are indexed under {where}/ (exclude the link to silence this)")
+        if not self.follow_external:
+            return "error", (f"symlink to folder {target}, outside the collection root: refused (move the folder "
+                             "into the root, exclude the link, or set follow_external_symlinks: true on the "
+                             "collection)")
+        if target in self.entered:
+            return "warning", (f"symlinked folder to {target}: not entered again, its files are indexed under "
+                               f"{self.entered[target]} (exclude the link to silence this)")
+        self.entered[target] = rel
+        return None
+
+
+def _walk(folder: str, prefix: str, real: str, links: _FolderLinks,
+          ) -> Iterator[tuple[str, bool, tuple[Literal["error", "warning"], str] | None]]:
+    """(relative path, is a symlink, None) of every file under `folder` (whose real path is
+    `real`), a folder's files before its subfolders', each sorted by name; (path + "/", True,
+    (severity, reason)) for a symlinked folder not entered. One scandir per folder: the file type
+    comes with the listing, not from a stat per file."""
     files, folders = [], []
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -403,14 +447,21 @@ def _walk(folder: str, prefix: str) -> Iterator[tuple[str, bool]]:
             except OSError:
                 is_dir = False
             if is_dir:
-                if not entry.is_symlink():
-                    folders.append(entry.name)
+                folders.append((entry.name, entry.is_symlink()))
             else:
                 files.append((entry.name, entry.is_symlink()))
     for name, is_link in sorted(files):
-        yield prefix + name, is_link
-    for name in sorted(folders):
-        yield from _walk(os.path.join(folder, name), f"{prefix}{name}/")
+        yield prefix + name, is_link, None
+    for name, is_link in sorted(folders):
+        path, rel = os.path.join(folder, name), f"{prefix}{name}/"
+        target = Path(os.path.realpath(path)) if is_link else Path(real, name)
+        if is_link and matches_globs(rel, links.exclude):
+            continue
+        skipped = links.refusal(rel, real, target) if is_link else None
+        if skipped is not None:
+            yield rel, True, skipped
+        else:
+            yield from _walk(path, rel, str(target), links)
 
 
 def collection_version(collection: Collection, files: list[SourceFile]) -> str:

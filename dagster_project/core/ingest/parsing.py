@@ -151,13 +151,13 @@ def _strip_data_uris(text: str) -> str:
 def decode(data: bytes) -> tuple[str, list[str]]:
     if b"\x00" in data:
         raise ParseError("binary file (contains NUL bytes): exclude it in corpus.yaml")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    data = data[bom:]
     try:
         return data.decode("utf-8"), []
     except UnicodeDecodeError as exc:
         return data.decode("utf-8", errors="replace"), [
-            f"not valid UTF-8 (first bad byte at offset {exc.start}); undecodable bytes were "
+            f"not valid UTF-8 (first bad byte at offset {exc.start + bom}); undecodable bytes were "
             "replaced with U+FFFD: re-save the file as UTF-8"
         ]
 
@@ -315,29 +315,32 @@ def _parse_html(text: str) -> ParsedDocument:
             blocks.append(Block("paragraph", content, [t for _, t in path]))
         loose.clear()
 
-    def walk(node) -> None:
-        nonlocal path
-        for child in node.children:
-            if isinstance(child, (Comment, Doctype)):
-                continue
-            if isinstance(child, NavigableString):
-                loose.append(str(child))
-            elif child.name in _HEADINGS:
+    # Depth-first with a stack of child iterators, not recursion: an old page with 1,200 unclosed
+    # <font> tags (or a generated one with 100k nested <div>s) is as deep as Python's stack allows.
+    stack = [iter((soup.body or soup).children)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:  # the end of an element: its content is a block of its own
+            stack.pop()
+            if stack:
                 flush()
-                level, title = int(child.name[1]), child.get_text(" ", strip=True)
-                headings.append({"level": level, "title": title})
-                path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
-            elif child.name in _HTML_BLOCKS:
-                flush()
-                blocks.append(Block(_HTML_BLOCKS[child.name], _block_text(child), [t for _, t in path]))
-            elif child.name in _INLINE:
-                loose.append(child.get_text(" "))
-            else:  # div, section, article, main...: a boundary, then whatever it holds
-                flush()
-                walk(child)
-                flush()
-
-    walk(soup.body or soup)
+        elif isinstance(child, (Comment, Doctype)):
+            continue
+        elif isinstance(child, NavigableString):
+            loose.append(str(child))
+        elif child.name in _HEADINGS:
+            flush()
+            level, title = int(child.name[1]), child.get_text(" ", strip=True)
+            headings.append({"level": level, "title": title})
+            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
+        elif child.name in _HTML_BLOCKS:
+            flush()
+            blocks.append(Block(_HTML_BLOCKS[child.name], _block_text(child), [t for _, t in path]))
+        elif child.name in _INLINE:
+            loose.append(child.get_text(" "))
+        else:  # div, section, article, main...: a boundary, then whatever it holds
+            flush()
+            stack.append(iter(child.children))
     flush()
     title = str(metadata.get("title") or html_title or (headings[0]["title"] if headings else ""))
     return ParsedDocument("html", title, metadata, headings, blocks)

@@ -289,8 +289,8 @@ def scan_documents(store: VectorStore, collection: Collection, *, max_file_bytes
     for f in files:
         if f.problem is not None:
             # A file that exists but cannot be read keeps its last good version in the index.
-            report.issues.append(FileIssue(f.path, "error", f.problem))
-            counts["failed"] += 1
+            report.issues.append(FileIssue(f.path, f.severity, f.problem))
+            counts["failed" if f.severity == "error" else "skipped"] += 1
         elif stored.get(f.path) == (f.content_hash, plain) or stored.get(f.path) == (
                 f.content_hash, versions.setdefault(f.path, file_source_version(collection, f, by_path))):
             # Same bytes stored under the plain version: the file includes nothing, so nothing

@@ -38,8 +38,16 @@ EXAMPLES_INTRO = (
     "Summaries of other documents that reviewers approved, for style and depth only (their facts "
     "are not about this document):"
 )
-# Delimiters a note or an example must not be able to close or open.
-_DELIMITERS = re.compile(r"</?\s*(?:review|example|document)\s*>", re.IGNORECASE)
+# The tags this module delimits data with. Every text that comes from a document or from people
+# (title, metadata, headings, chunks, notes, examples) goes through as_data, so none of it can
+# close or open one; a new tag must be added here.
+PROMPT_TAGS = ("document", "review", "example")
+_GAP = r"[ \t\u00ad\u200b-\u200f\u2060-\u2064\ufeff]*"  # blanks and invisible characters a tag may hide behind
+_OPEN = r"(?:<|\uff1c|\ufe64|&lt;?|&#0*60;?|&#x0*3c;?)"  # <, its full-width and small forms, HTML entities
+_CLOSE = r"(?:>|\uff1e|\ufe65|&gt;?|&#0*62;?|&#x0*3e;?)"
+_DELIMITERS = re.compile(
+    rf"{_OPEN}(?P<name>{_GAP}/?{_GAP}(?:{'|'.join(PROMPT_TAGS)})\b)(?:(?P<rest>[^<>\uff1c\uff1e\n]{{0,200}}?){_CLOSE})?",
+    re.IGNORECASE)
 
 
 @dataclass
@@ -72,6 +80,18 @@ class Review:
     examples: list[tuple[dict, bool]] = field(default_factory=list)
 
 
+def as_data(text: str) -> str:
+    """`text` with every look-alike of the prompt's tags written in angle quotes (`</document>`
+    becomes `‹/document›`): still readable, but it cannot end or start a delimited section."""
+    return _DELIMITERS.sub(lambda m: "‹" + m["name"] + ("" if m["rest"] is None else m["rest"] + "›"), text)
+
+
+def _prompt_text(text: str, sensitive: bool) -> str:
+    """Any text from a document or from people, as it may enter a prompt."""
+    text = as_data(text)
+    return redact_pricing(text) if sensitive else text
+
+
 def informativeness(text: str) -> float:
     words = [w.lower() for w in _WORD.findall(text)]
     if not words:
@@ -91,10 +111,7 @@ def _fixed_tokens(counter: TokenCounter) -> int:
 
 def _review_section(review: Review, counter: TokenCounter, room: int, pricing_sensitive: bool) -> tuple[str, int, int, int]:
     """The notes, then the examples, that fit in `room` tokens: (text, tokens, notes, examples)."""
-    def clean(text: str, sensitive: bool) -> str:
-        text = _DELIMITERS.sub(" ", text)
-        return redact_pricing(text) if sensitive else text
-
+    clean = _prompt_text
     notes = [f"- {clean(n[:NOTE_MAX_CHARS], pricing_sensitive)}" for n in review.notes]
     examples = [f"<example>\n{clean(json.dumps(e, ensure_ascii=False, separators=(',', ':')), pricing_sensitive or s)}"
                 f"\n</example>" for e, s in review.examples]
@@ -129,7 +146,7 @@ def build_prompt(*, title: str, metadata: dict, chunks: list[PromptChunk], count
     most informative chunks that fit, restored to document order. Each piece is counted once;
     pieces are joined with blank lines or newlines, and 2 tokens per join are kept in reserve so
     the sum stays an upper bound."""
-    clean = redact_pricing if pricing_sensitive else (lambda t: t)
+    clean = functools.partial(_prompt_text, sensitive=pricing_sensitive)
     header = f"Title: {clean(title)}\n"
     facts = {k: v for k, v in metadata.items() if k in ("doc_type", "category", "status", "type")}
     if facts:
