@@ -77,7 +77,7 @@ def cmd_feedback_list(args) -> int:
         collection, path = args.collection, None
         if args.document:
             roots = {name: c.root for name, c in project.manifest.collections.items()}
-            collection, path = resolve_document(store, args.document, args.collection, roots)
+            collection, path = resolve_document(store, args.document, args.collection, roots, with_feedback_log=True)
         events = list_feedback(store, collection=collection, path=path, source=args.source, limit=args.limit)
     except FeedbackError as exc:
         raise CliError(str(exc)) from None
