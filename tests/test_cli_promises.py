@@ -104,8 +104,8 @@ def test_the_store_names_the_collection_and_both_settings_if_a_bad_configuration
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"CHUNK_MAX_TOKENS": "64"}, "CHUNK_MAX_TOKENS=64 leaves no room for text after 32 tokens of context and 32 of "
-                                 "overlap: set it to at least 80 or lower CHUNK_OVERLAP_TOKENS"),
+    ({"CHUNK_MAX_TOKENS": "64"}, ("CHUNK_MAX_TOKENS=64 leaves no room for text after 32 tokens of context and 32 "
+                                  "of overlap: set it to at least 80 or lower CHUNK_OVERLAP_TOKENS")),
     ({"CHUNK_OVERLAP_TOKENS": "200"}, "CHUNK_OVERLAP_TOKENS=200 must be at most half of CHUNK_MAX_TOKENS=256"),
 ], ids=["no-room-for-text", "overlap"])
 def test_a_chunk_budget_that_does_not_fit_is_a_bad_setting_of_every_command(env, corpus, settings, message):

@@ -65,7 +65,12 @@ def cmd_search(args) -> int:
 
 def cmd_eval(args) -> int:
     from ..core.db.store import VectorStore
-    from ..core.search.evaluation import QuestionsError, evaluate, load_questions, shortened
+    from ..core.search.evaluation import (
+        QuestionsError,
+        evaluate,
+        load_questions,
+        shortened,
+    )
 
     settings = load_settings(args)
     urls = prepare_databases(settings)
