@@ -62,6 +62,11 @@ def test_a_text_search_config_the_server_lacks_stops_the_job_commands_before_any
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout)["collections"]) == {"c1", "c2"}
     assert documents_per_collection(env) == {"c1": 1, "c2": 1}
+    # Search reads the query in TEXT_SEARCH_CONFIG too.
+    done = refinery({**env, "TEXT_SEARCH_CONFIG": "vulcan"}, "search", "ocelots", "--json")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("refinery: bad setting: TEXT_SEARCH_CONFIG='vulcan' is not a text search "
+                                  "configuration of this PostgreSQL; valid ones: simple, english"), done.stderr
 
 
 def test_a_run_launched_outside_the_cli_fails_before_writing_documents(env, corpus, monkeypatch):

@@ -292,11 +292,7 @@ def check_text_search_configs(manifest: Manifest, names: list[str], default: str
     unknown = set(store.unknown_text_search_configs(sorted(set(used.values()))))
     if not unknown:
         return
-    configs = store.text_search_configs()
-    common = [c for c in ("simple", "english", "german", "french", "spanish") if c in configs]
-    shown = common + [c for c in configs if c not in common][:8 - len(common)]
-    more = len(configs) - len(shown)
-    valid = f"valid ones: {', '.join(shown)}" + (f" and {more} more (SELECT cfgname FROM pg_ts_config)" if more else "")
+    valid = valid_text_search_configs(store)
     for name, config in used.items():
         if config in unknown and manifest.collection(name).text_search_config:
             raise ManifestError(f"manifest {manifest.path}: collection {name!r}: text_search_config: {config!r} is "
@@ -304,6 +300,15 @@ def check_text_search_configs(manifest: Manifest, names: list[str], default: str
     users = ", ".join(repr(name) for name, config in used.items() if config in unknown)
     raise ValueError(f"TEXT_SEARCH_CONFIG={default!r} is not a text search configuration of this PostgreSQL (it is "
                      f"that of the collections with no `text_search_config` in {manifest.path}: {users}); {valid}")
+
+
+def valid_text_search_configs(store) -> str:
+    """A few of the server's text search configurations, for a message about one it lacks."""
+    configs = store.text_search_configs()
+    common = [c for c in ("simple", "english", "german", "french", "spanish") if c in configs]
+    shown = common + [c for c in configs if c not in common][:8 - len(common)]
+    more = len(configs) - len(shown)
+    return f"valid ones: {', '.join(shown)}" + (f" and {more} more (SELECT cfgname FROM pg_ts_config)" if more else "")
 
 
 @dataclass(frozen=True)
