@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ..core.ingest.corpus import check_text_search_configs
 from ..core.ingest.parsing import PARSER_VERSION
 from ..core.ingest.templating import TEMPLATING_VERSION
 from ..core.ingest.pipeline import sync_documents
@@ -24,6 +25,10 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
     )
     def documents(context: dg.AssetExecutionContext, vector_store: PgVectorStore) -> dg.MaterializeResult:
         collection, shard = project.manifest.shard(context.partition_key)
+        # Runs launched from the UI or by automation skip the CLI's checks: a bad configuration
+        # fails here, before any document is written.
+        check_text_search_configs(project.manifest, [collection.name], project.settings.text_search_config,
+                                  vector_store.store)
         # A collection missing from the manifest is left alone (a manifest slip must not delete
         # data): `refinery prune` removes it, and status and ingest point at it.
         outside = vector_store.store.collections_outside(sorted(project.manifest.collections))

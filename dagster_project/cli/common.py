@@ -3,6 +3,7 @@ errors a user can fix, and running a Dagster job in process with its progress an
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -50,10 +51,25 @@ class Interrupted(CliError):
 
 
 def load_settings(args) -> Settings:
+    from pydantic import ValidationError
+
     try:
         return Settings.from_env(corpus_manifest=getattr(args, "manifest", None))
+    except ValidationError as exc:
+        raise CliError(f"bad setting: {setting_problems(exc)}") from None
     except ValueError as exc:
         raise CliError(f"bad setting: {exc}") from None
+
+
+def setting_problems(exc) -> str:
+    """A settings ValidationError on one line: each problem with its variable, without pydantic's
+    echo of the input (which would print the start of DATABASE_URL or OPENAI_API_KEY)."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        variable = "_".join(str(part) for part in error["loc"][:1]).upper()
+        problems.append(f"{variable}: {message}" if variable and variable not in message else message)
+    return "; ".join(problems)
 
 
 def prepare_databases(settings: Settings) -> DatabaseUrls:
@@ -73,6 +89,41 @@ def prepare_databases(settings: Settings) -> DatabaseUrls:
     if not (home / "dagster.yaml").exists() or (home / "dagster.yaml").read_bytes() != (PROJECT_ROOT / "dagster.yaml").read_bytes():
         shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     return urls
+
+
+def job_collections(project, wanted: list[str] | None) -> list[str]:
+    """The collections a job command runs on: those named by --collection (repeatable), in the
+    order given, else every collection of the manifest."""
+    if not wanted:
+        return sorted(project.manifest.collections)
+    return list(dict.fromkeys(project.manifest.collection(name).name for name in wanted))
+
+
+def check_manifest_on_server(project, urls: DatabaseUrls) -> None:
+    """What only the database can tell about the manifest (its collections' text search
+    configurations), checked by the job commands, dry runs too, before anything is written."""
+    from ..core.db.store import VectorStore
+    from ..core.ingest.corpus import check_text_search_configs
+
+    store = VectorStore(urls.vector_store)
+    try:
+        check_text_search_configs(project.manifest, sorted(project.manifest.collections),
+                                  project.settings.text_search_config, store)
+    except ManifestError:
+        raise
+    except ValueError as exc:
+        raise CliError(f"bad setting: {exc}") from None
+    finally:
+        store.close()
+
+
+class Once(argparse.Action):
+    """An option that takes one value: given twice, it is refused instead of the last one silently winning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} was given twice: this command takes one")
+        setattr(namespace, self.dest, values)
 
 
 def emit(obj, as_json: bool, text: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timezone
 
-from .common import CliError, emit, load_settings, prepare_databases
+from .common import CliError, Once, emit, load_settings, prepare_databases
 
 
 def cmd_feedback_add(args) -> int:
@@ -77,7 +77,7 @@ def cmd_feedback_list(args) -> int:
         collection, path = args.collection, None
         if args.document:
             roots = {name: c.root for name, c in project.manifest.collections.items()}
-            collection, path = resolve_document(store, args.document, args.collection, roots)
+            collection, path = resolve_document(store, args.document, args.collection, roots, with_feedback_log=True)
         events = list_feedback(store, collection=collection, path=path, source=args.source, limit=args.limit)
     except FeedbackError as exc:
         raise CliError(str(exc)) from None
@@ -132,14 +132,14 @@ def add_commands(sub) -> None:
     p.add_argument("--reason", help="what is right or wrong with it (a -1 reason goes into the next prompt)")
     p.add_argument("--tags", nargs="+", metavar="TAG", help="lower-case labels, e.g. wrong-facts missing-steps")
     p.add_argument("--score", type=int, help="optionally, 1-5 (1-3 with -1, 3-5 with +1)")
-    p.add_argument("--collection", help="the document's collection, when its path is in several")
+    p.add_argument("--collection", action=Once, help="the document's collection, when its path is in several")
     p.add_argument("--author", help="who judges (default: the current user name)")
     p.add_argument("--manifest")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_feedback_add)
     p = feedback_sub.add_parser("list", help="feedback events, newest first")
     p.add_argument("--document", help="only this document")
-    p.add_argument("--collection")
+    p.add_argument("--collection", action=Once)
     p.add_argument("--source", help="user, validator or auto")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--manifest")

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import os
 
-from .common import all_passed, emit, load_settings, prepare_databases, run_job
+from .common import (
+    all_passed,
+    check_manifest_on_server,
+    emit,
+    job_collections,
+    load_settings,
+    prepare_databases,
+    run_job,
+)
 
 
 def cmd_ingest(args) -> int:
@@ -14,8 +22,9 @@ def cmd_ingest(args) -> int:
 
     settings = load_settings(args)
     project = Project.load(settings)
-    names = [project.manifest.collection(args.collection).name] if args.collection else sorted(project.manifest.collections)
+    names = job_collections(project, args.collection)
     urls = prepare_databases(settings)
+    check_manifest_on_server(project, urls)
     if args.dry_run:
         from ..core.ingest.pipeline import plan_collection
 
@@ -190,7 +199,7 @@ def cmd_status(args) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("ingest", help="materialize documents, chunks and embeddings through Dagster")
     p.add_argument("--manifest", help="corpus.yaml (default: CORPUS_MANIFEST or the sample corpus)")
-    p.add_argument("--collection", help="only this collection")
+    p.add_argument("--collection", action="append", help="only this collection (repeat for several)")
     p.add_argument("--dry-run", action="store_true", help="say what would change; write and embed nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)

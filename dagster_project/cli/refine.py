@@ -6,7 +6,9 @@ from __future__ import annotations
 from .common import (
     CliError,
     all_passed,
+    check_manifest_on_server,
     emit,
+    job_collections,
     load_settings,
     prepare_databases,
     run_job,
@@ -20,12 +22,13 @@ def cmd_refine(args) -> int:
 
     settings = load_settings(args)
     project = Project.load(settings)
-    names = [project.manifest.collection(args.collection).name] if args.collection else sorted(project.manifest.collections)
+    names = job_collections(project, args.collection)
     try:
         chain = build_chain(settings)
     except LLMConfigError as exc:
         raise CliError(str(exc)) from None
     urls = prepare_databases(settings)
+    check_manifest_on_server(project, urls)
     if args.dry_run:
         return _refine_dry_run(project, chain, names, urls, args.json)
     from ..definitions import REFINE_JOB
@@ -132,7 +135,7 @@ def cmd_llm_check(args) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("refine", help="materialize refined_documents through Dagster")
     p.add_argument("--manifest")
-    p.add_argument("--collection")
+    p.add_argument("--collection", action="append", help="only this collection (repeat for several)")
     p.add_argument("--dry-run", action="store_true", help="documents, tokens and estimated dollars; calls nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_refine)

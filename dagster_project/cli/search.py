@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..core.db.tenants import check_tenant_name
 from ..core.search.hybrid import SEARCH_MODES
 from ..core.settings import Settings
-from .common import CliError, emit, load_settings, prepare_databases, printable
+from .common import CliError, Once, emit, load_settings, prepare_databases, printable
 
 
 def _searcher(settings: Settings, store, mode: str, k: int, filters: dict | None = None,
@@ -67,7 +67,12 @@ def cmd_search(args) -> int:
 
 def cmd_eval(args) -> int:
     from ..core.db.store import VectorStore
-    from ..core.search.evaluation import QuestionsError, evaluate, load_questions
+    from ..core.search.evaluation import (
+        QuestionsError,
+        evaluate,
+        load_questions,
+        shortened,
+    )
 
     settings = load_settings(args)
     urls = prepare_databases(settings)
@@ -92,7 +97,7 @@ def cmd_eval(args) -> int:
                      f"{r['mrr@10']:>7.3f} {r['ndcg@10']:>8.3f}")
     for mode, r in results.items():
         for miss in r["missed_top5"]:
-            lines.append(f"  {mode} missed: {miss['question']} (expected {', '.join(miss['expected'])})")
+            lines.append(f"  {mode} missed: {shortened(miss['question'])} (expected {', '.join(miss['expected'])})")
     emit(results if args.mode == "all" else results[args.mode], args.json, "\n".join(lines))
     return 0
 
@@ -104,7 +109,7 @@ def add_commands(sub) -> None:
     p.add_argument("--k", type=int, default=5, help="documents (with --chunks: chunks) returned")
     p.add_argument("--passages", type=int, default=3, help="best chunks shown per document")
     p.add_argument("--chunks", action="store_true", help="the k best chunks instead, several per document possible")
-    p.add_argument("--collection")
+    p.add_argument("--collection", action=Once)
     p.add_argument("--category")
     p.add_argument("--doc-type")
     p.add_argument("--status")

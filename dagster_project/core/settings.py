@@ -99,10 +99,12 @@ class Settings(BaseModel):
         return _one_of("LOCAL_EMBED_BACKEND", value, ("torch", "onnx", "onnx-int8"))
 
     @model_validator(mode="after")
-    def _overlap_fits(self) -> Settings:
-        if self.chunk_overlap_tokens * 2 > self.chunk_max_tokens:
-            raise ValueError(f"CHUNK_OVERLAP_TOKENS={self.chunk_overlap_tokens} must be at most half of "
-                             f"CHUNK_MAX_TOKENS={self.chunk_max_tokens}")
+    def _chunk_budget_fits(self) -> Settings:
+        # The chunker's own checks (overlap, context and text within CHUNK_MAX_TOKENS), here so
+        # that a bad combination is a bad setting of every command, not a traceback mid-run.
+        from .ingest.chunking import ChunkSettings
+
+        ChunkSettings(self.chunk_max_tokens, self.chunk_overlap_tokens)
         return self
 
     @classmethod

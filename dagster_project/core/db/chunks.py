@@ -94,7 +94,7 @@ class ChunkTables:
             ids = [d.id for d in documents]
             old = [bytes(r[0]) for r in conn.execute(
                 "DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING content_hash", (ids,))]
-            config = self._text_search_config_oid(conn, text_search_config)
+            config = self._text_search_config_oid(conn, text_search_config, collection)
             conn.execute("INSERT INTO collection_text_search VALUES (%s, %s) ON CONFLICT (collection) "
                          "DO UPDATE SET ts_config = EXCLUDED.ts_config", (collection, config))
             with conn.cursor().copy(
@@ -133,13 +133,23 @@ class ChunkTables:
             return conn.execute("SELECT build_collection_terms(%s)", (collection,)).fetchone()[0]
 
     @staticmethod
-    def _text_search_config_oid(conn: psycopg.Connection, name: str) -> int:
-        try:
-            with conn.transaction():
-                return conn.execute("SELECT %s::regconfig::oid", (name,)).fetchone()[0]
-        except psycopg.errors.UndefinedObject:
-            raise ValueError(f"TEXT_SEARCH_CONFIG={name!r} is not a text search configuration of this "
-                             "PostgreSQL (try english, simple, german...)") from None
+    def _text_search_config_oid(conn: psycopg.Connection, name: str, collection: str) -> int:
+        oid = _regconfig_oid(conn, name)
+        if oid is None:  # the job commands and the documents step check first (corpus.check_text_search_configs)
+            raise ValueError(f"collection {collection!r}: text search configuration {name!r} (its `text_search_config` "
+                             "in the manifest, or TEXT_SEARCH_CONFIG when it sets none) is not one this PostgreSQL "
+                             "has (try english, simple, german...)")
+        return oid
+
+    def unknown_text_search_configs(self, names: Sequence[str]) -> list[str]:
+        """Those of `names` that are not a text search configuration of this server."""
+        with self.reading() as conn:
+            return [name for name in dict.fromkeys(names) if _regconfig_oid(conn, name) is None]
+
+    def text_search_configs(self) -> list[str]:
+        """Every text search configuration of this server, as a manifest would name it."""
+        with self.reading() as conn:
+            return [r[0] for r in conn.execute("SELECT oid::regconfig::text FROM pg_ts_config ORDER BY 1")]
 
     def chunks_per_collection(self) -> dict[str, int]:
         with self.reading() as conn:
@@ -156,3 +166,12 @@ class ChunkTables:
         with self.reading() as conn:
             return conn.execute("SELECT count(DISTINCT content_hash) FROM chunks WHERE collection = %s",
                                 (collection,)).fetchone()[0]
+
+
+def _regconfig_oid(conn: psycopg.Connection, name: str) -> int | None:
+    """The configuration's oid, or None if the server has none by that name (or it is no name at all)."""
+    try:
+        with conn.transaction():
+            return conn.execute("SELECT %s::regconfig::oid", (name,)).fetchone()[0]
+    except (psycopg.errors.UndefinedObject, psycopg.errors.InvalidName, psycopg.errors.SyntaxError):
+        return None

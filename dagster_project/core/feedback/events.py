@@ -95,10 +95,11 @@ def check(feedback: Feedback) -> None:
 
 
 def resolve_document(store: VectorStore, spec: str, collection: str | None = None,
-                     roots: Mapping[str, Path] | None = None) -> tuple[str, str]:
+                     roots: Mapping[str, Path] | None = None, *, with_feedback_log: bool = False) -> tuple[str, str]:
     """(collection, path) of an indexed document named as its path in the collection, as
-    `collection/path`, or as a file on disk under a collection's root."""
-    known = store.document_keys()
+    `collection/path`, or as a file on disk under a collection's root. `with_feedback_log`: also
+    a document that has left the index but has events (the log outlives documents)."""
+    known = store.document_keys() | (feedback_document_keys(store) if with_feedback_log else set())
     spec = spec.strip()
     candidates: list[tuple[str, str]] = []
     if collection:
@@ -135,7 +136,14 @@ def resolve_document(store: VectorStore, spec: str, collection: str | None = Non
     close = list(dict.fromkeys(name for match in difflib.get_close_matches(spec, options, n=3, cutoff=0.5)
                                for name in options[match]))[:3]
     hint = f"; did you mean {', '.join(close)}?" if close else " (refinery status lists what is indexed)"
-    raise FeedbackError(f"no document {spec!r}{where} in the index{hint}")
+    log = " or the feedback log" if with_feedback_log else ""
+    raise FeedbackError(f"no document {spec!r}{where} in the index{log}{hint}")
+
+
+def feedback_document_keys(store: VectorStore) -> set[tuple[str, str]]:
+    """(collection, path) of every document the feedback log has events on."""
+    with store.reading() as conn:
+        return {(c, p) for c, p in conn.execute("SELECT DISTINCT collection, path FROM feedback_events")}
 
 
 def record_feedback(store: VectorStore, feedback: Feedback) -> int:

@@ -41,7 +41,9 @@ class ChunkSettings:
             )
         if self.max_tokens - self.overlap_tokens - self.context_tokens < 16:
             raise ValueError(f"CHUNK_MAX_TOKENS={self.max_tokens} leaves no room for text after "
-                             f"{self.context_tokens} tokens of context and {self.overlap_tokens} of overlap")
+                             f"{self.context_tokens} tokens of context and {self.overlap_tokens} of overlap: "
+                             f"set it to at least {self.context_tokens + self.overlap_tokens + 16} "
+                             "or lower CHUNK_OVERLAP_TOKENS")
 
     def version(self, counter: TokenCounter) -> str:
         """Everything that changes chunk text; part of each row and of the asset's code version."""

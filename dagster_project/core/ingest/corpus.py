@@ -284,6 +284,33 @@ def load_manifest(path: str | Path) -> Manifest:
     return Manifest(path=path, collections=collections)
 
 
+def check_text_search_configs(manifest: Manifest, names: list[str], default: str, store) -> None:
+    """The text search configuration of each named collection (its own, else `default`, the
+    TEXT_SEARCH_CONFIG setting) must be one the server has: a typo is a broken manifest (or a
+    bad setting), reported before anything is written, not a failure after the documents are."""
+    used = {name: manifest.collection(name).text_search_config or default for name in names}
+    unknown = set(store.unknown_text_search_configs(sorted(set(used.values()))))
+    if not unknown:
+        return
+    valid = valid_text_search_configs(store)
+    for name, config in used.items():
+        if config in unknown and manifest.collection(name).text_search_config:
+            raise ManifestError(f"manifest {manifest.path}: collection {name!r}: text_search_config: {config!r} is "
+                                f"not a text search configuration of this PostgreSQL; {valid}")
+    users = ", ".join(repr(name) for name, config in used.items() if config in unknown)
+    raise ValueError(f"TEXT_SEARCH_CONFIG={default!r} is not a text search configuration of this PostgreSQL (it is "
+                     f"that of the collections with no `text_search_config` in {manifest.path}: {users}); {valid}")
+
+
+def valid_text_search_configs(store) -> str:
+    """A few of the server's text search configurations, for a message about one it lacks."""
+    configs = store.text_search_configs()
+    common = [c for c in ("simple", "english", "german", "french", "spanish") if c in configs]
+    shown = common + [c for c in configs if c not in common][:8 - len(common)]
+    more = len(configs) - len(shown)
+    return f"valid ones: {', '.join(shown)}" + (f" and {more} more (SELECT cfgname FROM pg_ts_config)" if more else "")
+
+
 @dataclass(frozen=True)
 class SourceFile:
     """One file of a collection as found on disk; `problem` is set when it cannot be read."""

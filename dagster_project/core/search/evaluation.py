@@ -13,6 +13,7 @@ import yaml
 from .searcher import SearchError
 
 KS = (1, 5, 10)
+SHOWN_CHARS = 120  # of a question in a line of output; --json keeps it whole
 
 
 class QuestionsError(ValueError):
@@ -73,7 +74,7 @@ def evaluate(questions: list[Question], retrieve: Callable[[str], list[tuple[str
         try:
             ranked = retrieve(question.text)[:10]
         except SearchError as exc:
-            raise QuestionsError(f"question {number} ({question.text!r}): {exc}, or remove the entry") from None
+            raise QuestionsError(f"question {number} ({shortened(question.text)!r}): {exc}, or remove the entry") from None
         relevant = set(question.documents)
         for k in KS:
             sums[f"recall@{k}"] += len(relevant & set(ranked[:k])) / len(relevant)
@@ -87,6 +88,12 @@ def evaluate(questions: list[Question], retrieve: Callable[[str], list[tuple[str
                            "got": ["/".join(d) for d in ranked[:5]]})
     n = len(questions)
     return {"questions": n, **{name: round(total / n, 4) for name, total in sums.items()}, "missed_top5": missed}
+
+
+def shortened(text: str) -> str:
+    """A question on one line of output: whitespace runs as one space, at most SHOWN_CHARS characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= SHOWN_CHARS else line[:SHOWN_CHARS] + "…"
 
 
 def distinct_documents(hits) -> list[tuple[str, str]]:

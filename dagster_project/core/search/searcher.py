@@ -21,6 +21,11 @@ class Searcher:
         """`vectors=False`: text search only, no embedder loaded."""
         self.settings, self.store = settings, store
         self.model_id, self.dims, self.embedder, self.model_key = None, 0, None, None
+        if store.unknown_text_search_configs([settings.text_search_config]):  # the query is read in it
+            from ..ingest.corpus import valid_text_search_configs
+
+            raise SearchError(f"bad setting: TEXT_SEARCH_CONFIG={settings.text_search_config!r} is not a text search "
+                              f"configuration of this PostgreSQL; {valid_text_search_configs(store)}")
         self._embedding = nullcontext()
         if vectors:
             from ..embed.factory import build_embedder
