@@ -16,6 +16,9 @@ _AMOUNT = re.compile(
 _PERCENT = re.compile(rf"(?:{_NUMBER})\s?(?:%|percent\b|per cent\b)", re.IGNORECASE)
 _ANY_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 SENSITIVE_AMOUNTS = 3  # a document quoting this many currency amounts is treated as pricing-sensitive
+# The detection and redaction rules below: a change re-decides every stored document's
+# pricing_sensitive and re-chunks the sensitive ones (their embedded text is redacted; sql/0023).
+PRICING_VERSION = "1"
 
 
 def redact_pricing(text: str) -> str:
@@ -38,3 +41,9 @@ def looks_pricing_sensitive(text: str) -> bool:
             if found >= SENSITIVE_AMOUNTS:
                 return True
     return False
+
+
+def is_pricing_sensitive(declared: bool, title: str, blocks: list[dict]) -> bool:
+    """A document's effective flag, decided once at ingest: the manifest or front matter says
+    so, or its text (title and blocks, as stored) looks like a price list."""
+    return declared or looks_pricing_sensitive("\n".join([title, *(b["text"] for b in blocks)]))
