@@ -13,8 +13,9 @@ from dagster_project.core.embed.openai_embedder import OpenAIEmbedder
 from dagster_project.core.feedback.events import Feedback, record_feedback
 from dagster_project.core.ingest.chunking import ChunkSettings
 from dagster_project.core.ingest.corpus import load_manifest
-from dagster_project.core.ingest.pipeline import ingest_collection, sync_chunks
+from dagster_project.core.ingest.pipeline import ingest_collection, sync_chunks, sync_embeddings
 from dagster_project.core.ingest.tokens import wordpiece_counter
+from dagster_project.core.openai_batch import BatchPolicy
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
@@ -128,3 +129,16 @@ def test_documents_ingested_before_the_upgrade_are_decided_again_without_a_file_
     assert reports["chunks"].counts["documents"] == 1  # re-chunked: its embedded text is redacted now
     sent = [t for batch in fake_openai.embedding_inputs[before:] for t in batch]
     assert sent and not any(re.search(r"\d", t) for t in sent), sent
+
+
+def test_a_model_changes_batch_file_holds_no_sensitive_number(store, tmp_path, fake_openai):
+    # The Batch API path (a model change's candidate) reads the same texts as the live path.
+    collection = make_collection(tmp_path, {"plans.md": PLANS, "short.md": PRICE_LIST}, pricing_sensitive=True)
+    ingest_collection(store, collection, embedder=_hash(), chunk_settings=ChunkSettings(), max_file_bytes=10**7)
+    candidate = OpenAIEmbedder(api_key="sk-test-pricing", base_url=fake_openai.base_url,
+                               model="text-embedding-3-small", dims=64, max_retries=0)
+    report = sync_embeddings(store, "price", _hash(), candidate,
+                             batch=BatchPolicy(min_items=1, poll_seconds=0.05, max_wait_seconds=30))
+    texts = [t for line in fake_openai.batch_lines for t in line["input"]]
+    assert report.counts["embedded_by_batch"] == len(texts) > 0 and fake_openai.embedding_inputs == []
+    assert "[AMOUNT]" in " ".join(texts) and not any(re.search(r"\d|\uff10", t) for t in texts), texts
