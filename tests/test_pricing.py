@@ -5,6 +5,7 @@ the embedder; what the fake OpenAI server received over HTTP is what is checked.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -19,7 +20,7 @@ from dagster_project.core.openai_batch import BatchPolicy
 from dagster_project.core.refine.llm import LLMChain, Price
 from dagster_project.core.refine.pipeline import refine_collection
 from dagster_project.core.refine.quality import RoutingThresholds
-from tests.conftest import write_manifest
+from tests.conftest import new_database, refinery, write_manifest
 from tests.fakes.openai_server import refinement_answer
 
 FILL = " ".join(["Synchronisation keeps every device current while conflicts are resolved by the newest edit,"
@@ -87,7 +88,7 @@ def sent_numbers(fake_openai) -> list[str]:
     return [t for batch in fake_openai.embedding_inputs for t in batch if re.search(r"\d|\uff10", t)]
 
 
-@pytest.mark.parametrize("flagged", [True, False], ids=["manifest", "detected"])
+@pytest.mark.parametrize("flagged", [True, False], ids=["front-matter", "detected"])
 def test_the_embeddings_api_never_receives_a_sensitive_documents_numbers(store, tmp_path, fake_openai, embedder,
                                                                          flagged):
     # QA item 2: a flagged (or detected) document's text went to /v1/embeddings with its numbers.
@@ -142,3 +143,18 @@ def test_a_model_changes_batch_file_holds_no_sensitive_number(store, tmp_path, f
     texts = [t for line in fake_openai.batch_lines for t in line["input"]]
     assert report.counts["embedded_by_batch"] == len(texts) > 0 and fake_openai.embedding_inputs == []
     assert "[AMOUNT]" in " ".join(texts) and not any(re.search(r"\d|\uff10", t) for t in texts), texts
+
+
+def test_refinery_ingest_with_openai_embeddings_sends_no_sensitive_number(pg_server, db_url, tmp_path, fake_openai):
+    # QA item 2 as reported: `refinery ingest` with EMBED_PROVIDER=openai, a collection whose
+    # defaults say pricing_sensitive: true.
+    make_collection(tmp_path, {"plans.md": PLANS}, pricing_sensitive=True)
+    env = dict(os.environ, DATABASE_URL=db_url, EMBED_PROVIDER="openai", EMBED_DIMS="64", OPENAI_API_KEY="sk-x-pricing",
+               OPENAI_BASE_URL=fake_openai.base_url, CORPUS_MANIFEST=str(tmp_path / "corpus.yaml"),
+               REFINERY_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "dagster_home"),
+               DAGSTER_PG_URL=new_database(pg_server, template="template1"), AUTOMATION_SENSOR_DEFAULT="stopped")
+    env.pop("LLM_MODEL", None)
+    result = refinery(env, "ingest", "--collection", "price", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    inputs = [t for batch in fake_openai.embedding_inputs for t in batch]
+    assert inputs and not any(re.search(r"\d|\uff10", t) for t in inputs), inputs
