@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from dagster_project.core.embed.local import HashEmbedder
 from dagster_project.core.embed.openai_embedder import OpenAIEmbedder
 from dagster_project.core.feedback.events import Feedback, record_feedback
 from dagster_project.core.ingest.chunking import ChunkSettings
@@ -23,8 +24,8 @@ from dagster_project.core.refine.quality import RoutingThresholds
 from tests.conftest import new_database, refinery, write_manifest
 from tests.fakes.openai_server import refinement_answer
 
-FILL = " ".join(["Synchronisation keeps every device current while conflicts are resolved by the newest edit,"
-                 " and offline edits wait in a local queue until the connection returns."] * 6)
+FILL = " ".join([("Synchronisation keeps every device current while conflicts are resolved by the newest edit,"
+                  " and offline edits wait in a local queue until the connection returns.")] * 6)
 PRICE_LIST = "# Price list\n\nBasic $7731, Plus $8832, Max $9943.\n"
 EXTRACTIVE_ONLY = LLMChain(models=[], base_url=None, api_key=None, prices={})
 
@@ -52,7 +53,7 @@ def test_an_example_from_a_detected_price_list_is_redacted_in_another_documents_
     # QA item 1: the manifest says not sensitive; the price list is only detected from its text.
     collection = make_collection(tmp_path, {"short.md": PRICE_LIST, "normal.md": f"# Sync guide\n\n{FILL}\n"},
                                  pricing_sensitive=False)
-    ingest_collection(store, collection, embedder=_hash(), chunk_settings=ChunkSettings(), max_file_bytes=10**7)
+    ingest_collection(store, collection, embedder=HashEmbedder(), chunk_settings=ChunkSettings(), max_file_bytes=10**7)
     assert sensitivity(store) == {"short.md": True, "normal.md": False}  # decided once, at ingest
     assert refine(store, EXTRACTIVE_ONLY).refined == 2
     record_feedback(store, Feedback(rating=1, collection="price", path="short.md", score=5))
@@ -68,11 +69,6 @@ def test_an_example_from_a_detected_price_list_is_redacted_in_another_documents_
     assert "<example>" in review and "[AMOUNT]" in review
     for price in ("7731", "8832", "9943"):
         assert price not in json.dumps(prompt)
-
-
-def _hash():
-    from dagster_project.core.embed.local import HashEmbedder
-    return HashEmbedder()
 
 
 @pytest.fixture
@@ -135,10 +131,10 @@ def test_documents_ingested_before_the_upgrade_are_decided_again_without_a_file_
 def test_a_model_changes_batch_file_holds_no_sensitive_number(store, tmp_path, fake_openai):
     # The Batch API path (a model change's candidate) reads the same texts as the live path.
     collection = make_collection(tmp_path, {"plans.md": PLANS, "short.md": PRICE_LIST}, pricing_sensitive=True)
-    ingest_collection(store, collection, embedder=_hash(), chunk_settings=ChunkSettings(), max_file_bytes=10**7)
+    ingest_collection(store, collection, embedder=HashEmbedder(), chunk_settings=ChunkSettings(), max_file_bytes=10**7)
     candidate = OpenAIEmbedder(api_key="sk-test-pricing", base_url=fake_openai.base_url,
                                model="text-embedding-3-small", dims=64, max_retries=0)
-    report = sync_embeddings(store, "price", _hash(), candidate,
+    report = sync_embeddings(store, "price", HashEmbedder(), candidate,
                              batch=BatchPolicy(min_items=1, poll_seconds=0.05, max_wait_seconds=30))
     texts = [t for line in fake_openai.batch_lines for t in line["input"]]
     assert report.counts["embedded_by_batch"] == len(texts) > 0 and fake_openai.embedding_inputs == []
