@@ -6,6 +6,7 @@ from ..core.ingest.corpus import check_text_search_configs
 from ..core.ingest.parsing import PARSER_VERSION
 from ..core.ingest.templating import TEMPLATING_VERSION
 from ..core.ingest.pipeline import sync_documents
+from ..core.refine.redaction import PRICING_VERSION
 from ..core.progress import Progress
 from ..project import Project
 from ..resources.vector_store import PgVectorStore
@@ -17,7 +18,8 @@ from .tables import OWNERS, table_metadata
 def build_documents(project: Project) -> dg.AssetsDefinition:
     @dg.asset(
         name="documents", partitions_def=project.ingest_partitions, deps=["corpus_files"],
-        group_name="ingestion", code_version=f"{PARSER_VERSION}+{TEMPLATING_VERSION}", kinds={"postgres", "python"},
+        group_name="ingestion", kinds={"postgres", "python"},
+        code_version=f"{PARSER_VERSION}+{TEMPLATING_VERSION}+pricing{PRICING_VERSION}",
         owners=OWNERS, metadata=table_metadata("documents"), automation_condition=ON_SOURCE_CHANGE,
         description="Table documents: parsed files with metadata. A vanished file's document and "
                     "chunks are deleted in one transaction (search stops returning it at once); vectors "

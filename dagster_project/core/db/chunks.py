@@ -36,9 +36,10 @@ class DocumentToChunk:
     embed_mode: str
     metadata: dict
     blocks: list
+    pricing_sensitive: bool = False  # its embedded text is redacted (chunking.embed_text)
 
 
-_CHANGED_FIELDS = "id, path, content_hash, title, embed_mode, metadata, blocks"
+_CHANGED_FIELDS = "id, path, content_hash, title, embed_mode, metadata, blocks, pricing_sensitive"
 CHANGED_DOCUMENTS = (
     f"SELECT {_CHANGED_FIELDS} FROM documents "
     "WHERE collection = %s AND (chunked_hash IS DISTINCT FROM content_hash "
@@ -71,7 +72,7 @@ class ChunkTables:
         """The documents `ids` names, in that order (a document deleted meanwhile is left out)."""
         with self.reading() as conn:
             rows = conn.execute(f"SELECT {_CHANGED_FIELDS} FROM documents WHERE id = ANY(%s)", (list(ids),)).fetchall()
-        by_id = {r[0]: DocumentToChunk(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
+        by_id = {r[0]: DocumentToChunk(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def documents_to_chunk(self, collection: str, chunker_version: str) -> list[DocumentToChunk]:
@@ -79,7 +80,7 @@ class ChunkTables:
             rows = conn.execute(
                 CHANGED_DOCUMENTS,
                 (collection, chunker_version)).fetchall()
-        return [DocumentToChunk(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        return [DocumentToChunk(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
     def replace_chunks(self, collection: str, documents: Sequence[DocumentToChunk],
                        chunks: Sequence[ChunkRow], chunker_version: str,

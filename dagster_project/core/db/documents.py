@@ -4,7 +4,7 @@ written by binary COPY; pruning the collections a manifest no longer names."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from psycopg.types.json import Jsonb
@@ -31,6 +31,7 @@ class DocumentRow:
     blocks: list
     source_version: str
     file_stat: bytes | None = None  # the file's signature when content_hash was taken (corpus.file_signature)
+    pricing_version: str | None = None  # the rules that decided pricing_sensitive (redaction.PRICING_VERSION)
 
 
 @dataclass
@@ -56,11 +57,11 @@ OUTSIDE_COUNTS = (
 
 _DOC_COLUMNS = ("id", "collection", "path", "content_hash", "size_bytes", "format", "title",
                 "category", "doc_type", "status", "embed_mode", "pricing_sensitive", "metadata",
-                "headings", "blocks", "source_version", "file_stat")
+                "headings", "blocks", "source_version", "file_stat", "pricing_version")
 
 
 _DOC_TYPES = ("uuid", "text", "text", "bytea", "int8", "text", "text", "text", "text", "text",
-              "text", "bool", "jsonb", "jsonb", "jsonb", "text", "bytea")
+              "text", "bool", "jsonb", "jsonb", "jsonb", "text", "bytea", "text")
 
 
 class DocumentTables:
@@ -91,6 +92,35 @@ class DocumentTables:
                 "AS s(path, sig, hash) WHERE d.collection = %s AND d.path = s.path AND d.content_hash = s.hash",
                 ([p for p, _, _ in signatures], [s for _, s, _ in signatures], [h for _, _, h in signatures],
                  collection))
+
+    def documents_to_recheck_pricing(self, collection: str, version: str, batch: int,
+                                     shard: Shard | None = None) -> Iterator[list[tuple]]:
+        """(id, metadata, title, blocks) of the documents whose pricing_sensitive was decided
+        by rules other than `version` (or never: rows older than sql/0023), `batch` at a time."""
+        with self.reading() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM documents WHERE collection = %s AND pricing_version IS DISTINCT FROM %s"
+                + (shard.documents_filter() if shard else "") + " ORDER BY path", (collection, version))]
+        for start in range(0, len(ids), batch):
+            with self.reading() as conn:
+                yield conn.execute("SELECT id, metadata, title, blocks FROM documents WHERE id = ANY(%s)",
+                                   (ids[start:start + batch],)).fetchall()
+
+    def record_pricing(self, collection: str, decisions: Sequence[tuple[uuid.UUID, bool]], version: str) -> int:
+        """Store each document's pricing_sensitive as decided under `version`. A document that is
+        or was sensitive is re-chunked: its chunks' embedded text is redacted by those rules.
+        Returns how many documents changed their value."""
+        if not decisions:
+            return 0
+        with self.writing(collection) as conn:
+            return conn.execute(
+                "WITH v AS (SELECT * FROM unnest(%s::uuid[], %s::bool[]) AS v(id, sensitive)), "
+                "old AS (SELECT d.id, d.pricing_sensitive FROM documents d JOIN v USING (id) FOR UPDATE OF d) "
+                "UPDATE documents d SET pricing_sensitive = v.sensitive, pricing_version = %s, "
+                "chunked_hash = CASE WHEN v.sensitive OR old.pricing_sensitive THEN NULL ELSE d.chunked_hash END "
+                "FROM v JOIN old USING (id) WHERE d.id = v.id AND d.pricing_version IS DISTINCT FROM %s "
+                "RETURNING old.pricing_sensitive IS DISTINCT FROM v.sensitive",
+                ([i for i, _ in decisions], [s for _, s in decisions], version, version)).fetchall().count((True,))
 
     def document_keys(self) -> set[tuple[str, str]]:
         with self.reading() as conn:
@@ -173,7 +203,7 @@ class DocumentTables:
                                         row.doc_type, row.status, row.embed_mode,
                                         row.pricing_sensitive, Jsonb(row.metadata),
                                         Jsonb(row.headings), Jsonb(row.blocks), row.source_version,
-                                        row.file_stat))
+                                        row.file_stat, row.pricing_version))
                 updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _DOC_COLUMNS[1:])
                 conn.execute(
                     f"INSERT INTO documents ({', '.join(_DOC_COLUMNS)}) "

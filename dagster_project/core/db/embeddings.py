@@ -29,10 +29,13 @@ MISSING_VECTORS_PER_MODEL = (
     " WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.id"
     " AND e.content_hash = c.content_hash) GROUP BY m.id, c.collection ORDER BY m.id, c.collection"
 )
+# A text shared by a pricing-sensitive document goes out redacted (its chunk first), whatever
+# the other documents that hold it.
 TEXTS_WITHOUT_VECTOR = (
-    "SELECT DISTINCT ON (c.content_hash) c.content_hash, c.context, c.text, c.token_count FROM chunks c "
+    "SELECT DISTINCT ON (c.content_hash) c.content_hash, c.context, c.text, c.token_count, d.pricing_sensitive "
+    "FROM chunks c JOIN documents d ON d.id = c.document_id "
     "WHERE c.collection = %s AND NOT EXISTS (SELECT 1 FROM embeddings e "
-    "WHERE e.model_id = %s AND e.content_hash = c.content_hash) ORDER BY c.content_hash"
+    "WHERE e.model_id = %s AND e.content_hash = c.content_hash) ORDER BY c.content_hash, d.pricing_sensitive DESC"
 )
 
 
@@ -234,7 +237,7 @@ class EmbeddingTables:
                 cursor.execute(_in_shard(TEXTS_WITHOUT_VECTOR, shard), (collection, model_id))
                 while rows := cursor.fetchmany(batch):
                     try:
-                        yield [(bytes(h), embed_text(ctx, t), n) for h, ctx, t, n in rows]
+                        yield [(bytes(h), embed_text(ctx, t, sensitive), n) for h, ctx, t, n, sensitive in rows]
                     except GeneratorExit:
                         closing = True
                         raise

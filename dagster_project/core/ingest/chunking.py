@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from ..refine.redaction import redact_pricing
 from .formats.tables import is_pipe_rule
 from .hashing import content_hash
 from .parsing import Block
@@ -51,9 +52,13 @@ class ChunkSettings:
                 f"context={self.context_tokens}:ts={self.text_search_config}:tok={counter.name}")
 
 
-def embed_text(context: str, text: str) -> str:
-    """What is embedded (and hashed) for a chunk: its context line, then its text as written."""
-    return f"{context}\n\n{text}" if context else text
+def embed_text(context: str, text: str, pricing_sensitive: bool = False) -> str:
+    """What is embedded (and hashed) for a chunk: its context line, then its text as written;
+    of a pricing-sensitive document, with every number redacted. Every embedder gets that text,
+    local ones too: a chunk's hash names one text whatever the model, and the BM25 half of
+    hybrid search still finds the exact numbers in the stored text."""
+    joined = f"{context}\n\n{text}" if context else text
+    return redact_pricing(joined) if pricing_sensitive else joined
 
 
 def chunk_context(title: str, heading_path: list[str], settings: ChunkSettings, counter: TokenCounter) -> tuple[str, int]:

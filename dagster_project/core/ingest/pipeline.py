@@ -20,6 +20,7 @@ from ..embed.base import Embedder
 from ..embed.batch import embed_in_batches
 from ..live_status import publishing
 from ..openai_batch import BatchPolicy
+from ..refine.redaction import PRICING_VERSION, is_pricing_sensitive
 from .chunking import CARD_KIND, ChunkDraft, ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, Shard, SourceFile, collection_version, matches_globs, read_sources, scan_collection
 from .formats import BINARY_FORMATS, PARSE_TIME_LIMIT_SECONDS
@@ -195,6 +196,25 @@ def document_card(parsed: ParsedDocument, fields: list[str]) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
+def declared_pricing(collection: Collection, metadata: dict) -> bool:
+    """What the manifest and the file's own metadata say (the file wins), before detection."""
+    if "pricing_sensitive" in metadata:
+        return _truthy(metadata["pricing_sensitive"])
+    return collection.defaults.pricing_sensitive
+
+
+def recheck_pricing(store: VectorStore, collection: Collection, shard: Shard) -> int:
+    """Decide pricing_sensitive again for the stored documents decided under older rules (or
+    none: rows from before sql/0023), from their stored text: an unchanged file is not re-parsed.
+    Returns how many changed their value."""
+    changed = 0
+    for rows in store.documents_to_recheck_pricing(collection.name, PRICING_VERSION, CHUNK_TX_DOCUMENTS * 20, shard):
+        changed += store.record_pricing(collection.name, [
+            (i, is_pricing_sensitive(declared_pricing(collection, metadata or {}), title, blocks or []))
+            for i, metadata, title, blocks in rows], PRICING_VERSION)
+    return changed
+
+
 def build_document_row(collection: Collection, source: SourceFile, parsed: ParsedDocument,
                        version: str | None = None) -> tuple[DocumentRow, list[str]]:
     """Manifest defaults, overridden by the file's own metadata. The document card (its
@@ -214,18 +234,17 @@ def build_document_row(collection: Collection, source: SourceFile, parsed: Parse
             fields["embed_mode"] = "skip" if fields["embed_mode"] == "skip" else "metadata_only"
             warnings.append(f"embed_mode {meta['embed_mode']!r} is not full, metadata_only or skip: "
                             f"using {fields['embed_mode']!r}")
-    if "pricing_sensitive" in meta:
-        fields["pricing_sensitive"] = _truthy(meta["pricing_sensitive"])
     card = document_card(parsed, collection.document_fields)
     blocks = ([Block(CARD_KIND, card, [])] if card else []) + parsed.blocks
+    stored_blocks = [{"kind": b.kind, "text": b.text, "path": b.heading_path} | ({"page": b.page} if b.page else {})
+                     for b in blocks]
+    fields["pricing_sensitive"] = is_pricing_sensitive(declared_pricing(collection, meta), parsed.title, stored_blocks)
     row = DocumentRow(
         id=stable_id("document", collection.name, source.path), file_stat=source.signature,
         collection=collection.name, path=source.path, content_hash=source.content_hash,
         size_bytes=source.size, format=parsed.format, title=parsed.title,
-        metadata=meta, headings=parsed.headings,
-        blocks=[{"kind": b.kind, "text": b.text, "path": b.heading_path} | ({"page": b.page} if b.page else {})
-                for b in blocks],
-        source_version=version or source_version(collection), **fields,
+        metadata=meta, headings=parsed.headings, blocks=stored_blocks,
+        source_version=version or source_version(collection), pricing_version=PRICING_VERSION, **fields,
     )
     return row, warnings
 
@@ -390,6 +409,8 @@ def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: 
     report.counts["chunks_removed"] = store.apply_documents(
         collection.name, last[1], scan.deleted, scan_issues + last[2], examined, [f.path for f in scan.files],
         shard=shard)
+    if flipped := recheck_pricing(store, collection, shard):
+        report.counts["pricing_changed"] = flipped
     report.seconds += time.perf_counter() - started
     return report
 
@@ -422,7 +443,7 @@ def build_chunks(document: DocumentToChunk, collection: str, settings: ChunkSett
         if key not in contexts:
             contexts[key] = chunk_context(document.title, d.heading_path, settings, counter)
         context, context_tokens = contexts[key]
-        digest = content_hash(embed_text(context, d.text))
+        digest = content_hash(embed_text(context, d.text, document.pricing_sensitive))
         occurrence = seen[digest]
         seen[digest] += 1
         rows.append(ChunkRow(stable_id("chunk", document.id.bytes, digest, occurrence), document.id,
@@ -622,8 +643,8 @@ def plan_collection(store: VectorStore, collection: Collection, *, max_file_byte
     replaced = {r.id for r in rows}
     stale = [d for d in store.documents_to_chunk(collection.name, settings.version(counter))
              if d.id not in replaced]
-    fresh = [DocumentToChunk(r.id, r.path, r.content_hash, r.title, r.embed_mode, r.metadata, r.blocks)
-             for r in rows]
+    fresh = [DocumentToChunk(r.id, r.path, r.content_hash, r.title, r.embed_mode, r.metadata, r.blocks,
+                             r.pricing_sensitive) for r in rows]
     rechunked = {d.id for d in stale} | replaced | {
         i for i in store.document_ids(collection.name, deleted)}
     hashes = {c.content_hash for d in stale + fresh for c in build_chunks(d, collection.name, settings, counter)}

@@ -40,7 +40,6 @@ from .extractive import refine_extractively
 from .llm import EXTRACTIVE, ChainResult, ChainStopped, LLMChain
 from .prompts import PROMPT_VERSION, Prompt, PromptChunk, Review, build_prompt
 from .quality import RoutingThresholds, analyze, route, score_refinement
-from .redaction import looks_pricing_sensitive
 from .schema import SCHEMA_VERSION
 
 WRITE_EVERY = 20  # finished documents stored per transaction
@@ -139,13 +138,12 @@ def prepare(job: _Job, chain: LLMChain, counter: TokenCounter, budget: int, thre
     job.analysis = analyze(c.title, c.blocks, c.headings)
     job.reason = route(job.analysis, thresholds) if chain.models and not job.notes else None
     if chain.models and job.reason is None:
-        sensitive = c.pricing_sensitive or looks_pricing_sensitive("\n".join(b["text"] for b in c.blocks))
         review = None
         if job.notes:
             review = Review([n.text() for n in job.notes[:NOTES_PER_DOCUMENT]],
                             [(e.refined, e.pricing_sensitive) for e in job.examples])
         job.prompt = build_prompt(title=c.title, metadata=c.metadata, counter=counter, budget=budget,
-                                  pricing_sensitive=sensitive, chunks=job.chunks, review=review)
+                                  pricing_sensitive=c.pricing_sensitive, chunks=job.chunks, review=review)
     return job
 
 
