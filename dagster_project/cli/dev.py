@@ -29,13 +29,14 @@ def cmd_dev(args) -> int:
     from ..pools import apply_pool_limits
 
     settings = load_settings(args)
-    prepare_databases(settings)
+    urls = prepare_databases(settings)
     with dg.DagsterInstance.get() as instance:
         apply_pool_limits(instance, settings)
     # `dg dev` (Dagster's current tooling; `dagster dev` is superseded) on the same workspace.
     command = [_dg_executable(), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                "-h", args.host, "-p", str(args.port)]
-    print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)", flush=True)
+    stops = "it and the embedded database" if urls.embedded else "it (the databases are your servers')"
+    print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops {stops})", flush=True)
     watcher = ManifestWatcher(Path(settings.corpus_manifest), f"http://{args.host}:{args.port}/graphql")
     threading.Thread(target=watcher.run, name="manifest-watcher", daemon=True).start()
     return _run_until_stopped(command, cwd=os.environ["DAGSTER_HOME"])

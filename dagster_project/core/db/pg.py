@@ -121,6 +121,50 @@ def check_reachable(conninfo: str, what: str) -> None:
                                  f"Check the URL, the server and the credentials.") from None
 
 
+PGVECTOR_MIN = (0, 8)  # iterative HNSW scans (hnsw.iterative_scan): filtered searches fill their top k
+
+
+def check_pgvector(conninfo: str) -> None:
+    """Refuse, before any migration runs, a vector store whose server lacks pgvector >= 0.8, in one
+    line that says what to do on the server: migrations would fail on it with the server's words
+    (or, with an older pgvector, filtered searches would silently return fewer hits)."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5) as conn:
+            installed, default, newest = conn.execute(
+                "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector'),"
+                " (SELECT default_version FROM pg_available_extensions WHERE name = 'vector'),"
+                " (SELECT array_agg(version) FROM pg_available_extension_versions WHERE name = 'vector')").fetchone()
+            database = conn.info.dbname
+    except psycopg.Error:
+        return  # not reachable: the connection's own error comes next, with its reason
+    problem = pgvector_problem(installed, default, newest or [])
+    if problem is not None:
+        raise DatabaseSetupError(problem.format(server=f"the server that DATABASE_URL names ({mask_url(conninfo)})",
+                                                database=database))
+
+
+def pgvector_problem(installed: str | None, default: str | None, available: list[str]) -> str | None:
+    """What is wrong with pgvector on a server, given the version installed in the database, the
+    one CREATE EXTENSION would install and every version the server offers; None if nothing."""
+    def new_enough(version: str | None) -> bool:
+        numbers = tuple(int(n) for n in re.findall(r"\d+", version or ""))
+        return version is not None and numbers[:2] >= PGVECTOR_MIN
+
+    install = "install pgvector >= 0.8 on {server}"
+    update = "run `ALTER EXTENSION vector UPDATE` in database {database} (as its owner or a superuser)"
+    if installed is not None:
+        if new_enough(installed):
+            return None
+        if any(new_enough(v) for v in available):
+            return f"pgvector {installed} is installed, >= 0.8 is needed: {update} and run again"
+        return f"pgvector {installed} is installed, >= 0.8 is needed: {install}, then {update}, and run again"
+    if default is None:
+        return f"the vector store's server has no pgvector extension (>= 0.8 is needed): {install} and run again"
+    if not new_enough(default):
+        return f"the vector store's server offers pgvector {default}, >= 0.8 is needed: {install} and run again"
+    return None
+
+
 def _passwords(conninfo: str) -> list[str]:
     """Every string that may be the password, found by several readings of the string (as it
     is written and percent-decoded), so a malformed one cannot slip past."""
