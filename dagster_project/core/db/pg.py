@@ -293,7 +293,7 @@ _SHELL_BREAKERS = re.compile(r'["$`\\\n]')
 _SHELL_PLAIN = re.compile(r"[\w/.,:@%+=-]+")
 # Server log words that mean the data directory itself is damaged (not a setting, a lock, a port).
 _DAMAGE = re.compile(r"PANIC|corrupt|invalid (?:checkpoint|record|resource manager|page|data)|"
-                     r"incorrect checksum|could not (?:read|open) file|database files are incompatible")
+                     r"incorrect checksum|could not (?:read|open|access)|database files are incompatible")
 
 
 @contextmanager
