@@ -135,6 +135,7 @@ def _run_until_stopped(command: list[str], cwd: str) -> int:
         proc = subprocess.Popen(command, cwd=cwd, process_group=0)
         if stopping:  # a signal came while it started
             _signal_group(proc.pid, signal.SIGINT)
+        died = _watch_components(proc, stopping)
         code = proc.wait()
         # However it ended, its webserver, daemon and code server may still be stopping.
         for grace, escalation in zip(DEV_STOP_GRACE, (signal.SIGTERM, signal.SIGKILL)):
@@ -142,10 +143,50 @@ def _run_until_stopped(command: list[str], cwd: str) -> int:
                 break
             _signal_group(proc.pid, escalation)
         _wait_group_gone(proc.pid, 5.0)
-        return 0 if stopping else code
+        if stopping:
+            return 0
+        if died or code != 0:
+            # dg dev exits 0 after one of its processes died: a supervisor must see a failure.
+            what = died or (f"dg dev (killed by signal {-code})" if code < 0 else f"dg dev (exit code {code})")
+            print(f"refinery dev: {what} died unexpectedly, so Dagster stopped; exit code 1 (restart refinery dev)",
+                  file=sys.stderr, flush=True)
+            return 1
+        return 0
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+# The processes of `dg dev` whose death stops Dagster, by what their command line runs.
+COMPONENTS = {"the Dagster webserver": ("dagster_webserver", "dagster-webserver"),
+              "the Dagster daemon": ("dagster._daemon run", "dagster-daemon run")}
+WATCH_SECONDS = 0.25
+
+
+def _watch_components(proc: subprocess.Popen, stopping: list[int]) -> str | None:
+    """Wait for `proc` to exit; returns the component that vanished first while no stop was asked
+    for (e.g. "the Dagster webserver (pid 123)"), else None. Polled often: once one dies, dg dev
+    stops the others within a second, and the first to go is the one to name."""
+    import psutil
+
+    named: dict[int, str | None] = {}  # pid -> component (None: another process), read once per pid
+    died = None
+    while proc.poll() is None:
+        try:
+            alive = {child.pid: child for child in psutil.Process(proc.pid).children(recursive=True)}
+        except psutil.Error:
+            alive = {}
+        for pid, child in alive.items():
+            if pid not in named:
+                try:
+                    command = " ".join(child.cmdline())
+                except psutil.Error:
+                    continue
+                named[pid] = next((n for n, marks in COMPONENTS.items() if any(m in command for m in marks)), None)
+        if died is None and not stopping:
+            died = next((f"{name} (pid {pid})" for pid, name in named.items() if name and pid not in alive), None)
+        time.sleep(WATCH_SECONDS)
+    return died
 
 
 def _signal_group(pgid: int, signum: int) -> None:
