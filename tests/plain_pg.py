@@ -32,11 +32,12 @@ def plain_postgres(password: str = "p@ss"):
     if user is not None:
         shutil.chown(workdir, user)
     pgdata, port = workdir / "data", free_port()
-    run = dict(user=user, check=True, capture_output=True, timeout=120)
     try:
-        subprocess.run([PG_BIN / "initdb", "-D", pgdata, "-U", "postgres", "--auth=trust", "--no-sync"], **run)
+        subprocess.run([PG_BIN / "initdb", "-D", pgdata, "-U", "postgres", "--auth=trust", "--no-sync"],
+                       user=user, check=True, capture_output=True, timeout=120)
         subprocess.run([PG_BIN / "pg_ctl", "-D", pgdata, "-w", "-l", workdir / "log", "-o",
-                        f"-p {port} -h 127.0.0.1 -k {workdir} -c fsync=off", "start"], **run)
+                        f"-p {port} -h 127.0.0.1 -k {workdir} -c fsync=off", "start"],
+                       user=user, check=True, capture_output=True, timeout=120)
         admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"CREATE ROLE refinery LOGIN CREATEROLE PASSWORD '{password}'")
@@ -45,5 +46,5 @@ def plain_postgres(password: str = "p@ss"):
     finally:
         if (pgdata / "postmaster.pid").exists():
             subprocess.run([PG_BIN / "pg_ctl", "-D", pgdata, "-m", "immediate", "stop"], user=user,
-                           capture_output=True, timeout=60)
+                           capture_output=True, timeout=60, check=False)
         shutil.rmtree(workdir, ignore_errors=True)

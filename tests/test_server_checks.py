@@ -12,7 +12,11 @@ import psycopg
 import pytest
 
 from dagster_project.core.db.migrations import MigrationError, migrate
-from dagster_project.core.db.pg import DatabaseSetupError, _with_database, pgvector_problem
+from dagster_project.core.db.pg import (
+    DatabaseSetupError,
+    _with_database,
+    pgvector_problem,
+)
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
 from tests.dev_server import free_port
 from tests.plain_pg import plain_postgres
