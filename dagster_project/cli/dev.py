@@ -160,7 +160,7 @@ def _run_until_stopped(command: list[str], cwd: str) -> int:
 # The processes of `dg dev` whose death stops Dagster, by what their command line runs.
 COMPONENTS = {"the Dagster webserver": ("dagster_webserver", "dagster-webserver"),
               "the Dagster daemon": ("dagster._daemon run", "dagster-daemon run")}
-WATCH_SECONDS = 0.25
+WATCH_SECONDS = 0.5  # one scan of the process table takes a few ms
 
 
 def _watch_components(proc: subprocess.Popen, stopping: list[int]) -> str | None:
