@@ -160,33 +160,72 @@ def _run_until_stopped(command: list[str], cwd: str) -> int:
 # The processes of `dg dev` whose death stops Dagster, by what their command line runs.
 COMPONENTS = {"the Dagster webserver": ("dagster_webserver", "dagster-webserver"),
               "the Dagster daemon": ("dagster._daemon run", "dagster-daemon run")}
-WATCH_SECONDS = 0.5  # one scan of the process table takes a few ms
+WATCH_SECONDS = 0.5  # a scan of the process table takes a few ms
 
 
 def _watch_components(proc: subprocess.Popen, stopping: list[int]) -> str | None:
     """Wait for `proc` to exit; returns the component that vanished first while no stop was asked
-    for (e.g. "the Dagster webserver (pid 123)"), else None. Polled often: once one dies, dg dev
-    stops the others within a second, and the first to go is the one to name."""
+    for (e.g. "the Dagster webserver (pid 123)"), else None. Once one dies, dg dev stops the
+    others: on Linux a pidfd per component tells which went first, the moment it goes (without
+    one, a poll every WATCH_SECONDS)."""
+    import select
+
     import psutil
 
-    named: dict[int, str | None] = {}  # pid -> component (None: another process), read once per pid
+    watched: dict[int, str] = {}  # pid -> component
+    handles: dict[int, int] = {}  # pidfd -> pid
     died = None
-    while proc.poll() is None:
-        try:
-            alive = {child.pid: child for child in psutil.Process(proc.pid).children(recursive=True)}
-        except psutil.Error:
-            alive = {}
-        for pid, child in alive.items():
-            if pid not in named:
-                try:
-                    command = " ".join(child.cmdline())
-                except psutil.Error:
-                    continue
-                named[pid] = next((n for n, marks in COMPONENTS.items() if any(m in command for m in marks)), None)
-        if died is None and not stopping:
-            died = next((f"{name} (pid {pid})" for pid, name in named.items() if name and pid not in alive), None)
-        time.sleep(WATCH_SECONDS)
+    try:
+        while proc.poll() is None:
+            if len(watched) < len(COMPONENTS):  # not all up yet
+                for pid, name in _new_components(proc.pid, watched).items():
+                    watched[pid] = name
+                    try:
+                        handles[os.pidfd_open(pid)] = pid
+                    except (AttributeError, OSError):  # not Linux, or already gone
+                        pass
+            if handles:
+                ready = select.select(list(handles), [], [], WATCH_SECONDS)[0]
+                gone = [handles.pop(fd) for fd in ready]
+                for fd in ready:
+                    os.close(fd)
+            else:
+                time.sleep(WATCH_SECONDS)
+                gone = []
+            polled = set(watched) - set(handles.values()) - set(gone)  # those without a pidfd
+            gone += [pid for pid in polled if not psutil.pid_exists(pid)]
+            if gone and died is None and not stopping:
+                died = f"{watched[gone[0]]} (pid {gone[0]})"
+            for pid in gone:
+                watched.pop(pid, None)
+    finally:
+        for fd in handles:
+            os.close(fd)
     return died
+
+
+def _new_components(root: int, known: dict[int, str]) -> dict[int, str]:
+    """The webserver and daemon processes under `root` not `known` yet (pid -> name). Every other
+    child is read again next time: one read between its fork and its exec shows its parent's
+    command line."""
+    import psutil
+
+    found = {}
+    try:
+        children = psutil.Process(root).children(recursive=True)
+    except psutil.Error:
+        return found
+    for child in children:
+        if child.pid in known:
+            continue
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        name = next((n for n, marks in COMPONENTS.items() if any(m in command for m in marks)), None)
+        if name is not None:
+            found[child.pid] = name
+    return found
 
 
 def _signal_group(pgid: int, signum: int) -> None:
