@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ from dagster_project.core.db.migrations import MigrationError, migrate
 from dagster_project.core.db.pg import (
     DatabaseSetupError,
     _with_database,
+    mask_url,
     pgvector_problem,
 )
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
@@ -91,3 +93,23 @@ def test_a_migration_the_server_refuses_names_the_servers_side_not_the_file(pg_s
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             conn.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+def test_an_older_pgvector_installed_in_the_database_is_refused_with_the_update_to_run(pg_server, tmp_path):
+    """The catalog says 0.7.4 (as a database created before an upgrade of the server's pgvector
+    would): the server offers 0.8, so the fix is ALTER EXTENSION ... UPDATE in that database."""
+    from tests.conftest import new_database
+
+    url = new_database(pg_server)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE pg_extension SET extversion = '0.7.4' WHERE extname = 'vector'")
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_PG_URL", "DAGSTER_HOME")}
+    env.update(DATABASE_URL=url, REFINERY_HOME=str(tmp_path / "home"), EMBED_PROVIDER="hash",
+               CORPUS_MANIFEST=str(SAMPLE_MANIFEST))
+    result = _refinery(env, "status")
+    assert result.returncode == 2
+    database = urlsplit(url).path.lstrip("/")
+    assert result.stderr.strip().splitlines() == [(
+        "refinery: pgvector 0.7.4 is installed, >= 0.8 is needed: run `ALTER EXTENSION vector UPDATE` in database "
+        f"{database} of the server that DATABASE_URL names ({mask_url(url)}) (as its owner or a superuser) and "
+        "run again")]

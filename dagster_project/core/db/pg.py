@@ -151,7 +151,7 @@ def pgvector_problem(installed: str | None, default: str | None, available: list
         return version is not None and numbers[:2] >= PGVECTOR_MIN
 
     install = "install pgvector >= 0.8 on {server}"
-    update = "run `ALTER EXTENSION vector UPDATE` in database {database} (as its owner or a superuser)"
+    update = "run `ALTER EXTENSION vector UPDATE` in database {database} of {server} (as its owner or a superuser)"
     if installed is not None:
         if new_enough(installed):
             return None
