@@ -113,3 +113,26 @@ def test_an_older_pgvector_installed_in_the_database_is_refused_with_the_update_
         "refinery: pgvector 0.7.4 is installed, >= 0.8 is needed: run `ALTER EXTENSION vector UPDATE` in database "
         f"{database} of the server that DATABASE_URL names ({mask_url(url)}) (as its owner or a superuser) and "
         "run again")]
+
+
+def test_a_user_that_may_not_create_tables_is_told_what_to_grant_on_the_server(pg_server):
+    """Not the database's owner: since PostgreSQL 15 such a user may not create tables in public,
+    so even the migrations' bookkeeping table fails; the message says so, without a traceback."""
+    name = f"guest{os.getpid()}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {name}")
+        conn.execute(f"CREATE ROLE {name} LOGIN")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+    with psycopg.connect(_with_database(pg_server, name), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    guest = _with_database(pg_server, name).replace("postgresql://postgres:@", f"postgresql://{name}:@", 1)
+    try:
+        with pytest.raises(MigrationError) as refused:
+            migrate(guest)
+        message = str(refused.value)
+        assert "schema_migrations" in message and "permission denied" in message
+        assert "The cause is on the server that DATABASE_URL names" in message and "Grant it there" in message
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS {name}")

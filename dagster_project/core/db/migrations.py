@@ -70,11 +70,15 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version integer PRIMARY KEY, name text NOT NULL,
-                       checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
+            try:
+                conn.execute(
+                    """CREATE TABLE IF NOT EXISTS schema_migrations (
+                           version integer PRIMARY KEY, name text NOT NULL,
+                           checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
+            except psycopg.errors.InsufficientPrivilege as exc:  # e.g. a user that may not create tables
+                raise MigrationError(f"cannot create the table schema_migrations: {' '.join(str(exc).split())}. "
+                                     + _server_side_fix(exc, url)) from None
             applied = {
                 version: (name, checksum)
                 for version, name, checksum in conn.execute(
