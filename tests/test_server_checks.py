@@ -63,7 +63,7 @@ def test_a_server_without_pgvector_is_refused_first_with_what_to_do_there(tmp_pa
     (None, None, [], "has no pgvector extension (>= 0.8 is needed): install pgvector >= 0.8 on"),
     (None, "0.7.4", ["0.7.4"], "offers pgvector 0.7.4, >= 0.8 is needed: install"),
     (None, "0.10.0", ["0.10.0"], None),  # versions compare as numbers, not text
-    ("0.7.4", "0.8.1", ["0.7.4", "0.8.1"], "pgvector 0.7.4 is installed, >= 0.8 is needed: run `ALTER EXTENSION"),
+    ("0.7.4", "0.8.1", ["0.7.4", "0.8.1"], "pgvector 0.7.4 is installed, >= 0.8 is needed: on {server}, run `ALTER"),
     ("0.5.1", "0.5.1", ["0.5.1"], "install pgvector >= 0.8 on {server}, then run `ALTER EXTENSION vector UPDATE`"),
     ("0.8.0", "0.8.0", ["0.8.0"], None),
 ])
@@ -110,9 +110,9 @@ def test_an_older_pgvector_installed_in_the_database_is_refused_with_the_update_
     assert result.returncode == 2
     database = urlsplit(url).path.lstrip("/")
     assert result.stderr.strip().splitlines() == [(
-        "refinery: pgvector 0.7.4 is installed, >= 0.8 is needed: run `ALTER EXTENSION vector UPDATE` in database "
-        f"{database} of the server that DATABASE_URL names ({mask_url(url)}) (as its owner or a superuser) and "
-        "run again")]
+        f"refinery: pgvector 0.7.4 is installed, >= 0.8 is needed: on the server that DATABASE_URL names "
+        f"({mask_url(url)}), run `ALTER EXTENSION vector UPDATE` in database {database} (as its owner or a "
+        "superuser) and run again")]
 
 
 def test_a_user_that_may_not_create_tables_is_told_what_to_grant_on_the_server(pg_server):

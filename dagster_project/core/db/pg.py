@@ -151,12 +151,12 @@ def pgvector_problem(installed: str | None, default: str | None, available: list
         return version is not None and numbers[:2] >= PGVECTOR_MIN
 
     install = "install pgvector >= 0.8 on {server}"
-    update = "run `ALTER EXTENSION vector UPDATE` in database {database} of {server} (as its owner or a superuser)"
+    update = "run `ALTER EXTENSION vector UPDATE` in database {database} (as its owner or a superuser)"
     if installed is not None:
         if new_enough(installed):
             return None
         if any(new_enough(v) for v in available):
-            return f"pgvector {installed} is installed, >= 0.8 is needed: {update} and run again"
+            return f"pgvector {installed} is installed, >= 0.8 is needed: on {{server}}, {update} and run again"
         return f"pgvector {installed} is installed, >= 0.8 is needed: {install}, then {update}, and run again"
     if default is None:
         return f"the vector store's server has no pgvector extension (>= 0.8 is needed): {install} and run again"
@@ -277,8 +277,9 @@ def start_embedded(home: Path) -> str:
             f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}: {exc}). "
             + (f"Its log says the directory is damaged: if its data is disposable, delete {pgdata} and run "
                "again (it is rebuilt from the corpus). " if damaged else
-               "The server log's last lines below say why (nothing says the data is damaged: keep the "
-               "directory); if another program holds it, stop that program. ")
+               "Nothing says its data is damaged: keep the directory, and fix what "
+               + ("the server log's last lines below say" if log_tail else f"{pgdata / 'log'} says")
+               + "; if another program holds it, stop that program. ")
             + "Or set DATABASE_URL to use your own PostgreSQL with pgvector."
             + (f"\nLast server log lines:\n{log_tail}" if log_tail else "")
         ) from None
