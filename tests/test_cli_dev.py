@@ -156,3 +156,52 @@ def test_the_manifest_watcher_reloads_on_a_change_of_meaning_only(tmp_path, caps
         assert [a["variables"] for a in asked] == [{"name": "corpus_refinery"}]
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("component, databases", [("webserver", "embedded"), ("daemon", "DATABASE_URL")])
+def test_refinery_dev_fails_with_one_line_when_a_dagster_process_dies(tmp_path, request, component, databases):
+    """A supervisor restarts on failure: a webserver or daemon killed with SIGKILL makes Dagster
+    stop, and `refinery dev` then exits 1 with one line naming what died (dg dev itself exits 0).
+    With DATABASE_URL set, the startup line does not speak of an embedded database."""
+    import psutil
+
+    home, port = tmp_path / "home", _free_port()
+    env = dict(os.environ, REFINERY_HOME=str(home), EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(SAMPLE_MANIFEST),
+               AUTOMATION_SENSOR_DEFAULT="stopped", PYTHONWARNINGS="ignore")
+    for name in ("DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME"):
+        env.pop(name, None)
+    if databases == "DATABASE_URL":
+        from tests.conftest import new_database
+
+        server = request.getfixturevalue("pg_server")
+        env.update(DATABASE_URL=new_database(server), DAGSTER_PG_URL=new_database(server, template="template1"))
+    marks = {"webserver": "dagster_webserver", "daemon": "dagster._daemon run"}[component]
+    log = tmp_path / "dev.log"
+    with log.open("w") as out:
+        dev = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "dev", "--port", str(port)],
+                               env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        victim = None
+        while victim is None or not _answers(f"http://127.0.0.1:{port}/server_info"):
+            if dev.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"refinery dev did not come up:\n{log.read_text()[-3000:]}", pytrace=False)
+            victim = next((p for p in psutil.Process(dev.pid).children(recursive=True)
+                           if marks in " ".join(p.cmdline())), None)
+            time.sleep(0.5)
+        time.sleep(2)
+        victim.kill()
+        try:
+            code = dev.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            code = None
+        output = log.read_text()
+    finally:
+        _kill_all(dev, home)
+    assert code == 1, output[-3000:]
+    said = [line for line in output.splitlines() if line.startswith("refinery dev:")]
+    assert said == [f"refinery dev: the Dagster {component} (pid {victim.pid}) died unexpectedly, so Dagster "
+                    "stopped; exit code 1 (restart refinery dev)"], output[-3000:]
+    first = output.splitlines()[0]
+    assert first.startswith(f"Dagster UI on http://127.0.0.1:{port}")
+    assert ("embedded database" in first) == (databases == "embedded"), first

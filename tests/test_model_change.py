@@ -267,3 +267,15 @@ def test_an_install_stuck_on_an_active_model_without_vectors_heals_on_the_next_i
     assert any("held no vector" in w and "openai:text-embedding-3-small:1536" in w for w in report.warnings)
     assert serve(store, "refund")
     assert drop_model(store, "openai:text-embedding-3-small:1536", OLD.model.key) == 0
+
+
+def test_status_on_a_fresh_install_names_no_active_model(cli_env):  # noqa: F811
+    """Until a model holds vectors nothing is active (as `model status` says): status names the
+    model the next ingest embeds with, not as the active one."""
+    text = refinery(cli_env, "status")
+    assert text.returncode == 0, text.stderr
+    assert "no model holds vectors yet: the next ingest embeds with hash:feature-hash-v2:384" in text.stdout
+    assert "active model hash" not in text.stdout
+    out = json.loads(refinery(cli_env, "status", "--json").stdout)
+    assert out["embedding_model"] is None and out["configured_model"] == "hash:feature-hash-v2:384"
+    assert "none yet" in refinery(cli_env, "model", "status").stdout

@@ -19,6 +19,7 @@ from ..core.db.pg import (
     DatabaseSetupError,
     DatabaseUrls,
     _passwords,
+    check_pgvector,
     check_reachable,
     export_urls,
     mask_url,
@@ -78,6 +79,7 @@ def prepare_databases(settings: Settings) -> DatabaseUrls:
     urls = resolve_database_urls(settings)
     if not urls.embedded:
         check_reachable(urls.vector_store, "vector store (DATABASE_URL)")
+        check_pgvector(urls.vector_store)  # the embedded server ships it
     if settings.dagster_pg_url is not None and urls.dagster != urls.vector_store:
         check_reachable(urls.dagster, "Dagster storage (DAGSTER_PG_URL)")
     export_urls(urls)

@@ -29,13 +29,14 @@ def cmd_dev(args) -> int:
     from ..pools import apply_pool_limits
 
     settings = load_settings(args)
-    prepare_databases(settings)
+    urls = prepare_databases(settings)
     with dg.DagsterInstance.get() as instance:
         apply_pool_limits(instance, settings)
     # `dg dev` (Dagster's current tooling; `dagster dev` is superseded) on the same workspace.
     command = [_dg_executable(), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                "-h", args.host, "-p", str(args.port)]
-    print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it and the embedded database)", flush=True)
+    stops = "it and the embedded database" if urls.embedded else "it (the databases are your servers')"
+    print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops {stops})", flush=True)
     watcher = ManifestWatcher(Path(settings.corpus_manifest), f"http://{args.host}:{args.port}/graphql")
     threading.Thread(target=watcher.run, name="manifest-watcher", daemon=True).start()
     return _run_until_stopped(command, cwd=os.environ["DAGSTER_HOME"])
@@ -134,6 +135,7 @@ def _run_until_stopped(command: list[str], cwd: str) -> int:
         proc = subprocess.Popen(command, cwd=cwd, process_group=0)
         if stopping:  # a signal came while it started
             _signal_group(proc.pid, signal.SIGINT)
+        died = _watch_components(proc, stopping)
         code = proc.wait()
         # However it ended, its webserver, daemon and code server may still be stopping.
         for grace, escalation in zip(DEV_STOP_GRACE, (signal.SIGTERM, signal.SIGKILL)):
@@ -141,10 +143,89 @@ def _run_until_stopped(command: list[str], cwd: str) -> int:
                 break
             _signal_group(proc.pid, escalation)
         _wait_group_gone(proc.pid, 5.0)
-        return 0 if stopping else code
+        if stopping:
+            return 0
+        if died or code != 0:
+            # dg dev exits 0 after one of its processes died: a supervisor must see a failure.
+            what = died or (f"dg dev (killed by signal {-code})" if code < 0 else f"dg dev (exit code {code})")
+            print(f"refinery dev: {what} died unexpectedly, so Dagster stopped; exit code 1 (restart refinery dev)",
+                  file=sys.stderr, flush=True)
+            return 1
+        return 0
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+# The processes of `dg dev` whose death stops Dagster, by what their command line runs.
+COMPONENTS = {"the Dagster webserver": ("dagster_webserver", "dagster-webserver"),
+              "the Dagster daemon": ("dagster._daemon run", "dagster-daemon run")}
+WATCH_SECONDS = 0.5  # a scan of the process table takes a few ms
+
+
+def _watch_components(proc: subprocess.Popen, stopping: list[int]) -> str | None:
+    """Wait for `proc` to exit; returns the component that vanished first while no stop was asked
+    for (e.g. "the Dagster webserver (pid 123)"), else None. Once one dies, dg dev stops the
+    others: on Linux a pidfd per component tells which went first, the moment it goes (without
+    one, a poll every WATCH_SECONDS)."""
+    import select
+
+    import psutil
+
+    watched: dict[int, str] = {}  # pid -> component
+    handles: dict[int, int] = {}  # pidfd -> pid
+    died = None
+    try:
+        while proc.poll() is None:
+            if len(watched) < len(COMPONENTS):  # not all up yet
+                for pid, name in _new_components(proc.pid, watched).items():
+                    watched[pid] = name
+                    try:
+                        handles[os.pidfd_open(pid)] = pid
+                    except (AttributeError, OSError):  # not Linux, or already gone
+                        pass
+            if handles:
+                ready = select.select(list(handles), [], [], WATCH_SECONDS)[0]
+                gone = [handles.pop(fd) for fd in ready]
+                for fd in ready:
+                    os.close(fd)
+            else:
+                time.sleep(WATCH_SECONDS)
+                gone = []
+            polled = set(watched) - set(handles.values()) - set(gone)  # those without a pidfd
+            gone += [pid for pid in polled if not psutil.pid_exists(pid)]
+            if gone and died is None and not stopping:
+                died = f"{watched[gone[0]]} (pid {gone[0]})"
+            for pid in gone:
+                watched.pop(pid, None)
+    finally:
+        for fd in handles:
+            os.close(fd)
+    return died
+
+
+def _new_components(root: int, known: dict[int, str]) -> dict[int, str]:
+    """The webserver and daemon processes under `root` not `known` yet (pid -> name). Every other
+    child is read again next time: one read between its fork and its exec shows its parent's
+    command line."""
+    import psutil
+
+    found = {}
+    try:
+        children = psutil.Process(root).children(recursive=True)
+    except psutil.Error:
+        return found
+    for child in children:
+        if child.pid in known:
+            continue
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        name = next((n for n, marks in COMPONENTS.items() if any(m in command for m in marks)), None)
+        if name is not None:
+            found[child.pid] = name
+    return found
 
 
 def _signal_group(pgid: int, signum: int) -> None:

@@ -171,7 +171,8 @@ def cmd_status(args) -> int:
                                "follow_external_symlinks": c.follow_external_symlinks}
                            for n, c in sorted(project.manifest.collections.items())},
            "not_in_manifest": outside,
-           "embedding_model": active or configured,
+           "embedding_model": active,  # None until a model holds vectors: nothing is embedded yet
+           "configured_model": configured,
            "candidate_model": configured if active is not None and configured != active else None}
     lines = [f"{'collection':<16} {'documents':>10} {'chunks':>8} {'vectors':>8} {'refined':>8} {'quarant.':>9} "
              f"{'errors':>7} {'warnings':>9}"]
@@ -190,8 +191,12 @@ def cmd_status(args) -> int:
         for w in c["warnings"]:
             lines.append(f"  warning {w['path']}: {w['reason']}")
     lines += _not_in_manifest_lines(outside)
-    lines.append(f"vectors of the active model {out['embedding_model']}"
-                 + (f"; candidate {out['candidate_model']} (refinery model status)" if out["candidate_model"] else ""))
+    if active is None:
+        lines.append(f"no model holds vectors yet: the next ingest embeds with {configured} (EMBED_*) and makes it "
+                     "the active model")
+    else:
+        lines.append(f"vectors of the active model {active}"
+                     + (f"; candidate {out['candidate_model']} (refinery model status)" if out["candidate_model"] else ""))
     emit(out, args.json, "\n".join(lines))
     return 0
 

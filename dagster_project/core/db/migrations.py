@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 
 from ..settings import SQL_DIR
+from .pg import check_pgvector, mask_url
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x5245_4649  # "REFI": one advisory lock for all migrators of a database
@@ -64,15 +65,20 @@ def _refuse_missing_or_out_of_order(migrations: list[Migration], applied: dict[i
 def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
     migrations = load_migrations(sql_dir)
+    check_pgvector(url)
     applied_now = []
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version integer PRIMARY KEY, name text NOT NULL,
-                       checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
+            try:
+                conn.execute(
+                    """CREATE TABLE IF NOT EXISTS schema_migrations (
+                           version integer PRIMARY KEY, name text NOT NULL,
+                           checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
+            except psycopg.errors.InsufficientPrivilege as exc:  # e.g. a user that may not create tables
+                raise MigrationError(f"cannot create the table schema_migrations: {' '.join(str(exc).split())}. "
+                                     + _server_side_fix(exc, url)) from None
             applied = {
                 version: (name, checksum)
                 for version, name, checksum in conn.execute(
@@ -102,8 +108,25 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
                         raise  # the connection, not the file
                     reason = " ".join(str(exc).split())
                     raise MigrationError(f"migration {migration.name} failed and was rolled back: {reason}. "
-                                         f"Fix {sql_dir / migration.name} and run again.") from None
+                                         + (_server_side_fix(exc, url)
+                                            or f"Fix {sql_dir / migration.name} and run again.")) from None
                 applied_now.append(migration.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def _server_side_fix(exc: psycopg.Error, url: str) -> str | None:
+    """For a failure whose cause is the server, not the file (a right the user lacks, an
+    extension it does not have, a full disk): what to do there. None when the SQL is to blame."""
+    server = f"the server that DATABASE_URL names ({mask_url(url)})"
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return (f"The cause is on {server}, not in the file: its user lacks a right the migration needs "
+                "(it creates the extension vector and the roles refinery_*: it needs CREATEROLE and to own its "
+                "database, or a superuser to run the failing statement once). Grant it there and run again.")
+    if isinstance(exc, psycopg.errors.FeatureNotSupported) and "extension" in str(exc):
+        return (f"The cause is on {server}, not in the file: install the extension it names there "
+                "(pgvector >= 0.8 for vector) and run again.")
+    if exc.sqlstate and exc.sqlstate[:2] in ("53", "58"):  # insufficient resources, system error
+        return f"The cause is on {server}, not in the file (its resources or files): fix it there and run again."
+    return None

