@@ -9,7 +9,14 @@ import unicodedata
 
 import pytest
 
-from dagster_project.core.refine.redaction import looks_pricing_sensitive, redact_pricing
+from dagster_project.core.refine.redaction import (
+    SENSITIVE_AMOUNTS,
+    body_pricing_evidence,
+    is_pricing_sensitive,
+    looks_pricing_sensitive,
+    pricing_evidence,
+    redact_pricing,
+)
 
 # QA item 3: each was not detected, three times in a document.
 AMOUNTS = ["1,900円", "19 元", "19 zł", "1.900 kr", "₪19", "₺19", "SGD 19", "MXN 190", "19 Kč", "2 500 Ft",
@@ -75,3 +82,16 @@ def test_no_character_with_a_numeric_value_survives():
     out = redact_pricing(" ".join(numerals[i:i + 3] for i in range(0, len(numerals), 3)))
     assert not [ch for ch in out if unicodedata.numeric(ch, None) is not None], out[:200]
     assert not re.search(r"\d", redact_pricing("Pro plan 4711 ... | Pro | 4,9 | 49０ |"))
+
+
+def test_a_cards_amounts_and_the_bodys_add_up():
+    """The parser counts the title and body's evidence on its worker; the card's is added where
+    the row is built: two amounts in the card and one in the body make a price list, as they
+    would in one text."""
+    card = {"kind": "card", "text": "Plans from $9 or €12."}
+    body = [{"kind": "paragraph", "text": "The team plan is $29."}]
+    assert is_pricing_sensitive(False, "Plans", [card, *body])
+    assert is_pricing_sensitive(False, "Plans", [card, *body], body_pricing_evidence("Plans", [b["text"] for b in body]))
+    assert not is_pricing_sensitive(False, "Plans", [card])
+    assert not is_pricing_sensitive(False, "Plans", body)
+    assert pricing_evidence("Pay $9, $12, $29 or $49.") == SENSITIVE_AMOUNTS

@@ -58,6 +58,7 @@ class ParsedDocument:
     headings: list[dict]  # [{"level": 1, "title": "..."}], in document order
     blocks: list[Block]
     warnings: list[str] = field(default_factory=list)
+    pricing_evidence: int | None = None  # of the title and blocks (refine.redaction), where it was parsed
 
 
 def parse_document(path: str, data: bytes) -> ParsedDocument:

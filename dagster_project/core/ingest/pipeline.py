@@ -20,7 +20,7 @@ from ..embed.base import Embedder
 from ..embed.batch import embed_in_batches
 from ..live_status import publishing
 from ..openai_batch import BatchPolicy
-from ..refine.redaction import PRICING_VERSION, is_pricing_sensitive
+from ..refine.redaction import PRICING_VERSION, body_pricing_evidence, is_pricing_sensitive
 from .chunking import CARD_KIND, ChunkDraft, ChunkSettings, chunk_blocks, chunk_context, embed_text
 from .corpus import Collection, Shard, SourceFile, collection_version, matches_globs, read_sources, scan_collection
 from .formats import BINARY_FORMATS, PARSE_TIME_LIMIT_SECONDS
@@ -62,7 +62,9 @@ class StepReport:
 
 def _parse_one(path: str, data: bytes) -> ParsedDocument | ParseError:
     try:
-        return parse_document(path, data)
+        parsed = parse_document(path, data)
+        parsed.pricing_evidence = body_pricing_evidence(parsed.title, (b.text for b in parsed.blocks))
+        return parsed
     except ParseError as exc:
         return exc
     except Exception as exc:  # a parser library bug must not stop the collection
@@ -238,7 +240,8 @@ def build_document_row(collection: Collection, source: SourceFile, parsed: Parse
     blocks = ([Block(CARD_KIND, card, [])] if card else []) + parsed.blocks
     stored_blocks = [{"kind": b.kind, "text": b.text, "path": b.heading_path} | ({"page": b.page} if b.page else {})
                      for b in blocks]
-    fields["pricing_sensitive"] = is_pricing_sensitive(declared_pricing(collection, meta), parsed.title, stored_blocks)
+    fields["pricing_sensitive"] = is_pricing_sensitive(declared_pricing(collection, meta), parsed.title, stored_blocks,
+                                                       parsed.pricing_evidence)
     row = DocumentRow(
         id=stable_id("document", collection.name, source.path), file_stat=source.signature,
         collection=collection.name, path=source.path, content_hash=source.content_hash,

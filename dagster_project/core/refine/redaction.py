@@ -3,6 +3,8 @@ process. Currency amounts become [AMOUNT], percentages [PERCENT], every other nu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import regex  # \p{Sc} and \p{N}: every currency symbol and every numeral Unicode knows
 
 # ISO 4217 codes, less those that are also common upper-case words or technical names (ALL,
@@ -131,15 +133,21 @@ def _list_prices(lines: list[str], cue: int) -> int:
 
 
 def looks_pricing_sensitive(text: str) -> bool:
-    """At least SENSITIVE_AMOUNTS currency amounts, counting the bare numbers of a price table
-    (a pipe table with a price or currency column) or a price list (items after a short line
-    that names prices). One scan for numerals, whose neighbours say whether they are amounts:
-    scanning for each kind of currency marker was twice as slow on the PEPs."""
+    return pricing_evidence(text) >= SENSITIVE_AMOUNTS
+
+
+def pricing_evidence(text: str) -> int:
+    """Currency amounts in the text, up to SENSITIVE_AMOUNTS (which it also is for a price table
+    or price list that settles it), counting the bare numbers of a price table (a pipe table with
+    a price or currency column) or a price list (items after a short line that names prices).
+    Evidence of a document's parts adds up (is_pricing_sensitive). One scan for numerals, whose
+    neighbours say whether they are amounts: scanning for each kind of currency marker was twice
+    as slow on the PEPs."""
     found = 0
     for _, _, label in _numbers(text, _NUMERAL_RUN):
         found += label == "[AMOUNT]"
         if found >= SENSITIVE_AMOUNTS:
-            return True
+            return SENSITIVE_AMOUNTS
     # Tables and lists: only table headers and short cue lines are searched for price words.
     lines = text.split("\n")
     for at, line in enumerate(lines):
@@ -150,15 +158,31 @@ def looks_pricing_sensitive(text: str) -> bool:
         else:
             continue
         if count and (found + count >= SENSITIVE_AMOUNTS or _CURRENCY.search(line)):
-            return True
-    return False
+            return SENSITIVE_AMOUNTS
+    return found
 
 
 def _is_rule(line: str) -> bool:
     return bool(line.strip()) and set(line.strip()) <= set("|-: ")
 
 
-def is_pricing_sensitive(declared: bool, title: str, blocks: list[dict]) -> bool:
+_CARD_KIND = "card"  # chunking.CARD_KIND (chunking imports this module)
+
+
+def body_pricing_evidence(title: str, blocks: Iterable[str]) -> int:
+    """pricing_evidence of a document's title and body blocks (computed where it is parsed, on
+    every core: it cost the PEPs' documents step 1.5-2 CPU-seconds in the main process)."""
+    return pricing_evidence("\n".join([title, *blocks]))
+
+
+def is_pricing_sensitive(declared: bool, title: str, blocks: list[dict], body_evidence: int | None = None) -> bool:
     """A document's effective flag, decided once at ingest: the manifest or front matter says
-    so, or its text (title and blocks, as stored) looks like a price list."""
-    return declared or looks_pricing_sensitive("\n".join([title, *(b["text"] for b in blocks)]))
+    so, or its text (title and blocks, as stored) looks like a price list: the evidence of its
+    card (the first block, of kind "card") and of its title and body add up to SENSITIVE_AMOUNTS.
+    `body_evidence`: that of the title and body, when the parser already counted it."""
+    if declared:
+        return True
+    card = [b["text"] for b in blocks[:1] if b.get("kind") == _CARD_KIND]
+    if body_evidence is None:
+        body_evidence = body_pricing_evidence(title, (b["text"] for b in blocks[len(card):]))
+    return body_evidence + (pricing_evidence(card[0]) if card else 0) >= SENSITIVE_AMOUNTS
