@@ -95,3 +95,13 @@ def test_a_cards_amounts_and_the_bodys_add_up():
     assert not is_pricing_sensitive(False, "Plans", [card])
     assert not is_pricing_sensitive(False, "Plans", body)
     assert pricing_evidence("Pay $9, $12, $29 or $49.") == SENSITIVE_AMOUNTS
+
+
+def test_template_variables_are_not_amounts():
+    """Hugo's docs are full of "{{ complement $c1 $c2 $c3 }}": a number that ends a name, or a
+    sign that starts one, is no currency amount (five Hugo pages were flagged, and their numbers
+    redacted from what was embedded), while "512,50 $US" and "1,900円" still are."""
+    assert not looks_pricing_sensitive("{{ complement $c1 $c2 $c3 }} {{ merge $m1 $m2 $m3 }} {{ mul $v1 $v2 }}")
+    assert not looks_pricing_sensitive("{{ $total := add 5 $count }} {{ sub 7 $x }} {{ div 9 $y }}")
+    assert looks_pricing_sensitive("English $512.50, Français 512,50 $US, Deutsch 512,50 $")
+    assert looks_pricing_sensitive("スターター 1,900円、プロ 4,900円、チーム 9,900円")

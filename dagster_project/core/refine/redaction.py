@@ -53,12 +53,13 @@ _PREFIX = regex.compile(rf"(?:(?<![A-Za-z])[A-Z]{{1,3}}(?={_SIGNS}))?(?:{_SIGNS}
 _PREFIX_REACH = 8  # "US$ ", "Rs. ", "CHF ": what a prefix may span before its number
 _MAGNITUDE_TEXT = r"\s?(?:k|K|m|M|bn|(?i:million|billion|thousand))(?!\w)"
 _MAGNITUDE = regex.compile(_MAGNITUDE_TEXT)
-_SUFFIX = regex.compile(rf"\s?(?:{_SIGNS}|{_CODES}|{_AFTER}|{_WORDS})")
+# A sign after a number that starts a name ("$c2", "$count") is a template variable, not a currency.
+_SUFFIX = regex.compile(rf"\s?(?:{_SIGNS}(?![a-z_\d])|{_CODES}|{_AFTER}|{_WORDS})")
 _PERCENT = regex.compile(r"\s?(?:[%％‰]|(?i:percent|per\s?cent|pct)(?!\w))")
 SENSITIVE_AMOUNTS = 3  # a document quoting this many currency amounts is treated as pricing-sensitive
 # The detection and redaction rules below: a change re-decides every stored document's
 # pricing_sensitive and re-chunks the sensitive ones (their embedded text is redacted; sql/0023).
-PRICING_VERSION = "1"
+PRICING_VERSION = "2"  # 2: a number ending a name ("$v1 $v2") is not an amount
 
 
 def _numbers(text: str, runs: regex.Pattern = _NUMBER_RUN):
@@ -75,12 +76,18 @@ def _numbers(text: str, runs: regex.Pattern = _NUMBER_RUN):
             start, end, label = prefix.start(), after, "[AMOUNT]"
         elif percent := _PERCENT.match(text, end):
             end, label = percent.end(), "[PERCENT]"
-        elif suffix := _SUFFIX.match(text, after):
+        elif not _in_name(text, start) and (suffix := _SUFFIX.match(text, after)):
             end, label = suffix.end(), "[AMOUNT]"
         else:
             label = "[NUMBER]"
         end_of_last = end
         yield start, end, label
+
+
+def _in_name(text: str, start: int) -> bool:
+    """The number ends a name ("v1", "arg_2", "$c1"): an amount is never glued to the letters
+    before it (a CJK letter may be: "料金1,900円")."""
+    return start > 0 and (text[start - 1].isascii() and (text[start - 1].isalpha() or text[start - 1] == "_"))
 
 
 def redact_pricing(text: str) -> str:
