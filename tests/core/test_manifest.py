@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.core.ingest.corpus import ManifestError, load_manifest, scan_collection
+from dagster_project.core.ingest.corpus import (
+    ManifestError,
+    RootMissingError,
+    load_manifest,
+    root_problem,
+    scan_collection,
+)
 from tests.conftest import SAMPLE_MANIFEST, write_manifest
 
 
@@ -82,10 +88,19 @@ def test_unknown_default_field(tmp_path, docs):
 
 
 @pytest.mark.parametrize("root", ["missing-dir", "file.md"])
-def test_root_that_is_not_a_directory(tmp_path, root):
+def test_a_root_that_is_not_a_directory_fails_its_collection_only(tmp_path, docs, root):
+    """The manifest loads (one unmounted share must not stop every collection); the scan of that
+    collection raises, naming it and its root, instead of finding no file (every file deleted)."""
     (tmp_path / "file.md").write_text("# not a folder\n")
-    message = manifest_error(write_manifest(tmp_path, {"kb": {"root": root}}))
-    assert root in message and "not a directory" in message
+    (docs / "a.md").write_text("# A\n")
+    manifest = load_manifest(write_manifest(tmp_path, {"kb": {"root": root}, "docs": {"root": "docs"}}))
+    with pytest.raises(RootMissingError) as info:
+        scan_collection(manifest.collection("kb"), max_file_bytes=10_000)
+    assert f"collection 'kb': root {tmp_path / root} is missing or not a directory" in str(info.value)
+    assert "mount or restore it" in str(info.value)
+    assert root_problem(manifest.collection("kb")) == str(info.value)
+    assert [f.path for f in scan_collection(manifest.collection("docs"), max_file_bytes=10_000)] == ["a.md"]
+    assert root_problem(manifest.collection("docs")) is None
 
 
 @pytest.mark.parametrize("name", ["a b", "kb/other", "../up", "kb;drop", ""])

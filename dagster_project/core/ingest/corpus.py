@@ -52,6 +52,11 @@ class ManifestError(ValueError):
     """The manifest is unusable; nothing has been written. The message names the problem."""
 
 
+class RootMissingError(ManifestError):
+    """A collection's root is not a directory now (an unmounted share, a renamed folder): that
+    collection cannot be read, and nothing of it is deleted; the other collections are fine."""
+
+
 class DocumentDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -275,13 +280,28 @@ def load_manifest(path: str | Path) -> Manifest:
         if collection.name in collections:  # e.g. `1:` and `"1":`
             raise ManifestError(f"manifest {path}: collection {collection.name!r} is listed twice: "
                                 "rename or merge them")
+        # The root is checked where the collection's files are read (check_root), not here: one
+        # unmounted share must not stop every other collection's runs and commands.
         root = (path.parent / collection.root).resolve()
-        if not root.is_dir():
-            raise ManifestError(
-                f"manifest {path}: collection {name!r} root {root} is not a directory"
-            )
         collections[collection.name] = collection.model_copy(update={"root": root})
     return Manifest(path=path, collections=collections)
+
+
+def root_problem(collection: Collection) -> str | None:
+    """One line naming the collection, its root and what to do when the root cannot be read now;
+    None when it is a directory."""
+    if collection.root.is_dir():
+        return None
+    return (f"collection {collection.name!r}: root {collection.root} is missing or not a directory: mount or "
+            "restore it, or fix its `root:` in the manifest (its documents stay indexed and searchable meanwhile)")
+
+
+def check_root(collection: Collection) -> None:
+    """Raise RootMissingError before a scan: a missing root must never read as a collection
+    whose every file was deleted."""
+    problem = root_problem(collection)
+    if problem is not None:
+        raise RootMissingError(problem)
 
 
 @dataclass(frozen=True)
@@ -370,6 +390,7 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     inside the root (or the collection sets follow_external_symlinks), and a broken, looping or
     escaping one is reported, not raised.
     """
+    check_root(collection)
     root = collection.root
     inside = None if collection.follow_external_symlinks else root.resolve()
     known = known or {}
