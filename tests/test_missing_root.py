@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import time
 
 import dagster as dg
 import psycopg
@@ -173,3 +174,78 @@ def test_the_automation_goes_on_for_the_other_collections(automated, db_url):
     assert (documents["new"].value, documents["changed"].value, documents["deleted"].value) == (0, 0, 0)
     assert held(db_url, "sales") == before
     assert failed_partitions(instance, "documents") == failed_partitions(instance, "corpus_files") == []
+
+
+PARTITION_STATS = """query($key: AssetKeyInput!) { assetNodes(assetKeys: [$key]) {
+    partitionStats { numFailed numMaterialized } } }"""
+
+
+def test_the_running_daemon_goes_on_while_a_root_is_missing(tmp_path):
+    """As deployed (`refinery dev`, the daemon on a one-minute observe cron): with sales' folder
+    gone, an edit in support still reaches search; sales' observations succeed and its one
+    documents run fails saying why; once the folder is back, sales runs again and nothing in the
+    UI stays failed."""
+    from tests.dev_server import refinery_dev
+    from tests.test_live_automation import (
+        COLLECTIONS,
+        EDIT,
+        INITIAL_BUILD_TIMEOUT,
+        SOURCES,
+        UPDATE_TIMEOUT,
+        _materializing_runs,
+        _runs,
+        _search,
+        _wait,
+    )
+
+    shutil.copytree(PROJECT_ROOT / "examples", tmp_path / "examples")
+    corpus = tmp_path / "examples" / "knowledge_base"
+    with refinery_dev("automation-missing-root", tmp_path / "examples" / "corpus.yaml",
+                      AUTOMATION_SENSOR_DEFAULT="running", CORPUS_OBSERVE_CRON="* * * * *",
+                      FEEDBACK_OBSERVE_CRON="* * * * *", AUTOMATION_INTERVAL_SECONDS="5") as server:
+        def since(moment: float, collection: str, observations: bool) -> list[dict]:
+            runs = [r for r in _runs(server) if r["partition"] == collection and r["creationTime"] > moment]
+            return [r for r in runs if bool(r["assets"] - SOURCES) != observations]
+
+        def no_failed_observation() -> None:
+            failed = [r for r in _runs(server) if r["assets"] and r["assets"] <= SOURCES and r["status"] == "FAILURE"]
+            if failed:
+                server.fail(f"an observation run failed: {failed[0]}")
+
+        def built() -> bool:
+            runs = {c: _materializing_runs(server, c) for c in COLLECTIONS}
+            return all(rs and all(r["status"] == "SUCCESS" for r in rs) for rs in runs.values())
+
+        _wait(server, "the daemon's first build of every collection", INITIAL_BUILD_TIMEOUT, built)
+        removed = time.time()
+        (corpus / "sales").rename(corpus / "sales.bak")
+        edited = corpus / "support" / "import-export.rst"
+        edited.write_text(edited.read_text() + f"\n\n{EDIT}\n")
+
+        def reported() -> bool:
+            no_failed_observation()
+            return (_search(server, "Quillfeather") == ["import-export.rst"]
+                    and any(r["status"] == "SUCCESS" for r in since(removed, "sales", observations=True))
+                    and any(r["status"] == "FAILURE" for r in since(removed, "sales", observations=False)))
+
+        _wait(server, "support's edit in search, and sales observed and its documents run failed", UPDATE_TIMEOUT,
+              reported)
+        status = json.loads(server.refinery("status", "--json").stdout)["collections"]["sales"]
+        assert status["documents"] == 3 and "is missing" in status["root_problem"]
+        hits = server.refinery("search", "enterprise volume discount", "--collection", "sales", "--json")
+        assert hits.returncode == 0 and len(json.loads(hits.stdout)) == 3, hits.stderr[-2000:]
+
+        restored = time.time()
+        (corpus / "sales.bak").rename(corpus / "sales")
+
+        def rebuilt() -> bool:
+            no_failed_observation()
+            runs = since(restored, "sales", observations=False)
+            return bool(runs) and all(r["status"] == "SUCCESS" for r in runs)
+
+        _wait(server, "a successful sales run after its folder came back", UPDATE_TIMEOUT, rebuilt)
+        for asset in ("corpus_files", "documents"):
+            stats = server.graphql(PARTITION_STATS, {"key": {"path": [asset]}})["assetNodes"][0]["partitionStats"]
+            assert stats["numFailed"] == 0, (asset, stats)
+        status = json.loads(server.refinery("status", "--json").stdout)["collections"]["sales"]
+        assert status["documents"] == 3 and status["root_problem"] is None
