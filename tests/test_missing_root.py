@@ -224,9 +224,9 @@ def test_the_running_daemon_goes_on_while_a_root_is_missing(tmp_path):
 
         def reported() -> bool:
             no_failed_observation()
-            return (_search(server, "Quillfeather") == ["import-export.rst"]
-                    and any(r["status"] == "SUCCESS" for r in since(removed, "sales", observations=True))
-                    and any(r["status"] == "FAILURE" for r in since(removed, "sales", observations=False)))
+            return (any(r["status"] == "SUCCESS" for r in since(removed, "sales", observations=True))
+                    and any(r["status"] == "FAILURE" for r in since(removed, "sales", observations=False))
+                    and _search(server, "Quillfeather") == ["import-export.rst"])
 
         _wait(server, "support's edit in search, and sales observed and its documents run failed", UPDATE_TIMEOUT,
               reported)

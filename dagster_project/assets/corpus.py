@@ -67,6 +67,7 @@ ROOT_MISSING_VERSION = "root-missing"
 
 
 def report_missing_root(context, partition: str, problem: str) -> None:
+    """The partition's observation: ROOT_MISSING_VERSION, with the problem in its metadata."""
     context.log.error(problem)
     context.log_event(dg.AssetObservation(asset_key="corpus_files", partition=partition,
                                           tags={DATA_VERSION_TAG: ROOT_MISSING_VERSION},
