@@ -59,19 +59,18 @@ def observed_collections(context, project: Project) -> list[str]:
     return [context.partition_key] if context.has_partition_key else [s.key for s in project.manifest.shards()]
 
 
-# The data version of a collection whose root is missing: its documents step runs once and fails
-# saying so (the UI shows it where the data is), and the version the root has when it comes back
-# runs it again. The observation itself succeeds: a failed observation run stays "Failed" on the
-# partition after later observations succeed, and would stop the run's other collections.
-ROOT_MISSING_VERSION = "root-missing"
-
-
 def report_missing_root(context, partition: str, problem: str) -> None:
-    """The partition's observation: ROOT_MISSING_VERSION, with the problem in its metadata."""
+    """A collection whose root is missing is observed with its last data version, the problem in
+    the observation's metadata: nothing can be read and nothing may be deleted, so nothing runs
+    (a run would fail, and Dagster keeps a partition observed in a failed run "Failed" after later
+    observations succeed). The observation run succeeds, so its other collections go on."""
     context.log.error(problem)
-    context.log_event(dg.AssetObservation(asset_key="corpus_files", partition=partition,
-                                          tags={DATA_VERSION_TAG: ROOT_MISSING_VERSION},
-                                          metadata={"problem": problem}))
+    latest = context.instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"), asset_partitions=[partition]), limit=1).records
+    version = latest[0].asset_observation.data_version if latest else None
+    if version is not None:  # else a new collection: the automation builds it, and its documents step says why
+        context.log_event(dg.AssetObservation(asset_key="corpus_files", partition=partition,
+                                              tags={DATA_VERSION_TAG: version}, metadata={"problem": problem}))
 
 
 def build_corpus_files(project: Project) -> dg.SourceAsset:

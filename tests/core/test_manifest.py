@@ -220,3 +220,24 @@ def test_sample_manifest_loads_with_roots_relative_to_it(tmp_path, monkeypatch):
     assert "status-page-faq.html" in paths and "account-recovery.rst" in paths
     assert not any(p.startswith("drafts/") for p in paths)
 
+
+
+def test_a_root_that_vanishes_during_the_scan_is_named(tmp_path, docs, monkeypatch):
+    """An unmount in the middle of a scan: the collection's one line, not a bare FileNotFoundError."""
+    from dagster_project.core.ingest import corpus
+
+    (docs / "a.md").write_text("# A\n")
+    (docs / "guides").mkdir()
+    (docs / "guides" / "b.md").write_text("# B\n")
+    manifest = load_manifest(write_manifest(tmp_path, {"kb": {"root": "docs"}}))
+    real = corpus.file_hash
+
+    def unmount_then_hash(path):
+        digest = real(path)
+        if docs.exists():
+            docs.rename(tmp_path / "unmounted")  # after a.md, before guides/ is listed
+        return digest
+
+    monkeypatch.setattr(corpus, "file_hash", unmount_then_hash)
+    with pytest.raises(RootMissingError, match=f"collection 'kb': root {docs} is missing"):
+        scan_collection(manifest.collection("kb"), max_file_bytes=10_000)

@@ -396,19 +396,23 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     known = known or {}
     started_ns = time.time_ns()
     found: list[SourceFile] = []
-    for rel, is_link in _walk(str(root), ""):
-        if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
-            continue
-        if shard is not None and not shard.holds(rel):
-            continue
-        abs_path = root / rel
-        if _undecodable(rel):
-            # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
-            found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
-                                    problem="file name is not valid UTF-8: rename the file"))
-            continue
-        found.append(_read(rel, abs_path, max_file_bytes, started_ns, known.get(rel),
-                           root=inside if is_link else None))
+    try:
+        for rel, is_link in _walk(str(root), ""):
+            if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
+                continue
+            if shard is not None and not shard.holds(rel):
+                continue
+            abs_path = root / rel
+            if _undecodable(rel):
+                # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
+                found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
+                                        problem="file name is not valid UTF-8: rename the file"))
+                continue
+            found.append(_read(rel, abs_path, max_file_bytes, started_ns, known.get(rel),
+                               root=inside if is_link else None))
+    except FileNotFoundError:
+        check_root(collection)  # the root itself vanished during the scan (unmounted): say so
+        raise
     return found
 
 
