@@ -4,6 +4,7 @@ exactly when the manifest entry or any selected file's path or bytes change."""
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG  # what observe() writes; no public name
 
+from ..core.ingest.corpus import RootMissingError
 from ..core.ingest.pipeline import observed_version
 from ..project import Project
 from .tables import kind_tags
@@ -58,6 +59,20 @@ def observed_collections(context, project: Project) -> list[str]:
     return [context.partition_key] if context.has_partition_key else [s.key for s in project.manifest.shards()]
 
 
+def report_missing_root(context, partition: str, problem: str) -> None:
+    """A collection whose root is missing is observed with its last data version, the problem in
+    the observation's metadata: nothing can be read and nothing may be deleted, so nothing runs
+    (a run would fail, and Dagster keeps a partition observed in a failed run "Failed" after later
+    observations succeed). The observation run succeeds, so its other collections go on."""
+    context.log.error(problem)
+    latest = context.instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"), asset_partitions=[partition]), limit=1).records
+    version = latest[0].asset_observation.data_version if latest else None
+    if version is not None:  # else a new collection: the automation builds it, and its documents step says why
+        context.log_event(dg.AssetObservation(asset_key="corpus_files", partition=partition,
+                                              tags={DATA_VERSION_TAG: version}, metadata={"problem": problem}))
+
+
 def build_corpus_files(project: Project) -> dg.SourceAsset:
     @dg.observable_source_asset(
         name="corpus_files", partitions_def=project.ingest_partitions, group_name="ingestion",
@@ -70,9 +85,13 @@ def build_corpus_files(project: Project) -> dg.SourceAsset:
     def corpus_files(context) -> dg.DataVersionsByPartition:
         shards = [project.manifest.shard(key) for key in observed_collections(context, project)]
         store = context.resources.vector_store.store
-        return dg.DataVersionsByPartition({
-            s.key: dg.DataVersion(observed_version(store, c, max_file_bytes=project.settings.max_file_bytes, shard=s))
-            for c, s in shards
-        })
+        versions = {}
+        for c, s in shards:
+            try:
+                versions[s.key] = dg.DataVersion(
+                    observed_version(store, c, max_file_bytes=project.settings.max_file_bytes, shard=s))
+            except RootMissingError as exc:
+                report_missing_root(context, s.key, str(exc))
+        return dg.DataVersionsByPartition(versions)
 
     return corpus_files

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ..core.ingest.corpus import check_text_search_configs
+from ..core.ingest.corpus import RootMissingError, check_text_search_configs
 from ..core.ingest.parsing import PARSER_VERSION
 from ..core.ingest.templating import TEMPLATING_VERSION
 from ..core.ingest.pipeline import sync_documents
@@ -37,9 +37,12 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
         for name, counts in outside.items():
             context.log.warning(f"collection {name!r} is in the database ({counts['documents']} documents) but not in "
                                 f"the manifest: `refinery prune` removes it")
-        report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes,
-                                progress=Progress("files parsed", context.log.info), shard=shard,
-                                parse_time_limit=project.settings.parse_time_limit_seconds)
+        try:
+            report = sync_documents(vector_store.store, collection, max_file_bytes=project.settings.max_file_bytes,
+                                    progress=Progress("files parsed", context.log.info), shard=shard,
+                                    parse_time_limit=project.settings.parse_time_limit_seconds)
+        except RootMissingError as exc:
+            raise dg.Failure(description=str(exc)) from None
         for issue in report.issues:
             log = context.log.error if issue.severity == "error" else context.log.warning
             log(f"{issue.path}: {issue.reason}")

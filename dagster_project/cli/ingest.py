@@ -26,13 +26,21 @@ def cmd_ingest(args) -> int:
     urls = prepare_databases(settings)
     check_manifest_on_server(project, urls)
     if args.dry_run:
+        from ..core.ingest.corpus import RootMissingError
         from ..core.ingest.pipeline import plan_collection
 
         store = VectorStore(urls.vector_store)
+        plans = {}
         try:
-            plans = {n: plan_collection(store, project.manifest.collection(n), max_file_bytes=settings.max_file_bytes,
-                                        settings=project.chunk_settings_for(n), counter=project.token_counter,
-                                        model_key=project.embedding_generation) for n in names}
+            for n in names:
+                try:
+                    plans[n] = plan_collection(store, project.manifest.collection(n),
+                                               max_file_bytes=settings.max_file_bytes,
+                                               settings=project.chunk_settings_for(n), counter=project.token_counter,
+                                               model_key=project.embedding_generation)
+                except RootMissingError as exc:  # as a real run: that collection fails, the others plan
+                    plans[n] = {"documents": dict.fromkeys(("new", "changed", "unchanged", "deleted"), 0),
+                                "embedded": 0, "reused": 0, "errors": [], "warnings": [], "failures": [str(exc)]}
             outside = store.collections_outside(sorted(project.manifest.collections))
         finally:
             store.close()
@@ -40,7 +48,7 @@ def cmd_ingest(args) -> int:
                                   "errors": p["errors"], "warnings": p["warnings"]} for n, p in plans.items()})
         summary.update(dry_run=True, collections=plans, not_in_manifest=outside)
         emit(summary, args.json, _ingest_table(summary, "would ingest"))
-        return 0
+        return 1 if any(p.get("failures") for p in plans.values()) else 0
     return _run_ingest(project, names, args.json)
 
 
@@ -150,6 +158,7 @@ def cmd_prune(args) -> int:
 
 def cmd_status(args) -> int:
     from ..core.db.store import VectorStore
+    from ..core.ingest.corpus import root_problem
     from ..project import Project
 
     settings = load_settings(args)
@@ -167,6 +176,7 @@ def cmd_status(args) -> int:
              "errors": [], "warnings": []}
     external = project.manifest.external_roots()
     out = {"collections": {n: {**collections.get(n, dict(empty)), "root": str(c.root),
+                               "root_problem": root_problem(c),
                                "root_outside_manifest_folder": n in external,
                                "follow_external_symlinks": c.follow_external_symlinks}
                            for n, c in sorted(project.manifest.collections.items())},
@@ -179,6 +189,8 @@ def cmd_status(args) -> int:
     for n, c in out["collections"].items():
         lines.append(f"{n:<16} {c['documents']:>10} {c['chunks']:>8} {c['vectors']:>8} {c['refined']:>8} "
                      f"{c['quarantined']:>9} {len(c['errors']):>7} {len(c['warnings']):>9}")
+        if c["root_problem"]:
+            lines.append(f"  error   {c['root_problem']}")
         if c["awaiting_model"]:
             lines.append(f"  note: {c['awaiting_model']} more documents hold an extractive stand-in awaiting the model "
                          "(it could not be reached for them): the next `refinery refine` sends them")

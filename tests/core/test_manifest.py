@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.core.ingest.corpus import ManifestError, load_manifest, scan_collection
+from dagster_project.core.ingest.corpus import (
+    ManifestError,
+    RootMissingError,
+    load_manifest,
+    root_problem,
+    scan_collection,
+)
 from tests.conftest import SAMPLE_MANIFEST, write_manifest
 
 
@@ -82,10 +88,19 @@ def test_unknown_default_field(tmp_path, docs):
 
 
 @pytest.mark.parametrize("root", ["missing-dir", "file.md"])
-def test_root_that_is_not_a_directory(tmp_path, root):
+def test_a_root_that_is_not_a_directory_fails_its_collection_only(tmp_path, docs, root):
+    """The manifest loads (one unmounted share must not stop every collection); the scan of that
+    collection raises, naming it and its root, instead of finding no file (every file deleted)."""
     (tmp_path / "file.md").write_text("# not a folder\n")
-    message = manifest_error(write_manifest(tmp_path, {"kb": {"root": root}}))
-    assert root in message and "not a directory" in message
+    (docs / "a.md").write_text("# A\n")
+    manifest = load_manifest(write_manifest(tmp_path, {"kb": {"root": root}, "docs": {"root": "docs"}}))
+    with pytest.raises(RootMissingError) as info:
+        scan_collection(manifest.collection("kb"), max_file_bytes=10_000)
+    assert f"collection 'kb': root {tmp_path / root} is missing or not a directory" in str(info.value)
+    assert "mount or restore it" in str(info.value)
+    assert root_problem(manifest.collection("kb")) == str(info.value)
+    assert [f.path for f in scan_collection(manifest.collection("docs"), max_file_bytes=10_000)] == ["a.md"]
+    assert root_problem(manifest.collection("docs")) is None
 
 
 @pytest.mark.parametrize("name", ["a b", "kb/other", "../up", "kb;drop", ""])
@@ -205,3 +220,24 @@ def test_sample_manifest_loads_with_roots_relative_to_it(tmp_path, monkeypatch):
     assert "status-page-faq.html" in paths and "account-recovery.rst" in paths
     assert not any(p.startswith("drafts/") for p in paths)
 
+
+
+def test_a_root_that_vanishes_during_the_scan_is_named(tmp_path, docs, monkeypatch):
+    """An unmount in the middle of a scan: the collection's one line, not a bare FileNotFoundError."""
+    from dagster_project.core.ingest import corpus
+
+    (docs / "a.md").write_text("# A\n")
+    (docs / "guides").mkdir()
+    (docs / "guides" / "b.md").write_text("# B\n")
+    manifest = load_manifest(write_manifest(tmp_path, {"kb": {"root": "docs"}}))
+    real = corpus.file_hash
+
+    def unmount_then_hash(path):
+        digest = real(path)
+        if docs.exists():
+            docs.rename(tmp_path / "unmounted")  # after a.md, before guides/ is listed
+        return digest
+
+    monkeypatch.setattr(corpus, "file_hash", unmount_then_hash)
+    with pytest.raises(RootMissingError, match=f"collection 'kb': root {docs} is missing"):
+        scan_collection(manifest.collection("kb"), max_file_bytes=10_000)

@@ -52,6 +52,11 @@ class ManifestError(ValueError):
     """The manifest is unusable; nothing has been written. The message names the problem."""
 
 
+class RootMissingError(ManifestError):
+    """A collection's root is not a directory now (an unmounted share, a renamed folder): that
+    collection cannot be read, and nothing of it is deleted; the other collections are fine."""
+
+
 class DocumentDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -275,11 +280,9 @@ def load_manifest(path: str | Path) -> Manifest:
         if collection.name in collections:  # e.g. `1:` and `"1":`
             raise ManifestError(f"manifest {path}: collection {collection.name!r} is listed twice: "
                                 "rename or merge them")
+        # The root is checked where the collection's files are read (check_root), not here: one
+        # unmounted share must not stop every other collection's runs and commands.
         root = (path.parent / collection.root).resolve()
-        if not root.is_dir():
-            raise ManifestError(
-                f"manifest {path}: collection {name!r} root {root} is not a directory"
-            )
         collections[collection.name] = collection.model_copy(update={"root": root})
     return Manifest(path=path, collections=collections)
 
@@ -309,6 +312,23 @@ def valid_text_search_configs(store) -> str:
     shown = common + [c for c in configs if c not in common][:8 - len(common)]
     more = len(configs) - len(shown)
     return f"valid ones: {', '.join(shown)}" + (f" and {more} more (SELECT cfgname FROM pg_ts_config)" if more else "")
+
+
+def root_problem(collection: Collection) -> str | None:
+    """One line naming the collection, its root and what to do when the root cannot be read now;
+    None when it is a directory."""
+    if collection.root.is_dir():
+        return None
+    return (f"collection {collection.name!r}: root {collection.root} is missing or not a directory: mount or "
+            "restore it, or fix its `root:` in the manifest (its documents stay indexed and searchable meanwhile)")
+
+
+def check_root(collection: Collection) -> None:
+    """Raise RootMissingError before a scan: a missing root must never read as a collection
+    whose every file was deleted."""
+    problem = root_problem(collection)
+    if problem is not None:
+        raise RootMissingError(problem)
 
 
 @dataclass(frozen=True)
@@ -399,29 +419,34 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     Symlinked folders follow _FolderLinks' rules; each one not entered is reported under its
     path with a trailing slash.
     """
+    check_root(collection)
     root = collection.root
     inside = None if collection.follow_external_symlinks else root.resolve()
     known = known or {}
     started_ns = time.time_ns()
     found: list[SourceFile] = []
     links = _FolderLinks(root.resolve(), collection.follow_external_symlinks, collection.exclude)
-    for rel, is_link, skipped in _walk(str(root), "", str(root.resolve()), links):
-        if skipped is not None:
-            if shard is None or shard.holds(rel):
-                found.append(SourceFile(rel, root / rel, problem=skipped[1], severity=skipped[0]))
-            continue
-        if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
-            continue
-        if shard is not None and not shard.holds(rel):
-            continue
-        abs_path = root / rel
-        if _undecodable(rel):
-            # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
-            found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
-                                    problem="file name is not valid UTF-8: rename the file"))
-            continue
-        found.append(_read(rel, abs_path, max_file_bytes, started_ns, known.get(rel),
-                           root=inside if is_link else None))
+    try:
+        for rel, is_link, skipped in _walk(str(root), "", str(root.resolve()), links):
+            if skipped is not None:
+                if shard is None or shard.holds(rel):
+                    found.append(SourceFile(rel, root / rel, problem=skipped[1], severity=skipped[0]))
+                continue
+            if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
+                continue
+            if shard is not None and not shard.holds(rel):
+                continue
+            abs_path = root / rel
+            if _undecodable(rel):
+                # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
+                found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
+                                        problem="file name is not valid UTF-8: rename the file"))
+                continue
+            found.append(_read(rel, abs_path, max_file_bytes, started_ns, known.get(rel),
+                               root=inside if is_link else None))
+    except FileNotFoundError:
+        check_root(collection)  # the root itself vanished during the scan (unmounted): say so
+        raise
     return found
 
 
