@@ -89,6 +89,33 @@ def test_a_missing_root_fails_only_its_collection_and_deletes_nothing(cli_env, t
     assert held(cli_env["DATABASE_URL"], "sales") == before
 
 
+def test_an_emptied_root_or_globs_that_select_nothing_delete_nothing(cli_env, tmp_path):
+    """The mount point an unmounted share leaves behind is an empty folder, and an `include:` a
+    manifest edit broke selects no file: either would have read as every file deleted."""
+    assert refinery(cli_env, "ingest", "--json").returncode == 0
+    before = held(cli_env["DATABASE_URL"], "sales")
+    sales = tmp_path / "examples" / "knowledge_base" / "sales"
+    sales.rename(sales.with_name("sales.bak"))
+    sales.mkdir()  # the empty mount point
+    ingest = refinery(cli_env, "ingest", "--json")
+    assert ingest.returncode == 1, ingest.stderr
+    report = json.loads(ingest.stdout)["collections"]
+    assert len(report["sales"]["failures"]) == 1 and "holds no file the manifest selects, where 3 documents are " \
+        "indexed" in report["sales"]["failures"][0] and "refinery prune" in report["sales"]["failures"][0]
+    assert report["sales"]["documents"]["deleted"] == 0 and report["support"]["failures"] == []
+    assert held(cli_env["DATABASE_URL"], "sales") == before
+    sales.rmdir()
+    sales.with_name("sales.bak").rename(sales)
+
+    manifest = tmp_path / "examples" / "corpus.yaml"
+    text = manifest.read_text()
+    assert 'include: ["**/*.md", "**/*.html"]' in text
+    manifest.write_text(text.replace('include: ["**/*.md", "**/*.html"]', "include: ['*.nothing']", 1))
+    ingest = refinery(cli_env, "ingest", "--collection", "sales", "--json")
+    assert ingest.returncode == 1 and "holds no file the manifest selects" in ingest.stdout, ingest.stdout
+    assert held(cli_env["DATABASE_URL"], "sales") == before
+
+
 @pytest.fixture
 def automated(project_env, tmp_path):
     return dg.DagsterInstance.ephemeral(), tmp_path / "examples" / "knowledge_base"

@@ -426,6 +426,7 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     started_ns = time.time_ns()
     found: list[SourceFile] = []
     links = _FolderLinks(root.resolve(), collection.follow_external_symlinks, collection.exclude)
+    selected = 0  # files the globs select in the whole root, whatever the shard
     try:
         for rel, is_link, skipped in _walk(str(root), "", str(root.resolve()), links):
             if skipped is not None:
@@ -434,6 +435,7 @@ def scan_collection(collection: Collection, max_file_bytes: int,
                 continue
             if not matches_globs(rel, collection.include) or matches_globs(rel, collection.exclude):
                 continue
+            selected += 1
             if shard is not None and not shard.holds(rel):
                 continue
             abs_path = root / rel
@@ -447,6 +449,14 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     except FileNotFoundError:
         check_root(collection)  # the root itself vanished during the scan (unmounted): say so
         raise
+    if not selected and known:
+        # An unmounted share often leaves its empty mount point, and include globs that a manifest
+        # edit broke select nothing: either would read as every file deleted, and empty the index.
+        raise RootMissingError(
+            f"collection {collection.name!r}: root {root} holds no file the manifest selects, where "
+            f"{len(known)} documents are indexed: mount or restore the folder, or fix its `root:` or "
+            "`include:`; to empty the collection on purpose, remove it from the manifest and run "
+            "`refinery prune` (its documents stay indexed and searchable meanwhile)")
     return found
 
 
