@@ -101,7 +101,13 @@ def redact_pricing(text: str) -> str:
 
 
 # What names a currency in a table header or a list's cue line.
-_CURRENCY = regex.compile(rf"{_SIGNS}|{_CODES}|{_BEFORE}|{_AFTER}|{_WORDS}")
+# Searched one kind at a time: as one alternation the search was 2.5 times slower (the cue lines
+# of the PEPs: 0.68 CPU-s against 0.27).
+_CURRENCY_KINDS = tuple(regex.compile(kind) for kind in (_SIGNS, _CODES, _BEFORE, _AFTER, _WORDS))
+
+
+def _names_currency(text: str) -> bool:
+    return any(kind.search(text) for kind in _CURRENCY_KINDS)
 # What names a column or a list of bare numbers as prices: a currency, or one of these words.
 _PRICE_WORDS = regex.compile(
     r"\b(?:prices?|pricing|priced|costs?|fees?|monthly|annual(?:ly)?|yearly|per\s+(?:month|year|seat|user)|"
@@ -113,7 +119,7 @@ _LIST_REACH = 12  # lines after a price heading that may hold its bare numbers
 
 
 def _is_price_cue(line: str) -> bool:
-    return bool(_PRICE_WORDS.search(line) or _CURRENCY.search(line))
+    return bool(_PRICE_WORDS.search(line)) or _names_currency(line)
 
 
 def _table_prices(lines: list[str], header: int) -> int:
@@ -166,7 +172,7 @@ def pricing_evidence(text: str) -> int:
             count = _list_prices(lines, at) if _is_price_cue(line) else 0
         else:
             continue
-        if count and (found + count >= SENSITIVE_AMOUNTS or _CURRENCY.search(line)):
+        if count and (found + count >= SENSITIVE_AMOUNTS or _names_currency(line)):
             return SENSITIVE_AMOUNTS
     return found
 
