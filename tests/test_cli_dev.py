@@ -200,8 +200,8 @@ def test_refinery_dev_fails_with_one_line_when_a_dagster_process_dies(tmp_path, 
         _kill_all(dev, home)
     assert code == 1, output[-3000:]
     said = [line for line in output.splitlines() if line.startswith("refinery dev:")]
-    assert said == [f"refinery dev: the Dagster {component} (pid {victim.pid}) died unexpectedly, so Dagster "
-                    "stopped; exit code 1 (restart refinery dev)"], output[-3000:]
+    assert said == [(f"refinery dev: the Dagster {component} (pid {victim.pid}) died unexpectedly, so Dagster "
+                     "stopped; exit code 1 (restart refinery dev)")], output[-3000:]
     first = output.splitlines()[0]
     assert first.startswith(f"Dagster UI on http://127.0.0.1:{port}")
     assert ("embedded database" in first) == (databases == "embedded"), first

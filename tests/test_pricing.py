@@ -15,7 +15,11 @@ from dagster_project.core.embed.openai_embedder import OpenAIEmbedder
 from dagster_project.core.feedback.events import Feedback, record_feedback
 from dagster_project.core.ingest.chunking import ChunkSettings
 from dagster_project.core.ingest.corpus import load_manifest
-from dagster_project.core.ingest.pipeline import ingest_collection, sync_chunks, sync_embeddings
+from dagster_project.core.ingest.pipeline import (
+    ingest_collection,
+    sync_chunks,
+    sync_embeddings,
+)
 from dagster_project.core.ingest.tokens import wordpiece_counter
 from dagster_project.core.openai_batch import BatchPolicy
 from dagster_project.core.refine.llm import LLMChain, Price
