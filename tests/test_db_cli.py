@@ -55,6 +55,9 @@ def test_db_start_keeps_the_embedded_server_up_for_sql_clients_until_db_stop(emb
     assert migrated.returncode == 0, migrated.stderr
     psql = refinery(embedded_env, "db", "psql", "--", "-At", "-c", "SELECT count(*) FROM documents")
     assert psql.returncode == 0 and psql.stdout.strip() == "0", psql.stderr
+    for named in (["-d", "dagster"], ["--dbname=dagster"]):  # psql's own -d: a database on the same server
+        other = refinery(embedded_env, "db", "psql", "--", *named, "-At", "-c", "SELECT current_database()")
+        assert other.returncode == 0 and other.stdout.strip() == "dagster", other.stderr
     assert connects(url)
     if shutil.which("psql"):  # the README's `psql "$(refinery db-url)"`, with the system's client
         system = subprocess.run(["psql", url, "-At", "-c", "SELECT 1"], capture_output=True, text=True, timeout=30)

@@ -12,6 +12,7 @@ import time
 
 from ..core.db.pg import (
     DatabaseSetupError,
+    _with_database,
     check_reachable,
     mask_url,
     resolve_database_urls,
@@ -173,6 +174,7 @@ def cmd_db_psql(args) -> int:
         raise CliError("no psql client: install it (`apt-get install -y postgresql-client`), or connect any SQL "
                        "client to `refinery db-url` after `refinery db start`")
     extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args
+    url, extra = _database_named(url, extra)
     import signal
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is psql's (it cancels a query)
@@ -180,6 +182,26 @@ def cmd_db_psql(args) -> int:
         return subprocess.run([psql, "--dbname", url, *extra]).returncode
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _database_named(url: str, extra: list[str]) -> tuple[str, list[str]]:
+    """psql's own `-d NAME` (`--dbname NAME`, `--dbname=NAME`) names another database on the same
+    server (`-d dagster`: Dagster's storage): passed as such it would replace the URL, and psql
+    would look for a server on its default socket. A URL or conninfo given there is left to psql."""
+    rest, name, it = [], None, iter(extra)
+    for arg in it:
+        if arg in ("-d", "--dbname"):
+            name = next(it, None)
+        elif arg.startswith("--dbname="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-d") and len(arg) > 2 and not arg.startswith("--"):
+            name = arg[2:]
+        else:
+            rest.append(arg)
+            continue
+        if name is not None and ("=" in name or "://" in name):
+            return url, extra
+    return (_with_database(url, name) if name else url), rest
 
 
 def _psql_binary() -> str | None:
