@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from urllib.parse import urlsplit
+from contextlib import contextmanager
+from urllib.parse import quote, urlsplit
 
 import psycopg
 import pytest
@@ -75,20 +76,27 @@ def test_pgvector_older_than_0_8_is_refused_too(installed, default, available, e
 def test_a_migration_the_server_refuses_names_the_servers_side_not_the_file(pg_server):
     """A user that owns its database but may not grant itself refinery's roles: the migration's
     GRANT fails with permission denied, which no edit of sql/0002_roles.sql would fix."""
-    name = f"weak{os.getpid()}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP ROLE IF EXISTS {name}")
-        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'w3ak!'")
-        conn.execute(f"CREATE DATABASE {name} OWNER {name} TEMPLATE template0")
-    with psycopg.connect(_with_database(pg_server, name), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION vector")  # a superuser did that part: the check passes
-    weak = _with_database(pg_server, name).replace("postgresql://postgres:@", f"postgresql://{name}:w3ak%21@", 1)
-    try:
+    with login_database(pg_server, f"weak{os.getpid()}", password="w3ak!", owner=True) as weak:
         with pytest.raises(MigrationError) as refused:
             migrate(weak)
         message = str(refused.value)
         assert "permission denied" in message and "The cause is on the server that DATABASE_URL names" in message
         assert "Grant it there and run again" in message and "Fix " not in message and "w3ak" not in message
+
+
+@contextmanager
+def login_database(pg_server: str, name: str, *, password: str = "", owner: bool):
+    """A role `name` and a database `name` (owned by it or not) with pgvector created by the
+    superuser, so the pgvector check passes; yields the role's URL; both dropped after."""
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {name}")
+        conn.execute(f"CREATE ROLE {name} LOGIN" + (f" PASSWORD '{password}'" if password else ""))
+        conn.execute(f"CREATE DATABASE {name}" + (f" OWNER {name}" if owner else "") + " TEMPLATE template0")
+    with psycopg.connect(_with_database(pg_server, name), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    try:
+        yield _with_database(pg_server, name).replace("postgresql://postgres:@",
+                                                      f"postgresql://{name}:{quote(password)}@", 1)
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -118,21 +126,9 @@ def test_an_older_pgvector_installed_in_the_database_is_refused_with_the_update_
 def test_a_user_that_may_not_create_tables_is_told_what_to_grant_on_the_server(pg_server):
     """Not the database's owner: since PostgreSQL 15 such a user may not create tables in public,
     so even the migrations' bookkeeping table fails; the message says so, without a traceback."""
-    name = f"guest{os.getpid()}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP ROLE IF EXISTS {name}")
-        conn.execute(f"CREATE ROLE {name} LOGIN")
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
-    with psycopg.connect(_with_database(pg_server, name), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION vector")
-    guest = _with_database(pg_server, name).replace("postgresql://postgres:@", f"postgresql://{name}:@", 1)
-    try:
+    with login_database(pg_server, f"guest{os.getpid()}", owner=False) as guest:
         with pytest.raises(MigrationError) as refused:
             migrate(guest)
         message = str(refused.value)
         assert "schema_migrations" in message and "permission denied" in message
         assert "The cause is on the server that DATABASE_URL names" in message and "Grant it there" in message
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"DROP ROLE IF EXISTS {name}")
