@@ -49,6 +49,14 @@ def _processes_under(path: Path) -> list[str]:
     return found
 
 
+def _launch_dev(env: dict, port: int, log) -> subprocess.Popen:
+    """`refinery dev` with its output in `log`, in its own session like a shell's foreground job
+    (Ctrl-C is SIGINT to that process group)."""
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "dev", "--port", str(port)],
+                                env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stopping_refinery_dev_stops_dagster_first_then_the_embedded_database(tmp_path, how):
     """Ctrl-C in a terminal (SIGINT to the foreground process group) or SIGTERM to `refinery`
@@ -59,10 +67,7 @@ def test_stopping_refinery_dev_stops_dagster_first_then_the_embedded_database(tm
     for name in ("DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME"):
         env.pop(name, None)
     log = tmp_path / "dev.log"
-    with log.open("w") as out:
-        # Its own session, like a shell's foreground job: Ctrl-C is SIGINT to that process group.
-        dev = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "dev", "--port", str(port)],
-                               env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    dev = _launch_dev(env, port, log)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not _answers(f"http://127.0.0.1:{port}/server_info"):
@@ -177,9 +182,7 @@ def test_refinery_dev_fails_with_one_line_when_a_dagster_process_dies(tmp_path, 
         env.update(DATABASE_URL=new_database(server), DAGSTER_PG_URL=new_database(server, template="template1"))
     marks = {"webserver": "dagster_webserver", "daemon": "dagster._daemon run"}[component]
     log = tmp_path / "dev.log"
-    with log.open("w") as out:
-        dev = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "dev", "--port", str(port)],
-                               env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    dev = _launch_dev(env, port, log)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         victim = None
