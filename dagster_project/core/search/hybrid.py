@@ -34,14 +34,14 @@ RRF_LEG_WEIGHTS = {"vector": 1.0, "text": 1.0, "card": 1.0}  # each leg's share 
 # among cards where its page was 7th to 19th in the vector leg (docs/architecture.md). It reads
 # nothing more than the vector leg did; a corpus without cards (the PEPs) ranks as before.
 RRF_CARD_DEPTH = 5
-# A document that holds many times more chunks than the collection's average (a changelog, an
+# A document that holds many times more chunks than the average document (a changelog, an
 # all-in-one reference) has that many more chances for one of its chunks to land near any
 # question in either leg, and won questions that a focused page answers: FastAPI's 700 KB release
 # notes (2,035 chunks against 28 on average) ranked above the answer in 6 of the 11 questions
 # hybrid did not answer first. Its fused score is scaled by sqrt(OUTSIZED * average / its chunks)
 # once it holds more than OUTSIZED times the average: FastAPI MRR@10 0.838 -> 0.874, Hugo and the
-# PEPs unchanged (docs/architecture.md). The average is the planner's row counts of the two tables
-# (none before the tables were first analyzed: no scaling then).
+# PEPs unchanged (docs/architecture.md). The average is over every collection, from the planner's
+# row counts of the two tables (none before they were first analyzed: no scaling then).
 OUTSIZED_DOCUMENT_CHUNKS = 10
 # Unfiltered text search reads at most this many postings per query term, best BM25 weight first
 # (a term found in more chunks than that contributes little: its idf is low). Filtered text
