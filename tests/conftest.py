@@ -111,6 +111,17 @@ def refinery(env, *args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def command_line(process) -> str:
+    """A psutil process's command line, or "" for one that exited or became a zombie since it was
+    listed (the commands under test start short-lived children)."""
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def write_manifest(root: Path, collections: dict[str, dict]) -> Path:
     import yaml
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST
+from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, command_line
 
 STARTUP_TIMEOUT = 60
 STOP_TIMEOUT = 45
@@ -190,7 +190,7 @@ def test_refinery_dev_fails_with_one_line_when_a_dagster_process_dies(tmp_path, 
             if dev.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"refinery dev did not come up:\n{log.read_text()[-3000:]}", pytrace=False)
             victim = next((p for p in psutil.Process(dev.pid).children(recursive=True)
-                           if marks in " ".join(p.cmdline())), None)
+                           if marks in command_line(p)), None)
             time.sleep(0.5)
         time.sleep(2)
         victim.kill()

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from dagster_project.core.search.evaluation import QuestionsError, load_questions
-from tests.conftest import PEPS, PROJECT_ROOT, write_manifest
+from tests.conftest import PEPS, PROJECT_ROOT, command_line, write_manifest
 
 PEP_FILES = 30  # seconds of parsing and chunking; a few thousand texts to embed
 SMALL_CHUNKS = {"CHUNK_MAX_TOKENS": "48", "CHUNK_OVERLAP_TOKENS": "0"}  # more texts: several batches of 1,024
@@ -238,8 +238,8 @@ def test_an_ingest_killed_mid_chunking_leaves_no_pool_process(chunking_corpus, h
         _until(proc, "documents chunked")
         # The fork server, its workers and the resource tracker, found by their parent chain.
         pool = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                if "multiprocessing" in " ".join(p.cmdline())]
-        assert sum("forkserver" in " ".join(p.cmdline()) for p in pool) >= 2, "no pool worker to watch"
+                if "multiprocessing" in command_line(p)]
+        assert sum("forkserver" in command_line(p) for p in pool) >= 2, "no pool worker to watch"
         proc.send_signal(signal.SIGKILL)  # `kill -9` on the pid a user sees: the job's child dies with it
     finally:
         proc.kill()
@@ -250,7 +250,7 @@ def test_an_ingest_killed_mid_chunking_leaves_no_pool_process(chunking_corpus, h
     for p in left:
         p.kill()
     _with_server(home, lambda url: None)  # the killed pid no longer holds the server: it stops after this
-    assert not left, f"pool processes outlived the killed ingest: {[' '.join(p.cmdline())[:90] for p in left]}"
+    assert not left, f"pool processes outlived the killed ingest: {[command_line(p)[:90] for p in left]}"
 
 
 def _only_its_own_lines(err: str, last: str) -> None:
