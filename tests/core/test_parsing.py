@@ -267,6 +267,81 @@ def test_deeply_nested_html_parses_like_a_flat_page():
         ("paragraph", "bottom text", ["Deep"]), ("paragraph", "after", ["Deep"])]
 
 
+# Published documentation pages, reduced to their themes' landmarks (markup as the generators
+# write it). Each site's menu names the other pages: "Rotating the quokka keys" on every page.
+SITE_MENU = "<ul><li><a href='/install/'>Installing</a></li><li><a href='/keys/'>Rotating the quokka keys</a></li></ul>"
+THEMED_PAGES = {
+    "sphinx": f"""<html><head><title>Installing &#8212; Ocelot 2.1 documentation</title></head><body>
+<div class="related" role="navigation" aria-label="Related">Ocelot 2.1 documentation &raquo; Guides</div>
+<div class="document"><div class="documentwrapper"><div class="bodywrapper"><div class="body" role="main">
+<section id="installing"><h1>Installing<a class="headerlink" href="#installing" title="Link to this heading">¶</a></h1>
+<p>Run pip install ocelot on a machine with Python 3.11.</p>
+<div class="admonition note"><p class="admonition-title">Note</p><p>Wheels exist for Linux and macOS.</p></div>
+</section></div></div></div>
+<div class="sphinxsidebar" role="navigation" aria-label="Main"><h3>Navigation</h3>{SITE_MENU}
+<div id="searchbox" role="search"><h3 id="searchlabel">Quick search</h3><form><input type="submit" value="Go"></form></div></div></div>
+<div class="footer">&#169;2024, Ocelot team. Created using Sphinx 8.1.</div></body></html>""",
+    "mkdocs-material": f"""<html><head><title>Installing - Ocelot</title></head><body>
+<header class="md-header"><nav class="md-header__inner" aria-label="Header">Ocelot <form class="md-search__form">Search</form></nav></header>
+<div class="md-container"><main class="md-main"><div class="md-main__inner md-grid">
+<div class="md-sidebar md-sidebar--primary"><nav class="md-nav md-nav--primary" aria-label="Navigation">{SITE_MENU}</nav></div>
+<div class="md-sidebar md-sidebar--secondary"><nav class="md-nav md-nav--secondary" aria-label="Table of contents">Table of contents</nav></div>
+<div class="md-content"><article class="md-content__inner md-typeset">
+<h1 id="installing">Installing<a class="headerlink" href="#installing" title="Permanent link">&para;</a></h1>
+<p>Run pip install ocelot on a machine with Python 3.11.</p>
+<div class="admonition note"><p class="admonition-title">Note</p><p>Wheels exist for Linux and macOS.</p></div>
+</article></div></div></main>
+<footer class="md-footer"><nav class="md-footer__inner" aria-label="Footer">Previous Home Next Rotating the quokka keys</nav>
+<div class="md-copyright">Made with Material for MkDocs</div></footer></div></body></html>""",
+    "docusaurus": f"""<html><head><title>Installing | Ocelot</title></head><body><div id="__docusaurus">
+<nav aria-label="Main" class="navbar">Ocelot Docs Blog GitHub</nav>
+<div class="main-wrapper"><div class="docsWrapper"><aside class="theme-doc-sidebar-container">{SITE_MENU}</aside>
+<main class="docMainContainer"><div class="container"><nav class="theme-doc-breadcrumbs" aria-label="Breadcrumbs">Home Guides</nav>
+<article><div class="theme-doc-markdown markdown"><header><h1>Installing</h1></header>
+<p>Run pip install ocelot on a machine with Python 3.11.</p>
+<div class="theme-admonition"><p>Wheels exist for Linux and macOS.</p></div></div>
+<footer class="theme-doc-footer">Edit this page</footer></article>
+<nav class="pagination-nav" aria-label="Docs pages">Previous Home Next Rotating the quokka keys</nav></div></main></div></div>
+<footer class="footer">Copyright 2024 Ocelot team. Built with Docusaurus.</footer></div></body></html>""",
+    "starlight": f"""<html><head><title>Installing | Ocelot</title></head><body>
+<header class="header"><a href="/">Ocelot</a><site-search>Search</site-search></header>
+<nav class="sidebar" aria-label="Main">{SITE_MENU}</nav>
+<main><div class="content-panel"><h1 id="_top">Installing</h1></div>
+<div class="content-panel"><div class="sl-markdown-content"><p>Run pip install ocelot on a machine with Python 3.11.</p>
+<aside aria-label="Note" class="starlight-aside starlight-aside--note"><p>Wheels exist for Linux and macOS.</p></aside>
+</div></div></main></body></html>""",
+    "hand-written, no main": f"""<html><head><title>Installing</title></head><body>
+<header class="site"><a href="/">Ocelot</a> {SITE_MENU}</header>
+<aside class="sidebar">{SITE_MENU}</aside>
+<h1>Installing</h1><p>Run pip install ocelot on a machine with Python 3.11.</p>
+<div class="note"><p>Wheels exist for Linux and macOS.</p></div>
+<footer>Rotating the quokka keys is next. &copy; Ocelot team</footer></body></html>""",
+}
+
+
+@pytest.mark.parametrize("theme", sorted(THEMED_PAGES))
+def test_a_published_page_is_indexed_without_its_sites_menus_banner_and_footer(theme):
+    """The site's chrome around a page (menus naming every other page, sidebars, breadcrumbs,
+    search box, banner, footer, previous / next links, heading permalinks) is not the page's text:
+    only the page itself is indexed, its callouts included."""
+    doc = parse_document("install.html", THEMED_PAGES[theme].encode())
+    text = all_text(doc)
+    assert "pip install ocelot" in text and "Wheels exist for Linux and macOS." in text
+    for chrome in ("quokka", "Search", "search", "Navigation", "Copyright", "©", "Previous", "Breadcrumbs", "Home"):
+        assert chrome not in text, (chrome, text)
+    assert doc.headings == [{"level": 1, "title": "Installing"}]
+    assert {tuple(b.heading_path) for b in doc.blocks} == {("Installing",)}
+    assert doc.title.startswith("Installing")
+
+
+def test_a_page_header_holding_its_title_is_kept_outside_main_content():
+    html = (b"<html><body><header><h1>Refund policy</h1><p>Updated in May.</p></header>"
+            b"<p>Refunds are possible within 30 days.</p></body></html>")
+    doc = parse_document("refunds.html", html)
+    assert doc.headings == [{"level": 1, "title": "Refund policy"}]
+    assert "Updated in May." in all_text(doc) and "within 30 days" in all_text(doc)
+
+
 # ------------------------------------------------------------------ plain text
 
 def test_plain_text_paragraphs_and_title_from_first_line():

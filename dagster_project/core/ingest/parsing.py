@@ -20,8 +20,8 @@ from .rst import parse_rst_blocks
 
 Severity = Literal["error", "warning"]
 # Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word,
-# PowerPoint; reST by rst.py).
-PARSER_VERSION = "parsers-v4"
+# PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out).
+PARSER_VERSION = "parsers-v5"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
 MAX_FRONT_MATTER_BYTES = 64 * 1024
@@ -305,6 +305,7 @@ def _parse_html(text: str) -> ParsedDocument:
     html_title = soup.title.get_text(" ", strip=True) if soup.title else ""
     if soup.head is not None:
         soup.head.decompose()
+    root = _page_content(soup)
     headings: list[dict] = []
     blocks: list[Block] = []
     path: list[tuple[int, str]] = []
@@ -318,7 +319,7 @@ def _parse_html(text: str) -> ParsedDocument:
 
     # Depth-first with a stack of child iterators, not recursion: an old page with 1,200 unclosed
     # <font> tags (or a generated one with 100k nested <div>s) is as deep as Python's stack allows.
-    stack = [iter((soup.body or soup).children)]
+    stack = [iter(root.children)]
     while stack:
         child = next(stack[-1], None)
         if child is None:  # the end of an element: its content is a block of its own
@@ -345,6 +346,50 @@ def _parse_html(text: str) -> ParsedDocument:
     flush()
     title = str(metadata.get("title") or html_title or (headings[0]["title"] if headings else ""))
     return ParsedDocument("html", title, metadata, headings, blocks)
+
+
+# A published documentation page repeats the site around its text: navigation menus (often the
+# whole table of contents), sidebars, the site's banner and footer, breadcrumbs, search boxes,
+# "previous / next" links and each heading's permalink sign. Indexed, they are the same words on
+# every page, and a question that names a section of the site matched every page that links to it.
+# Landmarks, by their HTML element or ARIA role, as themes mark them (Sphinx, MkDocs, Docusaurus,
+# Hugo): the text is what is left.
+_CHROME_TAGS = ("nav", "footer")
+_CHROME_ROLES = ("navigation", "banner", "contentinfo", "search", "complementary")
+# Only outside the page's main content: inside it, an <aside> is a callout (a note, a warning) and
+# a <header> holds the article's own title (outside, too, when it holds a heading).
+_PAGE_CHROME_TAGS = ("aside", "header")
+_MAIN_ROLES = ("main",)
+_PERMALINK_SIGNS = {"", "¶", "#", "§", "🔗", "link"}
+
+
+def _page_content(soup):
+    """The element holding a page's own text, its chrome removed: the page's single <main> (or
+    role="main") or, without one, its single <article>; else the whole body."""
+    for tag in soup.find_all(lambda t: t.name in _CHROME_TAGS or _role(t) in _CHROME_ROLES):
+        if not tag.decomposed:
+            tag.decompose()
+    mains = soup.find_all(lambda t: t.name == "main" or _role(t) in _MAIN_ROLES)
+    mains = [m for m in mains if not any(parent in mains for parent in m.parents)]
+    if len(mains) != 1:
+        mains = soup.find_all("article")
+        mains = [m for m in mains if not any(parent in mains for parent in m.parents)]
+    root = mains[0] if len(mains) == 1 and mains[0].get_text(strip=True) else (soup.body or soup)
+    if root is soup.body or root is soup:
+        for tag in root.find_all(_PAGE_CHROME_TAGS):
+            # a page-level <header> that holds a heading is the page's own title block
+            if not tag.decomposed and not (tag.name == "header" and tag.find(_HEADINGS)):
+                tag.decompose()
+    for heading in root.find_all(_HEADINGS):
+        for link in heading.find_all("a"):
+            if link.get_text(strip=True).lower() in _PERMALINK_SIGNS:
+                link.decompose()
+    return root
+
+
+def _role(tag) -> str:
+    role = tag.get("role")
+    return role.strip().lower() if isinstance(role, str) else ""
 
 
 def _block_text(element) -> str:
