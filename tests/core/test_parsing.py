@@ -308,9 +308,11 @@ THEMED_PAGES = {
 <nav class="sidebar" aria-label="Main">{SITE_MENU}</nav>
 <main><div class="content-panel"><h1 id="_top">Installing</h1></div>
 <div class="content-panel"><div class="sl-markdown-content"><p>Run pip install ocelot on a machine with Python 3.11.</p>
+<button class="copy" title="Copy to clipboard">Search Home</button>
 <aside aria-label="Note" class="starlight-aside starlight-aside--note"><p>Wheels exist for Linux and macOS.</p></aside>
 </div></div></main></body></html>""",
     "hand-written, no main": f"""<html><head><title>Installing</title></head><body>
+<svg style="display: none"><symbol id="svg-search"><title>Search icon</title></symbol></svg>
 <header class="site"><a href="/">Ocelot</a> {SITE_MENU}</header>
 <aside class="sidebar">{SITE_MENU}</aside>
 <h1>Installing</h1><p>Run pip install ocelot on a machine with Python 3.11.</p>

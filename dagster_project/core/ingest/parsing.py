@@ -295,7 +295,8 @@ def _parse_html(text: str) -> ParsedDocument:
     from bs4 import BeautifulSoup, Comment, Doctype, NavigableString
 
     soup = BeautifulSoup(text, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template"]):
+    # not text: code, styles, icons (an <svg> sprite's titles), controls
+    for tag in soup(["script", "style", "noscript", "template", "svg", "button"]):
         tag.decompose()
     metadata = {}
     for meta in soup.find_all("meta"):
