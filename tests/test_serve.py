@@ -164,6 +164,12 @@ def test_bad_requests_get_a_4xx_json_error_that_says_what_to_fix(served):
         (("GET", "/v1/search"), {"token": token}, 400, "missing_query", "`q`"),
         (("GET", "/v1/search?q=x&k=0"), {"token": token}, 400, "bad_k", "from 1 to 100"),
         (("GET", "/v1/search?q=x&k=many"), {"token": token}, 400, "bad_k", "from 1 to 100"),
+        # digits to str.isdigit, not numbers to int(): once a 500 with a traceback in the log
+        (("GET", "/v1/search?q=x&k=%C2%B2"), {"token": token}, 400, "bad_k", "from 1 to 100"),
+        (("GET", "/v1/search?q=x&k=%D9%A3"), {"token": token}, 400, "bad_k", "from 1 to 100"),
+        (("GET", "/v1/search?q=x&passages=%C2%B3"), {"token": token}, 400, "bad_passages", "from 0"),
+        (("POST", "/v1/search"), {"token": token, "raw": b'{"query": "x", "k": ' + b"9" * 5000 + b"}"}, 400,
+         "bad_json", "not valid JSON"),
         (("GET", "/v1/search?q=x&mode=fuzzy"), {"token": token}, 400, "bad_mode", "hybrid"),
         (("GET", "/v1/search?q=x&colour=red"), {"token": token}, 400, "unknown_parameter", "colour"),
         (("GET", "/v1/search?q=" + "x" * 2001), {"token": token}, 400, "query_too_long", "at most 2000"),

@@ -77,6 +77,17 @@ def checked_json(body: object, name: str = "the body") -> None:
             pending.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
+
+_ASCII_NUMBER = re.compile(r"[0-9]{1,4}")
+
+
+def _url_number(value):
+    """A whole number given in a URL ("5") as an int; anything else as it came, for the caller's
+    check to refuse. ASCII digits only: "²" and "٣" are digits to str.isdigit, not numbers."""
+    if isinstance(value, str) and _ASCII_NUMBER.fullmatch(value.strip()):
+        return int(value)
+    return value
+
 class ApiError(Exception):
     """A request refused: its HTTP status, a stable code and a message that says what to fix."""
 
@@ -273,7 +284,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._body_read = True
         try:
             body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, a number of 5,000 digits
             raise ApiError(400, "bad_json", f"the body is not valid JSON ({exc.__class__.__name__}: "
                                             f"{str(exc)[:100]})") from None
         if not isinstance(body, dict):
@@ -316,14 +327,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "missing_query", "give the question as `q` (GET) or `query` (POST JSON)")
         if len(query) > MAX_QUERY_CHARS:
             raise ApiError(400, "query_too_long", f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS}")
-        k = request.get("k", 5)
-        if isinstance(k, str) and k.strip().isdigit():  # from a URL
-            k = int(k)
+        k = _url_number(request.get("k", 5))
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ApiError(400, "bad_k", f"k must be a whole number from 1 to {MAX_K}, not {str(request.get('k'))[:20]}")
-        passages = request.get("passages", DEFAULT_PASSAGES)
-        if isinstance(passages, str) and passages.strip().isdigit():
-            passages = int(passages)
+        passages = _url_number(request.get("passages", DEFAULT_PASSAGES))
         if isinstance(passages, bool) or not isinstance(passages, int) or not 0 <= passages <= MAX_PASSAGES:
             raise ApiError(400, "bad_passages", f"passages must be a whole number from 0 (the k best chunks) to "
                                                 f"{MAX_PASSAGES}, not {str(request.get('passages'))[:20]}")
