@@ -394,3 +394,31 @@ def test_an_unreadable_questions_file_gets_a_message(tmp_path, content, message)
     path.write_bytes(content)
     with pytest.raises(QuestionsError, match=message):
         load_questions(path, {("c", "x.md")})
+
+
+LOAD_QUESTIONS_UNDER_1GB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from dagster_project.core.search.evaluation import QuestionsError, load_questions
+try:
+    load_questions(sys.argv[1], set())
+except QuestionsError as exc:
+    print(exc)
+"""
+
+
+def test_a_questions_file_whose_entry_is_an_alias_bomb_gets_a_short_message(tmp_path):
+    """QA: 464 bytes whose first entry is a list of 9^8 strings through nested YAML aliases. The
+    load shares the lists (instant); the error message once printed the entry whole and never
+    came back. Loaded in a process limited to 1 GB of address space, with a time limit."""
+    text = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    for level in range(1, 10):
+        text += f"l{level}: &l{level} [{','.join(['*' + ('a' if level == 1 else f'l{level - 1}')] * 9)}]\n"
+    path = tmp_path / "questions.yaml"
+    path.write_text(text + "questions: *l9\n")
+    assert path.stat().st_size < 500
+    result = subprocess.run([sys.executable, "-c", LOAD_QUESTIONS_UNDER_1GB, str(path)], capture_output=True,
+                            text=True, timeout=60, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = result.stdout.strip()
+    assert "question 1: each entry needs `question: <text>`" in said and len(said) < 400, said[:1000]

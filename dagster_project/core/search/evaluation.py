@@ -4,6 +4,7 @@ nDCG@10 per search mode, and the questions that missed."""
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,10 @@ import yaml
 from .searcher import SearchError
 
 KS = (1, 5, 10)
+# An entry shown in an error, cut while it is written: YAML aliases share one list between many
+# places, and a 464-byte file's entry printed whole is 43 million items (it ran out of memory).
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
 SHOWN_CHARS = 120  # of a question in a line of output; --json keeps it whole
 
 
@@ -47,7 +52,7 @@ def load_questions(path: str | Path, known_documents: set[tuple[str, str]]) -> l
     for number, entry in enumerate(entries, start=1):
         where = f"{path}, question {number}"
         if not isinstance(entry, dict) or not isinstance(entry.get("question"), str) or not entry["question"].strip():
-            raise QuestionsError(f"{where}: each entry needs `question: <text>` (got {entry!r:.80})")
+            raise QuestionsError(f"{where}: each entry needs `question: <text>` (got {_SHORT.repr(entry)})")
         documents = entry.get("documents")
         collection = entry.get("collection")
         if (not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents)
