@@ -40,8 +40,8 @@ def build(key: str):
     return build_embedder(Settings(embed_provider="hash"), key)
 
 
-def gates(store, candidate):
-    return evaluate_gates(store, candidate, build, DEFAULT_GOLDEN_QUESTIONS)
+def gates(store, candidate, manifest=COLLECTIONS):
+    return evaluate_gates(store, candidate, build, DEFAULT_GOLDEN_QUESTIONS, manifest_collections=manifest)
 
 
 def embed_with(store, candidate, collections=COLLECTIONS):
@@ -106,6 +106,20 @@ def test_partial_candidate_is_built_beside_and_search_keeps_serving_the_active_m
         report = sync_embeddings(store, name, *models_to_build(store, BETTER, build))
         assert report.texts_embedded == 0
     assert gates(store, BETTER).covered
+
+
+def test_a_collection_left_out_of_the_manifest_is_named_with_what_to_do(sample_index):
+    """QA: a stored collection the manifest no longer names kept the switch closed, and the refusal
+    said to run `refinery ingest`, which refuses a collection the manifest does not name."""
+    store = sample_index
+    embed_with(store, BETTER, collections=["product"])
+    problem = gates(store, BETTER, manifest=("product", "sales")).coverage_problem()
+    assert "(sales " in problem and "support " in problem
+    assert "materialize `embeddings` for those collections (refinery ingest)" in problem
+    assert "support is not in the manifest: add it back and ingest it, or delete it with `refinery prune`" in problem
+    embed_with(store, BETTER, collections=["sales"])
+    problem = gates(store, BETTER, manifest=("product", "sales")).coverage_problem()
+    assert "refinery ingest" not in problem and "support is not in the manifest" in problem
 
 
 def test_switch_refused_while_the_candidate_retrieves_worse_unless_forced(sample_index):

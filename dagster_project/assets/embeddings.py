@@ -105,7 +105,7 @@ def build_active_embedding_model(project: Project) -> dg.AssetsDefinition:
                                embedder: EmbedderResource):
         store = vector_store.store
         gates = evaluate_gates(store, embedder.get(), embedder.get, settings.golden_questions,
-                               settings.text_search_config)
+                               settings.text_search_config, manifest_collections=project.manifest.collections)
         if gates.candidate is None:
             # No result for the gates: the UI shows them skipped for this run, not passed.
             context.log.info(f"gates skipped: no candidate (EMBED_* names the active model, {gates.active})")

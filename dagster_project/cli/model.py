@@ -20,6 +20,7 @@ def cmd_model_status(args) -> int:
 
     from ..core.db.store import VectorStore
     from ..core.embed.factory import build_embedder
+    from ..core.ingest.corpus import load_manifest
     from ..core.search.model_change import evaluate_gates, model_status
 
     settings = load_settings(args)
@@ -29,7 +30,7 @@ def cmd_model_status(args) -> int:
         configured = _configured_embedder(settings, store)
         models = model_status(store, configured.model.key)
         gates = evaluate_gates(store, configured, partial(build_embedder, settings), settings.golden_questions,
-                               settings.text_search_config)
+                               settings.text_search_config, manifest_collections=load_manifest(settings.corpus_manifest).collections)
     finally:
         store.close()
     out = {"models": models, "configured": configured.model.key, "gates": gates.to_dict()}

@@ -6,7 +6,7 @@ candidate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,7 @@ class SwitchGates:
     active_metrics: dict | None = None  # recall@5, mrr@10 (hybrid, golden set)
     candidate_metrics: dict | None = None
     metrics_problem: str | None = None  # why the metrics could not be compared
+    not_in_manifest: list[str] = field(default_factory=list)  # stored collections the manifest no longer names
 
     @property
     def missing(self) -> int:
@@ -69,9 +70,15 @@ class SwitchGates:
         if self.covered:
             return None
         where = ", ".join(f"{c} {n}" for c, n in self.missing_by_collection.items())
+        outside = [c for c in self.missing_by_collection if c in self.not_in_manifest]
+        todo = []
+        if len(outside) < len(self.missing_by_collection):
+            todo.append("materialize `embeddings` for those collections (refinery ingest)")
+        if outside:  # which `refinery ingest` cannot do: the manifest does not name them
+            todo.append(f"{', '.join(outside)} {'is' if len(outside) == 1 else 'are'} not in the manifest: add "
+                        "it back and ingest it, or delete it with `refinery prune`")
         return (f"{self.candidate} has no vector for {self.missing} of {self.live_chunks} live chunks ({where}): "
-                "materialize `embeddings` for those collections (refinery ingest) and try again; "
-                "--force does not skip this, search would lose those chunks")
+                f"{'; '.join(todo)}, then try again; --force does not skip this, search would lose those chunks")
 
     def metrics_verdict(self) -> str | None:
         """None when the candidate retrieves at least as well; else why the gate is closed."""
@@ -90,9 +97,11 @@ class SwitchGates:
 
 
 def evaluate_gates(store: VectorStore, configured: Embedder, build: Callable[[str], Embedder],
-                   questions_path: Path, text_search_config: str = "english") -> SwitchGates:
+                   questions_path: Path, text_search_config: str = "english", *,
+                   manifest_collections: Iterable[str]) -> SwitchGates:
     """Coverage of the candidate over every live chunk, and, once it is complete, hybrid-search
-    recall@5 and MRR@10 of both models on the golden questions."""
+    recall@5 and MRR@10 of both models on the golden questions. `manifest_collections`: what the
+    manifest names, so that a stored collection it no longer names is told apart."""
     from ..metrics.snapshots import golden_set_retrieval
 
     candidate = candidate_key(store, configured)
@@ -103,6 +112,7 @@ def evaluate_gates(store: VectorStore, configured: Embedder, build: Callable[[st
     # a candidate never embedded yet misses every chunk
     gates.missing_by_collection = state.missing_by_collection if state else store.chunks_per_collection()
     gates.live_chunks = sum(store.chunks_per_collection().values())
+    gates.not_in_manifest = sorted(set(store.chunks_per_collection()) - set(manifest_collections))
     try:
         questions = load_questions(questions_path, store.document_keys())
         gates.active_metrics = _gated(golden_set_retrieval(store, build(gates.active), questions,
