@@ -14,10 +14,11 @@ _EVENT_LOG_WRITE_FAILED = "Exception while writing logger call to event log"
 
 class _DropReconnectChatter(logging.Filter):
     """psycopg's pool warns at each failed reconnection and dagster-postgres at each retry (on the root
-    logger): dozens of lines while a database is down or shutting down, none a user can act on."""
+    logger): dozens of lines while a database is down or shutting down, none a user can act on. So
+    does the live status publisher (core/live_status.py) when its connection is lost."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("psycopg.pool"):
+        if record.name.startswith("psycopg.pool") or getattr(record, "database_unreachable", False):
             return False
         return not (record.name == "root" and str(record.msg).startswith("Retrying failed database connection"))
 

@@ -81,8 +81,11 @@ class LiveStatus:
         self._retry_at = now + RETRY_AFTER
         if self.failed == 1:  # once per step: a dead listener path must not flood the log
             # The exception's type only: a connection error's text can quote the URL.
+            # A lost connection is marked: the step's own queries meet it too, and a command
+            # says so itself in one line (cli/quiet.py drops this one there).
             log.warning("live status for %s/%s not published (%s); the step goes on",
-                        self.collection, self.step, type(error).__name__)
+                        self.collection, self.step, type(error).__name__,
+                        extra={"database_unreachable": isinstance(error, psycopg.OperationalError)})
 
     def _close(self) -> None:
         if self._conn is not None:
