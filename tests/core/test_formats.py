@@ -17,7 +17,7 @@ from dagster_project.core.ingest.formats.isolation import parse_isolated
 from dagster_project.core.ingest.parsing import ParseError, parse_document
 from dagster_project.core.ingest.formats import office
 from tests.fakes.documents import (HEADER_TYPE, make_docx, make_header_bomb, make_image_only_pdf, make_pdf, make_pptx,
-                                  make_zip_bomb)
+                                  make_zip_bomb, rewrite_docx)
 
 
 def sections(doc) -> list[tuple[list[str], str, int | None]]:
@@ -88,13 +88,39 @@ def test_pptx_slide_titles_slide_numbers_tables_and_notes():
     ("corrupt.docx", lambda: make_docx([("p", "Fine")])[:300], "corrupt Word (.docx) file"),
     ("corrupt.pptx", lambda: b"PK\x03\x04" + b"\x00" * 64, "corrupt PowerPoint (.pptx) file"),
     ("bomb.docx", make_zip_bomb, "zip bomb"),
-    ("slides.docx", lambda: make_pptx([{"title": "Not Word"}]), "not a readable Word (.docx) document"),
+    ("sheet.docx", lambda: _zip({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": b"<workbook/>"}),
+     "not a readable Word (.docx) document"),
+    # Two `styles` relationships (one external): python-docx fails only when the styles are read
+    ("two-styles.docx", lambda: _two_styles_docx(),
+     "not a readable Word (.docx) document (ValueError: multiple relationships of type"),
+    # Another format under the wrong extension: rename it, not "repair it with qpdf" or "re-save it"
+    ("word.pdf", lambda: make_docx([("p", "Fine")]), "this is a Word file named .pdf: rename it to .docx"),
+    ("slides.pdf", lambda: make_pptx([{"title": "Deck"}]), "this is a PowerPoint file named .pdf: rename it to .pptx"),
+    ("report.docx", lambda: make_pdf([[(11, "Text")]]), "this is a PDF file named .docx: rename it to .pdf"),
+    ("slides.docx", lambda: make_pptx([{"title": "Not Word"}]),
+     "this is a PowerPoint file named .docx: rename it to .pptx"),
+    ("bomb.pptx", make_zip_bomb, "refused as a zip bomb"),  # Word-shaped, but refused whatever its name
 ])
 def test_bad_files_raise_a_reason_that_says_what_to_do(name, data, reason):
     with pytest.raises(ParseError) as caught:
         parse_document(name, data())
     assert reason in caught.value.reason and caught.value.severity == "error"
     assert "BytesIO" not in caught.value.reason
+
+
+def _two_styles_docx() -> bytes:
+    external = (b'<Relationship Id="rIdX" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/'
+                b'styles" Target="http://127.0.0.1:9/styles.xml" TargetMode="External"/>')
+    return rewrite_docx(make_docx([("p", "Fine")]), {
+        "word/_rels/document.xml.rels": lambda rels: rels.replace(b"</Relationships>", external + b"</Relationships>")})
+
+
+def _zip(parts: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as container:
+        for name, part in parts.items():
+            container.writestr(name, part)
+    return out.getvalue()
 
 
 @pytest.mark.parametrize("name", ["word/h{}.xml", "word/media/image{}.png"])

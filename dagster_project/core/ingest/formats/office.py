@@ -1,9 +1,11 @@
 """Word (.docx, python-docx) and PowerPoint (.pptx, python-pptx): headings from Word's heading
 styles and from slide titles, tables as pipe tables, page numbers (Word's, as last laid out)
-and slide numbers on blocks. The ZIP container is checked before either library opens it."""
+and slide numbers on blocks. The ZIP container is checked before either library opens it, and
+whatever fails inside the libraries is a malformed document (`_reading`)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import re
@@ -33,6 +35,11 @@ MAX_XML_RATIO = 100
 XML_RATIO_FROM_BYTES = 8 * 1024 * 1024
 _CONTENT_TYPES = "{http://schemas.openxmlformats.org/package/2006/content-types}"
 _HEADING_STYLE = re.compile(r"heading (\d)$", re.IGNORECASE)
+
+
+class ZipBombRefused(ParseError):
+    """A container refused for what it would inflate to: under another extension it is refused
+    all the same, so no advice to rename it."""
 
 
 def _xml_parts(container: zipfile.ZipFile, members: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
@@ -98,17 +105,26 @@ def check_container(data: bytes, kind: str) -> None:
         raise ParseError(f"corrupt {kind} file: its ZIP container cannot be read ({exc}); open and re-save it, "
                          "or exclude it in corpus.yaml") from None
     if over:
-        raise ParseError(f"refused as a zip bomb: its {len(data)} bytes declare {'; '.join(over)}: exclude the file "
-                         "in corpus.yaml (a real document this large: split it)")
+        raise ZipBombRefused(f"refused as a zip bomb: its {len(data)} bytes declare {'; '.join(over)}: exclude the "
+                             "file in corpus.yaml (a real document this large: split it)")
 
 
-def _open(data: bytes, kind: str, opener):
+@contextlib.contextmanager
+def _reading(data: bytes, kind: str):
+    """Around everything a parser asks of python-docx or python-pptx, which read the file's parts
+    as they are asked for: a failure there (KeyError, ValueError, lxml errors; two `styles`
+    relationships are a ValueError only when the styles are read) is a file that is not this kind
+    of document, or a malformed one."""
     check_container(data, kind)
     try:
-        return opener(io.BytesIO(data))
+        yield
+    except ParseError:
+        raise
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ParseError(f"corrupt {kind} file ({exc}): open and re-save it, or exclude it in corpus.yaml") from None
-    except Exception as exc:  # KeyError, ValueError, lxml errors: a ZIP that is not this kind of document
+    except MemoryError:
+        raise
+    except Exception as exc:
         detail = re.sub(r"'<_io.BytesIO object at \w+>'", "the file", str(exc))
         raise ParseError(f"not a readable {kind} document ({type(exc).__name__}: {detail}): open and re-save it "
                          f"in an application that writes {kind}, or exclude it in corpus.yaml") from None
@@ -126,9 +142,14 @@ def _core_metadata(properties) -> tuple[str, dict]:
 
 def parse_docx(data: bytes) -> ParsedDocument:
     import docx
+
+    with _reading(data, "Word (.docx)"):
+        return _read_docx(docx.Document(io.BytesIO(data)))
+
+
+def _read_docx(document) -> ParsedDocument:
     from docx.table import Table
 
-    document = _open(data, "Word (.docx)", docx.Document)
     title, metadata = _core_metadata(document.core_properties)
     body = document.element.body
     # Word records where it last broke pages; without that (a generated file), hard page breaks.
@@ -193,7 +214,11 @@ def _shapes(shapes):
 def parse_pptx(data: bytes) -> ParsedDocument:
     from pptx import Presentation
 
-    presentation = _open(data, "PowerPoint (.pptx)", Presentation)
+    with _reading(data, "PowerPoint (.pptx)"):
+        return _read_pptx(Presentation(io.BytesIO(data)))
+
+
+def _read_pptx(presentation) -> ParsedDocument:
     title, metadata = _core_metadata(presentation.core_properties)
     headings: list[dict] = []
     blocks: list[Block] = []
