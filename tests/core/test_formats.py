@@ -8,13 +8,16 @@ import io
 import os
 import signal
 import sys
+import zipfile
 
 import pytest
 from pypdf import PdfReader, PdfWriter
 
 from dagster_project.core.ingest.formats.isolation import parse_isolated
 from dagster_project.core.ingest.parsing import ParseError, parse_document
-from tests.fakes.documents import make_docx, make_image_only_pdf, make_pdf, make_pptx, make_zip_bomb
+from dagster_project.core.ingest.formats import office
+from tests.fakes.documents import (HEADER_TYPE, make_docx, make_header_bomb, make_image_only_pdf, make_pdf, make_pptx,
+                                  make_zip_bomb, rewrite_docx)
 
 
 def sections(doc) -> list[tuple[list[str], str, int | None]]:
@@ -85,13 +88,110 @@ def test_pptx_slide_titles_slide_numbers_tables_and_notes():
     ("corrupt.docx", lambda: make_docx([("p", "Fine")])[:300], "corrupt Word (.docx) file"),
     ("corrupt.pptx", lambda: b"PK\x03\x04" + b"\x00" * 64, "corrupt PowerPoint (.pptx) file"),
     ("bomb.docx", make_zip_bomb, "zip bomb"),
-    ("slides.docx", lambda: make_pptx([{"title": "Not Word"}]), "not a readable Word (.docx) document"),
+    ("sheet.docx", lambda: _zip({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": b"<workbook/>"}),
+     "not a readable Word (.docx) document"),
+    # Two `styles` relationships (one external): python-docx fails only when the styles are read
+    ("two-styles.docx", lambda: _two_styles_docx(),
+     "not a readable Word (.docx) document (ValueError: multiple relationships of type"),
+    # Another format under the wrong extension: rename it, not "repair it with qpdf" or "re-save it"
+    ("word.pdf", lambda: make_docx([("p", "Fine")]), "this is a Word file named .pdf: rename it to .docx"),
+    ("slides.pdf", lambda: make_pptx([{"title": "Deck"}]), "this is a PowerPoint file named .pdf: rename it to .pptx"),
+    ("report.docx", lambda: make_pdf([[(11, "Text")]]), "this is a PDF file named .docx: rename it to .pdf"),
+    ("slides.docx", lambda: make_pptx([{"title": "Not Word"}]),
+     "this is a PowerPoint file named .docx: rename it to .pptx"),
+    ("bomb.pptx", make_zip_bomb, "refused as a zip bomb"),  # Word-shaped, but refused whatever its name
 ])
 def test_bad_files_raise_a_reason_that_says_what_to_do(name, data, reason):
     with pytest.raises(ParseError) as caught:
         parse_document(name, data())
     assert reason in caught.value.reason and caught.value.severity == "error"
     assert "BytesIO" not in caught.value.reason
+
+
+def _two_styles_docx() -> bytes:
+    external = (b'<Relationship Id="rIdX" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/'
+                b'styles" Target="http://127.0.0.1:9/styles.xml" TargetMode="External"/>')
+    return rewrite_docx(make_docx([("p", "Fine")]), {
+        "word/_rels/document.xml.rels": lambda rels: rels.replace(b"</Relationships>", external + b"</Relationships>")})
+
+
+def _zip(parts: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as container:
+        for name, part in parts.items():
+            container.writestr(name, part)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["word/h{}.xml", "word/media/image{}.png"])
+def test_many_megabyte_xml_parts_are_refused_before_python_docx_opens_the_file(monkeypatch, name):
+    """QA round 3's bomb: header parts of exactly 1,000,000 bytes (~300x each, just under the
+    1 MB past which a single part's ratio is checked), related from document.xml so python-docx
+    parses each when it opens the file: 300 of them (a 1 MB file) took it 4.7 GB. Ten take the XML
+    past the 8 MiB after which it must stay within 100x. A part counts as XML by the content type
+    [Content_Types].xml gives it, as the library reads it, not by its name."""
+    import docx
+
+    data = make_header_bomb(10, name=name, content_type=HEADER_TYPE)
+    assert len(data) < 100_000
+    opened = []
+    monkeypatch.setattr(docx, "Document", lambda *args: opened.append(args))
+    with pytest.raises(ParseError, match=r"refused as a zip bomb: its \d+ bytes declare 108\d{5} bytes of XML "
+                                         r"inflating \d+x their compressed size \(limit 100x past 8388608 bytes\): "
+                                         r"exclude the file in corpus.yaml"):
+        parse_document("headers.docx", data)
+    assert not opened
+
+
+def test_the_same_parts_typed_as_images_are_not_xml():
+    # Held as bytes by python-docx, not parsed: only the limits on all parts apply to them
+    doc = parse_document("pictures.docx", make_header_bomb(10, name="word/media/image{}.png", content_type="image/png"))
+    assert [b.text for b in doc.blocks] == ["Harmless text"]
+
+
+def _large_docx() -> bytes:
+    """A long Word file from python-docx: 30 headings, 2,970 paragraphs of 400 words, a table
+    (paragraphs placed with lxml: python-docx's add_paragraph looks for the section properties
+    among all the body's children each time)."""
+    import random
+
+    import docx
+    from docx.oxml.parser import OxmlElement
+    from docx.text.paragraph import Paragraph
+
+    pick = random.Random(7).choices
+    words = ("kestrel walrus heron pelican budget quarterly revenue onboarding laptop badge contract renewal "
+             "invoice supplier warehouse shipment forecast margin customer churn retention pricing seat plan").split()
+    document = docx.Document()
+    end, heading = document.element.body.sectPr, document.styles["Heading 1"]
+    for i in range(3000):
+        element = OxmlElement("w:p")
+        end.addprevious(element)
+        paragraph = Paragraph(element, document._body)
+        if i % 100 == 0:
+            paragraph.style = heading
+            paragraph.add_run(f"Chapter {i // 100 + 1}")
+        else:
+            paragraph.add_run()._r.add_t(" ".join(pick(words, k=400)) + f" ({i})")
+    table = document.add_table(rows=40, cols=4)
+    for r, row in enumerate(table.rows):
+        for c, cell in enumerate(row.cells):
+            cell.text = f"{words[(r + c) % len(words)]} {r * 4 + c}"
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def test_a_long_real_docx_is_within_the_limits_and_the_xml_cap_applies(monkeypatch):
+    data = _large_docx()
+    with zipfile.ZipFile(io.BytesIO(data)) as container:
+        xml = sum(m.file_size for m in container.infolist())
+    assert xml > office.XML_RATIO_FROM_BYTES  # so the ratio of its XML (~8x) is checked
+    doc = parse_document("long.docx", data)
+    assert len(doc.headings) == 30 and len(doc.blocks) == 2971 and doc.blocks[-1].kind == "table"
+    monkeypatch.setattr(office, "MAX_XML_BYTES", xml // 2)
+    with pytest.raises(ParseError, match=rf"declare \d+ bytes of XML in \d+ parts \(limit {xml // 2}: "):
+        parse_document("long.docx", data)
 
 
 def test_scan_advice_names_ocr_and_partly_scanned_pdf_is_indexed_with_a_warning():

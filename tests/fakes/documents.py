@@ -127,6 +127,42 @@ def make_zip_bomb(inflated_bytes: int = 16 * 1024 * 1024) -> bytes:
     return out.getvalue()
 
 
+HEADER_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.header+xml"
+
+
+def rewrite_docx(data: bytes, edits: dict, extra: dict[str, bytes] = ()) -> bytes:
+    """The package with `edits[name](bytes)` applied to its parts and the `extra` parts added."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as container:
+        for info in source.infolist():
+            part = source.read(info.filename)
+            container.writestr(info.filename, edits[info.filename](part) if info.filename in edits else part)
+        for name, part in dict(extra).items():
+            container.writestr(name, part)
+    return out.getvalue()
+
+
+def make_header_bomb(headers: int, *, name: str = "word/h{}.xml", content_type: str = HEADER_TYPE) -> bytes:
+    """QA's shape of bomb: a real .docx plus `headers` header parts of exactly 1,000,000 bytes of
+    tiny paragraphs (~300x each, just under the old 1 MB floor of the per-part ratio), each
+    related from document.xml, which python-docx loads and parses when it opens the file."""
+    w = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    head = f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:hdr xmlns:w="{w}">'.encode()
+    tail, paragraph = b"</w:hdr>", b"<w:p><w:r><w:t>x</w:t></w:r></w:p>"
+    body = head + paragraph * ((1_000_000 - len(head) - len(tail)) // len(paragraph))
+    body += b" " * (1_000_000 - len(body) - len(tail)) + tail
+    names = [name.format(i) for i in range(headers)]
+    types = b"".join(f'<Override PartName="/{n}" ContentType="{content_type}"/>'.encode() for n in names)
+    rels = b"".join(f'<Relationship Id="rIdH{i}" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+                    f'relationships/header" Target="{n.removeprefix("word/")}"/>'.encode() for i, n in enumerate(names))
+    return rewrite_docx(make_docx([("p", "Harmless text")]),
+                        {"[Content_Types].xml": lambda d: d.replace(b"</Types>", types + b"</Types>"),
+                         "word/_rels/document.xml.rels": lambda d: d.replace(b"</Relationships>",
+                                                                             rels + b"</Relationships>")},
+                        {n: body for n in names})
+
+
 def make_long_pdf(pages: int, lines_per_page: int = 60) -> bytes:
     """Many pages sharing one content stream: cheap to write, slow to read (a time-limit case)."""
     from pypdf import PdfWriter
