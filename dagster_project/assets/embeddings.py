@@ -71,7 +71,11 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
         extra = {"model": models[0].model.key}
         if len(models) > 1:
             extra["candidate"] = models[1].model.key
-        metadata = record_and_describe(context, store, report, **extra)
+        if shard.count > 1:
+            # The whole collection's distinct texts: what `refinery ingest` says was reused for a
+            # sharded collection (a text two shards share is embedded or reused once, not per shard).
+            extra["collection_texts"] = store.text_counts(shard.collection, store.model_id(models[0].model))[0]
+        metadata = record_and_describe(context, store, report, shard, **extra)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
     return embeddings

@@ -59,18 +59,23 @@ def _run_ingest(project, names: list[str], as_json: bool) -> int:
     keys = [s.key for s in project.manifest.shards() if s.collection in names]
     runs = run_job(project, INGEST_JOB, keys)
     per_collection: dict[str, dict] = {}
+    shard_runs: dict[str, list[dict]] = {}
     for key, run in runs.items():
         name = key.partition("/")[0]
         docs, emb = run["steps"].get("documents", {}), run["steps"].get("embeddings", {})
         shard = {
             "run_id": run["run_id"], "success": run["success"], "seconds": run["seconds"],
             "documents": {k: int(docs.get(k, 0)) for k in ("new", "changed", "unchanged", "deleted")},
-            "chunks": {k: int(v) for k, v in run["steps"].get("chunks", {}).items() if isinstance(v, int)},
+            "chunks": {k: int(v) for k, v in run["steps"].get("chunks", {}).items()
+                       if isinstance(v, int) and not k.startswith("collection_")},
             "embedded": int(emb.get("texts_embedded", 0)), "reused": int(emb.get("reused", 0)),
             "tokens_embedded": int(emb.get("tokens_embedded", 0)),
             "checks": run["checks"], "failures": run["failures"],
         }
         per_collection[name] = _add_shard(per_collection[name], shard) if name in per_collection else shard
+        shard_runs.setdefault(name, []).append(run)
+    for name, shards in shard_runs.items():
+        _collection_totals(per_collection[name], shards)
     store = VectorStore(os.environ["DATABASE_URL"])
     try:
         status = store.status(None)
@@ -99,6 +104,25 @@ def _add_shard(total: dict, shard: dict) -> dict:
             "checks": {k: total["checks"].get(k, True) and shard["checks"].get(k, True)
                        for k in total["checks"].keys() | shard["checks"].keys()},
             "failures": total["failures"] + shard["failures"]}
+
+
+def _collection_totals(line: dict, runs: list[dict]) -> None:
+    """The collection's line says what the collection holds after the command, sharded or not:
+    the totals its last embeddings step recorded (the chunks step's are from before the vectors).
+    A shard's materializations count that shard's rows and give its collection's totals as
+    `collection_*`; the last shard's are final. `reused` of a sharded collection: its distinct
+    texts, per model built, less those embedded now (per shard, a text two shards share would
+    count twice)."""
+    last = next((r["steps"]["embeddings"] for r in reversed(runs) if "embeddings" in r["steps"]), None)
+    if last is None:
+        return
+    sharded = len(runs) > 1
+    held = {k: last.get(f"collection_{k}" if sharded else f"total_{k}") for k in ("documents", "chunks", "vectors")}
+    if all(isinstance(v, int) for v in held.values()):
+        line["chunks"].update({f"total_{k}": v for k, v in held.items()}, **{"dagster/row_count": held["chunks"]})
+    if sharded and "collection_texts" in last and all("embeddings" in r["steps"] for r in runs):
+        models = 2 if last.get("candidate") else 1
+        line["reused"] = max(0, models * int(last["collection_texts"]) - line["embedded"])
 
 
 def _summarize(per_collection: dict[str, dict]) -> dict:
