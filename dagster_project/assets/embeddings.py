@@ -55,7 +55,8 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
         states = {m.model.key: store.consistency(shard.collection, store.model_id(m.model),
                                                  project.chunker_version, shard) for m in models}
         active = states[models[0].model.key]  # first: the active model (search serves it)
-        # Recorded with the step: the embedding coverage of the daily metric snapshots.
+        # Recorded with the step (the daily snapshots count the coverage in the store instead: a run
+        # that dies before this step records nothing).
         report.counts.update(live_chunks=active.live_chunks, missing_vectors=active.missing_vectors)
         checks = [
             partition_check(context, "every_live_chunk_has_vector", all(s.missing_vectors == 0 for s in states.values()),
