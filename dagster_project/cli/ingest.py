@@ -183,6 +183,7 @@ def cmd_prune(args) -> int:
 def cmd_status(args) -> int:
     from ..core.db.store import VectorStore
     from ..core.ingest.corpus import root_problem
+    from ..core.refine.pipeline import due_for_refinement
     from ..project import Project
 
     settings = load_settings(args)
@@ -194,12 +195,20 @@ def cmd_status(args) -> int:
         collections = store.status(None if active is None else store.model_id_by_key(active))
         configured = store.resolve_model_key(project.embedding_generation)
         outside = store.collections_outside(sorted(project.manifest.collections))
+        # Refined documents that `refinery refine` would redo, by its own rule (the configured chain).
+        out_of_date = {}
+        for name in project.manifest.collections:
+            keys = store.refinement_keys(name)
+            due = due_for_refinement(keys, settings.llm_models)
+            out_of_date[name] = sum(1 for k in keys if k.current is not None and not k.awaiting_model
+                                    and k.document_id in due)
     finally:
         store.close()
     empty = {"documents": 0, "chunks": 0, "vectors": 0, "refined": 0, "awaiting_model": 0, "quarantined": 0,
              "errors": [], "warnings": []}
     external = project.manifest.external_roots()
-    out = {"collections": {n: {**collections.get(n, dict(empty)), "root": str(c.root),
+    out = {"collections": {n: {**collections.get(n, dict(empty)), "refined_out_of_date": out_of_date[n],
+                               "root": str(c.root),
                                "root_problem": root_problem(c),
                                "root_outside_manifest_folder": n in external,
                                "follow_external_symlinks": c.follow_external_symlinks}
@@ -215,6 +224,10 @@ def cmd_status(args) -> int:
                      f"{c['quarantined']:>9} {len(c['errors']):>7} {len(c['warnings']):>9}")
         if c["root_problem"]:
             lines.append(f"  error   {c['root_problem']}")
+        if c["refined_out_of_date"]:
+            lines.append(f"  note: {c['refined_out_of_date']} of the {c['refined']} refined documents are out of date "
+                         "(their document, LLM_MODEL, the prompt or the schema changed since, or a person rejected "
+                         "the refinement): the next `refinery refine` redoes them")
         if c["awaiting_model"]:
             lines.append(f"  note: {c['awaiting_model']} more documents hold an extractive stand-in awaiting the model "
                          "(it could not be reached for them): the next `refinery refine` sends them")
