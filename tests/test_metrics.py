@@ -311,3 +311,57 @@ def test_cli_snapshot(pg_server, tmp_path):
     assert {"metric": "documents", "dimensions": {}, "value": 0.0, "kind": "history"} in report["metrics"]
     assert report["checks"]["documents_within_thresholds"]["severity"] == "ERROR"
     assert report["live_metrics"].startswith("not measured")
+
+
+def test_coverage_is_counted_in_the_store_and_vectors_are_the_active_models(pipeline, tmp_path, monkeypatch):
+    """A run killed between its chunks and embeddings steps leaves live chunks without a vector
+    (here: the vectors of one collection deleted, as that run never wrote them). The snapshot
+    counts them, though every embeddings step on record verified full coverage, and its check
+    fails with the severity monitoring.yaml gives; a rerun heals it. `vectors` is the active
+    model's: a candidate's vectors beside them are counted per model only."""
+    from dagster_project.core.metrics.monitoring import load_thresholds
+
+    shipped = load_thresholds(PROJECT_ROOT / "monitoring.yaml")["embedding_coverage"]
+    monkeypatch.setenv("MONITORING_FILE", str(write_monitoring(tmp_path, {"embedding_coverage": {
+        "target": shipped.target, "warning": shipped.warning, "critical": shipped.critical}})))
+    pipeline.ingest()
+    monkeypatch.setenv("EMBED_DIMS", "128")  # a candidate model, built beside the active one
+    pipeline.ingest()
+    monkeypatch.delenv("EMBED_DIMS")
+    store = pipeline.store
+    active = store.model_id_by_key(store.active_model_key())
+    with psycopg.connect(pipeline.db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM embeddings e USING chunks c WHERE c.content_hash = e.content_hash "
+                     "AND c.collection = 'support' AND e.model_id = %s", (active,))
+    (live, covered, support), = pipeline.rows(
+        "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = %s "
+        "AND e.content_hash = c.content_hash)), count(*) FILTER (WHERE c.collection = 'support') FROM chunks c",
+        active)
+    assert 0 < covered < live and support == live - covered
+    active_vectors, every_vector = pipeline.rows(
+        "SELECT count(*) FILTER (WHERE model_id = %s), count(*) FROM embeddings", active)[0]
+    assert every_vector > active_vectors
+
+    def verdict(result):
+        check, = [e for e in result.get_asset_check_evaluations()
+                  if e.check_name == "embedding_coverage_within_thresholds"]
+        return check.passed, check.severity, check.metadata["status"].value
+
+    result = pipeline.snapshot(today())
+    now = read_snapshot(store, today())
+    got = values(now)
+    coverage = covered / live
+    assert got[("embedding_coverage", "{}")] == (pytest.approx(coverage), "live")
+    assert got[("embedding_coverage", json.dumps({"collection": "support"}))][0] == 0.0
+    assert got[("embedding_coverage", json.dumps({"collection": "product"}))][0] == 1.0
+    status = shipped.status(coverage)
+    assert status in (WARNING, CRITICAL)
+    assert verdict(result) == (False, dg.AssetCheckSeverity.ERROR if status == CRITICAL else dg.AssetCheckSeverity.WARN,
+                               status)
+    assert got[("vectors", "{}")][0] == active_vectors
+    assert sum(v for (metric, dims), (v, _) in got.items() if metric == "vectors" and dims != "{}") == every_vector
+
+    pipeline.ingest("support")  # the rerun embeds what the killed run did not
+    healed = pipeline.snapshot(today())
+    assert read_snapshot(store, today()) and values(read_snapshot(store, today()))[("embedding_coverage", "{}")][0] == 1.0
+    assert verdict(healed) == (True, dg.AssetCheckSeverity.WARN, OK)

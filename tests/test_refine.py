@@ -200,3 +200,50 @@ def test_nearly_spent_rate_limit_slows_the_next_call(indexed, fake_openai):
     started = time.monotonic()
     refine(indexed, chain(fake_openai, concurrency=1), "sales")  # 3 calls: the 2nd and 3rd wait
     assert time.monotonic() - started >= 1.3
+
+
+def test_status_counts_the_refinements_refine_would_redo(pg_server, tmp_path, fake_openai):
+    """`refinery status` says how many refined documents are out of date, by refine's own rule:
+    after two documents are edited and re-ingested, status and `refine --dry-run` both say two;
+    with another LLM_MODEL configured, every one; after the refine, none."""
+    import json
+    import os
+    import shutil
+
+    from tests.conftest import SAMPLE_MANIFEST, new_database, refinery
+
+    shutil.copytree(SAMPLE_MANIFEST.parent, tmp_path / "examples")
+    env = {**os.environ, "DATABASE_URL": new_database(pg_server),
+           "DAGSTER_PG_URL": new_database(pg_server, template="template1"),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home"), "REFINERY_HOME": str(tmp_path / "refinery_home"),
+           "EMBED_PROVIDER": "hash", "CORPUS_MANIFEST": str(tmp_path / "examples" / SAMPLE_MANIFEST.name),
+           "LLM_MODEL": "gpt-4o-mini", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_API_KEY": KEY}
+    fake_openai.chat_responder = valid_answer
+
+    def run(*args, **extra):
+        done = refinery({**env, **extra}, *args, "--collection", "product") if args[0] != "status" \
+            else refinery({**env, **extra}, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def status(**extra) -> tuple[int, int]:
+        product = json.loads(run("status", "--json", **extra))["collections"]["product"]
+        return product["refined"], product["refined_out_of_date"]
+
+    def would_refine(**extra) -> int:
+        return json.loads(run("refine", "--dry-run", "--json", **extra))["collections"]["product"]["would_refine"]
+
+    run("ingest")
+    run("refine")
+    assert status() == (6, 0) and would_refine() == 0
+    for name in ("search.md", "sync-and-offline.md"):
+        path = tmp_path / "examples" / "knowledge_base" / "product" / name
+        path.write_text(path.read_text() + "\n\nAppended after the refinement.\n")
+    run("ingest")
+    assert status() == (6, 2) and would_refine() == 2
+    text = run("status")
+    assert "note: 2 of the 6 refined documents are out of date" in text, text
+    assert status(LLM_MODEL="gpt-4o") == (6, 6) and would_refine(LLM_MODEL="gpt-4o") == 6  # another chain
+    run("refine")
+    assert status() == (6, 0) and would_refine() == 0
+    assert "out of date" not in run("status")

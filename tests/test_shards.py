@@ -120,19 +120,103 @@ def test_shards_are_partitions_and_unsharded_collections_keep_their_keys(db_url,
     defs = build_definitions(project)
     assert defs.resolve_job_def(REFINE_JOB).partitions_def.get_partition_keys() == ["kb", "small"]
     job = defs.resolve_job_def(INGEST_JOB)
+    materialized = {}
     with dg.DagsterInstance.ephemeral() as instance:
         for key in ("kb/0", "kb/1"):
             result = job.execute_in_process(partition_key=key, instance=instance)
             assert result.success
             assert all(e.passed for e in result.get_asset_check_evaluations()), key
+            materialized[key] = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+                                 for e in result.get_asset_materialization_events()}
     store = VectorStore(db_url)
     try:
         assert len(store.document_versions("kb")) == sum(1 for p in root.rglob("*") if p.is_file()) - 1  # broken.md
         model_id = store.model_id_by_key(store.active_model_key())
         assert store.consistency("kb", model_id, project.chunker_version).missing_vectors == 0
+        held = store.collection_totals("kb")
     finally:
         store.close()
+    # Each shard's materializations count its own rows, which add up to the collection's; the
+    # collection's totals (after the shard's run: the last shard's are final) are collection_*.
+    for asset, rows in (("documents", "documents"), ("chunks", "chunks"), ("embeddings", "vectors")):
+        shards = [materialized[key][asset] for key in ("kb/0", "kb/1")]
+        assert all(0 < m["dagster/row_count"] == m[f"total_{rows}"] < held[rows] for m in shards), asset
+        assert sum(m["dagster/row_count"] for m in shards) == held[rows], asset
+        assert shards[-1][f"collection_{rows}"] == held[rows] and shards[-1]["shard"] == "1 of 2 (kb/1)", asset
+    last = materialized["kb/1"]["embeddings"]
+    assert {k: last[f"collection_{k}"] for k in ("documents", "chunks", "vectors")} \
+        == {k: held[k] for k in ("documents", "chunks", "vectors")}
+    assert last["collection_embedding_coverage"] == 1.0
 
     unsharded = Project.load(Settings.from_env(corpus_manifest=str(write_manifest(tmp_path, {"kb": {"root": str(root)}}))))
     assert unsharded.ingest_partitions is unsharded.partitions
     assert unsharded.ingest_partitions.get_partition_keys() == ["kb"]
+
+
+def test_cli_ingest_json_of_a_sharded_collection_gives_the_collection_totals(pg_server, tmp_path):
+    """`refinery ingest --json` on a collection of three shards says what the collection holds,
+    exactly as on one shard: its totals are not multiplied by the shard count, and a text two
+    shards share is reused (or embedded) once. Each shard's materialization counts its own rows
+    (dagster/row_count, total_*), and names the collection's under collection_*."""
+    import json
+    import os
+
+    import psycopg
+
+    from tests.conftest import refinery
+
+    root = tmp_path / "kb"
+    shutil.copytree(SAMPLE_MANIFEST.parent / "knowledge_base" / "product", root)
+    # The same file under names in different shards: its chunk texts are shared by two shards.
+    source = (root / "search.md").read_text()
+    copies = {}
+    for i in range(200):
+        name = f"copy-{i}.md"
+        copies.setdefault(shard_of(name, 3), name)
+        if len(copies) == 3:
+            break
+    for name in copies.values():
+        (root / name).write_text(source)
+    assert len({shard_of(p.name, 3) for p in root.iterdir()}) == 3
+    manifests = {}
+    for n in (1, 3):
+        (tmp_path / f"m{n}").mkdir()
+        manifests[n] = write_manifest(tmp_path / f"m{n}", {"kb": {"root": str(root), "shards": n}})
+
+    def env_for(url: str, name: str) -> dict:
+        return {**os.environ, "DATABASE_URL": url, "DAGSTER_PG_URL": new_database(pg_server, template="template1"),
+                "DAGSTER_HOME": str(tmp_path / f"dagster-{name}"), "REFINERY_HOME": str(tmp_path / f"home-{name}"),
+                "EMBED_PROVIDER": "hash"}
+
+    def ingest_json(env, shards: int) -> dict:
+        done = refinery(env, "ingest", "--json", "--manifest", str(manifests[shards]))
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)["collections"]["kb"]
+
+    def totals(line: dict) -> dict:
+        return {"embedded": line["embedded"], "reused": line["reused"], "documents": line["documents"],
+                **{k: line["chunks"][k] for k in ("total_documents", "total_chunks", "total_vectors",
+                                                   "dagster/row_count")}}
+
+    one_url, three_url = new_database(pg_server), new_database(pg_server)
+    one, three = env_for(one_url, "one"), env_for(three_url, "three")
+    unsharded = ingest_json(one, 1)
+    sharded = ingest_json(three, 3)
+    with psycopg.connect(one_url) as conn:
+        documents, chunks, texts = conn.execute(
+            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), "
+            "(SELECT count(DISTINCT content_hash) FROM chunks)").fetchone()
+    assert totals(sharded) == totals(unsharded)
+    # What the collection holds after the command (not before its vectors, as the chunks step saw it).
+    assert totals(unsharded) == {"embedded": texts, "reused": 0, "documents": {"new": documents, "changed": 0,
+                                                                               "unchanged": 0, "deleted": 0},
+                                 "total_documents": documents, "total_chunks": chunks, "total_vectors": chunks,
+                                 "dagster/row_count": chunks}
+
+    # Nothing changed: every text is reused once, the totals are the collection's.
+    again_one, again_three = ingest_json(one, 1), ingest_json(three, 3)
+    assert totals(again_three) == totals(again_one)
+    assert again_three["reused"] == texts and again_three["embedded"] == 0
+    # The unsharded collection split into shards: nothing re-embedded, the same totals.
+    split = ingest_json(one, 3)
+    assert totals(split) == totals(again_one)

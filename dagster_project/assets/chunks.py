@@ -34,7 +34,7 @@ def build_chunks(project: Project) -> dg.AssetsDefinition:
         stale = store.stale_documents(shard.collection, settings.version(project.token_counter), shard)
         text_index = store.text_index_counts(shard.collection)  # BM25 statistics are the collection's
         return dg.MaterializeResult(
-            metadata=record_and_describe(context, store, report, chunker_version=project.chunker_version),
+            metadata=record_and_describe(context, store, report, shard, chunker_version=project.chunker_version),
             check_results=[
                 partition_check(context, "chunks_match_documents", stale == 0, {"stale_documents": stale}),
                 partition_check(context, "text_index_matches_chunks", len(set(text_index.values())) == 1, text_index),

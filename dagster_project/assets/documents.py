@@ -48,6 +48,6 @@ def build_documents(project: Project) -> dg.AssetsDefinition:
             log(f"{issue.path}: {issue.reason}")
         record_observed_version(context, "corpus_files", report.source_version)
         return dg.MaterializeResult(metadata=record_and_describe(
-            context, vector_store.store, report, collections_not_in_manifest=dg.MetadataValue.json(outside)))
+            context, vector_store.store, report, shard, collections_not_in_manifest=dg.MetadataValue.json(outside)))
 
     return documents

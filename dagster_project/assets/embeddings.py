@@ -55,7 +55,8 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
         states = {m.model.key: store.consistency(shard.collection, store.model_id(m.model),
                                                  project.chunker_version, shard) for m in models}
         active = states[models[0].model.key]  # first: the active model (search serves it)
-        # Recorded with the step: the embedding coverage of the daily metric snapshots.
+        # Recorded with the step (the daily snapshots count the coverage in the store instead: a run
+        # that dies before this step records nothing).
         report.counts.update(live_chunks=active.live_chunks, missing_vectors=active.missing_vectors)
         checks = [
             partition_check(context, "every_live_chunk_has_vector", all(s.missing_vectors == 0 for s in states.values()),
@@ -71,7 +72,11 @@ def build_embeddings(project: Project) -> dg.AssetsDefinition:
         extra = {"model": models[0].model.key}
         if len(models) > 1:
             extra["candidate"] = models[1].model.key
-        metadata = record_and_describe(context, store, report, **extra)
+        if shard.count > 1:
+            # The whole collection's distinct texts: what `refinery ingest` says was reused for a
+            # sharded collection (a text two shards share is embedded or reused once, not per shard).
+            extra["collection_texts"] = store.text_counts(shard.collection, store.model_id(models[0].model))[0]
+        metadata = record_and_describe(context, store, report, shard, **extra)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
     return embeddings

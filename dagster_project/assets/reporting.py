@@ -5,13 +5,14 @@ from __future__ import annotations
 import dagster as dg
 
 from ..core.db.store import VectorStore
+from ..core.ingest.corpus import Shard
 from ..core.ingest.pipeline import StepReport
 
 MAX_LISTED_ISSUES = 50
 
 
 def record_and_describe(context: dg.AssetExecutionContext, store: VectorStore, report: StepReport,
-                        **extra) -> dict:
+                        shard: Shard | None = None, **extra) -> dict:
     store.record_step(
         run_id=context.run_id, collection=report.collection, step=report.step,
         seconds=report.seconds,
@@ -36,7 +37,7 @@ def record_and_describe(context: dg.AssetExecutionContext, store: VectorStore, r
             "| severity | file | reason |\n|---|---|---|\n" + rows + (f"\n\n…and {more} more" if more > 0 else ""))
     if report.warnings:
         metadata["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
-    metadata.update(collection_totals(store, report.collection, ROW_COUNT_OF[report.step]))
+    metadata.update(collection_totals(store, report.collection, ROW_COUNT_OF[report.step], shard))
     metadata.update(extra)
     return metadata
 
@@ -45,17 +46,26 @@ def record_and_describe(context: dg.AssetExecutionContext, store: VectorStore, r
 ROW_COUNT_OF = {"documents": "documents", "chunks": "chunks", "embeddings": "vectors", "refined_documents": "refined"}
 
 
-def collection_totals(store: VectorStore, collection: str, rows: str) -> dict:
-    """The collection as it stands after the run, beside what the run changed: a run with nothing
-    to do still shows how much the collection holds."""
-    totals = store.collection_totals(collection)
-    return {
-        "dagster/row_count": dg.MetadataValue.int(totals[rows]),
-        "collection": dg.MetadataValue.text(collection),
-        **{f"total_{k}": dg.MetadataValue.int(v) for k, v in totals.items() if k != "refined" or rows == "refined"},
-        "embedding_coverage": dg.MetadataValue.float(round(totals["vectors"] / totals["chunks"], 4)
-                                                     if totals["chunks"] else 1.0),
-    }
+def collection_totals(store: VectorStore, collection: str, rows: str, shard: Shard | None = None) -> dict:
+    """The partition as it stands after the run, beside what the run changed: a run with nothing
+    to do still shows how much it holds. A partition is a collection or, for a sharded one, one
+    shard: `dagster/row_count`, `total_*` and `embedding_coverage` count the partition's own rows
+    (so they add up over a collection's shards, like any per-partition sum in Dagster), and a
+    shard's materialization also says what its whole collection holds (`collection_*`)."""
+    sharded = shard is not None and shard.count > 1
+
+    def described(totals: dict, prefix: str) -> dict:
+        return {**{f"{prefix}{k}": dg.MetadataValue.int(v) for k, v in totals.items() if k != "refined" or rows == "refined"},
+                f"{prefix.replace('total_', '')}embedding_coverage": dg.MetadataValue.float(
+                    round(totals["vectors"] / totals["chunks"], 4) if totals["chunks"] else 1.0)}
+
+    own = store.collection_totals(collection, shard if sharded else None)
+    metadata = {"dagster/row_count": dg.MetadataValue.int(own[rows]), "collection": dg.MetadataValue.text(collection),
+                **described(own, "total_")}
+    if sharded:
+        metadata["shard"] = dg.MetadataValue.text(f"{shard.index} of {shard.count} ({shard.key})")
+        metadata.update(described(store.collection_totals(collection), "collection_"))
+    return metadata
 
 
 def partition_check(context: dg.AssetExecutionContext, check_name: str, passed: bool, metadata: dict,

@@ -59,18 +59,23 @@ def _run_ingest(project, names: list[str], as_json: bool) -> int:
     keys = [s.key for s in project.manifest.shards() if s.collection in names]
     runs = run_job(project, INGEST_JOB, keys)
     per_collection: dict[str, dict] = {}
+    shard_runs: dict[str, list[dict]] = {}
     for key, run in runs.items():
         name = key.partition("/")[0]
         docs, emb = run["steps"].get("documents", {}), run["steps"].get("embeddings", {})
         shard = {
             "run_id": run["run_id"], "success": run["success"], "seconds": run["seconds"],
             "documents": {k: int(docs.get(k, 0)) for k in ("new", "changed", "unchanged", "deleted")},
-            "chunks": {k: int(v) for k, v in run["steps"].get("chunks", {}).items() if isinstance(v, int)},
+            "chunks": {k: int(v) for k, v in run["steps"].get("chunks", {}).items()
+                       if isinstance(v, int) and not k.startswith("collection_")},
             "embedded": int(emb.get("texts_embedded", 0)), "reused": int(emb.get("reused", 0)),
             "tokens_embedded": int(emb.get("tokens_embedded", 0)),
             "checks": run["checks"], "failures": run["failures"],
         }
         per_collection[name] = _add_shard(per_collection[name], shard) if name in per_collection else shard
+        shard_runs.setdefault(name, []).append(run)
+    for name, shards in shard_runs.items():
+        _collection_totals(per_collection[name], shards)
     store = VectorStore(os.environ["DATABASE_URL"])
     try:
         status = store.status(None)
@@ -99,6 +104,25 @@ def _add_shard(total: dict, shard: dict) -> dict:
             "checks": {k: total["checks"].get(k, True) and shard["checks"].get(k, True)
                        for k in total["checks"].keys() | shard["checks"].keys()},
             "failures": total["failures"] + shard["failures"]}
+
+
+def _collection_totals(line: dict, runs: list[dict]) -> None:
+    """The collection's line says what the collection holds after the command, sharded or not:
+    the totals its last embeddings step recorded (the chunks step's are from before the vectors).
+    A shard's materializations count that shard's rows and give its collection's totals as
+    `collection_*`; the last shard's are final. `reused` of a sharded collection: its distinct
+    texts, per model built, less those embedded now (per shard, a text two shards share would
+    count twice)."""
+    last = next((r["steps"]["embeddings"] for r in reversed(runs) if "embeddings" in r["steps"]), None)
+    if last is None:
+        return
+    sharded = len(runs) > 1
+    held = {k: last.get(f"collection_{k}" if sharded else f"total_{k}") for k in ("documents", "chunks", "vectors")}
+    if all(isinstance(v, int) for v in held.values()):
+        line["chunks"].update({f"total_{k}": v for k, v in held.items()}, **{"dagster/row_count": held["chunks"]})
+    if sharded and "collection_texts" in last and all("embeddings" in r["steps"] for r in runs):
+        models = 2 if last.get("candidate") else 1
+        line["reused"] = max(0, models * int(last["collection_texts"]) - line["embedded"])
 
 
 def _summarize(per_collection: dict[str, dict]) -> dict:
@@ -159,6 +183,7 @@ def cmd_prune(args) -> int:
 def cmd_status(args) -> int:
     from ..core.db.store import VectorStore
     from ..core.ingest.corpus import root_problem
+    from ..core.refine.pipeline import due_for_refinement
     from ..project import Project
 
     settings = load_settings(args)
@@ -170,12 +195,20 @@ def cmd_status(args) -> int:
         collections = store.status(None if active is None else store.model_id_by_key(active))
         configured = store.resolve_model_key(project.embedding_generation)
         outside = store.collections_outside(sorted(project.manifest.collections))
+        # Refined documents that `refinery refine` would redo, by its own rule (the configured chain).
+        out_of_date = {}
+        for name in project.manifest.collections:
+            keys = store.refinement_keys(name)
+            due = due_for_refinement(keys, settings.llm_models)
+            out_of_date[name] = sum(1 for k in keys if k.current is not None and not k.awaiting_model
+                                    and k.document_id in due)
     finally:
         store.close()
     empty = {"documents": 0, "chunks": 0, "vectors": 0, "refined": 0, "awaiting_model": 0, "quarantined": 0,
              "errors": [], "warnings": []}
     external = project.manifest.external_roots()
-    out = {"collections": {n: {**collections.get(n, dict(empty)), "root": str(c.root),
+    out = {"collections": {n: {**collections.get(n, dict(empty)), "refined_out_of_date": out_of_date[n],
+                               "root": str(c.root),
                                "root_problem": root_problem(c),
                                "root_outside_manifest_folder": n in external,
                                "follow_external_symlinks": c.follow_external_symlinks}
@@ -191,6 +224,10 @@ def cmd_status(args) -> int:
                      f"{c['quarantined']:>9} {len(c['errors']):>7} {len(c['warnings']):>9}")
         if c["root_problem"]:
             lines.append(f"  error   {c['root_problem']}")
+        if c["refined_out_of_date"]:
+            lines.append(f"  note: {c['refined_out_of_date']} of the {c['refined']} refined documents are out of date "
+                         "(their document, LLM_MODEL, the prompt or the schema changed since, or a person rejected "
+                         "the refinement): the next `refinery refine` redoes them")
         if c["awaiting_model"]:
             lines.append(f"  note: {c['awaiting_model']} more documents hold an extractive stand-in awaiting the model "
                          "(it could not be reached for them): the next `refinery refine` sends them")

@@ -22,13 +22,21 @@ class Consistency:
     examples: dict = field(default_factory=dict)
 
 
-COLLECTION_TOTALS = (
-    "SELECT (SELECT count(*) FROM documents WHERE collection = %(c)s),"
-    " (SELECT count(*) FROM chunks WHERE collection = %(c)s),"
-    " (SELECT count(*) FROM chunks c WHERE c.collection = %(c)s AND EXISTS (SELECT 1 FROM embeddings e"
-    "   JOIN active_embedding_model a ON a.model_id = e.model_id WHERE e.content_hash = c.content_hash)),"
-    " (SELECT count(*) FROM refined_documents WHERE collection = %(c)s)"
-)
+def collection_totals_sql(shard: Shard | None = None) -> str:
+    """Documents, chunks, chunks with a vector of the active model and refined documents of one
+    collection (%(c)s), or of one shard of it."""
+    documents = shard.documents_filter() if shard else ""
+    chunks = shard.chunks_filter() if shard else ""
+    return (
+        f"SELECT (SELECT count(*) FROM documents WHERE collection = %(c)s{documents}),"
+        f" (SELECT count(*) FROM chunks WHERE collection = %(c)s{chunks}),"
+        f" (SELECT count(*) FROM chunks c WHERE c.collection = %(c)s{shard.chunks_filter('c.document_id') if shard else ''}"
+        " AND EXISTS (SELECT 1 FROM embeddings e"
+        "   JOIN active_embedding_model a ON a.model_id = e.model_id WHERE e.content_hash = c.content_hash)),"
+        " (SELECT count(*) FROM refined_documents WHERE collection = %(c)s)"
+    )
+
+
 TEXT_INDEX_COUNTS = (
     "SELECT (SELECT coalesce(sum(length(tsv)), 0) FROM chunks WHERE collection = %(c)s),"
     " (SELECT count(*) FROM chunk_terms p JOIN chunks c ON c.id = p.chunk_id WHERE c.collection = %(c)s),"
@@ -74,12 +82,13 @@ class StatusQueries:
             out[collection]["errors" if severity == "error" else "warnings"].append({"path": path, "reason": reason})
         return out
 
-    def collection_totals(self, collection: str) -> dict[str, int]:
-        """What one collection holds now: documents, chunks, chunks with a vector of the active
-        model, refined documents."""
+    def collection_totals(self, collection: str, shard: Shard | None = None) -> dict[str, int]:
+        """What one collection (or, with a sharded `shard`, that shard) holds now: documents,
+        chunks, chunks with a vector of the active model, refined documents (always the whole
+        collection's: refinement is per collection)."""
         with self.reading() as conn:
             row = conn.execute(
-                COLLECTION_TOTALS,
+                collection_totals_sql(shard if shard is not None and shard.count > 1 else None),
                 {"c": collection}).fetchone()
         return dict(zip(("documents", "chunks", "vectors", "refined"), map(int, row)))
 

@@ -1,7 +1,8 @@
 """Daily metric snapshots: a day's size, coverage, cost, refinement, feedback and retrieval
 figures. History metrics are computed from the event and history tables as of the day's end
 (UTC), so a backfill of a past day gives the numbers a snapshot taken on the day gave; live
-metrics (retrieval quality, search latency) can only be measured now, and are kept as measured."""
+metrics (embedding coverage, retrieval quality, search latency) can only be measured now, and are
+kept as measured."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ APPROVAL_WINDOW_DAYS = 7  # feedback approval: user judgements of the last seven
 METRICS = {
     "documents": "documents in the index (history; total and per collection)",
     "chunks": "chunks in the index (history; total and per collection)",
-    "vectors": "vectors stored, every model (history; total and per model)",
-    "embedding_coverage": "share of live chunks with a vector for the active model, as verified by each "
-                          "collection's latest embeddings step (history; total and per collection)",
+    "vectors": "vectors stored: the total of the model active at the day's end, and per model (history)",
+    "embedding_coverage": "share of live chunks with a vector of the active model, counted in the store "
+                          "(live; total and per collection)",
     "texts_embedded": "texts sent to the embedder (history, day)",
     "tokens_embedded": "tokens sent to the embedder (history, day)",
     "llm_calls": "LLM calls (history, day; total and per model)",
@@ -51,7 +52,8 @@ METRICS = {
     "search_latency_p50_ms": "median hybrid search time over the golden questions, query embedded (live)",
     "search_latency_p95_ms": "95th percentile hybrid search time over the golden questions (live)",
 }
-LIVE_METRICS = ("recall_at_5", "mrr_at_10", "search_latency_p50_ms", "search_latency_p95_ms")
+LIVE_METRICS = ("embedding_coverage", "recall_at_5", "mrr_at_10", "search_latency_p50_ms", "search_latency_p95_ms")
+RETRIEVAL_METRICS = LIVE_METRICS[1:]  # measured through search (measure_live); coverage is counted in the store
 
 
 def first_day(home: Path) -> date:
@@ -109,11 +111,12 @@ def history_metrics(store: VectorStore, day: date) -> list[MetricValue]:
             "SELECT i.item, i.collection, m.key, sum(i.delta)::bigint FROM inventory_changes i "
             "LEFT JOIN embedding_models m ON m.id = i.model_id WHERE i.at < %(end)s "
             "GROUP BY 1, 2, 3 HAVING sum(i.delta) <> 0 ORDER BY 1, 2, 3", p).fetchall()
-        live_documents = {c for item, c, _, n in inventory if item == "documents" and n > 0}
-        coverage = conn.execute(
-            "SELECT DISTINCT ON (collection) collection, (counts->>'live_chunks')::bigint, "
-            "(counts->>'missing_vectors')::bigint FROM ingestion_runs WHERE step = 'embeddings' "
-            "AND finished_at < %(end)s AND counts ? 'live_chunks' ORDER BY collection, finished_at DESC", p).fetchall()
+        # The model search served at the day's end: the last switch before it (the first recorded
+        # one for a day before any: it was serving when the record began).
+        active = conn.execute(
+            "SELECT m.key FROM embedding_model_switches s JOIN embedding_models m ON m.id = s.to_model_id "
+            "ORDER BY s.switched_at < %(end)s DESC, CASE WHEN s.switched_at < %(end)s THEN s.id ELSE -s.id END DESC "
+            "LIMIT 1", p).fetchone()
         embedded = conn.execute(
             "SELECT coalesce(sum(texts_embedded), 0)::bigint, coalesce(sum(tokens_embedded), 0)::bigint "
             "FROM ingestion_runs WHERE step = 'embeddings' AND finished_at >= %(start)s AND finished_at < %(end)s",
@@ -151,15 +154,11 @@ def history_metrics(store: VectorStore, day: date) -> list[MetricValue]:
 
     for item, key in (("documents", "collection"), ("chunks", "collection"), ("vectors", "model")):
         parts = [(c if item != "vectors" else m, n) for i, c, m, n in inventory if i == item]
-        add(item, sum(n for _, n in parts))
+        # The total of vectors is the active model's: a candidate's or a retired model's vectors
+        # (per model below) serve no search, and would hide missing ones.
+        add(item, sum(n for name, n in parts if item != "vectors" or (active and name == active[0])))
         for name, n in parts:
             add(item, n, **{key: name})
-    covered = [(c, live, missing) for c, live, missing in coverage if c in live_documents]
-    if covered and sum(live for _, live, _ in covered):
-        add("embedding_coverage", 1 - sum(m for _, _, m in covered) / sum(live for _, live, _ in covered))
-        for c, live, missing in covered:
-            if live:
-                add("embedding_coverage", 1 - missing / live, collection=c)
     add("texts_embedded", embedded[0])
     add("tokens_embedded", embedded[1])
     add("llm_calls", sum(r[1] for r in llm))
@@ -186,6 +185,23 @@ def history_metrics(store: VectorStore, day: date) -> list[MetricValue]:
     for collection, n in errors:
         add("ingest_errors", n, collection=collection)
     return out
+
+
+def measure_coverage(store: VectorStore) -> list[MetricValue]:
+    """The share of live chunks that have a vector of the active model, counted in the store now
+    (total and per collection): chunks a run stored but never embedded (it died between its
+    chunks and embeddings steps) count as missing. None without a chunk."""
+    with store.reading() as conn:
+        rows = conn.execute(
+            "SELECT c.collection, count(*), count(e.content_hash) FROM chunks c "
+            "LEFT JOIN embeddings e ON e.content_hash = c.content_hash "
+            "AND e.model_id = (SELECT model_id FROM active_embedding_model) "
+            "GROUP BY c.collection ORDER BY c.collection").fetchall()
+    live = sum(n for _, n, _ in rows)
+    if not live:
+        return []
+    return [MetricValue("embedding_coverage", sum(v for _, _, v in rows) / live, kind="live"),
+            *(MetricValue("embedding_coverage", v / n, {"collection": c}, "live") for c, n, v in rows)]
 
 
 def golden_set_retrieval(store: VectorStore, embedder: Embedder, questions: list,
@@ -242,28 +258,35 @@ def take_snapshot(store: VectorStore, day: date, *, now: datetime | None = None,
     if day > today:
         raise ValueError(f"{day} has not begun yet (today is {today} UTC)")
     values = history_metrics(store, day)
-    stored_live = [v for v in read_snapshot(store, day) if v.kind == "live"]
-    live: list[MetricValue] | None = None
+    stored_live = {v.metric for v in read_snapshot(store, day) if v.kind == "live"}
+
+    def on_the_day(metrics) -> bool:  # today, or yesterday when it has none of them yet
+        return day == today or (day == today - timedelta(days=1) and not stored_live & set(metrics))
+
+    live: list[MetricValue] = measure_coverage(store) if on_the_day(["embedding_coverage"]) else []
     if measure_live is None:
         status = "not measured (no search set up)"
-    elif day == today or (day == today - timedelta(days=1) and not stored_live):
-        live, reason = measure_live()
-        status = "measured" if live else f"not measured ({reason})"
-        live = live or None
+    elif on_the_day(RETRIEVAL_METRICS):
+        retrieval, reason = measure_live()
+        status = "measured" if retrieval else f"not measured ({reason})"
+        live += retrieval
     else:
-        status = "kept as measured" if stored_live else "not measured (a past day: live metrics are measured on the day)"
+        status = "kept as measured" if stored_live & set(RETRIEVAL_METRICS) \
+            else "not measured (a past day: live metrics are measured on the day)"
     write_snapshot(store, day, values, live)
     return Snapshot(day, read_snapshot(store, day), status)
 
 
 def write_snapshot(store: VectorStore, day: date, history: list[MetricValue],
                    live: list[MetricValue] | None) -> None:
-    """The day's rows, idempotently: its history rows are replaced, and its live rows too when
-    newly measured. Snapshots of one day take turns."""
+    """The day's rows, idempotently: its history rows are replaced, and the live rows of each
+    metric newly measured. Snapshots of one day take turns."""
     rows = history + (live or [])
+    measured = sorted({v.metric for v in live or []})
     with store.writing() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('refinery-snapshot:' || %s))", (day.isoformat(),))
-        cur.execute("DELETE FROM metric_snapshots WHERE day = %s AND (kind = 'history' OR %s)", (day, live is not None))
+        cur.execute("DELETE FROM metric_snapshots WHERE day = %s AND (kind = 'history' OR metric = ANY(%s))",
+                    (day, measured))
         cur.executemany(
             "INSERT INTO metric_snapshots (day, metric, dimensions, value, kind) VALUES (%s, %s, %s, %s, %s)",
             [(day, v.metric, Jsonb(v.dimensions), v.value, v.kind) for v in rows])

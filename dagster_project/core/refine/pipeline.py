@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ from ..db.refinements import (
     CandidateRow,
     PipelineJudgement,
     RefineCandidate,
+    RefinementKey,
     RefinementRow,
 )
 from ..db.store import VectorStore
@@ -105,17 +108,29 @@ class _Job:
     best_of: bool = False  # the collection's best_of setting covers this document
 
 
+def due_for_refinement(keys: Sequence[RefinementKey], models: Sequence[str]) -> dict[uuid.UUID, bytes]:
+    """The documents `refine` (re)does, with the input hash each one's refinement is made from:
+    those whose refinement key (document bytes and pricing flag, the chain's first model or the
+    extractive refiner, PROMPT_VERSION, SCHEMA_VERSION) has no result, and, with a model
+    (`models`: LLM_MODEL and its fallbacks) to redo them, those whose current refinement a person
+    rejected after it was made or is a stand-in awaiting the model. Every other document is up to
+    date. The one rule: `refinery status` counts out-of-date refinements by it too."""
+    key_tail = (models[0] if models else EXTRACTIVE, PROMPT_VERSION, SCHEMA_VERSION)
+    due = {}
+    for k in keys:
+        hashed = input_hash(k.content_hash, k.pricing_sensitive)
+        if k.current != (hashed, *key_tail) or ((k.disputed or k.awaiting_model) and models):
+            due[k.document_id] = hashed
+    return due
+
+
 def pending_jobs(store: VectorStore, collection: str, chain: LLMChain,
                  feedback: FeedbackPolicy = FeedbackPolicy(), best_of: BestOf | None = None) -> tuple[list[_Job], int]:
-    """Documents whose refinement key has no result, whose current refinement a person rejected
-    after it was made, or whose result is a stand-in awaiting the model (these two with a model to
-    redo them), and how many are up to date. Only key columns are read to decide; text and
-    feedback are read for the pending documents alone."""
-    key_tail = (chain_key(chain), PROMPT_VERSION, SCHEMA_VERSION)
+    """Documents due for refinement (`due_for_refinement`), and how many are up to date. Only key
+    columns are read to decide; text and feedback are read for the pending documents alone."""
     keys = store.refinement_keys(collection)
-    hashes = {k.document_id: input_hash(k.content_hash, k.pricing_sensitive) for k in keys}
-    pending = [k.document_id for k in keys
-               if k.current != (hashes[k.document_id], *key_tail) or ((k.disputed or k.awaiting_model) and chain.models)]
+    hashes = due_for_refinement(keys, chain.models)
+    pending = list(hashes)
     candidates = store.documents_for_refinement(pending)
     chunks = store.chunks_of(pending) if chain.models else {}
     # Notes only help a model: the extractive refiner would write the same JSON again.
