@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_ROOT, SAMPLE_MANIFEST, command_line
+from tests.dev_server import STARTUP_TIMEOUT, free_port
 
-STARTUP_TIMEOUT = 60
 STOP_TIMEOUT = 45
 LOST_CONNECTION = ("server closed the connection unexpectedly", "terminating connection",
                    "connection refused", "OperationalError", "could not connect", "Traceback")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(url: str) -> bool:
@@ -61,7 +54,7 @@ def _launch_dev(env: dict, port: int, log) -> subprocess.Popen:
 def test_stopping_refinery_dev_stops_dagster_first_then_the_embedded_database(tmp_path, how):
     """Ctrl-C in a terminal (SIGINT to the foreground process group) or SIGTERM to `refinery`
     alone (a service manager, `kill`): either way everything stops, PostgreSQL last."""
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     env = dict(os.environ, REFINERY_HOME=str(home), EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(SAMPLE_MANIFEST),
                AUTOMATION_SENSOR_DEFAULT="stopped", PYTHONWARNINGS="ignore")
     for name in ("DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME"):
@@ -153,7 +146,7 @@ def test_the_manifest_watcher_reloads_on_a_change_of_meaning_only(tmp_path, caps
         assert capsys.readouterr().err.count("is not usable") == 1
         (tmp_path / "examples" / "more").mkdir()
         manifest.write_text(good + "  more:\n    root: more\n")
-        down = ManifestWatcher(manifest, f"http://127.0.0.1:{_free_port()}/graphql")  # webserver not up yet
+        down = ManifestWatcher(manifest, f"http://127.0.0.1:{free_port()}/graphql")  # webserver not up yet
         down.loaded = watcher.loaded
         assert not down.check() and not down.check()
         assert capsys.readouterr().err.count("could not reload the code location yet") == 1
@@ -170,7 +163,7 @@ def test_refinery_dev_fails_with_one_line_when_a_dagster_process_dies(tmp_path, 
     With DATABASE_URL set, the startup line does not speak of an embedded database."""
     import psutil
 
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     env = dict(os.environ, REFINERY_HOME=str(home), EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(SAMPLE_MANIFEST),
                AUTOMATION_SENSOR_DEFAULT="stopped", PYTHONWARNINGS="ignore")
     for name in ("DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME"):
