@@ -358,13 +358,12 @@ def _parse_html(text: str) -> ParsedDocument:
 # "previous / next" links and each heading's permalink sign. Indexed, they are the same words on
 # every page, and a question that names a section of the site matched every page that links to it.
 # Landmarks, by their HTML element or ARIA role, as themes mark them (Sphinx, MkDocs, Docusaurus,
-# Hugo): the text is what is left.
+# Starlight): the text is what is left.
 _CHROME_TAGS = ("nav", "footer")
 _CHROME_ROLES = ("navigation", "banner", "contentinfo", "search", "complementary")
 # Only outside the page's main content: inside it, an <aside> is a callout (a note, a warning) and
 # a <header> holds the article's own title (outside, too, when it holds a heading).
 _PAGE_CHROME_TAGS = ("aside", "header")
-_MAIN_ROLES = ("main",)
 _PERMALINK_SIGNS = {"", "¶", "#", "§", "🔗", "link"}
 
 
@@ -374,11 +373,9 @@ def _page_content(soup):
     for tag in soup.find_all(lambda t: t.name in _CHROME_TAGS or _role(t) in _CHROME_ROLES):
         if not tag.decomposed:
             tag.decompose()
-    mains = soup.find_all(lambda t: t.name == "main" or _role(t) in _MAIN_ROLES)
-    mains = [m for m in mains if not any(parent in mains for parent in m.parents)]
+    mains = _outermost(soup.find_all(lambda t: t.name == "main" or _role(t) == "main"))
     if len(mains) != 1:
-        mains = soup.find_all("article")
-        mains = [m for m in mains if not any(parent in mains for parent in m.parents)]
+        mains = _outermost(soup.find_all("article"))
     root = mains[0] if len(mains) == 1 and mains[0].get_text(strip=True) else (soup.body or soup)
     if root is soup.body or root is soup:
         for tag in root.find_all(_PAGE_CHROME_TAGS):
@@ -390,6 +387,12 @@ def _page_content(soup):
             if link.get_text(strip=True).lower() in _PERMALINK_SIGNS:
                 link.decompose()
     return root
+
+
+def _outermost(tags: list) -> list:
+    """Those not inside another of them (by identity: bs4 compares tags by their content)."""
+    found = {id(t) for t in tags}
+    return [t for t in tags if not any(id(parent) in found for parent in t.parents)]
 
 
 def _role(tag) -> str:
