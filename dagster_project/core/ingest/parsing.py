@@ -345,11 +345,7 @@ def _parse_html(text: str) -> ParsedDocument:
             flush()
             stack.append(iter(child.children))
     flush()
-    # A site's <title> adds its own name to the page's ("Installing — Ocelot 2.1 documentation"):
-    # the page's <h1>, when the <title> holds it, is the title without the site.
-    h1 = next((h["title"] for h in headings if h["level"] == 1 and h["title"]), "")
-    page_title = h1 if h1 and h1 in html_title else html_title
-    title = str(metadata.get("title") or page_title or (headings[0]["title"] if headings else ""))
+    title = str(metadata.get("title") or html_title or (headings[0]["title"] if headings else ""))
     return ParsedDocument("html", title, metadata, headings, blocks)
 
 
