@@ -207,17 +207,13 @@ def test_status_counts_the_refinements_refine_would_redo(pg_server, tmp_path, fa
     after two documents are edited and re-ingested, status and `refine --dry-run` both say two;
     with another LLM_MODEL configured, every one; after the refine, none."""
     import json
-    import os
     import shutil
 
-    from tests.conftest import SAMPLE_MANIFEST, new_database, refinery
+    from tests.conftest import SAMPLE_MANIFEST, refine_cli_env, refinery
 
-    shutil.copytree(SAMPLE_MANIFEST.parent, tmp_path / "examples")
-    env = {**os.environ, "DATABASE_URL": new_database(pg_server),
-           "DAGSTER_PG_URL": new_database(pg_server, template="template1"),
-           "DAGSTER_HOME": str(tmp_path / "dagster_home"), "REFINERY_HOME": str(tmp_path / "refinery_home"),
-           "EMBED_PROVIDER": "hash", "CORPUS_MANIFEST": str(tmp_path / "examples" / SAMPLE_MANIFEST.name),
-           "LLM_MODEL": "gpt-4o-mini", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_API_KEY": KEY}
+    shutil.copytree(SAMPLE_MANIFEST.parent, tmp_path / "examples")  # its files are edited below
+    env = refine_cli_env(pg_server, tmp_path, fake_openai, OPENAI_API_KEY=KEY,
+                         CORPUS_MANIFEST=str(tmp_path / "examples" / SAMPLE_MANIFEST.name))
     fake_openai.chat_responder = valid_answer
 
     def run(*args, **extra):

@@ -59,7 +59,7 @@ def collection_totals(store: VectorStore, collection: str, rows: str, shard: Sha
                 f"{prefix.replace('total_', '')}embedding_coverage": dg.MetadataValue.float(
                     round(totals["vectors"] / totals["chunks"], 4) if totals["chunks"] else 1.0)}
 
-    own = store.collection_totals(collection, shard if sharded else None)
+    own = store.collection_totals(collection, shard)
     metadata = {"dagster/row_count": dg.MetadataValue.int(own[rows]), "collection": dg.MetadataValue.text(collection),
                 **described(own, "total_")}
     if sharded:

@@ -24,13 +24,13 @@ class Consistency:
 
 def collection_totals_sql(shard: Shard | None = None) -> str:
     """Documents, chunks, chunks with a vector of the active model and refined documents of one
-    collection (%(c)s), or of one shard of it."""
+    collection (%(c)s), or of one shard of it (the shard's filters are empty when unsharded)."""
     documents = shard.documents_filter() if shard else ""
-    chunks = shard.chunks_filter() if shard else ""
+    chunks = shard.chunks_filter("c.document_id") if shard else ""
     return (
         f"SELECT (SELECT count(*) FROM documents WHERE collection = %(c)s{documents}),"
-        f" (SELECT count(*) FROM chunks WHERE collection = %(c)s{chunks}),"
-        f" (SELECT count(*) FROM chunks c WHERE c.collection = %(c)s{shard.chunks_filter('c.document_id') if shard else ''}"
+        f" (SELECT count(*) FROM chunks c WHERE c.collection = %(c)s{chunks}),"
+        f" (SELECT count(*) FROM chunks c WHERE c.collection = %(c)s{chunks}"
         " AND EXISTS (SELECT 1 FROM embeddings e"
         "   JOIN active_embedding_model a ON a.model_id = e.model_id WHERE e.content_hash = c.content_hash)),"
         " (SELECT count(*) FROM refined_documents WHERE collection = %(c)s)"
@@ -88,7 +88,7 @@ class StatusQueries:
         collection's: refinement is per collection)."""
         with self.reading() as conn:
             row = conn.execute(
-                collection_totals_sql(shard if shard is not None and shard.count > 1 else None),
+                collection_totals_sql(shard),
                 {"c": collection}).fetchone()
         return dict(zip(("documents", "chunks", "vectors", "refined"), map(int, row)))
 

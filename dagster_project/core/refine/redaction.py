@@ -108,6 +108,8 @@ _CURRENCY_KINDS = tuple(regex.compile(kind) for kind in (_SIGNS, _CODES, _BEFORE
 
 def _names_currency(text: str) -> bool:
     return any(kind.search(text) for kind in _CURRENCY_KINDS)
+
+
 # What names a column or a list of bare numbers as prices: a currency, or one of these words.
 _PRICE_WORDS = regex.compile(
     r"\b(?:prices?|pricing|priced|costs?|fees?|monthly|annual(?:ly)?|yearly|per\s+(?:month|year|seat|user)|"

@@ -77,7 +77,6 @@ def checked_json(body: object, name: str = "the body") -> None:
             pending.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
-
 _ASCII_NUMBER = re.compile(r"[0-9]{1,4}")
 
 
@@ -87,6 +86,7 @@ def _url_number(value):
     if isinstance(value, str) and _ASCII_NUMBER.fullmatch(value.strip()):
         return int(value)
     return value
+
 
 class ApiError(Exception):
     """A request refused: its HTTP status, a stable code and a message that says what to fix."""
