@@ -84,6 +84,76 @@ def test_insert_paragraph_at_top_embeds_only_the_new_text(store, corpus, embedde
     assert any(paragraph in t for t in sent)
 
 
+def postings_written(store) -> dict:
+    """Each chunk's id -> the transactions that wrote its row and its BM25 postings."""
+    with store.reading() as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT c.id, c.xmin::text, array_agg(DISTINCT p.xmin::text ORDER BY p.xmin::text) "
+            "FROM chunks c JOIN chunk_terms p ON p.chunk_id = c.id GROUP BY c.id, c.xmin")}
+
+
+def test_rechunked_document_keeps_its_unchanged_chunks_and_their_postings(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    before = postings_written(store)
+    page = root / "sync-and-offline.md"
+    paragraph = "From May the sync engine keeps a journal of every offline edit for audit."
+    page.write_text(page.read_text().replace("## How sync works", f"## Tidewater notice\n\n{paragraph}\n\n## How sync works"))
+
+    reports, _ = run(store, manifest, embedder, fake_openai)
+    after = postings_written(store)
+    counts = reports["chunks"].counts
+    kept = before.keys() & after.keys()
+    assert counts["rows_written"] == len(after.keys() - kept) <= 2
+    assert counts["rows_deleted"] == len(before.keys() - kept) <= 2
+    assert counts["rows_moved"] >= 1  # the chunks after the new paragraph moved down (sql/0024)
+    # A kept chunk's postings are the ones written the first time: none was deleted and inserted again.
+    assert all(after[i][1] == before[i][1] for i in kept)
+    with store.reading() as conn:
+        ordinals = [r[0] for r in conn.execute(
+            "SELECT c.ordinal FROM chunks c JOIN documents d ON d.id = c.document_id "
+            "WHERE d.path = 'sync-and-offline.md' ORDER BY c.ordinal")]
+        found = conn.execute("SELECT count(*) FROM chunks WHERE text LIKE %s", (f"%{paragraph}%",)).fetchone()[0]
+    assert ordinals == list(range(len(ordinals))) and found == 1
+
+
+def test_version_change_that_changes_no_chunk_writes_no_chunk_row(store, corpus, embedder, fake_openai):
+    root, manifest = corpus
+    run(store, manifest, embedder, fake_openai)
+    before = postings_written(store)
+    with store.writing() as conn:  # as a new parser or chunker version finds them
+        conn.execute("UPDATE documents SET chunker_version = 'chunker-v0'")
+
+    reports, sent = run(store, manifest, embedder, fake_openai)
+    assert reports["chunks"].counts["documents"] == 6 and sent == []
+    assert reports["chunks"].counts["rows_written"] == reports["chunks"].counts["rows_deleted"] == 0
+    assert postings_written(store) == before
+
+
+def test_chunks_step_that_rewrites_most_chunks_vacuums_them(store, corpus, embedder, fake_openai, monkeypatch):
+    from dagster_project.core.ingest import pipeline
+
+    monkeypatch.setattr(pipeline, "VACUUM_MIN_ROWS", 10)  # the sample corpus is small
+    root, manifest = corpus
+
+    def vacuums() -> dict:
+        with store.reading() as conn:
+            return dict(conn.execute("SELECT relname, vacuum_count FROM pg_stat_user_tables "
+                                     "WHERE relname IN ('chunks', 'chunk_terms', 'chunk_term_df')").fetchall())
+
+    reports, _ = run(store, manifest, embedder, fake_openai)  # a first load: every row new
+    assert reports["chunks"].counts["vacuumed"] == 1
+    assert vacuums() == {"chunks": 1, "chunk_terms": 1, "chunk_term_df": 1}
+    with store.reading() as conn:  # index-only scans of the postings skip the heap
+        assert conn.execute("SELECT relallvisible FROM pg_class WHERE relname = 'chunk_terms'").fetchone()[0] > 0
+
+    page = root / "search.md"
+    page.write_text(page.read_text().replace("200 results", "250 results"))
+    reports, _ = run(store, manifest, embedder, fake_openai)  # one chunk of many: autovacuum's business
+    assert "vacuumed" not in reports["chunks"].counts
+    assert vacuums() == {"chunks": 1, "chunk_terms": 1, "chunk_term_df": 1}
+
+
 def test_edit_one_file_embeds_only_its_changed_chunks(store, corpus, embedder, fake_openai):
     root, manifest = corpus
     run(store, manifest, embedder, fake_openai)
