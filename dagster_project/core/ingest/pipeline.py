@@ -36,12 +36,12 @@ CHUNK_TX_DOCUMENTS = 50  # documents re-chunked per transaction: a crash keeps f
 EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
 ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
 REBUILD_INDEX_MIN_TEXTS = 10_000
-# A re-chunk this big, and of at least half the collection, builds its BM25 postings in one pass
-# after the chunks instead of batch by batch (sql/0011_bm25_bulk.sql).
 # A chunks step that wrote, moved or deleted at least this many chunk rows, and at least this
 # share of all of them, vacuums the chunk tables itself (store.vacuum_chunks).
 VACUUM_MIN_ROWS = 1000
 VACUUM_MIN_SHARE = 0.2
+# A re-chunk this big, and of at least half the collection, builds its BM25 postings in one pass
+# after the chunks instead of batch by batch (sql/0011_bm25_bulk.sql).
 BULK_TERMS_MIN_DOCUMENTS = 200  # a load this big, and bigger than what is indexed, rebuilds the index
 
 
