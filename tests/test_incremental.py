@@ -130,28 +130,34 @@ def test_version_change_that_changes_no_chunk_writes_no_chunk_row(store, corpus,
     assert postings_written(store) == before
 
 
-def test_chunks_step_that_rewrites_most_chunks_vacuums_them(store, corpus, embedder, fake_openai, monkeypatch):
-    from dagster_project.core.ingest import pipeline
+def test_steps_that_write_or_delete_many_chunk_rows_vacuum_them(store, corpus, embedder, fake_openai, monkeypatch):
+    from dagster_project.core.db import chunks as chunk_tables
 
-    monkeypatch.setattr(pipeline, "VACUUM_MIN_ROWS", 10)  # the sample corpus is small
+    monkeypatch.setattr(chunk_tables, "VACUUM_MIN_ROWS", 10)  # the sample corpus is small
     root, manifest = corpus
 
-    def vacuums() -> dict:
+    def vacuums() -> set[int]:
         with store.reading() as conn:
-            return dict(conn.execute("SELECT relname, vacuum_count FROM pg_stat_user_tables "
-                                     "WHERE relname IN ('chunks', 'chunk_terms', 'chunk_term_df')").fetchall())
+            return {r[0] for r in conn.execute("SELECT vacuum_count FROM pg_stat_user_tables "
+                                               "WHERE relname IN ('chunks', 'chunk_terms', 'chunk_term_df')")}
 
     reports, _ = run(store, manifest, embedder, fake_openai)  # a first load: every row new
-    assert reports["chunks"].counts["vacuumed"] == 1
-    assert vacuums() == {"chunks": 1, "chunk_terms": 1, "chunk_term_df": 1}
+    assert reports["chunks"].counts["vacuumed"] == 1 and vacuums() == {1}
     with store.reading() as conn:  # index-only scans of the postings skip the heap
         assert conn.execute("SELECT relallvisible FROM pg_class WHERE relname = 'chunk_terms'").fetchone()[0] > 0
 
     page = root / "search.md"
     page.write_text(page.read_text().replace("200 results", "250 results"))
     reports, _ = run(store, manifest, embedder, fake_openai)  # one chunk of many: autovacuum's business
-    assert "vacuumed" not in reports["chunks"].counts
-    assert vacuums() == {"chunks": 1, "chunk_terms": 1, "chunk_term_df": 1}
+    assert "vacuumed" not in reports["chunks"].counts and vacuums() == {1}
+
+    for name in ("sync-and-offline.md", "search.md", "getting-started.md"):  # the documents step deletes their chunks
+        (root / name).unlink()
+    reports, _ = run(store, manifest, embedder, fake_openai)
+    assert reports["documents"].counts["vacuumed"] == 1 and vacuums() == {2}
+
+    assert store.prune_collections(["other"])["kb"]["chunks"] > 10  # so does `refinery prune`
+    assert vacuums() == {3}
 
 
 def test_edit_one_file_embeds_only_its_changed_chunks(store, corpus, embedder, fake_openai):

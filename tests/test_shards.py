@@ -220,3 +220,29 @@ def test_cli_ingest_json_of_a_sharded_collection_gives_the_collection_totals(pg_
     # The unsharded collection split into shards: nothing re-embedded, the same totals.
     split = ingest_json(one, 3)
     assert totals(split) == totals(again_one)
+
+
+def test_shards_that_each_write_a_few_chunk_rows_vacuum_once_together_they_wrote_many(pg_server, corpora, monkeypatch):
+    from dagster_project.core.db import chunks as chunk_tables
+
+    root, manifests = corpora
+    collection = load_manifest(manifests[2]).collection("kb")
+    shards = [Shard("kb", i, 2) for i in range(2)]
+
+    def chunks_steps(url: str) -> list[dict]:
+        store = VectorStore(url)
+        try:
+            counts = []
+            for shard in shards:
+                sync_documents(store, collection, max_file_bytes=10_000_000, shard=shard)
+                counts.append(sync_chunks(store, "kb", SETTINGS, HashEmbedder().token_counter, shard=shard).counts)
+            return counts
+        finally:
+            store.close()
+
+    monkeypatch.setattr(chunk_tables, "VACUUM_MIN_ROWS", 10**9)
+    written = [c["rows_written"] for c in chunks_steps(new_database(pg_server))]
+    # Neither shard alone reaches the floor; both together do: the second shard's step vacuums.
+    monkeypatch.setattr(chunk_tables, "VACUUM_MIN_ROWS", max(written) + 1)
+    assert sum(written) >= max(written) + 1
+    assert ["vacuumed" in c for c in chunks_steps(new_database(pg_server))] == [False, True]

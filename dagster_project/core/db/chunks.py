@@ -52,6 +52,11 @@ _CHUNK_COLUMNS = ("id", "document_id", "collection", "ordinal", "heading_path", 
                   "token_count", "content_hash", "context", "ts_config", "first_page", "last_page", "card")
 
 
+# Chunk rows written or deleted since the last vacuum that make the store vacuum the chunk
+# tables itself (vacuum_chunks_if_churned): at least this many, and this share of the live ones.
+VACUUM_MIN_ROWS = 1000
+VACUUM_MIN_SHARE = 0.1
+
 # What a stored chunk must equal to be kept as it is (its id is of its document, text hash and
 # occurrence; the rest can still differ: pages, card, the text search configuration...).
 _KEPT_COLUMNS = ("document_id", "collection", "heading_path", "text", "token_count", "content_hash", "context",
@@ -148,13 +153,26 @@ class ChunkTables:
                 "rows_kept": len(kept) - len(moved), "rows_moved": len(moved), "rows_written": len(added),
                 "rows_deleted": len(gone)}
 
-    def vacuum_chunks(self) -> None:
-        """VACUUM (ANALYZE) the chunks and their BM25 postings after a step rewrote a large share of
-        them. Until then text search's index-only scans visit every dead or not-yet-all-visible
-        row on the heap, and the postings have no planner statistics (the PEPs after a first load:
-        text p50 270 ms, 11.8 ms vacuumed); autovacuum may never come: the embedded server stops
-        with the command that started it.
-        Run as refinery_writer, the tables' owner."""
+    def vacuum_chunks_if_churned(self, rows: int) -> bool:
+        """VACUUM (ANALYZE) the chunks and their BM25 postings once the chunk rows inserted or
+        deleted since the last vacuum (by every step and shard: the inventory log of sql/0009,
+        exact and transactional where PostgreSQL's own counters lag by seconds; at least the
+        `rows` that the step calling this just wrote, moved or deleted) are at least
+        VACUUM_MIN_ROWS and VACUUM_MIN_SHARE of the chunks. Until then text search's index-only scans visit every dead or not yet
+        all-visible row on the heap, and new postings have no planner statistics (the PEPs after a
+        first load: text p50 270 ms, 11.8 ms vacuumed). Autovacuum may never come: the embedded
+        server stops with the command that started it. Run as refinery_writer, the tables' owner.
+        True if it vacuumed."""
+        if rows <= 0:
+            return False
+        with self.reading() as conn:
+            live, churn = conn.execute(
+                "SELECT (SELECT count(*) FROM chunks), (SELECT coalesce(sum(abs(i.delta)), 0) FROM inventory_changes i"
+                " WHERE i.item = 'chunks' AND i.at > (SELECT coalesce(greatest(last_vacuum, last_autovacuum), '-infinity')"
+                " FROM pg_stat_user_tables WHERE relid = 'chunks'::regclass))").fetchone()
+        churn = max(churn, rows)
+        if churn < VACUUM_MIN_ROWS or churn < VACUUM_MIN_SHARE * live:
+            return False
         with self._pool.connection() as conn:
             conn.autocommit = True  # VACUUM runs outside a transaction
             try:
@@ -166,6 +184,7 @@ class ChunkTables:
                     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
             finally:
                 conn.autocommit = False
+        return True
 
     def defer_text_index(self, collection: str) -> None:
         """Mark the collection's BM25 postings as owed (committed before any deferred write), so

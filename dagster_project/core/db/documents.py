@@ -171,6 +171,7 @@ class DocumentTables:
                 conn.execute("DELETE FROM collection_tenants WHERE collection = ANY(%s)", (gone,))
         if counts:
             self.drop_unreferenced_vectors()
+            self.vacuum_chunks_if_churned(sum(c["chunks"] for c in counts.values()))
         return counts
 
     def apply_documents(self, collection: str, upserts: Sequence[DocumentRow],

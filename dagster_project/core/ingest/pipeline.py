@@ -36,10 +36,6 @@ CHUNK_TX_DOCUMENTS = 50  # documents re-chunked per transaction: a crash keeps f
 EMBED_TX_TEXTS = 1024  # texts embedded and stored per transaction: a failed call loses at most one batch
 ANALYZE_AFTER_TEXTS = 5_000  # a load this big refreshes planner statistics
 REBUILD_INDEX_MIN_TEXTS = 10_000
-# A chunks step that wrote, moved or deleted at least this many chunk rows, and at least this
-# share of all of them, vacuums the chunk tables itself (store.vacuum_chunks).
-VACUUM_MIN_ROWS = 1000
-VACUUM_MIN_SHARE = 0.2
 # A re-chunk this big, and of at least half the collection, builds its BM25 postings in one pass
 # after the chunks instead of batch by batch (sql/0011_bm25_bulk.sql).
 BULK_TERMS_MIN_DOCUMENTS = 200  # a load this big, and bigger than what is indexed, rebuilds the index
@@ -418,6 +414,8 @@ def _sync_documents(store: VectorStore, collection: Collection, max_file_bytes: 
         shard=shard)
     if flipped := recheck_pricing(store, collection, shard):
         report.counts["pricing_changed"] = flipped
+    if store.vacuum_chunks_if_churned(report.counts["chunks_removed"]):
+        report.counts["vacuumed"] = 1
     report.seconds += time.perf_counter() - started
     return report
 
@@ -549,9 +547,7 @@ def _sync_chunks(store: VectorStore, collection: str, settings: ChunkSettings, c
                 progress(len(documents), len(documents))
     if defer:
         counts["postings_built"] = store.build_text_index(collection)
-    rewritten = counts["rows_written"] + counts["rows_moved"] + counts["rows_deleted"]
-    if rewritten >= VACUUM_MIN_ROWS and rewritten >= VACUUM_MIN_SHARE * sum(store.chunks_per_collection().values()):
-        store.vacuum_chunks()
+    if store.vacuum_chunks_if_churned(counts["rows_written"] + counts["rows_moved"] + counts["rows_deleted"]):
         counts["vacuumed"] = 1
     report.counts = dict(counts)
     report.seconds = time.perf_counter() - started
