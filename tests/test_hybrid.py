@@ -182,6 +182,23 @@ def test_text_leg_is_bm25_rare_words_outweigh_common_ones(store):
     assert [h.path for h in hits][:2] == ["both.md", "rare.md"]
 
 
+@pytest.mark.parametrize("mode", ["vector", "text", "hybrid"])
+def test_k_chunks_when_the_best_ones_are_copies_of_one_text(store, mode):
+    """A text repeated across pages counts once, and `search` still returns k chunks: the copies
+    are dropped from a deeper list than k (QA: --chunks --k 6 returned one chunk)."""
+    model_id = store.ensure_model(EmbeddingModel("test", "copies", 16))
+    vector = normalize(np.ones((1, 16), dtype=np.float32))[0]
+    for i in range(8):
+        add_document(store, f"copy-{i}", "this boilerplate paragraph about walrus invoices repeats", vector, model_id)
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        add_document(store, f"other-{i}", f"walrus invoice number {i} and its own words",
+                     unit_near(rng, vector, 0.8 - i * 0.05), model_id)
+    hits = store.search(model_id, 16, vector, k=6, mode=mode, query_text="walrus invoices boilerplate paragraph")
+    assert len(hits) == 6 and len({h.text for h in hits}) == 6
+    assert sum(h.path.startswith("copy-") for h in hits) == 1
+
+
 def test_text_postings_follow_every_chunk_write(store):
     """The BM25 postings and the per-collection document frequencies are kept by the database on
     every insert and delete (edits, removals), so they always equal a recount from the chunks."""

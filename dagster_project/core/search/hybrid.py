@@ -192,8 +192,9 @@ class SearchQueries:
         custom plan (a parameter for the model would hide the model's partial HNSW index from it):
         a search is not planned afresh each time, which cost 1.2 ms of a hybrid search."""
         model, k = int(model_id or 0), int(k)
-        # Per document, a leg must reach past the k best chunks to find k documents.
-        depth = max(RRF_DEPTH, k) if mode == "hybrid" else k if passages is None else max(RRF_DEPTH, 2 * k)
+        # Per document, a leg must reach past the k best chunks to find k documents; and past the
+        # copies of a repeated text (counted once) to find k chunks.
+        depth = max(RRF_DEPTH, k) if mode == "hybrid" else max(RRF_DEPTH, 2 * k)
         vtype, _ = vector_type(dims)
         distance = f"(e.embedding::{vtype}) <=> %(q)s::{vtype}"
         order = f"({distance}) + 0" if exact else distance  # "+ 0": keep the planner off the index
