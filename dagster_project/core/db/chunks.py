@@ -155,14 +155,14 @@ class ChunkTables:
 
     def vacuum_chunks_if_churned(self, rows: int) -> bool:
         """VACUUM (ANALYZE) the chunks and their BM25 postings once the chunk rows inserted or
-        deleted since the last vacuum (by every step and shard: the inventory log of sql/0009,
-        exact and transactional where PostgreSQL's own counters lag by seconds; at least the
-        `rows` that the step calling this just wrote, moved or deleted) are at least
-        VACUUM_MIN_ROWS and VACUUM_MIN_SHARE of the chunks. Until then text search's index-only scans visit every dead or not yet
-        all-visible row on the heap, and new postings have no planner statistics (the PEPs after a
-        first load: text p50 270 ms, 11.8 ms vacuumed). Autovacuum may never come: the embedded
-        server stops with the command that started it. Run as refinery_writer, the tables' owner.
-        True if it vacuumed."""
+        deleted since the last vacuum are at least VACUUM_MIN_ROWS and VACUUM_MIN_SHARE of the
+        chunks. They are counted from the inventory log of sql/0009, by every step and shard
+        (exact and transactional, where PostgreSQL's own counters lag by seconds), and are at
+        least the `rows` that the calling step just wrote, moved or deleted. Until a vacuum, text
+        search's index-only scans visit every dead or not yet all-visible row on the heap, and new
+        postings have no planner statistics (the PEPs after a first load: text p50 270 ms, 11.8 ms
+        vacuumed); autovacuum may never come, as the embedded server stops with the command that
+        started it. Run as refinery_writer, the tables' owner. True if it vacuumed."""
         if rows <= 0:
             return False
         with self.reading() as conn:
