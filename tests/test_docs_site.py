@@ -158,3 +158,40 @@ def test_a_page_with_only_a_title_in_front_matter_is_found_but_an_emptied_file_i
     run(store, manifest, embedder, fake_openai)
     assert chunks_of(store, "_index.md") == ["Quasar telemetry"] and chunks_of(store, "empty.md") == []
     assert [d.path for d in documents(store, embedder, "quasar telemetry", "text")] == ["_index.md"]
+
+
+DIALECT_PAGES = {
+    "components/_fundamentals.mdx": ":::caution\n\nRead the narwhal fundamentals page before this tutorial.\n\n:::\n",
+    "tutorial/setup.mdx": "---\ntitle: Setup\n---\nimport Tabs from '@theme/Tabs';\nimport TabItem from '@theme/TabItem';\n"
+                          "import Fundamentals from '../components/_fundamentals.mdx';\n\n<Fundamentals />\n\n"
+                          "## Install\n\n<Tabs>\n<TabItem value=\"npm\">\n\nThe package comes from the heron registry.\n\n"
+                          "</TabItem>\n</Tabs>\n",
+    "guide/notes.md": "---\ntitle: Notes\n---\n\n## Timeouts\n\n!!! warning \"Slow servers\"\n\n"
+                      "    A request to the pelican service gives up after thirty seconds.\n\n"
+                      "/// tip | Retries\n\nRetry twice with a backoff.\n\n///\n",
+}
+
+
+def test_mdx_pages_and_admonitions_are_indexed_as_prose(store, tmp_path, embedder, fake_openai):
+    root = tmp_path / "site"
+    for path, text in DIALECT_PAGES.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    manifest = write_manifest(tmp_path, {"docs": {"root": "site"}})  # the default include takes .mdx
+    reports, _ = run(store, manifest, embedder, fake_openai)
+    assert reports["documents"].issues == []
+    setup = " ".join(chunks_of(store, "tutorial/setup.mdx"))
+    assert "narwhal fundamentals" in setup and "heron registry" in setup  # the imported partial is part of the page
+    # An admonition's body is prose: a passage found by text search, not a code block.
+    found = documents(store, embedder, "pelican service gives up", "text", k=1)
+    assert [d.path for d in found] == ["guide/notes.md"]
+    assert "A request to the pelican service gives up after thirty seconds." in found[0].passages[0].text
+    with store.reading() as conn:
+        assert conn.execute("SELECT count(*) FROM chunks WHERE text ~ '(^|\\n)(:::|///|!!!|import )|<[A-Z]'").fetchone()[0] == 0
+
+    # Editing the partial parses again the page that imports it, though its own bytes did not change.
+    partial = root / "components/_fundamentals.mdx"
+    partial.write_text(partial.read_text().replace("narwhal", "walrus"))
+    reports, _ = run(store, manifest, embedder, fake_openai)
+    assert reports["documents"].counts["changed"] == 2
+    assert "walrus fundamentals" in " ".join(chunks_of(store, "tutorial/setup.mdx"))

@@ -196,10 +196,10 @@ def test_directory_exclude_drops_everything_below_it_and_nothing_else(tmp_path, 
 
 
 def test_default_include_takes_every_supported_format(tmp_path, docs):
-    touch(docs, "a.md", "b.rst", "c.txt", "d.html", "e.htm", "f.markdown", "g.csv", "h.py")
+    touch(docs, "a.md", "b.rst", "c.txt", "d.html", "e.htm", "f.markdown", "g.csv", "h.py", "i.mdx")
     collection = load_manifest(write_manifest(tmp_path, {"kb": {"root": "docs"}})).collection("kb")
     found = sorted(f.path for f in scan_collection(collection, max_file_bytes=10_000))
-    assert found == ["a.md", "b.rst", "c.txt", "d.html", "e.htm", "f.markdown"]
+    assert found == ["a.md", "b.rst", "c.txt", "d.html", "e.htm", "f.markdown", "i.mdx"]
 
 
 # ------------------------------------------------------------------ the sample

@@ -1,5 +1,6 @@
 """Markdown templating preprocessing: shortcodes and tags leave the text, includes are resolved
-inside the collection root, code stays as written, and no chunk is made of markup alone."""
+inside the collection root, code stays as written, and no chunk is made of markup alone; site
+generators' dialects (admonitions, content tabs, MDX components) keep their text, not their markup."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import pytest
 
 from dagster_project.core.ingest.chunking import ChunkSettings, chunk_blocks
+from dagster_project.core.ingest.hashing import content_hash
 from dagster_project.core.ingest.parsing import parse_document
 from dagster_project.core.ingest.templating import MarkdownTemplating, includes_fingerprint, render_markdown
 from dagster_project.core.ingest.tokens import wordpiece_counter
@@ -128,3 +130,135 @@ def test_the_includes_fingerprint_follows_the_included_files():
     missing = includes_fingerprint("p.md", 'Text {{% include "gone.md" %}}', OPTIONS, hashes.get, files.get)
     files["gone.md"], hashes["gone.md"] = "back", b"4"
     assert includes_fingerprint("p.md", 'Text {{% include "gone.md" %}}', OPTIONS, hashes.get, files.get) != missing
+
+
+# ---------------------------------------------------------------- site generators' dialects
+
+DIALECTS = '''---
+title: Install
+---
+import Tabs from '@theme/Tabs';
+import TabItem from '@theme/TabItem';
+import Intro from './_intro.mdx';
+export const toc = [{value: 'x', id: 'x'}];
+
+# Installing
+
+<Intro />
+
+:::tip[Pro tip]
+
+Use the heron mirror when you can.
+
+:::
+
+<Tabs groupId="pm">
+<TabItem value="npm" label="With npm">
+
+```bash
+npm install redux
+:::
+```
+
+</TabItem>
+</Tabs>
+
+{/* a JSX comment */}
+
+<DetailedExplanation
+  title="Why immutability?"
+>
+
+Because reducers must be pure.
+
+</DetailedExplanation>
+
+!!! note "Technical Details"
+
+    The body of a note is prose, not code.
+
+        an indented code block stays code
+
+    ```python
+    import os
+    ```
+
+After the note.
+
+=== "Python 3.10+"
+
+    Tab text here.
+
+/// tip | Inspired the walrus API
+
+Use the type hints.
+
+///
+
+```{note}
+:class: dropdown
+MyST note body.
+```
+
+```{code-block} python
+x = 1
+```
+
+```{toctree}
+install/linux
+```
+
+::: fastapi.APIRouter
+'''
+
+
+def blocks_of(path: str, text: str, files: dict[str, str] | None = None):
+    rendered, warnings = render(text, files, path=path)
+    assert warnings == []
+    return [(b.kind, b.text) for b in parse_document(path, rendered.encode()).blocks]
+
+
+def test_admonitions_tabs_and_mdx_components_keep_their_text_and_lose_their_markup():
+    blocks = blocks_of("docs/install.mdx", DIALECTS, {"docs/_intro.mdx": "import X from 'y'\n\nIntro from a partial.\n"})
+    prose = [text for kind, text in blocks if kind != "code"]
+    assert prose == ["Intro from a partial.", "Pro tip", "Use the heron mirror when you can.", "With npm",
+                     "Why immutability?", "Because reducers must be pure.", "Technical Details",
+                     "The body of a note is prose, not code.", "After the note.", "Python 3.10+", "Tab text here.",
+                     "Inspired the walrus API", "Use the type hints.", "MyST note body.",
+                     "::: fastapi.APIRouter"]  # mkdocstrings' autodoc line is not a container
+    code = [text for kind, text in blocks if kind == "code"]
+    assert code == ["```bash\nnpm install redux\n:::\n```",  # code as written, a marker in it too
+                    "an indented code block stays code", "```python\nimport os\n```",
+                    "```{code-block} python\nx = 1\n```"]
+
+
+def test_mdx_syntax_is_read_only_where_the_page_is_mdx():
+    plain = "# Types\n\nA List<String> holds strings.\n\n<Note>\n\nKept.\n\n```js\nimport x from 'y'\n```\n"
+    assert blocks_of("types.md", plain)[0] == ("paragraph", "A List<String> holds strings.")
+    # A Markdown page that imports a component is MDX (Docusaurus reads every page so).
+    assert blocks_of("types.md", "import Note from '@site/Note';\n\n" + plain)[0] == ("paragraph", "A List holds strings.")
+    assert ("paragraph", "Kept.") in blocks_of("types.mdx", plain)
+
+
+def test_an_imported_markdown_component_is_included_and_fingerprinted():
+    page = "import Warn from '../components/_warn.mdx';\n\n# Page\n\n<Warn />\n\nBody.\n"
+    files = {"components/_warn.mdx": ":::caution\n\nRead the fundamentals first.\n\n:::\n"}
+    assert blocks_of("docs/page.md", page, files) == [("paragraph", "Read the fundamentals first."), ("paragraph", "Body.")]
+    stripped, _ = render(page, files, path="docs/page.md", options=MarkdownTemplating(includes="strip"))
+    assert "fundamentals" not in stripped and "Warn" not in stripped
+
+    def fingerprint(snippet: str) -> str:
+        read = {"components/_warn.mdx": snippet}.get
+        return includes_fingerprint("docs/page.md", page, OPTIONS, lambda p: content_hash(read(p).encode()), read)
+
+    assert fingerprint("A") != fingerprint("B") != ""
+
+
+def test_html_blocks_in_markdown_are_their_text():
+    page = ('<div class="termy">\n\n```console\n$ pip install x\n```\n\n</div>\n\n'
+            '<details><summary>Why so?</summary>\n\nBecause.\n\n</details>\n\n'
+            '<table><tr><th>Flag</th><th>Use</th></tr><tr><td>-v</td><td>verbose</td></tr></table>\n\n'
+            '<p align="center"><img src="logo.png"></p>\n')
+    blocks = [(b.kind, b.text) for b in parse_document("page.md", page.encode()).blocks]
+    assert blocks == [("code", "```console\n$ pip install x\n```"), ("other", "Why so?"), ("paragraph", "Because."),
+                      ("table", "| Flag | Use |\n|---|---|\n| -v | verbose |")]

@@ -35,7 +35,7 @@ EmbedMode = Literal["full", "metadata_only", "skip"]
 # Tenant names become role names (refinery_tenant_<name>): short, lower-case, unquoted.
 TENANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 DEFAULT_TENANT = "public"  # the tenant of a collection whose entry names none
-DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm",
+DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.mdx", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm",
                    "**/*.pdf", "**/*.docx", "**/*.pptx"]
 
 # Metadata keys (front matter, <meta> tags, header fields) whose text describes the whole document:

@@ -20,13 +20,14 @@ from .rst import parse_rst_blocks
 
 Severity = Literal["error", "warning"]
 # Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word,
-# PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out).
-PARSER_VERSION = "parsers-v5"
+# PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out;
+# v6: Markdown's HTML blocks as their text, MDX).
+PARSER_VERSION = "parsers-v6"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
 MAX_FRONT_MATTER_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 64 * 1024  # a document's metadata as stored (JSON)
-FORMATS = {".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".txt": "text",
+FORMATS = {".md": "markdown", ".markdown": "markdown", ".mdx": "markdown", ".rst": "rst", ".txt": "text",
            ".html": "html", ".htm": "html"}
 
 
@@ -237,11 +238,36 @@ def _parse_markdown(text: str) -> ParsedDocument:
             continue
         if token.level == 0 and token.type in kinds and token.map:
             start, end = token.map
-            blocks.append(Block(kinds[token.type], "\n".join(source_lines[start:end]).strip(),
-                                [t for _, t in path]))
+            raw = "\n".join(source_lines[start:end]).strip()
+            if token.type == "html_block":
+                blocks.extend(Block(kind, text, [t for _, t in path]) for kind, text in _html_block_text(raw))
+            else:
+                blocks.append(Block(kinds[token.type], raw, [t for _, t in path]))
         i += 1
     title = str(metadata.get("title") or (headings[0]["title"] if headings else ""))
     return ParsedDocument("markdown", title, metadata, headings, blocks, warnings)
+
+
+def _html_block_text(raw: str) -> list[tuple[str, str]]:
+    """(kind, text) of an HTML block in Markdown: its text without the tags (a table as a pipe
+    table, <pre> as code), nothing for tags alone (`<div class="x">`, `</details>`, an embed).
+    Indexed as written, the tags were words of their own in search and in the embedded text."""
+    if "<" not in raw:
+        return [("other", raw)]
+    from bs4 import BeautifulSoup, Comment
+
+    soup = BeautifulSoup(raw, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "svg", "button"]):
+        tag.decompose()
+    for comment in soup.find_all(string=lambda s: isinstance(s, Comment)):
+        comment.extract()
+    out = []
+    for element in soup.find_all(["table", "pre"]):
+        if not element.decomposed and element.find_parent(["table", "pre"]) is None:
+            out.append(("table" if element.name == "table" else "code", _block_text(element)))
+            element.decompose()
+    text = soup.get_text(" ", strip=True)
+    return [(kind, text) for kind, text in [("other", text), *out] if text.strip()]
 
 
 # ---------------------------------------------------------------- reStructuredText

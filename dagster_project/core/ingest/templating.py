@@ -1,6 +1,7 @@
 """Markdown preprocessing for templating syntax: Hugo shortcodes, Liquid/Jekyll and Jinja tags,
 HTML comments and GitHub alert markers are stripped (a paired shortcode keeps what it encloses),
-and includes are resolved within the collection root, before the Markdown parser sees the file."""
+and includes are resolved within the collection root, before the Markdown parser sees the file.
+Site generators' dialects (admonitions, content tabs, MDX) are unwrapped first (dialects.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .dialects import REMOVED, drop_marked_lines, is_mdx, mdx_imports, strip_mdx, unwrap_containers
 from .hashing import content_hash
 
-# Bump when preprocessing changes what a file yields: every Markdown file is parsed again.
-TEMPLATING_VERSION = "templating-v1"
-MARKDOWN_SUFFIXES = (".md", ".markdown")
+# Bump when preprocessing changes what a file yields: every Markdown file is parsed again
+# (v2: dialects.py).
+TEMPLATING_VERSION = "templating-v2"
+MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
 MAX_INCLUDES = 500  # per page: a hostile page cannot include a big file a million times
 MAX_WARNINGS = 10
@@ -28,7 +31,8 @@ class MarkdownTemplating(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # strip: shortcode and template tags leave the text (a paired shortcode keeps its content);
+    # strip: shortcode and template tags leave the text (a paired shortcode keeps its content),
+    # and so do the markers of admonitions, content tabs and MDX components (dialects.py);
     # keep: the file is indexed as written.
     templates: Literal["strip", "keep"] = "strip"
     # resolve: an include is replaced by the included file (from the collection root, Markdown
@@ -68,7 +72,7 @@ _COMMENTS = ((re.compile(r"\{%-?[ \t]*comment[ \t]*-?%\}"), re.compile(r"\{%-?[ 
              (re.compile(r"<!--"), re.compile(r"-->")))
 _ALERT = re.compile(r"^([ \t]*>[ \t]*)\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*$", re.MULTILINE | re.IGNORECASE)
 _QUOTED = re.compile(r"""(?:\bfile\s*=\s*)?["']([^"'\n]+)["']|(\S+)""")
-_REMOVED = "\x00"  # marks where a tag was: a line left with only marks goes away whole
+_INCLUDED = re.compile("\x02(\\d+)\x02")  # where the Nth MDX component imported from a Markdown file goes
 
 
 def _split_front_matter(text: str) -> tuple[str, str]:
@@ -168,17 +172,32 @@ class _Render:
 
 
 def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -> str:
+    segments = _segments(unwrap_containers(body))
+    prose = "".join(segment for is_code, segment in segments if not is_code)
+    mdx, imported = is_mdx(path, prose), []
+    imports = mdx_imports(prose) if mdx else {}
+
+    def include(target: str) -> str:  # resolved after this page's own markup is stripped
+        imported.append(target)
+        return f"\x02{len(imported) - 1}\x02"
+
     parts = []
-    for is_code, segment in _segments(body):
+    for is_code, segment in segments:
         if is_code:
             parts.append(segment)
             continue
+        if mdx:
+            segment = strip_mdx(segment, imports, include if state.options.includes == "resolve" else None)
         for opener, closer in _COMMENTS:
             segment = _strip_pairs(segment, opener, closer)
         segment = _ALERT.sub(r"\1", segment)
         segment = _SYNTAX.sub(lambda m: _replace(m, path, state, chain), segment)
-        parts.append(_drop_marked_lines(segment))
-    return "".join(parts)
+        parts.append(drop_marked_lines(segment))
+    text = "".join(parts)
+    if imported:
+        text = drop_marked_lines(_INCLUDED.sub(
+            lambda m: _include("include_relative", f'"{imported[int(m.group(1))]}"', path, state, chain), text))
+    return text
 
 
 def _strip_pairs(text: str, opener: re.Pattern, closer: re.Pattern) -> str:
@@ -192,7 +211,7 @@ def _strip_pairs(text: str, opener: re.Pattern, closer: re.Pattern) -> str:
         end = closer.search(text, start.end())
         if end is None:
             break
-        parts += [text[position:start.start()], _REMOVED]
+        parts += [text[position:start.start()], REMOVED]
         position = end.end()
     return "".join(parts) + text[position:]
 
@@ -208,17 +227,17 @@ def _replace(match: re.Match, path: str, state: _Render, chain: tuple[str, ...])
     args = match.group("hargs") if match.group("hugo") else match.group("largs")
     if tag and not match.group("close") and tag in state.options.include_tags and state.options.includes == "resolve":
         return _include(tag, args or "", path, state, chain)
-    return _REMOVED
+    return REMOVED
 
 
 def _include(tag: str, args: str, path: str, state: _Render, chain: tuple[str, ...]) -> str:
     target = include_target(tag, args)
     if target is None:
-        return _REMOVED
+        return REMOVED
     state.includes += 1
     if state.includes > MAX_INCLUDES:
         state.warn(f"over {MAX_INCLUDES} includes: the rest are left out")
-        return _REMOVED
+        return REMOVED
     options = state.options
     for candidate in candidate_paths(target, path, tag, options):
         if not candidate.endswith(MARKDOWN_SUFFIXES):
@@ -230,25 +249,14 @@ def _include(tag: str, args: str, path: str, state: _Render, chain: tuple[str, .
             state.warn(f"include {target!r} left out: it includes itself (through {' -> '.join(chain)})"
                             if candidate in chain else f"include {target!r} left out: nested over "
                             f"{MAX_INCLUDE_DEPTH} levels")
-            return _REMOVED
+            return REMOVED
         _, body = _split_front_matter(text)
         included = _render_body(candidate, body, state, (*chain, candidate))
-        return f"{_REMOVED}\n\n{included.strip()}\n\n{_REMOVED}"
+        return f"{REMOVED}\n\n{included.strip()}\n\n{REMOVED}"
     state.warn(f"include {target!r} not found in the collection (looked in "
                     f"{', '.join(candidate_paths(target, path, tag, options)) or 'nowhere inside the root'}): "
                     "its text is left out; add the file or set `markdown: {includes: strip}`")
-    return _REMOVED
-
-
-def _drop_marked_lines(text: str) -> str:
-    """A line that held only tags goes away whole (a blank line in its place would split the
-    paragraph around it); marks inside prose just vanish."""
-    if _REMOVED not in text:
-        return text
-    lines = text.split("\n")
-    kept = [line.replace(_REMOVED, "") for line in lines
-            if _REMOVED not in line or line.replace(_REMOVED, "").strip()]
-    return "\n".join(kept)
+    return REMOVED
 
 
 def includes_fingerprint(path: str, text: str, options: MarkdownTemplating, read_hash: Callable[[str], bytes | None],
@@ -271,4 +279,4 @@ def includes_fingerprint(path: str, text: str, options: MarkdownTemplating, read
 
 
 def _may_include(text: str, options: MarkdownTemplating) -> bool:
-    return any(tag in text for tag in options.include_tags)
+    return any(tag in text for tag in options.include_tags) or bool(mdx_imports(text))

@@ -1,0 +1,216 @@
+"""Markdown dialects of documentation site generators, unwrapped before the Markdown parser sees
+a page (templating.render_markdown runs this first):
+
+- containers keep their text and lose their markers: Docusaurus / VuePress / MyST `:::note` ...
+  `:::`, pymdownx `/// tip | Title` ... `///`, MyST directive fences (```` ```{note} ````);
+- indented container bodies are dedented: Python-Markdown / MkDocs admonitions (`!!! note`,
+  `??? tip`) and content tabs (`=== "Tab"`) indent their body by four spaces, which CommonMark
+  reads as a code block;
+- MDX: `import` / `export` statements and `{/* comments */}` leave the text, and a component's
+  tags do (`<Tabs>`, `<TabItem value="x">`, `<Embed id="x" />`) while what it encloses stays; a
+  component imported from a Markdown file (`import Intro from './_intro.mdx'`, then `<Intro />`)
+  is that file's text, included like any include.
+
+A container's title (`:::tip[Pro tip]`, `!!! note "Title"`, a component's `title="..."`) stays as a
+line of text: it is often the best summary of what the container says. Code fences are left as
+written, and so is everything inside them."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable
+
+# MyST directives whose body is code or data, not prose: left as fenced code.
+CODE_DIRECTIVES = frozenset({"code", "code-block", "sourcecode", "code-cell", "literalinclude", "math",
+                             "mermaid", "graphviz", "csv-table", "list-table", "raw", "eval-rst",
+                             "jupyter-execute", "ipython", "doctest", "testcode", "testoutput", "plantuml"})
+# MyST directives whose body is neither (a table of contents lists page paths): left out.
+DROPPED_DIRECTIVES = frozenset({"toctree", "contents", "autosummary", "include", "image", "figure"})
+TAB = 4  # Python-Markdown's indentation of a container body
+
+_FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
+# `!!! note "Title"`, `??? tip`, `???+ warning ""`, `!!! note inline end "Title"`; `=== "Tab"`
+_INDENTED = re.compile(r'^(?:(?:!!!|\?\?\?\+?)[ \t]+[A-Za-z][\w-]*(?:[ \t]+[A-Za-z][\w-]*)*(?:[ \t]+"(?P<title>[^"\n]*)")?'
+                       r'|===[!+]?[ \t]+"(?P<tab>[^"\n]*)")[ \t]*$')
+# `:::note`, `:::tip[Title]`, `:::info Title`, `:::{note}`, `:::{admonition} Title`; `:::` closes.
+# No space after the colons: `::: package.name` is mkdocstrings' autodoc line, kept as text.
+_COLON = re.compile(r"^:{3,}(?:(?P<type>\{[\w:-]+\}|[A-Za-z][\w-]*)(?:\[(?P<bracket>[^\]\n]*)\])?(?P<rest>.*))?$")
+# `/// note`, `/// tip | Title`, `//// tab | Python 3.10+`; `///` closes.
+_SLASH = re.compile(r"^/{3,}(?:[ \t]+(?P<type>[A-Za-z][\w-]*)(?:[ \t]*\|[ \t]*(?P<title>.*))?)?[ \t]*$")
+_DIRECTIVE_OPTION = re.compile(r"^[ \t]*:[\w-]+:(?:[ \t].*)?$")  # MyST `:class: tip`
+_BLOCK_OPTION = re.compile(r"^[ \t]+[\w-]+:[ \t].*$")  # pymdownx `    type: warning` right after `///`
+# MDX: an ESM statement starts a paragraph and runs to the next blank line.
+_ESM = re.compile(r"""^(?:import[ \t]+(?:[\w*{}, \t]+[ \t]+from[ \t]+)?["'][^"'\n]+["'];?[ \t]*$"""
+                  r"|import[ \t]+[\w*{}, \t]+[ \t]+from[ \t]*$|import[ \t]*\{"
+                  r"|export[ \t]+(?:const|let|var|function|default|class|async|\{|\*)\b)")
+_MDX_IMPORT = re.compile(r"""^import[ \t]+(?P<name>[A-Z]\w*)[ \t]+from[ \t]+["'](?P<path>[^"'\n]+\.mdx?)["'];?[ \t]*$""",
+                         re.MULTILINE)
+_JSX_COMMENT = re.compile(r"\{/\*.{0,4000}?\*/\}", re.DOTALL)
+# A component tag (capitalized name: lower-case tags are HTML), its attributes possibly over
+# several lines, with values in quotes or braces nested two deep.
+_ATTRS = r"""(?:[^<>{}"']|"[^"\n]*"|'[^'\n]*'|\{(?:[^{}]|\{[^{}]*\})*\}){0,4000}?"""
+_COMPONENT = re.compile(rf"<(?P<close>/)?(?P<name>[A-Z][\w.]*)(?P<attrs>(?:\s{_ATTRS})?)\s*(?P<self>/)?>")
+_TITLE_ATTR = re.compile(r"""\b(?:title|label|summary)=(?:"([^"\n]+)"|'([^'\n]+)'|\{["']([^"'\n]+)["']\})""")
+REMOVED = "\x00"  # marks where markup was: a line left with only marks goes away whole
+
+Include = Callable[[str], str]  # an imported file's path, relative to the page's folder -> its place
+
+
+def _indent(line: str) -> int:
+    width = 0
+    for ch in line:
+        if ch == " ":
+            width += 1
+        elif ch == "\t":
+            width += TAB - width % TAB
+        else:
+            break
+    return width
+
+
+def _dedent(line: str, columns: int) -> str:
+    """The line without its first `columns` columns of indentation (tabs count to the next stop)."""
+    width, i = 0, 0
+    while i < len(line) and width < columns and line[i] in " \t":
+        width += 1 if line[i] == " " else TAB - width % TAB
+        i += 1
+    return " " * max(0, width - columns) + line[i:]
+
+
+def unwrap_containers(body: str) -> str:
+    """The page with its containers unwrapped (see the module): markers out, titles kept as a
+    line of text, indented bodies dedented; fenced code and what is inside it as written."""
+    out: list[str] = []
+    bodies: list[int] = []  # body indentation of the open indented containers, innermost last
+    fence: tuple[str, int, str] | None = None  # (marker, its indentation, what it is) of the open fence
+    options = None  # "myst" / "block": the container just opened may start with option lines
+    for line in body.splitlines():
+        if not line.strip():
+            out.append("")
+            if options == "block":
+                options = None
+            continue
+        width = _indent(line)
+        if fence is None:
+            while bodies and width < bodies[-1]:
+                bodies.pop()
+        text = _dedent(line, bodies[-1]) if bodies else line
+        if fence is not None:
+            marker, _, kind = fence
+            match = _FENCE.match(text.strip() if _indent(text) < 4 else "")
+            if match and match.group("fence")[0] == marker[0] and len(match.group("fence")) >= len(marker) \
+                    and not match.group("info"):
+                fence = None
+                if kind == "code":
+                    out.append(text)
+                continue
+            if kind == "code":
+                out.append(text)
+                continue
+            if kind == "dropped":
+                continue
+            if options == "myst" and _DIRECTIVE_OPTION.match(text):
+                continue
+            options = None
+            out.append(text)  # a prose directive's body
+            continue
+        if options == "myst" and _DIRECTIVE_OPTION.match(text):
+            continue
+        if options == "block" and _BLOCK_OPTION.match(line):
+            continue
+        options = None
+        if _indent(text) >= 4:
+            out.append(text)  # an indented code block (or a lazy line): not a marker
+            continue
+        stripped = text.strip()
+        match = _FENCE.match(stripped)
+        if match:
+            info = match.group("info")
+            directive = re.match(r"\{([\w:-]+)\}(.*)", info)
+            if directive is None or directive.group(1) in CODE_DIRECTIVES:
+                fence = (match.group("fence"), width, "code")
+                out.append(text)
+            elif directive.group(1) in DROPPED_DIRECTIVES:
+                fence = (match.group("fence"), width, "dropped")
+            else:
+                fence = (match.group("fence"), width, "prose")
+                options = "myst"
+                if directive.group(1) == "admonition" and directive.group(2).strip():
+                    out.append(directive.group(2).strip())
+            continue
+        match = _INDENTED.match(stripped)
+        if match:
+            title = match.group("title") or match.group("tab")
+            if title and title.strip():
+                out.append(title.strip())
+            bodies.append((bodies[-1] if bodies else 0) + _indent(text) + TAB)
+            continue
+        match = _COLON.match(stripped)
+        if match:
+            kind = match.group("type")
+            title = match.group("bracket")
+            if title is None and kind and not kind.startswith("{"):
+                title = match.group("rest")
+            elif kind == "{admonition}":
+                title = match.group("rest")
+            if title and title.strip():
+                out.append(title.strip())
+            options = "myst" if kind and kind.startswith("{") else None
+            continue
+        match = _SLASH.match(stripped)
+        if match:
+            if match.group("title") and match.group("title").strip():
+                out.append(match.group("title").strip())
+            options = "block" if match.group("type") else None
+            continue
+        out.append(text)
+    return "\n".join(out) + ("\n" if body.endswith("\n") else "")
+
+
+def mdx_imports(text: str) -> dict[str, str]:
+    """Components imported from Markdown files: name -> path relative to the page's folder."""
+    return {m.group("name"): posixpath.normpath(m.group("path")) for m in _MDX_IMPORT.finditer(text)}
+
+
+def strip_mdx(segment: str, imports: dict[str, str], include: Include | None) -> str:
+    """Text outside code fences of an MDX page without its ESM statements, JSX comments and
+    component tags; an imported Markdown component (`<Intro />`) is `include(its path)`, or
+    left out when includes are not resolved (`include` None)."""
+    kept, in_esm = [], False
+    for line in segment.split("\n"):
+        if in_esm:
+            in_esm = bool(line.strip())
+            continue
+        if _ESM.match(line):
+            in_esm = True
+            continue
+        kept.append(line)
+    text = _JSX_COMMENT.sub("", "\n".join(kept))
+
+    def component(match: re.Match) -> str:
+        name, attrs = match.group("name"), match.group("attrs") or ""
+        if name in imports and match.group("self"):
+            return f"\n\n{include(imports[name])}\n\n" if include is not None else REMOVED
+        title = _TITLE_ATTR.search(attrs) if not match.group("close") else None
+        words = next((g for g in title.groups() if g), "") if title else ""
+        return f"\n\n{words}\n\n" if words else REMOVED
+
+    return drop_marked_lines(_COMPONENT.sub(component, text))
+
+
+def is_mdx(path: str, prose: str) -> bool:
+    """MDX syntax is read in `.mdx` files, and in Markdown files whose text outside code fences
+    (`prose`) has an import or export statement (sites such as Docusaurus read every page as
+    MDX); elsewhere `<Name>` may be prose (`List<String>`)."""
+    return path.lower().endswith(".mdx") or any(_ESM.match(line) for line in prose.split("\n")
+                                                if line.startswith(("import", "export")))
+
+
+def drop_marked_lines(text: str) -> str:
+    """A line that held only removed markup goes away whole (a blank line in its place would
+    split the paragraph around it); marks inside prose just vanish."""
+    if REMOVED not in text:
+        return text
+    lines = text.split("\n")
+    return "\n".join(line.replace(REMOVED, "") for line in lines if REMOVED not in line or line.replace(REMOVED, "").strip())
