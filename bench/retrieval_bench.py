@@ -6,6 +6,8 @@ then its questions evaluated in text, vector and hybrid mode, with search latenc
 includes; bench/hugo_corpus.md says how to recreate it), bench/hugo_questions.yaml.
 `--corpus fastapi`: the FastAPI documentation (155 MkDocs Markdown pages, no front matter, code
 included from files outside the corpus; bench/fastapi_corpus.md), bench/fastapi_questions.yaml.
+`--corpus redux`: the Redux documentation (a Docusaurus site: Markdown and MDX pages with
+admonitions and components; bench/redux_corpus.md), bench/redux_questions.yaml.
 Prints a table. Pass --home DIR to keep the index: a second run re-ingests incrementally
 (nothing is re-embedded) and only re-measures. --misses: for each question hybrid search does not
 answer first, the rank of its document in each mode (of 50) and the documents ranked above it."""
@@ -34,11 +36,12 @@ from dagster_project.core.ingest.corpus import load_manifest  # noqa: E402
 from dagster_project.core.ingest.pipeline import ingest_collection  # noqa: E402
 from dagster_project.core.search.evaluation import evaluate, load_questions  # noqa: E402
 
-HUGO = Path(os.environ.get("HUGO_DOCS", PROJECT_ROOT.parent / "shared" / "corpora" / "hugo-docs"))
-FASTAPI = Path(os.environ.get("FASTAPI_DOCS", PROJECT_ROOT.parent / "shared" / "corpora" / "fastapi-docs"))
-QUESTIONS = {"peps": PROJECT_ROOT / "bench" / "peps_questions.yaml",
-             "hugo": PROJECT_ROOT / "bench" / "hugo_questions.yaml",
-             "fastapi": PROJECT_ROOT / "bench" / "fastapi_questions.yaml"}
+# Documentation corpora kept outside the repository (bench/<name>_corpus.md): folder (<NAME>_DOCS
+# to move it) and the files taken.
+DOCS = {name: (Path(os.environ.get(f"{name.upper()}_DOCS", PROJECT_ROOT.parent / "shared" / "corpora" / f"{name}-docs")),
+               include) for name, include in (("hugo", ["**/*.md"]), ("fastapi", ["**/*.md"]),
+                                              ("redux", ["**/*.md", "**/*.mdx"]))}
+QUESTIONS = {name: PROJECT_ROOT / "bench" / f"{name}_questions.yaml" for name in ("peps", *DOCS)}
 LATENCY_PASSES = 3  # latency percentiles over every question asked this many times
 
 
@@ -60,12 +63,12 @@ def main() -> None:
             root, _ = make_corpus(sorted(PEPS.glob("*.rst")))
             shutil.move(root, corpus)
         else:
-            docs = HUGO if args.corpus == "hugo" else FASTAPI
+            docs, include = DOCS[args.corpus]
             if not docs.is_dir():
                 sys.exit(f"{docs} is missing: bench/{args.corpus}_corpus.md says how to recreate it "
                          f"({args.corpus.upper()}_DOCS=DIR: elsewhere)")
             corpus.mkdir()
-            (corpus / "corpus.yaml").write_text(f"collections:\n  {args.corpus}:\n    root: {docs}\n    include: ['**/*.md']\n")
+            (corpus / "corpus.yaml").write_text(f"collections:\n  {args.corpus}:\n    root: {docs}\n    include: {include}\n")
     collection = load_manifest(corpus / "corpus.yaml").collection(args.corpus)
     server = start_embedded(home / "db")
     ensure_database(server, "retrieval")

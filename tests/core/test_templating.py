@@ -262,3 +262,13 @@ def test_html_blocks_in_markdown_are_their_text():
     blocks = [(b.kind, b.text) for b in parse_document("page.md", page.encode()).blocks]
     assert blocks == [("code", "```console\n$ pip install x\n```"), ("other", "Why so?"), ("paragraph", "Because."),
                       ("table", "| Flag | Use |\n|---|---|\n| -v | verbose |")]
+
+
+def test_heading_attribute_lists_are_not_part_of_the_title():
+    page = "# First Steps { #first-steps }\n\nText.\n{: .note}\n\n## Recap {#recap .wide}\n\nUse {name} here.\n\n### Using {name}\n"
+    rendered, _ = render(page)
+    parsed = parse_document("page.md", rendered.encode())
+    assert [h["title"] for h in parsed.headings] == ["First Steps", "Recap", "Using {name}"]
+    assert parsed.title == "First Steps"
+    assert [(b.text, b.heading_path) for b in parsed.blocks] == [("Text.", ["First Steps"]),
+                                                                  ("Use {name} here.", ["First Steps", "Recap"])]

@@ -38,6 +38,7 @@ _INDENTED = re.compile(r'^(?:(?:!!!|\?\?\?\+?)[ \t]+[A-Za-z][\w-]*(?:[ \t]+[A-Za
 _COLON = re.compile(r"^:{3,}(?:(?P<type>\{[\w:-]+\}|[A-Za-z][\w-]*)(?:\[(?P<bracket>[^\]\n]*)\])?(?P<rest>.*))?$")
 # `/// note`, `/// tip | Title`, `//// tab | Python 3.10+`; `///` closes.
 _SLASH = re.compile(r"^/{3,}(?:[ \t]+(?P<type>[A-Za-z][\w-]*)(?:[ \t]*\|[ \t]*(?P<title>.*))?)?[ \t]*$")
+_BLOCK_ATTRIBUTES = re.compile(r"^\{:[ \t]*[^{}]*\}$")  # kramdown's `{: .note}` on a line of its own
 _DIRECTIVE_OPTION = re.compile(r"^[ \t]*:[\w-]+:(?:[ \t].*)?$")  # MyST `:class: tip`
 _BLOCK_OPTION = re.compile(r"^[ \t]+[\w-]+:[ \t].*$")  # pymdownx `    type: warning` right after `///`
 # MDX: an ESM statement starts a paragraph and runs to the next blank line.
@@ -157,6 +158,8 @@ def unwrap_containers(body: str) -> str:
             if title and title.strip():
                 out.append(title.strip())
             options = "myst" if kind and kind.startswith("{") else None
+            continue
+        if _BLOCK_ATTRIBUTES.match(stripped):
             continue
         match = _SLASH.match(stripped)
         if match:

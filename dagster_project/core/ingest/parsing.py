@@ -21,7 +21,7 @@ from .rst import parse_rst_blocks
 Severity = Literal["error", "warning"]
 # Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word,
 # PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out;
-# v6: Markdown's HTML blocks as their text, MDX).
+# v6: Markdown's HTML blocks as their text, headings without their attribute lists, MDX).
 PARSER_VERSION = "parsers-v6"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
@@ -214,6 +214,11 @@ def _split_front_matter(text: str) -> tuple[dict, str, list[str]]:
     return {}, text, ["front matter has no closing --- line: it was read as text"]
 
 
+# A heading's attribute list (`## Setup { #setup }`, `{#id .class}`, kramdown's `{: #id}`; MkDocs,
+# Pandoc, Hugo, Jekyll): the anchor, not the title; left in, it was in every chunk's context.
+_HEADING_ATTRIBUTES = re.compile(r"[ \t]*\{:?[ \t]*(?:[#.][\w-]|[\w-]+=)[^{}]*\}[ \t]*$")
+
+
 def _parse_markdown(text: str) -> ParsedDocument:
     from markdown_it import MarkdownIt
 
@@ -231,7 +236,7 @@ def _parse_markdown(text: str) -> ParsedDocument:
         token = tokens[i]
         if token.type == "heading_open" and token.level == 0:
             level = int(token.tag[1])
-            title = tokens[i + 1].content.strip()
+            title = _HEADING_ATTRIBUTES.sub("", tokens[i + 1].content).strip()
             headings.append({"level": level, "title": title})
             path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
             i += 3
