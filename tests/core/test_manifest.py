@@ -196,10 +196,12 @@ def test_directory_exclude_drops_everything_below_it_and_nothing_else(tmp_path, 
 
 
 def test_default_include_takes_every_supported_format(tmp_path, docs):
-    touch(docs, "a.md", "b.rst", "c.txt", "d.html", "e.htm", "f.markdown", "g.csv", "h.py", "i.mdx")
+    touch(docs, "a.md", "b.rst", "c.txt", "d.html", "e.htm", "f.markdown", "g.csv", "h.py", "i.mdx", "j.adoc",
+          "k.asciidoc", "l.ipynb")
     collection = load_manifest(write_manifest(tmp_path, {"kb": {"root": "docs"}})).collection("kb")
     found = sorted(f.path for f in scan_collection(collection, max_file_bytes=10_000))
-    assert found == ["a.md", "b.rst", "c.txt", "d.html", "e.htm", "f.markdown", "i.mdx"]
+    assert found == ["a.md", "b.rst", "c.txt", "d.html", "e.htm", "f.markdown", "i.mdx", "j.adoc", "k.asciidoc",
+                     "l.ipynb"]
 
 
 # ------------------------------------------------------------------ the sample

@@ -526,3 +526,93 @@ def test_parallel_parsing_gives_the_same_results_and_severities(tmp_path):
     errors = {f.path: (p.severity, p.reason) for f, p in zip(files, parallel) if isinstance(p, ParseError)}
     assert "empty.md" not in errors and errors["data.csv"][0] == "warning"
     assert errors["bin.txt"][0] == "error"
+
+
+# ---------------------------------------------------------------- AsciiDoc and notebooks
+
+ASCIIDOC = """// a comment
+= Configuring the Server
+Jane Doe <jane@example.com>
+:description: How to configure the walrus server.
+:product: Walrus
+
+The {product} server reads *one* file at start-up.
+See xref:install.adoc[the install guide] and <<ports,the ports section>>.
+
+[[ports]]
+== Ports
+
+NOTE: The default port is 8080.
+
+[TIP]
+====
+Use a reverse proxy in front of {product}.
+====
+
+.Example configuration
+[source,yaml]
+----
+server:
+  port: 8080 # *not* bold
+----
+
+* first item
+* second item
++
+continued
+
+=== Limits
+
+|===
+|Setting |Default
+
+|max_connections
+|100
+|===
+
+////
+a comment block
+////
+
+include::partials/footer.adoc[]
+"""
+
+
+def test_asciidoc_sections_blocks_and_inline_markup():
+    doc = parse_document("config.adoc", ASCIIDOC.encode())
+    assert (doc.format, doc.title) == ("asciidoc", "Configuring the Server")
+    assert doc.metadata["description"] == "How to configure the walrus server."
+    assert [(h["level"], h["title"]) for h in doc.headings] == [(1, "Configuring the Server"), (2, "Ports"), (3, "Limits")]
+    assert [(b.kind, b.text, b.heading_path[-1]) for b in doc.blocks] == [
+        ("paragraph", "The Walrus server reads one file at start-up.\nSee the install guide and the ports section.",
+         "Configuring the Server"),
+        ("paragraph", "The default port is 8080.", "Ports"),
+        ("paragraph", "Use a reverse proxy in front of Walrus.", "Ports"),
+        ("paragraph", "Example configuration", "Ports"),
+        ("code", "server:\n  port: 8080 # *not* bold", "Ports"),
+        ("list", "* first item\n* second item\ncontinued", "Ports"),
+        ("table", "| Setting | Default |\n|---|---|\n| max_connections | 100 |", "Limits"),
+    ]
+    assert any("include::partials/footer.adoc[]" in w and "not resolved" in w for w in doc.warnings)
+
+
+def test_notebook_markdown_cells_and_code_cells_without_outputs():
+    import json
+
+    notebook = {"nbformat": 4, "metadata": {"kernelspec": {"language": "python", "name": "python3"}},
+                "cells": [{"cell_type": "markdown", "source": ["---\n", "# Loading data\n", "\n", "Read the CSV with pandas."]},
+                          {"cell_type": "code", "source": "df = pd.read_csv('x.csv')\nprint('```')",
+                           "outputs": [{"output_type": "stream", "name": "stdout", "text": "run log noise"}]},
+                          {"cell_type": "markdown", "source": "## Cleaning\n\nDrop the empty rows."},
+                          {"cell_type": "raw", "source": "raw cell"}]}
+    doc = parse_document("load.ipynb", json.dumps(notebook).encode())
+    assert (doc.format, doc.title) == ("notebook", "Loading data")
+    assert [(b.kind, b.text, b.heading_path) for b in doc.blocks] == [
+        ("paragraph", "Read the CSV with pandas.", ["Loading data"]),  # a first `---` is a rule, not front matter
+        ("code", "````python\ndf = pd.read_csv('x.csv')\nprint('```')\n````", ["Loading data"]),
+        ("paragraph", "Drop the empty rows.", ["Loading data", "Cleaning"]),
+    ]
+    for data, reason in ((b"{not json", "invalid JSON at line 1"), (b"[1, 2]", "not a Jupyter notebook"),
+                         (b'{"cells": 3}', "no list of `cells`")):
+        with pytest.raises(ParseError, match=reason):
+            parse_document("bad.ipynb", data)

@@ -36,7 +36,7 @@ EmbedMode = Literal["full", "metadata_only", "skip"]
 TENANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 DEFAULT_TENANT = "public"  # the tenant of a collection whose entry names none
 DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.mdx", "**/*.rst", "**/*.txt", "**/*.html", "**/*.htm",
-                   "**/*.pdf", "**/*.docx", "**/*.pptx"]
+                   "**/*.adoc", "**/*.asciidoc", "**/*.ipynb", "**/*.pdf", "**/*.docx", "**/*.pptx"]
 
 # Metadata keys (front matter, <meta> tags, header fields) whose text describes the whole document:
 # indexed and embedded as the document's own passage, so a page that says what it is only in

@@ -21,14 +21,15 @@ from .rst import parse_rst_blocks
 Severity = Literal["error", "warning"]
 # Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word,
 # PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out;
-# v6: Markdown's HTML blocks as their text, headings without their attribute lists, MDX).
+# v6: Markdown's HTML blocks as their text, headings without their attribute lists, MDX;
+# AsciiDoc and Jupyter notebooks).
 PARSER_VERSION = "parsers-v6"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
 MAX_FRONT_MATTER_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 64 * 1024  # a document's metadata as stored (JSON)
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".mdx": "markdown", ".rst": "rst", ".txt": "text",
-           ".html": "html", ".htm": "html"}
+           ".html": "html", ".htm": "html", ".ipynb": "notebook", ".adoc": "asciidoc", ".asciidoc": "asciidoc"}
 
 
 class ParseError(ValueError):
@@ -81,7 +82,8 @@ def parse_document(path: str, data: bytes) -> ParsedDocument:
             # Stored as a document with no text, so whatever it held before leaves the index.
             title = posixpath.splitext(posixpath.basename(path))[0]
             return ParsedDocument(fmt, title, {}, [], [], warnings + ["empty file: nothing to index"])
-        parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text}[fmt]
+        parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text,
+                  "notebook": _parse_notebook, "asciidoc": _parse_asciidoc}[fmt]
         doc = parser(text)
         doc.warnings[:0] = warnings
     doc.metadata = json_safe_metadata(doc.metadata, doc.warnings)
@@ -273,6 +275,77 @@ def _html_block_text(raw: str) -> list[tuple[str, str]]:
             element.decompose()
     text = soup.get_text(" ", strip=True)
     return [(kind, text) for kind, text in [("other", text), *out] if text.strip()]
+
+
+# ---------------------------------------------------------------- AsciiDoc
+
+def _parse_asciidoc(text: str) -> ParsedDocument:
+    from .asciidoc import parse_asciidoc_blocks
+
+    attributes, items = parse_asciidoc_blocks(text)
+    headings: list[dict] = []
+    blocks: list[Block] = []
+    path: list[str] = []
+    warnings: list[str] = []
+    title = ""
+    for item in items:
+        if item[0] == "title":  # `= Title`: the page's level-1 heading, as `# Title` in Markdown
+            title = item[1]
+            headings.append({"level": 1, "title": title})
+            path = [title]
+        elif item[0] == "section":  # `==` is level 2
+            _, level, name = item
+            headings.append({"level": level, "title": name})
+            path = path[:level - 1] + [name]
+        elif item[0] == "warning":
+            if item[1] not in warnings and len(warnings) < 10:
+                warnings.append(item[1])
+        else:
+            blocks.append(Block(item[0], item[1].strip(), list(path)))
+    title = title or (headings[0]["title"] if headings else "")
+    return ParsedDocument("asciidoc", title, _normalize_metadata(attributes), headings, blocks, warnings)
+
+
+# ---------------------------------------------------------------- Jupyter notebooks
+
+def _parse_notebook(text: str) -> ParsedDocument:
+    """A Jupyter notebook (nbformat 3 or 4) as the Markdown page it reads as: its Markdown cells,
+    and its code cells as fenced code in the kernel's language. Outputs are left out: rendered
+    tables, images and logs of one run, not what the notebook says."""
+    try:
+        notebook = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"not a readable notebook: invalid JSON at line {exc.lineno}, column {exc.colno}; "
+                         "open and save it in Jupyter (the last good version stays indexed)") from None
+    if not isinstance(notebook, dict):
+        raise ParseError("not a Jupyter notebook (the JSON is not an object with `cells`): exclude it in corpus.yaml")
+    cells = notebook.get("cells")
+    if cells is None:  # nbformat 3
+        sheets = notebook.get("worksheets") or [{}]
+        cells = sheets[0].get("cells") if isinstance(sheets, list) and isinstance(sheets[0], dict) else None
+    if not isinstance(cells, list):
+        raise ParseError("not a Jupyter notebook (no list of `cells`): exclude it in corpus.yaml")
+    meta = notebook.get("metadata") if isinstance(notebook.get("metadata"), dict) else {}
+    kernel, info = (meta.get(k) if isinstance(meta.get(k), dict) else {} for k in ("kernelspec", "language_info"))
+    language = re.sub(r"[^\w+-]", "", str(kernel.get("language") or info.get("name") or ""))
+    parts = []
+    for cell in cells:
+        if not isinstance(cell, dict):
+            continue
+        source = cell.get("source", cell.get("input", ""))
+        source = "".join(str(s) for s in source) if isinstance(source, list) else str(source)
+        if not source.strip():
+            continue
+        if cell.get("cell_type") in ("markdown", "heading"):
+            level = cell.get("level") if cell.get("cell_type") == "heading" else None  # nbformat 3
+            parts.append(f"{'#' * int(level)} {source}" if isinstance(level, int) and 1 <= level <= 6 else source)
+        elif cell.get("cell_type") == "code":
+            fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", source)), default=0))
+            parts.append(f"{fence}{language}\n{source.rstrip()}\n{fence}")
+    doc = _parse_markdown("\n\n" + "\n\n".join(parts))  # a first cell's `---` is a rule, not front matter
+    metadata = {k: v for k, v in _normalize_metadata(meta).items() if k in ("title", "authors", "description", "tags")}
+    title = str(metadata.get("title") or (doc.headings[0]["title"] if doc.headings else ""))
+    return ParsedDocument("notebook", title, metadata, doc.headings, doc.blocks, doc.warnings)
 
 
 # ---------------------------------------------------------------- reStructuredText
