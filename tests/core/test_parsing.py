@@ -616,3 +616,22 @@ def test_notebook_markdown_cells_and_code_cells_without_outputs():
                          (b'{"cells": 3}', "no list of `cells`")):
         with pytest.raises(ParseError, match=reason):
             parse_document("bad.ipynb", data)
+
+
+@pytest.mark.parametrize("path, text", [
+    ("xrefs.adoc", "= T\n\n" + "xref:a[" * 100_000),  # each unclosed link scanned the rest of the line: minutes
+    ("links.adoc", "= T\n\n" + "<<a," * 100_000),
+    ("comments.mdx", "{/*" * 100_000),  # each unclosed JSX comment scanned 4,000 characters on
+])
+def test_unclosed_inline_markup_costs_linear_time(path, text):
+    """Each case took over a minute before its regex was bounded; a second or two now. The
+    bound is loose (20 s) so that a slow machine does not fail it, but a quadratic scan does."""
+    import time
+
+    from dagster_project.core.ingest.templating import MarkdownTemplating, render_markdown
+
+    started = time.perf_counter()
+    if path.endswith(".mdx"):
+        text, _ = render_markdown(path, text, MarkdownTemplating(), lambda p: None)
+    parse_document(path, text.encode())
+    assert time.perf_counter() - started < 20

@@ -26,16 +26,16 @@ _CODE_BLOCKS = {"-": "code", ".": "code"}  # listing, literal
 _SKIPPED_BLOCKS = {"/", "+"}  # comment, passthrough
 _ADMONITION_STYLES = {"NOTE", "TIP", "IMPORTANT", "WARNING", "CAUTION"}
 
-_INLINE = [
-    (re.compile(r"\b(?:xref|link|mailto):([^\s\[]+)\[([^\]]*)\]"), lambda m: m.group(2) or m.group(1)),
-    (re.compile(r"\b(?:https?|ftp)://[^\s\[]+\[([^\]]*)\]"), lambda m: m.group(1)),
-    (re.compile(r"<<([^,>]+),\s*([^>]+)>>"), lambda m: m.group(2)),
-    (re.compile(r"<<([^>]+)>>"), lambda m: m.group(1).replace("-", " ").replace("_", " ").strip("#")),
-    (re.compile(r"\bimage:{1,2}[^\[\s]*\[([^\],]*)[^\]]*\]"), lambda m: m.group(1)),
-    (re.compile(r"\b(?:kbd|btn|menu|footnote|pass|indexterm2?):[^\[\s]*\[([^\]]*)\]"), lambda m: m.group(1)),
-    (re.compile(r"\[\[[^\]]*\]\]|\[[#.][\w.#-]*\](?=[*_`#])"), lambda m: ""),
-    (re.compile(r"(?<![\w*])\*{1,2}(\S(?:.*?\S)?)\*{1,2}(?![\w*])"), lambda m: m.group(1)),
-    (re.compile(r"(?<![\w_])_{1,2}(\S(?:.*?\S)?)_{1,2}(?![\w_])"), lambda m: m.group(1)),
+_INLINE = [  # each bounded and within a line: a hostile line of `xref:a[xref:a[...` costs linear time
+    (re.compile(r"\b(?:xref|link|mailto):([^\s\[]{1,500})\[([^\]\n]{0,500})\]"), lambda m: m.group(2) or m.group(1)),
+    (re.compile(r"\b(?:https?|ftp)://[^\s\[]{1,2000}\[([^\]\n]{0,500})\]"), lambda m: m.group(1)),
+    (re.compile(r"<<([^,>\n]{1,200}),[ \t]*([^>\n]{1,500})>>"), lambda m: m.group(2)),
+    (re.compile(r"<<([^>\n]{1,200})>>"), lambda m: m.group(1).replace("-", " ").replace("_", " ").strip("#")),
+    (re.compile(r"\bimage:{1,2}[^\[\s]{0,500}\[([^\],\n]{0,500})[^\]\n]{0,500}\]"), lambda m: m.group(1)),
+    (re.compile(r"\b(?:kbd|btn|menu|footnote|pass|indexterm2?):[^\[\s]{0,200}\[([^\]\n]{0,500})\]"), lambda m: m.group(1)),
+    (re.compile(r"\[\[[^\]\n]{0,200}\]\]|\[[#.][\w.#-]{0,200}\](?=[*_`#])"), lambda m: ""),
+    (re.compile(r"(?<![\w*])\*{1,2}(\S(?:[^\n]{0,300}?\S)?)\*{1,2}(?![\w*])"), lambda m: m.group(1)),
+    (re.compile(r"(?<![\w_])_{1,2}(\S(?:[^\n]{0,300}?\S)?)_{1,2}(?![\w_])"), lambda m: m.group(1)),
     (re.compile(r" \+$", re.MULTILINE), lambda m: ""),  # a hard line break
 ]
 

@@ -47,7 +47,6 @@ _ESM = re.compile(r"""^(?:import[ \t]+(?:[\w*{}, \t]+[ \t]+from[ \t]+)?["'][^"'\
                   r"|export[ \t]+(?:const|let|var|function|default|class|async|\{|\*)\b)")
 _MDX_IMPORT = re.compile(r"""^import[ \t]+(?P<name>[A-Z]\w*)[ \t]+from[ \t]+["'](?P<path>[^"'\n]+\.mdx?)["'];?[ \t]*$""",
                          re.MULTILINE)
-_JSX_COMMENT = re.compile(r"\{/\*.{0,4000}?\*/\}", re.DOTALL)
 # A component tag (capitalized name: lower-case tags are HTML), its attributes possibly over
 # several lines, with values in quotes or braces nested two deep.
 _ATTRS = r"""(?:[^<>{}"']|"[^"\n]*"|'[^'\n]*'|\{(?:[^{}]|\{[^{}]*\})*\}){0,4000}?"""
@@ -189,7 +188,7 @@ def strip_mdx(segment: str, imports: dict[str, str], include: Include | None) ->
             in_esm = True
             continue
         kept.append(line)
-    text = _JSX_COMMENT.sub("", "\n".join(kept))
+    text = _strip_jsx_comments("\n".join(kept))
 
     def component(match: re.Match) -> str:
         name, attrs = match.group("name"), match.group("attrs") or ""
@@ -200,6 +199,19 @@ def strip_mdx(segment: str, imports: dict[str, str], include: Include | None) ->
         return f"\n\n{words}\n\n" if words else REMOVED
 
     return drop_marked_lines(_COMPONENT.sub(component, text))
+
+
+def _strip_jsx_comments(text: str) -> str:
+    """`{/* ... */}` out, scanning forward once: a regex retried from every unclosed opener would
+    rescan the rest of the page each time."""
+    parts, position = [], 0
+    while (start := text.find("{/*", position)) >= 0:
+        end = text.find("*/}", start + 3)
+        if end < 0:
+            break
+        parts.append(text[position:start])
+        position = end + 3
+    return "".join(parts) + text[position:]
 
 
 def is_mdx(path: str, prose: str) -> bool:
