@@ -155,8 +155,9 @@ def test_a_killed_refine_s_calls_in_flight_are_logged_as_lost_by_the_next_run(pg
     requests in llm_calls as 'lost' (priced on their prompt tokens), sends only the documents not
     stored, and then the server's count of chat requests and llm_calls agree, with no journal row
     left. Without the journal, the calls in flight at the kill were missing from llm_calls. Ctrl-C
-    (SIGINT, the held requests then answered): whatever the stopping process still stored took its
-    journal rows with it, the rest is logged as lost, and the counts agree the same way."""
+    (SIGINT, the held requests then answered): no new request is sent (the step's threads used to
+    send every remaining document's before the process could exit); whatever the stopping process
+    still stored took its journal rows with it, the rest is logged as lost, and the counts agree."""
     manifest = ingest_notes(store, tmp_path, KILLED_DOCUMENTS)
     env = {**os.environ, "DATABASE_URL": db_url, "DAGSTER_PG_URL": new_database(pg_server, template="template1"),
            "DAGSTER_HOME": str(tmp_path / "dagster_home"), "REFINERY_HOME": str(tmp_path / "refinery_home"),
@@ -193,6 +194,7 @@ def test_a_killed_refine_s_calls_in_flight_are_logged_as_lost_by_the_next_run(pg
         else:
             pytest.fail(f"the refine never reached {HOLD_AT} chat requests ({last})")
         workers = psutil.Process(process.pid).children(recursive=True)
+        sent_before = len(fake_openai.chat_requests)
         if stop_signal == signal.SIGKILL:
             for victim in [process, *workers]:  # kill -9: the supervisor and the process doing the work
                 try:
@@ -215,6 +217,7 @@ def test_a_killed_refine_s_calls_in_flight_are_logged_as_lost_by_the_next_run(pg
     logged_at_kill = count(db_url, "SELECT count(*) FROM llm_calls")
     in_flight = sent_at_kill - logged_at_kill
     print(f"chat requests at the stop: {sent_at_kill}; logged: {logged_at_kill}")
+    assert sent_at_kill == sent_before  # Ctrl-C too: no request is sent once the process is stopping
     assert count(db_url, "SELECT count(*) FROM llm_calls_sent") == in_flight  # sent: logged or journaled
     if stop_signal == signal.SIGKILL:
         assert in_flight == CONCURRENCY  # every slot's request: what QA saw lost

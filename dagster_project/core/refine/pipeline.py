@@ -37,6 +37,7 @@ from ..ingest.tokens import TokenCounter
 from ..live_status import publishing
 from ..openai_batch import BatchPolicy
 from ..secrets import errors_scrubbed
+from ..stopping import STOPPING
 from .batch import BatchOutcome, refine_in_batches
 from .best_of import Buffer, size_buffer
 from .extractive import refine_extractively
@@ -222,6 +223,8 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
         tokens = job.prompt.tokens if job.prompt else 0
 
         def sent(model: str, link: str, attempt: str) -> None:
+            if STOPPING.is_set():  # the process got SIGINT/SIGTERM: checked last, just before sending
+                raise ChainStopped
             price = chain.prices.get(model)
             try:
                 store.journal_llm_call(collection, run_id, asset, job.candidate.id, model, link, attempt, tokens,
@@ -247,7 +250,7 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
             buffer.clear()
 
     def run(job: _Job) -> ChainResult:
-        if stop.is_set():
+        if stop.is_set() or STOPPING.is_set():
             raise ChainStopped
         c = job.candidate
         if c.id in batched.results:
@@ -283,7 +286,11 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
         done_count = 0
         try:
             while futures:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                done, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+                if STOPPING.is_set() and not stop.is_set():
+                    give_up(futures)  # queued documents are dropped; the answers in flight are stored
+                if not done:
+                    continue
                 for future in done:
                     job = futures.pop(future)
                     if future.cancelled():
@@ -313,6 +320,10 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
         except BaseException:
             give_up(futures)
             raise
+    if STOPPING.is_set() and write_error is None:
+        raise RefineInterrupted(f"refining {collection} stopped by a signal: no new model request was sent. {stored} "
+                                f"of the {len(jobs)} documents to refine are stored and kept: run the refine again "
+                                "to finish the others (only they are sent).")
     if write_error is not None:
         # The requests in flight have finished: their answers were paid for, so try once more to
         # store them on a fresh connection (a terminated session is often the only damage).
