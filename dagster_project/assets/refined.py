@@ -57,6 +57,8 @@ def build_refined_documents(project: Project) -> dg.AssetsDefinition:
             "quarantined": report.quarantined, "awaiting_model": report.awaiting_model, "llm_calls": report.calls, "failed_calls": report.failed_calls,
             "prompt_tokens": report.prompt_tokens, "completion_tokens": report.completion_tokens,
             "cost_usd": dg.MetadataValue.float(round(report.cost_usd, 6)),
+            # calls an earlier, stopped run sent and never logged, logged now (outcome 'lost')
+            "lost_calls": report.lost_calls, "lost_cost_usd": dg.MetadataValue.float(float(round(report.lost_cost_usd, 6))),
             "seconds": round(report.seconds, 3),
             "by_link": dg.MetadataValue.json(dict(report.by_link)),
             "feedback_redos": report.feedback_redos,

@@ -195,9 +195,11 @@ def _execute_watched(instance, job, partition_key: str | None, run_config: dict,
 
     from dagster._core.utils import make_new_run_id
 
+    from ..core.stopping import STOPPING
     from ..pools import process_tags, waiting_for
 
     run_id, outcome, received = make_new_run_id(), {}, []
+    STOPPING.clear()
 
     def work() -> None:
         try:
@@ -207,8 +209,11 @@ def _execute_watched(instance, job, partition_key: str | None, run_config: dict,
         except BaseException as exc:  # re-raised in the main thread
             outcome["error"] = exc
 
-    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    def stopping(signum, _frame) -> None:
+        received.append(signum)
+        STOPPING.set()  # at once: the refine step sends no new request (core/stopping.py)
+
+    previous = {s: signal.signal(s, stopping) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         worker = threading.Thread(target=work, name=f"run-{run_id[:8]}", daemon=True)
         worker.start()

@@ -41,7 +41,8 @@ def cmd_refine(args) -> int:
             "run_id": run["run_id"], "success": run["success"], "checks": run["checks"], "failures": run["failures"],
             **{k: step.get(k, 0) for k in ("refined", "skipped", "lightweight", "quarantined", "awaiting_model", "llm_calls",
                                             "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd",
-                                            "feedback_redos", "batched", "best_of", "candidates_discarded")},
+                                            "feedback_redos", "batched", "best_of", "candidates_discarded",
+                                            "lost_calls", "lost_cost_usd")},
             "by_link": step.get("by_link", {}), "lightweight_reasons": step.get("lightweight_reasons", {}),
         }
     by_link: dict[str, int] = {}
@@ -55,6 +56,7 @@ def cmd_refine(args) -> int:
         "quarantined": sum(c["quarantined"] for c in per_collection.values()),
         "awaiting_model": sum(c["awaiting_model"] for c in per_collection.values()),
         "feedback_redos": sum(c["feedback_redos"] for c in per_collection.values()),
+        "lost_calls": sum(c["lost_calls"] for c in per_collection.values()),
         "by_link": by_link,
         "cost_usd": round(sum(c["cost_usd"] for c in per_collection.values()), 6),
         "chain": chain.links, "collections": per_collection,
@@ -64,6 +66,10 @@ def cmd_refine(args) -> int:
         lines.append(f"{name:<16} {c['refined']:>8} {c['skipped']:>8} {c['lightweight']:>6} {c['quarantined']:>9} "
                      f"{c['llm_calls']:>6} {c['cost_usd']:>10.4f}")
         lines.extend(f"  FAILED: {f}" for f in c["failures"])
+        if c["lost_calls"]:
+            lines.append(f"  {c['lost_calls']} LLM calls of an earlier refine that stopped before recording them are "
+                         f"now in llm_calls as outcome 'lost' (~${c['lost_cost_usd']:.4f} of prompt tokens; "
+                         "the provider may have billed them)")
         if c["awaiting_model"]:
             lines.append(f"  {c['awaiting_model']} documents await the model (it could not be reached for them; "
                          "the run's warnings say why): their extractive stand-ins are stored, a rerun sends them")

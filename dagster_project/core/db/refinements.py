@@ -1,5 +1,6 @@
-"""The `refined_documents`, `llm_calls` and `refine_quarantine` tables, and the pipeline's own
-judgements in `feedback_events`: what the refine step reads and writes in one transaction."""
+"""The `refined_documents`, `llm_calls` and `refine_quarantine` tables, the journal of LLM calls
+in flight (`llm_calls_sent`), and the pipeline's own judgements in `feedback_events`: what the
+refine step reads and writes in one transaction."""
 
 from __future__ import annotations
 
@@ -126,6 +127,24 @@ INSERT_PIPELINE_JUDGEMENTS = (
     "ON CONFLICT (document_id, source, model, prompt_version, schema_version, input_hash, "
     "(coalesce(candidate_hash, '\\x'::bytea))) WHERE source <> 'user' DO NOTHING RETURNING source"
 )
+INSERT_SENT = (
+    "INSERT INTO llm_calls_sent (run_id, asset, collection, document_id, model, link, attempt, prompt_tokens, "
+    "prompt_cost_usd) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# Journal rows of `collection` left by a refine that stopped before logging their calls: into
+# llm_calls as 'lost', in one statement. called_at is now, as for every row of the log (a call is
+# logged when it is recorded), so a day's history metrics stay what they were when snapshotted.
+RECORD_LOST_CALLS = (
+    "WITH gone AS (DELETE FROM llm_calls_sent WHERE collection = %(collection)s RETURNING *) "
+    "INSERT INTO llm_calls (run_id, asset, collection, document_id, model, link, attempt, prompt_tokens, "
+    "completion_tokens, latency_ms, cost_usd, outcome, error) "
+    "SELECT run_id, asset, collection, document_id, model, link, attempt, prompt_tokens, 0, 0, prompt_cost_usd, "
+    "'lost', format('the refine process stopped before this call''s answer was recorded (run %%s, sent at %%s UTC); "
+    "the provider may have billed it: its prompt tokens are the estimate made when it was sent, its cost their "
+    "input price, its completion unknown', coalesce(run_id, 'unknown'), "
+    "to_char(sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) "
+    "FROM gone ORDER BY id RETURNING cost_usd"
+)
 UNREFINED_COUNT = (
     "SELECT count(*) FROM documents d LEFT JOIN refined_documents r ON r.document_id = d.id "
     "WHERE d.collection = %s AND (r.document_id IS NULL OR r.chain <> %s OR r.prompt_version <> %s "
@@ -197,6 +216,10 @@ class RefinementTables:
                     "asked, valid, score, kept, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [(run_id, collection, c.document_id, c.model, c.input_hash, c.candidate_hash, c.asked, c.valid,
                       c.score, c.kept, c.reason) for c in candidates])
+            if refinements:
+                # Their calls are in llm_calls now: their journal rows go in the same transaction.
+                cur.execute("DELETE FROM llm_calls_sent WHERE collection = %s AND run_id IS NOT DISTINCT FROM %s "
+                            "AND document_id = ANY(%s)", (collection, run_id, [r.document_id for r in refinements]))
             recorded: dict[str, int] = {}
             if judgements:
                 j = judgements
@@ -209,6 +232,24 @@ class RefinementTables:
                 for (source,) in rows:
                     recorded[source] = recorded.get(source, 0) + 1
         return recorded
+
+    def journal_llm_call(self, collection: str, run_id: str | None, asset: str, document_id: uuid.UUID,
+                         model: str, link: str, attempt: str, prompt_tokens: int = 0,
+                         prompt_cost_usd: float = 0.0) -> None:
+        """A request about to be sent, committed before it is (`llm_calls_sent`): if the run dies
+        before the call reaches llm_calls, the next refine of the collection logs it as lost.
+        Without the collection lock: it must not wait for another transaction of the collection."""
+        with self.writing() as conn:
+            conn.execute(INSERT_SENT, (run_id, asset, collection, document_id, model, link, attempt, prompt_tokens,
+                                       prompt_cost_usd))
+
+    def record_lost_calls(self, collection: str) -> tuple[int, float]:
+        """Moves the journal rows a stopped refine of `collection` left into llm_calls, outcome
+        'lost'. Only under the collection's step lock: no live run may own rows then. Returns how
+        many calls, and their estimated dollars."""
+        with self.writing(collection) as conn:
+            costs = [float(r[0]) for r in conn.execute(RECORD_LOST_CALLS, {"collection": collection}).fetchall()]
+        return len(costs), float(sum(costs))
 
     def candidate_discard_rates(self, collection: str, model: str, window: int) -> list[float]:
         """Per best-of request of `model` in `collection` (the latest `window`), the share of its

@@ -52,6 +52,12 @@ class ChainStopped(Exception):
     """The caller's stop event was set: no further request was sent for this prompt."""
 
 
+# Called with (model, link, attempt) just before each request goes to the server, once the
+# request is sure to be sent (not when the chain stops first): the refine step journals it there.
+# Raising (ChainStopped, say) keeps the request from being sent.
+Sent = Callable[[str, str, str], None]
+
+
 @dataclass(frozen=True)
 class Price:
     input_per_million: float
@@ -84,7 +90,7 @@ class CallRecord:
     completion_tokens: int = 0
     latency_ms: float = 0.0
     cost_usd: float = 0.0
-    outcome: str = "ok"  # ok | invalid | error
+    outcome: str = "ok"  # ok | invalid | error (| lost: logged by a later run, db/refinements.py)
     error: str | None = None
     batch_id: str | None = None  # answered through this Batch API job (billed at the batch price)
     unavailable: bool = False  # the error says the model could not be reached, not that it refused this prompt
@@ -223,10 +229,11 @@ class LLMChain:
 
     def refine(self, prompt: Prompt, extractive: Callable[[], RefinedDocument],
                stop: threading.Event | None = None, *, candidates: Mapping[str, int] | None = None,
-               score: Callable[[RefinedDocument], float] | None = None) -> ChainResult:
+               score: Callable[[RefinedDocument], float] | None = None, sent: Sent | None = None) -> ChainResult:
         """Raises ChainStopped instead of sending a request once `stop` is set. `candidates`: N per
         model for best-of-N (its first answer is N candidates, the valid one that `score`s best is
-        kept; if none is valid, the first is repaired as usual)."""
+        kept; if none is valid, the first is repaired as usual). `sent` is told of each request
+        right before it is sent (see `Sent`)."""
         calls: list[CallRecord] = []
         rejected: list[RejectedAnswer] = []
         pool: list[Candidate] = []
@@ -236,7 +243,7 @@ class LLMChain:
             wanted = (candidates or {}).get(model, 1)
             for attempt in ("answer", "repair"):
                 if attempt == "answer" and wanted > 1:
-                    records, raws = self._call_candidates(model, link, messages, wanted, stop)
+                    records, raws = self._call_candidates(model, link, messages, wanted, stop, sent)
                     calls.extend(records)
                     if not raws:
                         break  # the model is unavailable: no repair, next link
@@ -249,7 +256,7 @@ class LLMChain:
                     rejected.extend(RejectedAnswer(model, link, c.raw, c.errors) for c in tried)
                     raw, errors = tried[0].raw, tried[0].errors
                 else:
-                    record, raw = self._call(model, link, attempt, messages, stop)
+                    record, raw = self._call(model, link, attempt, messages, stop, sent)
                     calls.append(record)
                     if record.outcome == "error":
                         break  # the model is unavailable: no repair, next link
@@ -287,12 +294,12 @@ class LLMChain:
         return best
 
     def _call_candidates(self, model: str, link: str, messages: list[dict], n: int,
-                         stop: threading.Event | None) -> tuple[list[CallRecord], list[str]]:
+                         stop: threading.Event | None, sent: Sent | None = None) -> tuple[list[CallRecord], list[str]]:
         """N answers: one request with `n` where the server takes it (the prompt is paid once),
         topped up by parallel single requests for whatever it did not return."""
         records, raws = [], []
         if self._n_ok.get(model, True):
-            record, raws = self._request(model, link, "answer", messages, stop, n, CANDIDATE_TEMPERATURE)
+            record, raws = self._request(model, link, "answer", messages, stop, n, CANDIDATE_TEMPERATURE, sent)
             records.append(record)
             if record.outcome == "error":
                 return records, []
@@ -300,19 +307,20 @@ class LLMChain:
         if missing > 0:
             with ThreadPoolExecutor(max_workers=min(missing, self.concurrency)) as pool:
                 for record, more in pool.map(lambda _: self._request(model, link, "answer", messages, stop, 1,
-                                                                       CANDIDATE_TEMPERATURE),
+                                                                       CANDIDATE_TEMPERATURE, sent),
                                              range(missing)):
                     records.append(record)
                     raws.extend(more)
         return records, raws[:n]
 
     def _call(self, model: str, link: str, attempt: str, messages: list[dict],
-              stop: threading.Event | None = None) -> tuple[CallRecord, str]:
-        record, contents = self._request(model, link, attempt, messages, stop, 1)
+              stop: threading.Event | None = None, sent: Sent | None = None) -> tuple[CallRecord, str]:
+        record, contents = self._request(model, link, attempt, messages, stop, 1, sent=sent)
         return record, contents[0] if contents else ""
 
     def _request(self, model: str, link: str, attempt: str, messages: list[dict],
-                 stop: threading.Event | None, n: int, temperature: float = 0.0) -> tuple[CallRecord, list[str]]:
+                 stop: threading.Event | None, n: int, temperature: float = 0.0,
+                 sent: Sent | None = None) -> tuple[CallRecord, list[str]]:
         """One request for `n` choices (fewer if the server ignores `n`); none after an error."""
         import openai
         record = CallRecord(model, link, attempt)
@@ -324,6 +332,8 @@ class LLMChain:
                 if stop is not None and stop.is_set():
                     raise ChainStopped
                 self.gate.wait()  # inside the slot: a thread queued for a slot honours a gate set meanwhile
+                if sent is not None:
+                    sent(model, link, attempt)  # last: only a request that is surely sent is journaled
                 raw_response = self._create(model, messages, n, temperature)
             self.gate.update({k.lower(): v for k, v in raw_response.headers.items()})
             completion = raw_response.parse()

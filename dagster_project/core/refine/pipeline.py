@@ -37,6 +37,7 @@ from ..ingest.tokens import TokenCounter
 from ..live_status import publishing
 from ..openai_batch import BatchPolicy
 from ..secrets import errors_scrubbed
+from ..stopping import STOPPING
 from .batch import BatchOutcome, refine_in_batches
 from .best_of import Buffer, size_buffer
 from .extractive import refine_extractively
@@ -78,6 +79,8 @@ class RefineReport:
     batched: int = 0  # documents answered through the Batch API
     batches_submitted: list[str] = field(default_factory=list)
     batches_resumed: list[str] = field(default_factory=list)  # submitted by an earlier run, collected now
+    lost_calls: int = 0  # calls an earlier, stopped run sent and never logged: logged now as 'lost'
+    lost_cost_usd: float = 0.0  # their prompts' estimated cost (not in cost_usd: this run did not pay it)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -185,6 +188,12 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
                        feedback: FeedbackPolicy, best_of: BestOf | None, batch: BatchPolicy) -> RefineReport:
     started = time.perf_counter()
     report = RefineReport(collection)
+    # Under the step lock: calls a stopped run of this collection sent but never logged.
+    report.lost_calls, report.lost_cost_usd = store.record_lost_calls(collection)
+    if report.lost_calls:
+        report.warnings.append(f"{report.lost_calls} LLM calls of an earlier refine of {collection} were sent but "
+                               "never recorded (it stopped before their answers were stored): logged in llm_calls "
+                               f"as outcome 'lost', ~${report.lost_cost_usd:.4f} of prompt tokens")
     jobs, report.skipped = pending_jobs(store, collection, chain, feedback, best_of)
     report.buffers = buffers_for(store, collection, chain, best_of)
     asked = {m: b.candidates for m, b in report.buffers.items()}
@@ -202,6 +211,29 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
     buffer: list = []
     stored = 0
     stop = threading.Event()  # set when results can no longer be stored: no request is sent after it
+    journal_errors: list[Exception] = []
+
+    def journaled(job: _Job):
+        """The chain's `sent` for `job`: each request is journaled (committed) just before it is
+        sent, so that a run killed before logging its call leaves a row the next run logs as lost.
+        One short transaction per call, against calls that take hundreds of milliseconds or more,
+        on its own connection and without the collection lock: it adds about a millisecond per
+        call and waits for no other write. If it fails, the request is not sent: the database
+        cannot take results either, and the step stops as for a failed write."""
+        tokens = job.prompt.tokens if job.prompt else 0
+
+        def sent(model: str, link: str, attempt: str) -> None:
+            if STOPPING.is_set():  # the process got SIGINT/SIGTERM: checked last, just before sending
+                raise ChainStopped
+            price = chain.prices.get(model)
+            try:
+                store.journal_llm_call(collection, run_id, asset, job.candidate.id, model, link, attempt, tokens,
+                                       price.cost(tokens, 0) if price else 0.0)
+            except Exception as exc:  # noqa: BLE001 - whatever the cause, the call could not be journaled
+                journal_errors.append(exc)
+                stop.set()
+                raise ChainStopped from exc
+        return sent
 
     def flush() -> None:
         nonlocal stored
@@ -218,7 +250,7 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
             buffer.clear()
 
     def run(job: _Job) -> ChainResult:
-        if stop.is_set():
+        if stop.is_set() or STOPPING.is_set():
             raise ChainStopped
         c = job.candidate
         if c.id in batched.results:
@@ -232,15 +264,15 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
             return ChainResult(extractive(), EXTRACTIVE, EXTRACTIVE)
         if c.id in batched.calls or c.id in batched.rejected:
             # The batch's answer failed: live now, with the batch call and answer on record.
-            result = chain.refine(job.prompt, extractive, stop)
+            result = chain.refine(job.prompt, extractive, stop, sent=journaled(job))
             result.calls[:0] = batched.calls.get(c.id, [])
             result.rejected[:0] = batched.rejected.get(c.id, [])
             return result
         if not job.best_of:
-            return chain.refine(job.prompt, extractive, stop)
+            return chain.refine(job.prompt, extractive, stop, sent=journaled(job))
         source = job.prompt.document_text
         return chain.refine(job.prompt, extractive, stop, candidates=asked,
-                            score=lambda refined: score_refinement(refined, source))
+                            score=lambda refined: score_refinement(refined, source), sent=journaled(job))
 
     def give_up(futures) -> None:
         stop.set()
@@ -254,7 +286,11 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
         done_count = 0
         try:
             while futures:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                done, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+                if STOPPING.is_set() and not stop.is_set():
+                    give_up(futures)  # queued documents are dropped; the answers in flight are stored
+                if not done:
+                    continue
                 for future in done:
                     job = futures.pop(future)
                     if future.cancelled():
@@ -267,6 +303,9 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
                     buffer.append((row, result, judge(job, row, result, feedback)))
                     _tally(report, job, result)
                     done_count += 1
+                if journal_errors and write_error is None:  # as a failed write: nothing more is sent
+                    write_error = journal_errors[0]
+                    give_up(futures)
                 # A result that cost a model call is stored at once, so a killed run keeps what
                 # it paid for; free (extractive) ones are batched.
                 due = len(buffer) >= WRITE_EVERY or not futures or any(r.calls for _, r, _ in buffer)
@@ -281,6 +320,10 @@ def _refine_collection(store, collection, chain, counter, budget, thresholds, ru
         except BaseException:
             give_up(futures)
             raise
+    if STOPPING.is_set() and write_error is None:
+        raise RefineInterrupted(f"refining {collection} stopped by a signal: no new model request was sent. {stored} "
+                                f"of the {len(jobs)} documents to refine are stored and kept: run the refine again "
+                                "to finish the others (only they are sent).")
     if write_error is not None:
         # The requests in flight have finished: their answers were paid for, so try once more to
         # store them on a fresh connection (a terminated session is often the only damage).
