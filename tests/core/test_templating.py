@@ -272,3 +272,16 @@ def test_heading_attribute_lists_are_not_part_of_the_title():
     assert parsed.title == "First Steps"
     assert [(b.text, b.heading_path) for b in parsed.blocks] == [("Text.", ["First Steps"]),
                                                                   ("Use {name} here.", ["First Steps", "Recap"])]
+
+
+def test_mkdocs_snippets_are_included_like_any_include():
+    files = {"snippets/licence.md": "Shared under the walrus licence.\n"}
+    page = 'Intro.\n\n--8<-- "snippets/licence.md"\n\nShow it with:\n\n;--8<-- "snippets/licence.md"\n\n--8<-- "gone.md"\n'
+    text, warnings = render(page, files)
+    assert "Shared under the walrus licence." in text
+    assert '--8<-- "snippets/licence.md"' in text  # the escaped line, shown as written without its `;`
+    assert ';--8<--' not in text and text.count("--8<--") == 1
+    assert any("gone.md" in w and "not found" in w for w in warnings)
+    assert includes_fingerprint("page.md", page, OPTIONS, lambda p: content_hash(files[p].encode()) if p in files else None,
+                                files.get) != ""
+    assert "walrus" not in render(page, files, options=MarkdownTemplating(includes="strip"))[0]

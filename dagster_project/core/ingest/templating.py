@@ -1,6 +1,7 @@
 """Markdown preprocessing for templating syntax: Hugo shortcodes, Liquid/Jekyll and Jinja tags,
 HTML comments and GitHub alert markers are stripped (a paired shortcode keeps what it encloses),
-and includes are resolved within the collection root, before the Markdown parser sees the file.
+and includes (those tags, and MkDocs' `--8<--` snippets) are resolved within the collection root,
+before the Markdown parser sees the file.
 Site generators' dialects (admonitions, content tabs, MDX) are unwrapped first (dialects.py)."""
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ _SYNTAX = re.compile(
 _COMMENTS = ((re.compile(r"\{%-?[ \t]*comment[ \t]*-?%\}"), re.compile(r"\{%-?[ \t]*endcomment[ \t]*-?%\}")),
              (re.compile(r"<!--"), re.compile(r"-->")))
 _ALERT = re.compile(r"^([ \t]*>[ \t]*)\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*$", re.MULTILINE | re.IGNORECASE)
+# pymdownx.snippets (MkDocs): `--8<-- "file.md"` on a line of its own includes the file;
+# `;--8<--` shows the line itself.
+_SNIPPET = re.compile(r"""^[ \t]*(?P<escaped>;)?--8<--[ \t]+(?P<quote>["'])(?P<target>[^"'\n]+)(?P=quote)[ \t]*$""", re.MULTILINE)
 _QUOTED = re.compile(r"""(?:\bfile\s*=\s*)?["']([^"'\n]+)["']|(\S+)""")
 _INCLUDED = re.compile("\x02(\\d+)\x02")  # where the Nth MDX component imported from a Markdown file goes
 
@@ -191,6 +195,7 @@ def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -
         for opener, closer in _COMMENTS:
             segment = _strip_pairs(segment, opener, closer)
         segment = _ALERT.sub(r"\1", segment)
+        segment = _SNIPPET.sub(lambda m: _snippet(m, path, state, chain), segment)
         segment = _SYNTAX.sub(lambda m: _replace(m, path, state, chain), segment)
         parts.append(drop_marked_lines(segment))
     text = "".join(parts)
@@ -228,6 +233,14 @@ def _replace(match: re.Match, path: str, state: _Render, chain: tuple[str, ...])
     if tag and not match.group("close") and tag in state.options.include_tags and state.options.includes == "resolve":
         return _include(tag, args or "", path, state, chain)
     return REMOVED
+
+
+def _snippet(match: re.Match, path: str, state: _Render, chain: tuple[str, ...]) -> str:
+    if match.group("escaped"):
+        return match.group(0).replace(";--8<--", "--8<--", 1)
+    if state.options.includes != "resolve":
+        return REMOVED
+    return _include("include", f'"{match.group("target")}"', path, state, chain)
 
 
 def _include(tag: str, args: str, path: str, state: _Render, chain: tuple[str, ...]) -> str:
@@ -279,4 +292,4 @@ def includes_fingerprint(path: str, text: str, options: MarkdownTemplating, read
 
 
 def _may_include(text: str, options: MarkdownTemplating) -> bool:
-    return any(tag in text for tag in options.include_tags) or bool(mdx_imports(text))
+    return any(tag in text for tag in options.include_tags) or "--8<--" in text or bool(mdx_imports(text))
