@@ -197,7 +197,7 @@ Use the type hints.
 
 ```{note}
 :class: dropdown
-MyST note body.
+MyST note body, see {ref}`setup`.
 ```
 
 ```{code-block} python
@@ -224,7 +224,7 @@ def test_admonitions_tabs_and_mdx_components_keep_their_text_and_lose_their_mark
     assert prose == ["Intro from a partial.", "Pro tip", "Use the heron mirror when you can.", "With npm",
                      "Why immutability?", "Because reducers must be pure.", "Technical Details",
                      "The body of a note is prose, not code.", "After the note.", "Python 3.10+", "Tab text here.",
-                     "Inspired the walrus API", "Use the type hints.", "MyST note body.",
+                     "Inspired the walrus API", "Use the type hints.", "MyST note body, see `setup`.",
                      "::: fastapi.APIRouter"]  # mkdocstrings' autodoc line is not a container
     code = [text for kind, text in blocks if kind == "code"]
     assert code == ["```bash\nnpm install redux\n:::\n```",  # code as written, a marker in it too

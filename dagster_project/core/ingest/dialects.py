@@ -6,6 +6,7 @@ a page (templating.render_markdown runs this first):
 - indented container bodies are dedented: Python-Markdown / MkDocs admonitions (`!!! note`,
   `??? tip`) and content tabs (`=== "Tab"`) indent their body by four spaces, which CommonMark
   reads as a code block;
+- MyST roles lose their name: {ref}`setup` reads as `setup`;
 - MDX: `import` / `export` statements and `{/* comments */}` leave the text, and a component's
   tags do (`<Tabs>`, `<TabItem value="x">`, `<Embed id="x" />`) while what it encloses stays; a
   component imported from a Markdown file (`import Intro from './_intro.mdx'`, then `<Intro />`)
@@ -39,6 +40,7 @@ _COLON = re.compile(r"^:{3,}(?:(?P<type>\{[\w:-]+\}|[A-Za-z][\w-]*)(?:\[(?P<brac
 # `/// note`, `/// tip | Title`, `//// tab | Python 3.10+`; `///` closes.
 _SLASH = re.compile(r"^/{3,}(?:[ \t]+(?P<type>[A-Za-z][\w-]*)(?:[ \t]*\|[ \t]*(?P<title>.*))?)?[ \t]*$")
 _BLOCK_ATTRIBUTES = re.compile(r"^\{:[ \t]*[^{}]*\}$")  # kramdown's `{: .note}` on a line of its own
+_MYST_ROLE = re.compile(r"\{[\w:-]{1,40}\}(?=`)")  # MyST's {ref}`target`, {doc}`page`: the role name goes
 _DIRECTIVE_OPTION = re.compile(r"^[ \t]*:[\w-]+:(?:[ \t].*)?$")  # MyST `:class: tip`
 _BLOCK_OPTION = re.compile(r"^[ \t]+[\w-]+:[ \t].*$")  # pymdownx `    type: warning` right after `///`
 # MDX: an ESM statement starts a paragraph and runs to the next blank line.
@@ -113,7 +115,7 @@ def unwrap_containers(body: str) -> str:
             if options == "myst" and _DIRECTIVE_OPTION.match(text):
                 continue
             options = None
-            out.append(text)  # a prose directive's body
+            out.append(_MYST_ROLE.sub("", text))  # a prose directive's body
             continue
         if options == "myst" and _DIRECTIVE_OPTION.match(text):
             continue
@@ -166,7 +168,7 @@ def unwrap_containers(body: str) -> str:
                 out.append(match.group("title").strip())
             options = "block" if match.group("type") else None
             continue
-        out.append(text)
+        out.append(_MYST_ROLE.sub("", text))
     return "\n".join(out) + ("\n" if body.endswith("\n") else "")
 
 
