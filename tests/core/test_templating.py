@@ -285,3 +285,12 @@ def test_mkdocs_snippets_are_included_like_any_include():
     assert includes_fingerprint("page.md", page, OPTIONS, lambda p: content_hash(files[p].encode()) if p in files else None,
                                 files.get) != ""
     assert "walrus" not in render(page, files, options=MarkdownTemplating(includes="strip"))[0]
+
+
+def test_inline_html_in_markdown_prose_is_its_text_and_code_spans_stay():
+    page = ('Built on <abbr title="Asynchronous Server Gateway Interface">ASGI</abbr>; press <kbd>Ctrl</kbd>+<kbd>C</kbd>, '
+            'see <a href="https://x.org">the docs</a> or <https://y.org>.\n'
+            'Keep `<div>` in code, and List<String> too. <img src="l.png" alt="The logo">line<br>break.\n')
+    assert [(b.kind, b.text) for b in parse_document("page.md", page.encode()).blocks] == [(
+        "paragraph", "Built on ASGI (Asynchronous Server Gateway Interface); press Ctrl+C, see the docs or "
+                     "<https://y.org>.\nKeep `<div>` in code, and List<String> too. The logo line break.")]

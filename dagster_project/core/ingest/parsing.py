@@ -21,7 +21,7 @@ from .rst import parse_rst_blocks
 Severity = Literal["error", "warning"]
 # Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word,
 # PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out;
-# v6: Markdown's HTML blocks as their text, headings without their attribute lists, MDX;
+# v6: Markdown's HTML blocks and inline HTML as their text, headings without their attribute lists, MDX;
 # AsciiDoc and Jupyter notebooks).
 PARSER_VERSION = "parsers-v6"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
@@ -248,11 +248,48 @@ def _parse_markdown(text: str) -> ParsedDocument:
             raw = "\n".join(source_lines[start:end]).strip()
             if token.type == "html_block":
                 blocks.extend(Block(kind, text, [t for _, t in path]) for kind, text in _html_block_text(raw))
-            else:
+            elif token.type in ("fence", "code_block"):
                 blocks.append(Block(kinds[token.type], raw, [t for _, t in path]))
+            else:
+                blocks.append(Block(kinds[token.type], _inline_html_text(raw), [t for _, t in path]))
         i += 1
     title = str(metadata.get("title") or (headings[0]["title"] if headings else ""))
     return ParsedDocument("markdown", title, metadata, headings, blocks, warnings)
+
+
+# Inline HTML in Markdown prose, outside code spans: the tags go, their text stays, and what an
+# <abbr>/<dfn> title or an <img> alt says is kept ("ASGI (Asynchronous Server Gateway Interface)"):
+# it is often the plain words a question uses. Only HTML's own element names: `<https://x>` is
+# an autolink and `List<String>` prose.
+_HTML_ELEMENTS = ("a|abbr|acronym|b|bdi|bdo|big|br|center|cite|code|data|del|details|dfn|div|em|figcaption|figure|font|"
+                  "i|img|ins|kbd|label|li|mark|ol|p|q|s|samp|small|span|strike|strong|sub|summary|sup|table|tbody|td|"
+                  "tfoot|th|thead|time|tr|tt|u|ul|var|wbr")
+_TITLED = re.compile(r"<(abbr|acronym|dfn)\b[^<>]{0,1000}?\btitle=(?:\"([^\"<>]*)\"|'([^'<>]*)')[^<>]{0,1000}>"
+                     r"([^<>]{0,500})</\1\s*>", re.IGNORECASE)
+_ALT = re.compile(r"<img\b[^<>]{0,2000}?\balt=(?:\"([^\"<>]*)\"|'([^'<>]*)')[^<>]{0,2000}>", re.IGNORECASE)
+_TAG = re.compile(rf"</?({_HTML_ELEMENTS})\b(?:[^<>\"']|\"[^\"]*\"|'[^']*'){{0,2000}}/?>", re.IGNORECASE)
+_SPACED = {"br", "center", "details", "div", "figcaption", "figure", "li", "ol", "p", "summary", "table", "tbody",
+           "td", "tfoot", "th", "thead", "tr", "ul"}  # a break between words; other tags sit inside words
+_CODE_SPAN = re.compile(r"(`+)[^`]+?\1")
+
+
+def _inline_html_text(text: str) -> str:
+    if "<" not in text:
+        return text
+    parts, position = [], 0
+    for span in [*_CODE_SPAN.finditer(text), None]:
+        prose = text[position:span.start() if span else len(text)]
+        if "<" in prose:
+            prose = _TITLED.sub(lambda m: f"{m.group(4)} ({m.group(2) or m.group(3) or ''})"
+                                if (m.group(2) or m.group(3)) else m.group(4), prose)
+            prose = _ALT.sub(lambda m: f" {m.group(1) or m.group(2) or ''} ", prose)
+            prose = _TAG.sub(lambda m: " " if m.group(1).lower() in _SPACED else "", prose)
+            prose = re.sub(r"[ \t]{2,}", " ", prose)
+        parts.append(prose)
+        if span:
+            parts.append(span.group(0))
+            position = span.end()
+    return "".join(parts).strip()
 
 
 def _html_block_text(raw: str) -> list[tuple[str, str]]:
