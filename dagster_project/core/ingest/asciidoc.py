@@ -22,7 +22,7 @@ _ADMONITION = re.compile(r"^(NOTE|TIP|IMPORTANT|WARNING|CAUTION):[ \t]+")
 _LIST = re.compile(r"^(?:[*\-.]+|\d+\.|[a-z]\.)[ \t]+\S|^.+?(?::{2,4}|;;)(?:[ \t]|$)")
 _INCLUDE = re.compile(r"^include::([^\[]+)\[.*\]$")
 _DIRECTIVE = re.compile(r"^(?:ifdef|ifndef|ifeval|endif|toc|image)::")
-_CODE_BLOCKS = {"-": "code", ".": "code"}  # listing, literal
+_CODE_BLOCKS = {"-", "."}  # listing, literal
 _SKIPPED_BLOCKS = {"/", "+"}  # comment, passthrough
 _ADMONITION_STYLES = {"NOTE", "TIP", "IMPORTANT", "WARNING", "CAUTION"}
 
@@ -61,6 +61,16 @@ def _table(lines: list[str]) -> str:
     return "\n".join(out)
 
 
+def _set_attribute(match: re.Match | None, attributes: dict[str, str]) -> bool:
+    """An attribute entry (`:name: value`; `:name!:` unsets, and is dropped like the others)."""
+    if match is None:
+        return False
+    name = match.group(1)
+    if not name.startswith("!") and not name.endswith("!"):
+        attributes[name.lower()] = (match.group(2) or "").strip()
+    return True
+
+
 def parse_asciidoc_blocks(text: str) -> tuple[dict[str, str], list[tuple]]:
     """(header attributes, items) of an AsciiDoc document (see the module)."""
     lines = text.replace("\r\n", "\n").split("\n")
@@ -73,9 +83,7 @@ def parse_asciidoc_blocks(text: str) -> tuple[dict[str, str], list[tuple]]:
         items.append(("title", _inline(lines[i][1:].strip(), attributes)))
         i += 1
         while i < n and lines[i].strip():
-            match = _ATTRIBUTE.match(lines[i])
-            if match and not match.group(1).startswith("!") and not match.group(1).endswith("!"):
-                attributes[match.group(1).lower()] = (match.group(2) or "").strip()
+            _set_attribute(_ATTRIBUTE.match(lines[i]), attributes)
             i += 1
     style: str | None = None  # the block attribute line's first positional value, for the next block
     paragraph: list[str] = []
@@ -119,13 +127,10 @@ def parse_asciidoc_blocks(text: str) -> tuple[dict[str, str], list[tuple]]:
             style = None
             i += 1
             continue
-        match = _ATTRIBUTE.match(line)
-        if match:
-            if not match.group(1).startswith("!") and not match.group(1).endswith("!"):
-                attributes[match.group(1).lower()] = (match.group(2) or "").strip()
+        if _set_attribute(_ATTRIBUTE.match(line), attributes):
             i += 1
             continue
-        if _ANCHOR.match(stripped):
+        if _ANCHOR.match(stripped) or _DIRECTIVE.match(stripped):  # an anchor, ifdef::, toc::...: no text
             i += 1
             continue
         match = _BLOCK_ATTRIBUTES.match(stripped)
@@ -143,9 +148,6 @@ def parse_asciidoc_blocks(text: str) -> tuple[dict[str, str], list[tuple]]:
         if match:
             items.append(("warning", f"include::{match.group(1)}[] is not resolved in AsciiDoc: the included "
                                      "text is not indexed with this page (index that file itself)"))
-            i += 1
-            continue
-        if _DIRECTIVE.match(stripped):
             i += 1
             continue
         match = _DELIMITER.match(stripped)
