@@ -635,3 +635,39 @@ def test_unclosed_inline_markup_costs_linear_time(path, text):
         text, _ = render_markdown(path, text, MarkdownTemplating(), lambda p: None)
     parse_document(path, text.encode())
     assert time.perf_counter() - started < 20
+
+
+def test_a_notebook_cell_is_rendered_on_its_own_dialects_unwrapped():
+    import json
+
+    cells = [{"cell_type": "markdown", "source": "# Unclosed fence\n\n```python\nx = 1"},
+             {"cell_type": "markdown", "source": "## Results\n\nThe model converged on the gazelle dataset."},
+             {"cell_type": "markdown", "source": "```{note}\nA MyST note about the kestrel.\n```\n\n<!-- hidden -->\nVisible."}]
+    doc = parse_document("n.ipynb", json.dumps({"cells": cells}).encode())
+    assert [h["title"] for h in doc.headings] == ["Unclosed fence", "Results"]
+    assert [(b.kind, b.text) for b in doc.blocks] == [
+        ("code", "```python\nx = 1\n```"), ("paragraph", "The model converged on the gazelle dataset."),
+        ("paragraph", "A MyST note about the kestrel."), ("paragraph", "Visible.")]
+    with pytest.raises(ParseError, match="nested too deeply"):
+        parse_document("deep.ipynb", ('{"cells": ' + "[" * 100_000 + "]" * 100_000 + "}").encode())
+
+
+def test_unclosed_asciidoc_blocks_are_said_and_lose_no_text():
+    doc = parse_document("u.adoc", b"= U\n\n|===\n| A | B\n\n== After the table\n\nProse about the heron.\n")
+    assert [h["title"] for h in doc.headings] == ["U", "After the table"]
+    assert "Prose about the heron." in [b.text for b in doc.blocks]
+    assert any("unterminated table" in w and "close it with `|===`" in w for w in doc.warnings)
+    doc = parse_document("c.adoc", b"= C\n\nBefore.\n\n////\nhidden\n")
+    assert [b.text for b in doc.blocks] == ["Before."] and any("unterminated comment block" in w for w in doc.warnings)
+
+
+def test_asciidoc_attribute_references_cannot_multiply_a_page():
+    page = "= B\n:a: " + "zebra " * 1700 + "\n:b: kestrel\n\n" + "{a} " * 2000 + "{b}\n"  # 18 KB: 22 MB before
+    doc = parse_document("b.adoc", page.encode())
+    assert sum(len(b.text) for b in doc.blocks) < 20_000 and doc.blocks[0].text.endswith("kestrel")
+    assert any("attribute references left unexpanded" in w for w in doc.warnings)
+
+
+def test_html_entities_are_characters_and_a_page_of_them_has_no_chunk():
+    doc = parse_document("p.md", b"&nbsp;\n\n# API\n\nUse &lt;div&gt; &amp; `&amp;` here &#8212; ok.\n")
+    assert [b.text for b in doc.blocks] == ["Use <div> & `&amp;` here \u2014 ok."]

@@ -294,3 +294,37 @@ def test_inline_html_in_markdown_prose_is_its_text_and_code_spans_stay():
     assert [(b.kind, b.text) for b in parse_document("page.md", page.encode()).blocks] == [(
         "paragraph", "Built on ASGI (Asynchronous Server Gateway Interface); press Ctrl+C, see the docs or "
                      "<https://y.org>.\nKeep `<div>` in code, and List<String> too. The logo line break.")]
+
+
+# ---------------------------------------------------------------- QA round 5 (site dialects, formats)
+
+def test_inline_code_in_an_mdx_page_stays_as_written():
+    page = ("import Tabs from '@theme/Tabs';\n\nRender a `<Provider store={store}>` around `<App />`, "
+            "not `{/* x */}`; <Tabs>tabs</Tabs> go.\n")
+    assert blocks_of("faq.md", page) == [
+        ("paragraph", "Render a `<Provider store={store}>` around `<App />`, not `{/* x */}`; tabs go.")]
+
+
+def test_container_markers_inside_list_items_go_and_their_titles_stay():
+    page = ("1. Install the package.\n\n    !!! note\n        The body mentions the cobalt lighthouse.\n\n"
+            "2. Configure it.\n\n    /// tip | Indented block\n    Body about the amber tram.\n    ///\n\n"
+            "3. Run it.\n\n    :::tip\n    Tip about the juniper kite.\n    :::\n\n"
+            ':::note{title="Attr title"}\n\nAttributed.\n\n:::\n')
+    blocks = blocks_of("list.md", page)
+    text = "\n".join(t for _, t in blocks)
+    for marker in ("!!!", "///", ":::", "{title"):
+        assert marker not in text, marker
+    for words in ("cobalt lighthouse", "Indented block", "amber tram", "juniper kite", "Attr title", "Attributed."):
+        assert words in text, words
+
+
+def test_what_includes_add_to_a_page_is_bounded_and_non_markdown_snippets_are_named():
+    from dagster_project.core.ingest.templating import MAX_INCLUDED_CHARS
+
+    big = "Walrus text. " * 20_000  # 260 KB
+    page = "import Big from './_big.mdx';\n\n" + "<Big />\n\n" * 100
+    text, warnings = render(page, {"_big.mdx": big}, path="page.mdx")
+    assert len(text) <= MAX_INCLUDED_CHARS + len(big) + len(page)  # 26 MB before
+    assert any("over 4,000,000 characters" in w for w in warnings)
+    _, warnings = render('--8<-- "snips/app.py"\n\n--8<-- "snips/usage.md:3:9"\n', {"snips/app.py": "x = 1\n"})
+    assert len(warnings) == 2 and all("only Markdown files" in w for w in warnings), warnings

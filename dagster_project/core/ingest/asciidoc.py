@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+MAX_ATTRIBUTE_CHARS = 4096  # Asciidoctor's max-attribute-value-size in its secure mode
+MIN_EXPANSION, EXPANSION = 100_000, 4  # what attribute references may add to a page, in characters
 _SECTION = re.compile(r"^(={1,6}|#{1,6})[ \t]+(\S.*?)[ \t]*(?:[ \t]\1)?$")
 _ATTRIBUTE = re.compile(r"^:(!?[\w][\w-]*!?):(?:[ \t]+(.*))?$")
 _BLOCK_ATTRIBUTES = re.compile(r"^\[(?P<body>[^\[\]]*)\]$")  # [source,java], [NOTE], [[anchor]], [#id.role]
@@ -34,14 +36,36 @@ _INLINE = [  # each bounded and within a line: a hostile line of `xref:a[xref:a[
     (re.compile(r"\bimage:{1,2}[^\[\s]{0,500}\[([^\],\n]{0,500})[^\]\n]{0,500}\]"), lambda m: m.group(1)),
     (re.compile(r"\b(?:kbd|btn|menu|footnote|pass|indexterm2?):[^\[\s]{0,200}\[([^\]\n]{0,500})\]"), lambda m: m.group(1)),
     (re.compile(r"\[\[[^\]\n]{0,200}\]\]|\[[#.][\w.#-]{0,200}\](?=[*_`#])"), lambda m: ""),
-    (re.compile(r"(?<![\w*])\*{1,2}(\S(?:[^\n]{0,300}?\S)?)\*{1,2}(?![\w*])"), lambda m: m.group(1)),
-    (re.compile(r"(?<![\w_])_{1,2}(\S(?:[^\n]{0,300}?\S)?)_{1,2}(?![\w_])"), lambda m: m.group(1)),
+    (re.compile(r"(?<![\w*])\*{1,2}(\S(?:[^\n*]{0,100}?\S)?)\*{1,2}(?![\w*])"), lambda m: m.group(1)),
+    (re.compile(r"(?<![\w_])_{1,2}(\S(?:[^\n_]{0,100}?\S)?)_{1,2}(?![\w_])"), lambda m: m.group(1)),
     (re.compile(r" \+$", re.MULTILINE), lambda m: ""),  # a hard line break
 ]
 
 
-def _inline(text: str, attributes: dict[str, str]) -> str:
-    text = re.sub(r"\{([\w-]+)\}", lambda m: attributes.get(m.group(1).lower(), m.group(0)), text)
+class _Attributes(dict):
+    """Attribute values by name, and what their references may still add to the page: each
+    `{name}` is replaced by a value, so an 18 KB page of 2,000 references to a 10 KB value was
+    22 MB of text. A value over MAX_ATTRIBUTE_CHARS, or any once the page has grown by
+    max(MIN_EXPANSION, EXPANSION x its size), is left as its reference (and said once)."""
+
+    def __init__(self, page_chars: int) -> None:
+        super().__init__()
+        self.budget = max(MIN_EXPANSION, EXPANSION * page_chars)
+        self.capped = False
+
+    def expand(self, match: re.Match) -> str:
+        value = self.get(match.group(1).lower())
+        if value is None:
+            return match.group(0)
+        if len(value) > MAX_ATTRIBUTE_CHARS or len(value) > self.budget:
+            self.capped = True
+            return match.group(0)
+        self.budget -= len(value)
+        return value
+
+
+def _inline(text: str, attributes: _Attributes) -> str:
+    text = re.sub(r"\{([\w-]+)\}", attributes.expand, text)
     for pattern, replace in _INLINE:
         text = pattern.sub(replace, text)
     return text
@@ -61,7 +85,7 @@ def _table(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def _set_attribute(match: re.Match | None, attributes: dict[str, str]) -> bool:
+def _set_attribute(match: re.Match | None, attributes: _Attributes) -> bool:
     """An attribute entry (`:name: value`; `:name!:` unsets, and is dropped like the others)."""
     if match is None:
         return False
@@ -74,7 +98,7 @@ def _set_attribute(match: re.Match | None, attributes: dict[str, str]) -> bool:
 def parse_asciidoc_blocks(text: str) -> tuple[dict[str, str], list[tuple]]:
     """(header attributes, items) of an AsciiDoc document (see the module)."""
     lines = text.replace("\r\n", "\n").split("\n")
-    attributes: dict[str, str] = {}
+    attributes = _Attributes(len(text))
     items: list[tuple] = []
     i, n = 0, len(lines)
     while i < n and (not lines[i].strip() or lines[i].startswith("//") and not lines[i].startswith("////")):
@@ -158,7 +182,19 @@ def parse_asciidoc_blocks(text: str) -> tuple[dict[str, str], list[tuple]]:
                     and style not in ("source", "listing", "literal"):
                 i += 1  # an example, sidebar, quote or open block: its content is read as the page's own
                 continue
-            end = next((j for j in range(i + 1, n) if lines[j].strip() == delimiter), n)
+            end = next((j for j in range(i + 1, n) if lines[j].strip() == delimiter), None)
+            if end is None:
+                what = {"|": "table", "/": "comment block", "+": "passthrough block"}.get(char, "listing block")
+                if char == "/":  # hidden to the end, as Asciidoctor renders it
+                    items.append(("warning", f"unterminated comment block (`{delimiter}` at line {i + 1} is never "
+                                             "closed): the rest of the page is a comment; close it"))
+                    break
+                # The rest of the page is read as text, not swallowed: what to fix is said.
+                items.append(("warning", f"unterminated {what} (`{delimiter}` at line {i + 1} is never closed): "
+                                         f"the rest of the page is read as text; close it with `{delimiter}`"))
+                i += 1
+                style = None
+                continue
             if char == "|":
                 table = _table([_inline(b, attributes) for b in lines[i + 1:end]])
                 if table:
@@ -173,4 +209,7 @@ def parse_asciidoc_blocks(text: str) -> tuple[dict[str, str], list[tuple]]:
         paragraph.append(line)
         i += 1
     flush()
-    return attributes, items
+    if attributes.capped:
+        items.append(("warning", f"attribute references left unexpanded: a value over {MAX_ATTRIBUTE_CHARS} characters, "
+                                 "or references that would multiply the page's size; shorten the attribute values"))
+    return dict(attributes), items

@@ -54,6 +54,7 @@ _MDX_IMPORT = re.compile(r"""^import[ \t]+(?P<name>[A-Z]\w*)[ \t]+from[ \t]+["']
 _ATTRS = r"""(?:[^<>{}"']|"[^"\n]*"|'[^'\n]*'|\{(?:[^{}]|\{[^{}]*\})*\}){0,4000}?"""
 _COMPONENT = re.compile(rf"<(?P<close>/)?(?P<name>[A-Z][\w.]*)(?P<attrs>(?:\s{_ATTRS})?)\s*(?P<self>/)?>")
 _TITLE_ATTR = re.compile(r"""\b(?:title|label|summary)=(?:"([^"\n]+)"|'([^'\n]+)'|\{["']([^"'\n]+)["']\})""")
+_CODE_SPAN = re.compile(r"(`+)[^`]+?\1")
 REMOVED = "\x00"  # marks where markup was: a line left with only marks goes away whole
 
 Include = Callable[[str], str]  # an imported file's path, relative to the page's folder -> its place
@@ -122,10 +123,16 @@ def unwrap_containers(body: str) -> str:
         if options == "block" and _BLOCK_OPTION.match(line):
             continue
         options = None
-        if _indent(text) >= 4:
-            out.append(text)  # an indented code block (or a lazy line): not a marker
-            continue
         stripped = text.strip()
+        if _indent(text) >= 4:
+            # An indented code block, or a list item's body: a container's marker line there (a
+            # list item's `/// note`, `:::tip`, `!!! note`) goes, its title stays; nothing is dedented.
+            marker = _COLON.match(stripped) or _SLASH.match(stripped) or _INDENTED.match(stripped)
+            if marker is None:
+                out.append(text)
+            elif _title(marker):
+                out.append(text[:len(text) - len(text.lstrip())] + _title(marker))
+            continue
         match = _FENCE.match(stripped)
         if match:
             info = match.group("info")
@@ -143,33 +150,48 @@ def unwrap_containers(body: str) -> str:
             continue
         match = _INDENTED.match(stripped)
         if match:
-            title = match.group("title") or match.group("tab")
-            if title and title.strip():
-                out.append(title.strip())
+            if _title(match):
+                out.append(_title(match))
             bodies.append((bodies[-1] if bodies else 0) + _indent(text) + TAB)
             continue
         match = _COLON.match(stripped)
         if match:
-            kind = match.group("type")
-            title = match.group("bracket")
-            if title is None and kind and not kind.startswith("{"):
-                title = match.group("rest")
-            elif kind == "{admonition}":
-                title = match.group("rest")
-            if title and title.strip():
-                out.append(title.strip())
-            options = "myst" if kind and kind.startswith("{") else None
+            if _title(match):
+                out.append(_title(match))
+            options = "myst" if (match.group("type") or "").startswith("{") else None
             continue
         if _BLOCK_ATTRIBUTES.match(stripped):
             continue
         match = _SLASH.match(stripped)
         if match:
-            if match.group("title") and match.group("title").strip():
-                out.append(match.group("title").strip())
+            if _title(match):
+                out.append(_title(match))
             options = "block" if match.group("type") else None
             continue
         out.append(_MYST_ROLE.sub("", text))
     return "\n".join(out) + ("\n" if body.endswith("\n") else "")
+
+
+def _title(marker: re.Match) -> str:
+    """What a container's opening marker says of it: `!!! note "Title"`, `=== "Tab"`, `/// tip | Title`,
+    `:::tip[Title]`, `:::tip Title`, `:::tip{title="Title"}`, `:::{admonition} Title`; '' for none."""
+    groups = marker.groupdict()
+    if "tab" in groups:  # !!! / ??? / ===
+        title = groups["title"] or groups["tab"]
+    elif "bracket" in groups:  # :::
+        kind, rest = groups["type"] or "", (groups["rest"] or "").strip()
+        attribute = _TITLE_ATTR.search(rest) if rest.startswith("{") else None
+        if groups["bracket"] is not None:
+            title = groups["bracket"]
+        elif attribute:
+            title = next((g for g in attribute.groups() if g), "")
+        elif kind.startswith("{") and kind != "{admonition}" or rest.startswith("{"):
+            title = ""  # a MyST directive's argument (a figure's file...), or attributes without a title
+        else:
+            title = rest
+    else:  # ///
+        title = groups["title"]
+    return (title or "").strip()
 
 
 def mdx_imports(text: str) -> dict[str, str]:
@@ -190,7 +212,7 @@ def strip_mdx(segment: str, imports: dict[str, str], include: Include | None) ->
             in_esm = True
             continue
         kept.append(line)
-    text = _strip_jsx_comments("\n".join(kept))
+    text = "\n".join(kept)
 
     def component(match: re.Match) -> str:
         name, attrs = match.group("name"), match.group("attrs") or ""
@@ -200,7 +222,15 @@ def strip_mdx(segment: str, imports: dict[str, str], include: Include | None) ->
         words = next((g for g in title.groups() if g), "") if title else ""
         return f"\n\n{words}\n\n" if words else REMOVED
 
-    return drop_marked_lines(_COMPONENT.sub(component, text))
+    # Inline code stays as written: `<Provider store={store}>` is what the page talks about.
+    parts, position = [], 0
+    for span in [*_CODE_SPAN.finditer(text), None]:
+        prose = text[position:span.start() if span else len(text)]
+        parts.append(_COMPONENT.sub(component, _strip_jsx_comments(prose)) if "<" in prose or "{/*" in prose else prose)
+        if span:
+            parts.append(span.group(0))
+            position = span.end()
+    return drop_marked_lines("".join(parts))
 
 
 def _strip_jsx_comments(text: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import email.parser
+import html
 import json
 import math
 import posixpath
@@ -81,7 +82,9 @@ def parse_document(path: str, data: bytes) -> ParsedDocument:
         if not text.strip():
             # Stored as a document with no text, so whatever it held before leaves the index.
             title = posixpath.splitext(posixpath.basename(path))[0]
-            return ParsedDocument(fmt, title, {}, [], [], warnings + ["empty file: nothing to index"])
+            return ParsedDocument(fmt, title, {}, [], [], warnings + [
+                "no text to index: the file is empty, or holds only markup that is not indexed (comments, "
+                "templating, component tags, admonition markers)"])
         parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text,
                   "notebook": _parse_notebook, "asciidoc": _parse_asciidoc}[fmt]
         doc = parser(text)
@@ -257,7 +260,7 @@ def _parse_markdown(text: str) -> ParsedDocument:
     return ParsedDocument("markdown", title, metadata, headings, blocks, warnings)
 
 
-# Inline HTML in Markdown prose, outside code spans: the tags go, their text stays, and what an
+# Inline HTML in Markdown prose, outside code spans: entities are characters, the tags go, their text stays, and what an
 # <abbr>/<dfn> title or an <img> alt says is kept ("ASGI (Asynchronous Server Gateway Interface)"):
 # it is often the plain words a question uses. Only HTML's own element names: `<https://x>` is
 # an autolink and `List<String>` prose.
@@ -274,7 +277,7 @@ _CODE_SPAN = re.compile(r"(`+)[^`]+?\1")
 
 
 def _inline_html_text(text: str) -> str:
-    if "<" not in text:
+    if "<" not in text and "&" not in text:
         return text
     parts, position = [], 0
     for span in [*_CODE_SPAN.finditer(text), None]:
@@ -285,6 +288,8 @@ def _inline_html_text(text: str) -> str:
             prose = _ALT.sub(lambda m: f" {m.group(1) or m.group(2) or ''} ", prose)
             prose = _TAG.sub(lambda m: " " if m.group(1).lower() in _SPACED else "", prose)
             prose = re.sub(r"[ \t]{2,}", " ", prose)
+        if "&" in prose:  # after the tags: `&lt;div&gt;` shows a tag, it is not one; &nbsp; was a chunk of its own
+            prose = html.unescape(prose).replace("\xa0", " ")
         parts.append(prose)
         if span:
             parts.append(span.group(0))
@@ -351,6 +356,9 @@ def _parse_notebook(text: str) -> ParsedDocument:
     tables, images and logs of one run, not what the notebook says."""
     try:
         notebook = json.loads(text)
+    except RecursionError:
+        raise ParseError("not a readable notebook: its JSON is nested too deeply to be a notebook "
+                         "(exclude it in corpus.yaml)") from None
     except json.JSONDecodeError as exc:
         raise ParseError(f"not a readable notebook: invalid JSON at line {exc.lineno}, column {exc.colno}; "
                          "open and save it in Jupyter (the last good version stays indexed)") from None
@@ -375,7 +383,8 @@ def _parse_notebook(text: str) -> ParsedDocument:
             continue
         if cell.get("cell_type") in ("markdown", "heading"):
             level = cell.get("level") if cell.get("cell_type") == "heading" else None  # nbformat 3
-            parts.append(f"{'#' * int(level)} {source}" if isinstance(level, int) and 1 <= level <= 6 else source)
+            parts.append(_notebook_markdown(f"{'#' * int(level)} {source}" if isinstance(level, int) and 1 <= level <= 6
+                                            else source))
         elif cell.get("cell_type") == "code":
             fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", source)), default=0))
             parts.append(f"{fence}{language}\n{source.rstrip()}\n{fence}")
@@ -383,6 +392,24 @@ def _parse_notebook(text: str) -> ParsedDocument:
     metadata = {k: v for k, v in _normalize_metadata(meta).items() if k in ("title", "authors", "description", "tags")}
     title = str(metadata.get("title") or (doc.headings[0]["title"] if doc.headings else ""))
     return ParsedDocument("notebook", title, metadata, doc.headings, doc.blocks, doc.warnings)
+
+
+def _notebook_markdown(source: str) -> str:
+    """A Markdown cell as Jupyter (or Jupyter Book) renders it, on its own: its dialects unwrapped
+    (a MyST note is prose, not code), comments and template tags out, and a code fence it leaves
+    open closed at its end, so the next cells are not read as code."""
+    from .templating import MarkdownTemplating, render_markdown
+
+    text, _ = render_markdown("cell.md", "\n" + source, MarkdownTemplating(includes="strip"), lambda _: None)
+    fence = None
+    for line in text.splitlines():
+        match = re.match(r"^ {0,3}(`{3,}|~{3,})", line)
+        if fence is None and match:
+            fence = match.group(1)
+        elif fence is not None and match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) \
+                and not line.strip()[len(match.group(1)):].strip():
+            fence = None
+    return text if fence is None else f"{text.rstrip()}\n{fence}"
 
 
 # ---------------------------------------------------------------- reStructuredText

@@ -23,6 +23,8 @@ TEMPLATING_VERSION = "templating-v2"
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
 MAX_INCLUDES = 500  # per page: a hostile page cannot include a big file a million times
+# Per page, what its includes may add (a 210 KB partial included 500 times made a 5 KB page 105 MB).
+MAX_INCLUDED_CHARS = 4_000_000
 MAX_WARNINGS = 10
 MAX_TAG_CHARS = 4000  # a shortcode's arguments may span lines, but a stray `{{<` must not eat the file
 
@@ -168,6 +170,7 @@ class _Render:
     options: MarkdownTemplating
     read: Reader
     includes: int = 0
+    included_chars: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
@@ -264,8 +267,19 @@ def _include(tag: str, args: str, path: str, state: _Render, chain: tuple[str, .
                             f"{MAX_INCLUDE_DEPTH} levels")
             return REMOVED
         _, body = _split_front_matter(text)
+        if state.included_chars + len(body) > MAX_INCLUDED_CHARS:
+            state.warn(f"include {target!r} left out: the page's includes add over {MAX_INCLUDED_CHARS:,} characters")
+            return REMOVED
         included = _render_body(candidate, body, state, (*chain, candidate))
+        state.included_chars += len(included)
+        if state.included_chars > MAX_INCLUDED_CHARS:
+            state.warn(f"include {target!r} left out: the page's includes add over {MAX_INCLUDED_CHARS:,} characters")
+            return REMOVED
         return f"{REMOVED}\n\n{included.strip()}\n\n{REMOVED}"
+    if not target.endswith(MARKDOWN_SUFFIXES):
+        state.warn(f"include {target!r} left out: only Markdown files ({', '.join(MARKDOWN_SUFFIXES)}) are "
+                   "included; a snippet's section or line range (`file.md:name`, `file.md:3:9`) is not supported")
+        return REMOVED
     state.warn(f"include {target!r} not found in the collection (looked in "
                     f"{', '.join(candidate_paths(target, path, tag, options)) or 'nowhere inside the root'}): "
                     "its text is left out; add the file or set `markdown: {includes: strip}`")
