@@ -204,7 +204,8 @@ def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -
     text = "".join(parts)
     if imported:
         text = drop_marked_lines(_INCLUDED.sub(
-            lambda m: _include("include_relative", f'"{imported[int(m.group(1))]}"', path, state, chain), text))
+            lambda m: _include("include_relative", f'"{imported[int(m.group(1))]}"', path, state, chain)
+            if int(m.group(1)) < len(imported) else m.group(0), text))  # a page's own \x02 stays
     return text
 
 
