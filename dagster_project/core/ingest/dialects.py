@@ -86,7 +86,7 @@ def unwrap_containers(body: str) -> str:
     line of text, indented bodies dedented; fenced code and what is inside it as written."""
     out: list[str] = []
     bodies: list[int] = []  # body indentation of the open indented containers, innermost last
-    fence: tuple[str, int, str] | None = None  # (marker, its indentation, what it is) of the open fence
+    fence: tuple[str, str] | None = None  # (marker, what it is) of the open fence
     options = None  # "myst" / "block": the container just opened may start with option lines
     for line in body.splitlines():
         if not line.strip():
@@ -100,7 +100,7 @@ def unwrap_containers(body: str) -> str:
                 bodies.pop()
         text = _dedent(line, bodies[-1]) if bodies else line
         if fence is not None:
-            marker, _, kind = fence
+            marker, kind = fence
             match = _FENCE.match(text.strip() if _indent(text) < 4 else "")
             if match and match.group("fence")[0] == marker[0] and len(match.group("fence")) >= len(marker) \
                     and not match.group("info"):
@@ -138,12 +138,12 @@ def unwrap_containers(body: str) -> str:
             info = match.group("info")
             directive = re.match(r"\{([\w:-]+)\}(.*)", info)
             if directive is None or directive.group(1) in CODE_DIRECTIVES:
-                fence = (match.group("fence"), width, "code")
+                fence = (match.group("fence"), "code")
                 out.append(text)
             elif directive.group(1) in DROPPED_DIRECTIVES:
-                fence = (match.group("fence"), width, "dropped")
+                fence = (match.group("fence"), "dropped")
             else:
-                fence = (match.group("fence"), width, "prose")
+                fence = (match.group("fence"), "prose")
                 options = "myst"
                 if directive.group(1) == "admonition" and directive.group(2).strip():
                     out.append(directive.group(2).strip())
@@ -223,14 +223,19 @@ def strip_mdx(segment: str, imports: dict[str, str], include: Include | None) ->
         return f"\n\n{words}\n\n" if words else REMOVED
 
     # Inline code stays as written: `<Provider store={store}>` is what the page talks about.
+    return drop_marked_lines(outside_code_spans(
+        text, lambda prose: _COMPONENT.sub(component, _strip_jsx_comments(prose)) if "<" in prose or "{/*" in prose
+        else prose))
+
+
+def outside_code_spans(text: str, change: Callable[[str], str]) -> str:
+    """`text` with `change` applied to what lies between its inline code spans (`x`, ``x``),
+    the spans themselves as written."""
     parts, position = [], 0
-    for span in [*_CODE_SPAN.finditer(text), None]:
-        prose = text[position:span.start() if span else len(text)]
-        parts.append(_COMPONENT.sub(component, _strip_jsx_comments(prose)) if "<" in prose or "{/*" in prose else prose)
-        if span:
-            parts.append(span.group(0))
-            position = span.end()
-    return drop_marked_lines("".join(parts))
+    for span in _CODE_SPAN.finditer(text):
+        parts += [change(text[position:span.start()]), span.group(0)]
+        position = span.end()
+    return "".join(parts) + change(text[position:])
 
 
 def _strip_jsx_comments(text: str) -> str:

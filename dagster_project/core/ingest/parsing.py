@@ -273,15 +273,14 @@ _ALT = re.compile(r"<img\b[^<>]{0,2000}?\balt=(?:\"([^\"<>]*)\"|'([^'<>]*)')[^<>
 _TAG = re.compile(rf"</?({_HTML_ELEMENTS})\b(?:[^<>\"']|\"[^\"]*\"|'[^']*'){{0,2000}}/?>", re.IGNORECASE)
 _SPACED = {"br", "center", "details", "div", "figcaption", "figure", "li", "ol", "p", "summary", "table", "tbody",
            "td", "tfoot", "th", "thead", "tr", "ul"}  # a break between words; other tags sit inside words
-_CODE_SPAN = re.compile(r"(`+)[^`]+?\1")
 
 
 def _inline_html_text(text: str) -> str:
     if "<" not in text and "&" not in text:
         return text
-    parts, position = [], 0
-    for span in [*_CODE_SPAN.finditer(text), None]:
-        prose = text[position:span.start() if span else len(text)]
+    from .dialects import outside_code_spans
+
+    def prose_text(prose: str) -> str:
         if "<" in prose:
             prose = _TITLED.sub(lambda m: f"{m.group(4)} ({m.group(2) or m.group(3) or ''})"
                                 if (m.group(2) or m.group(3)) else m.group(4), prose)
@@ -290,11 +289,9 @@ def _inline_html_text(text: str) -> str:
             prose = re.sub(r"[ \t]{2,}", " ", prose)
         if "&" in prose:  # after the tags: `&lt;div&gt;` shows a tag, it is not one; &nbsp; was a chunk of its own
             prose = html.unescape(prose).replace("\xa0", " ")
-        parts.append(prose)
-        if span:
-            parts.append(span.group(0))
-            position = span.end()
-    return "".join(parts).strip()
+        return prose
+
+    return outside_code_spans(text, prose_text).strip()
 
 
 def _html_block_text(raw: str) -> list[tuple[str, str]]:
@@ -398,17 +395,10 @@ def _notebook_markdown(source: str) -> str:
     """A Markdown cell as Jupyter (or Jupyter Book) renders it, on its own: its dialects unwrapped
     (a MyST note is prose, not code), comments and template tags out, and a code fence it leaves
     open closed at its end, so the next cells are not read as code."""
-    from .templating import MarkdownTemplating, render_markdown
+    from .templating import MarkdownTemplating, open_fence, render_markdown
 
     text, _ = render_markdown("cell.md", "\n" + source, MarkdownTemplating(includes="strip"), lambda _: None)
-    fence = None
-    for line in text.splitlines():
-        match = re.match(r"^ {0,3}(`{3,}|~{3,})", line)
-        if fence is None and match:
-            fence = match.group(1)
-        elif fence is not None and match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) \
-                and not line.strip()[len(match.group(1)):].strip():
-            fence = None
+    fence = open_fence(text)
     return text if fence is None else f"{text.rstrip()}\n{fence}"
 
 

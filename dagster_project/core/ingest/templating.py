@@ -102,6 +102,15 @@ def _split_front_matter(text: str) -> tuple[str, str]:
 
 def _segments(body: str) -> list[tuple[bool, str]]:
     """(is fenced code, text) runs: code fences are examples, kept exactly as written."""
+    return _scan_fences(body)[0]
+
+
+def open_fence(body: str) -> str | None:
+    """The marker of a code fence `body` leaves open at its end (```` ``` ````, `~~~`...), or None."""
+    return _scan_fences(body)[1]
+
+
+def _scan_fences(body: str) -> tuple[list[tuple[bool, str]], str | None]:
     out: list[tuple[bool, str]] = []
     current: list[str] = []
     fence = None
@@ -120,7 +129,7 @@ def _segments(body: str) -> list[tuple[bool, str]]:
             current.append(line)
     if current:
         out.append((fence is not None, "".join(current)))
-    return out
+    return out, fence
 
 
 def include_target(tag: str, args: str) -> str | None:
