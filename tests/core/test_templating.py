@@ -328,3 +328,26 @@ def test_what_includes_add_to_a_page_is_bounded_and_non_markdown_snippets_are_na
     assert any("over 4,000,000 characters" in w for w in warnings)
     _, warnings = render('--8<-- "snips/app.py"\n\n--8<-- "snips/usage.md:3:9"\n', {"snips/app.py": "x = 1\n"})
     assert len(warnings) == 2 and all("only Markdown files" in w for w in warnings), warnings
+
+
+def test_mdbook_and_markdown_include_includes_and_fastapi_code_lines():
+    files = {"guide/_shared.md": "Walruses share this paragraph.\n", "common/licence.md": "Under the walrus licence.\n"}
+    page = ("# Guide\n\n{{#title The walrus guide}}\n\nIntro.\n\n{{#include _shared.md}}\n\n{!common/licence.md!}\n\n"
+            "{* ../../docs_src/app/tutorial001.py hl[3:4] *}\n\nAfter the code.\n\n"
+            "```rust\n{{#include ../listings/main.rs}}\n```\n\n"
+            "{{#playground example.rs}}\n\n{{#include missing.md}}\n")
+    text, warnings = render(page, files, path="guide/page.md")
+    assert "Walruses share this paragraph." in text  # mdBook: relative to the page's folder
+    assert "Under the walrus licence." in text  # markdown-include: from the root
+    assert "{{#title" not in text and "{{#playground" not in text and "{!" not in text
+    assert "{*" not in text and "docs_src" not in text and "After the code." in text
+    assert "{{#include ../listings/main.rs}}" in text  # inside a code fence: as written
+    assert any("missing.md" in w and "not found" in w for w in warnings)
+    fingerprint = includes_fingerprint("guide/page.md", page, OPTIONS,
+                                       lambda p: content_hash(files[p].encode()) if p in files else None, files.get)
+    changed = {**files, "guide/_shared.md": "Walruses changed it.\n"}
+    assert fingerprint and fingerprint != includes_fingerprint(
+        "guide/page.md", page, OPTIONS, lambda p: content_hash(changed[p].encode()) if p in changed else None, changed.get)
+    # {! and {* inside prose that is not an include stay, and so does inline code
+    kept, _ = render("Use `{{#include x.md}}` and `{!x.md!}` to include; a {* star *} inside a line stays.\n")
+    assert "`{{#include x.md}}`" in kept and "`{!x.md!}`" in kept and "{* star *}" in kept

@@ -1,7 +1,7 @@
 """Markdown preprocessing for templating syntax: Hugo shortcodes, Liquid/Jekyll and Jinja tags,
 HTML comments and GitHub alert markers are stripped (a paired shortcode keeps what it encloses),
-and includes (those tags, and MkDocs' `--8<--` snippets) are resolved within the collection root,
-before the Markdown parser sees the file.
+and includes (those tags, MkDocs' `--8<--` snippets and markdown-include's `{!file!}`, mdBook's
+`{{#include file}}`) are resolved within the collection root, before the Markdown parser sees the file.
 Site generators' dialects (admonitions, content tabs, MDX) are unwrapped first (dialects.py)."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from .dialects import REMOVED, drop_marked_lines, is_mdx, mdx_imports, strip_mdx
 from .hashing import content_hash
 
 # Bump when preprocessing changes what a file yields: every Markdown file is parsed again
-# (v2: dialects.py).
-TEMPLATING_VERSION = "templating-v2"
+# (v2: dialects.py; v3: mdBook and markdown-include includes, FastAPI's code-include lines).
+TEMPLATING_VERSION = "templating-v3"
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
 MAX_INCLUDES = 500  # per page: a hostile page cannot include a big file a million times
@@ -67,7 +67,14 @@ _SYNTAX = re.compile(
      r"|\{\{(?P<esc>[<%])/\*(?P<escaped>[^{}]{0,N}?)\*/[>%]\}\}"
      r"|\{\{[<%]-?[ \t\n]*(?P<close>/)?[ \t]*(?P<hugo>[\w./-]+)(?P<hargs>[^{}]{0,N}?)/?[ \t\n]*-?[>%]\}\}"
      r"|(?<!\{)\{%-?[ \t]*(?P<liquid>\w+)(?P<largs>[^{}]{0,N}?)-?%\}"
-     r"|\{#[^{}]{0,N}?#\}").replace("N", str(MAX_TAG_CHARS)),
+     r"|\{#[^{}]{0,N}?#\}"
+     # mdBook's `{{#include file.md}}`, `{{#title ...}}`, `{{#playground x.rs}}`
+     r"|\{\{#(?P<mdbook>include|rustdoc_include|playground|title)\b(?P<margs>[^{}]{0,N}?)\}\}"
+     # markdown-include (MkDocs, Python-Markdown): `{!file.md!}`
+     r"|\{!(?P<bang>[^{}!\n]{1,N})!\}"
+     # FastAPI's docs: `{* ../../docs_src/app.py hl[3] *}` on a line of its own shows code kept
+     # outside the docs: nothing of it is in the page
+     r"|(?<![^\n])[ \t]*\{\*[^{}\n]{0,N}?\*\}(?=[ \t]*(?:\n|$))").replace("N", str(MAX_TAG_CHARS)),
 )
 # Comment pairs (Liquid, HTML), found by scanning forward once: a regex over an unclosed comment
 # would rescan the rest of the file from every opener.
@@ -241,9 +248,14 @@ def _replace(match: re.Match, path: str, state: _Render, chain: tuple[str, ...])
         delimiter = match.group("esc")
         closing = ">" if delimiter == "<" else "%"
         return "{{" + delimiter + match.group("escaped") + closing + "}}"
+    resolve = state.options.includes == "resolve"
+    if match.group("mdbook") == "include" and resolve:  # mdBook's paths are the page's own
+        return _include("include_relative", match.group("margs"), path, state, chain)
+    if match.group("bang") and resolve:
+        return _include("include", f'"{match.group("bang").strip()}"', path, state, chain)
     tag = match.group("hugo") or match.group("liquid")
     args = match.group("hargs") if match.group("hugo") else match.group("largs")
-    if tag and not match.group("close") and tag in state.options.include_tags and state.options.includes == "resolve":
+    if tag and not match.group("close") and tag in state.options.include_tags and resolve:
         return _include(tag, args or "", path, state, chain)
     return REMOVED
 
@@ -316,4 +328,5 @@ def includes_fingerprint(path: str, text: str, options: MarkdownTemplating, read
 
 
 def _may_include(text: str, options: MarkdownTemplating) -> bool:
-    return any(tag in text for tag in options.include_tags) or "--8<--" in text or bool(mdx_imports(text))
+    return (any(tag in text for tag in options.include_tags) or "--8<--" in text or "{{#include" in text
+            or "{!" in text or bool(mdx_imports(text)))
