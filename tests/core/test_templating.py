@@ -351,3 +351,13 @@ def test_mdbook_and_markdown_include_includes_and_fastapi_code_lines():
     # {! and {* inside prose that is not an include stay, and so does inline code
     kept, _ = render("Use `{{#include x.md}}` and `{!x.md!}` to include; a {* star *} inside a line stays.\n")
     assert "`{{#include x.md}}`" in kept and "`{!x.md!}`" in kept and "{* star *}" in kept
+
+
+def test_vitepress_containers_lose_their_markers_and_mkdocstrings_lines_stay():
+    page = ("Intro.\n\n::: tip Pro tip\nUse the cache.\n:::\n\n::: details Click to see\nHidden text.\n:::\n\n"
+            "::: code-group\n```js [config.js]\nx = 1\n```\n:::\n\n::: WARNING\nCareful.\n:::\n\n::: my_pkg.module\n\n::: tipster\n")
+    text, _ = render(page)
+    assert ":::" not in text.replace("::: my_pkg.module", "").replace("::: tipster", "")
+    assert "Pro tip\nUse the cache." in text and "Click to see\nHidden text." in text and "Careful." in text
+    assert "```js [config.js]\nx = 1\n```" in text
+    assert "::: my_pkg.module" in text and "::: tipster" in text  # mkdocstrings' autodoc lines are not containers

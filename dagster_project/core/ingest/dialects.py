@@ -1,8 +1,9 @@
 """Markdown dialects of documentation site generators, unwrapped before the Markdown parser sees
 a page (templating.render_markdown runs this first):
 
-- containers keep their text and lose their markers: Docusaurus / VuePress / MyST `:::note` ...
-  `:::`, pymdownx `/// tip | Title` ... `///`, MyST directive fences (```` ```{note} ````);
+- containers keep their text and lose their markers: Docusaurus / MyST `:::note` ... `:::`,
+  VitePress / VuePress `::: tip Title` ... `:::`, pymdownx `/// tip | Title` ... `///`, MyST
+  directive fences (```` ```{note} ````);
 - indented container bodies are dedented: Python-Markdown / MkDocs admonitions (`!!! note`,
   `??? tip`) and content tabs (`=== "Tab"`) indent their body by four spaces, which CommonMark
   reads as a code block;
@@ -35,8 +36,12 @@ _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
 _INDENTED = re.compile(r'^(?:(?:!!!|\?\?\?\+?)[ \t]+[A-Za-z][\w-]*(?:[ \t]+[A-Za-z][\w-]*)*(?:[ \t]+"(?P<title>[^"\n]*)")?'
                        r'|===[!+]?[ \t]+"(?P<tab>[^"\n]*)")[ \t]*$')
 # `:::note`, `:::tip[Title]`, `:::info Title`, `:::{note}`, `:::{admonition} Title`; `:::` closes.
-# No space after the colons: `::: package.name` is mkdocstrings' autodoc line, kept as text.
-_COLON = re.compile(r"^:{3,}(?:(?P<type>\{[\w:-]+\}|[A-Za-z][\w-]*)(?:\[(?P<bracket>[^\]\n]*)\])?(?P<rest>.*))?$")
+# After a space, only a container's name: VitePress / VuePress write `::: tip Title`, `::: details`,
+# `::: code-group`, where `::: package.name` is mkdocstrings' autodoc line, kept as text.
+SPACED_CONTAINERS = ("note", "tip", "info", "warning", "danger", "caution", "important", "details", "code-group",
+                     "success", "secondary", "example", "hint", "attention", "error", "raw", "v-pre")
+_COLON = re.compile(r"^:{3,}(?:[ \t]+(?=(?i:" + "|".join(SPACED_CONTAINERS) + r")(?![\w.-])))?"
+                    r"(?:(?P<type>\{[\w:-]+\}|[A-Za-z][\w-]*)(?:\[(?P<bracket>[^\]\n]*)\])?(?P<rest>.*))?$")
 # `/// note`, `/// tip | Title`, `//// tab | Python 3.10+`; `///` closes.
 _SLASH = re.compile(r"^/{3,}(?:[ \t]+(?P<type>[A-Za-z][\w-]*)(?:[ \t]*\|[ \t]*(?P<title>.*))?)?[ \t]*$")
 _BLOCK_ATTRIBUTES = re.compile(r"^\{:[ \t]*[^{}]*\}$")  # kramdown's `{: .note}` on a line of its own

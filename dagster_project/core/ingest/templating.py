@@ -18,7 +18,8 @@ from .dialects import REMOVED, drop_marked_lines, is_mdx, mdx_imports, strip_mdx
 from .hashing import content_hash
 
 # Bump when preprocessing changes what a file yields: every Markdown file is parsed again
-# (v2: dialects.py; v3: mdBook and markdown-include includes, FastAPI's code-include lines).
+# (v2: dialects.py; v3: mdBook and markdown-include includes, FastAPI's code-include lines,
+# VitePress `::: tip` containers).
 TEMPLATING_VERSION = "templating-v3"
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
