@@ -361,3 +361,26 @@ def test_vitepress_containers_lose_their_markers_and_mkdocstrings_lines_stay():
     assert "Pro tip\nUse the cache." in text and "Click to see\nHidden text." in text and "Careful." in text
     assert "```js [config.js]\nx = 1\n```" in text
     assert "::: my_pkg.module" in text and "::: tipster" in text  # mkdocstrings' autodoc lines are not containers
+
+
+def test_vitepress_includes_toc_and_code_imports():
+    files = {"guide/parts/basics.md": "Basics of the walrus.\n", "shared/footer.md": "Walrus footer.\n"}
+    page = ("# Guide\n\n[[toc]]\n\n<!--@include: ./parts/basics.md-->\n\n<!--@include: @/shared/footer.md-->\n\n"
+            "<<< @/snippets/snippet.js{2}\n\n<!-- a comment -->After.\n\n<!--@include: ./parts/gone.md-->\n")
+    text, warnings = render(page, files, path="guide/page.md")
+    assert "Basics of the walrus." in text and "Walrus footer." in text and "After." in text
+    assert "[[toc]]" not in text and "<<<" not in text and "comment" not in text and "@include" not in text
+    assert any("gone.md" in w for w in warnings)
+    fingerprint = includes_fingerprint("guide/page.md", page, OPTIONS,
+                                       lambda p: content_hash(files[p].encode()) if p in files else None, files.get)
+    assert fingerprint
+    assert "Basics" not in render(page, files, path="guide/page.md", options=MarkdownTemplating(includes="strip"))[0]
+
+
+def test_an_included_file_is_rendered_once_by_its_own_rules():
+    # Its escaped shortcode shows as the literal call; the including page does not strip it again
+    # (a snippet's text went through the page's shortcode pass too).
+    files = {"_common/call.md": "Call it as {{</* img src=\"a.jpg\" */>}} in a page.\n"}
+    for include in ('{{% include "/_common/call.md" %}}', '--8<-- "_common/call.md"'):
+        text, _ = render(f"Intro.\n\n{include}\n\nEnd.\n", files)
+        assert '{{< img src="a.jpg" >}}' in text and "End." in text, include

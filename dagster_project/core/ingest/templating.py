@@ -1,7 +1,8 @@
 """Markdown preprocessing for templating syntax: Hugo shortcodes, Liquid/Jekyll and Jinja tags,
 HTML comments and GitHub alert markers are stripped (a paired shortcode keeps what it encloses),
 and includes (those tags, MkDocs' `--8<--` snippets and markdown-include's `{!file!}`, mdBook's
-`{{#include file}}`) are resolved within the collection root, before the Markdown parser sees the file.
+`{{#include file}}`, VitePress' `<!--@include: file-->`) are resolved within the collection root,
+before the Markdown parser sees the file.
 Site generators' dialects (admonitions, content tabs, MDX) are unwrapped first (dialects.py)."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .hashing import content_hash
 
 # Bump when preprocessing changes what a file yields: every Markdown file is parsed again
 # (v2: dialects.py; v3: mdBook and markdown-include includes, FastAPI's code-include lines,
-# VitePress `::: tip` containers).
+# VitePress `::: tip` containers, `<!--@include: file-->`, `[[toc]]` and `<<< code` lines).
 TEMPLATING_VERSION = "templating-v3"
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
@@ -75,8 +76,12 @@ _SYNTAX = re.compile(
      r"|\{!(?P<bang>[^{}!\n]{1,N})!\}"
      # FastAPI's docs: `{* ../../docs_src/app.py hl[3] *}` on a line of its own shows code kept
      # outside the docs: nothing of it is in the page
-     r"|(?<![^\n])[ \t]*\{\*[^{}\n]{0,N}?\*\}(?=[ \t]*(?:\n|$))").replace("N", str(MAX_TAG_CHARS)),
+     r"|(?<![^\n])[ \t]*\{\*[^{}\n]{0,N}?\*\}(?=[ \t]*(?:\n|$))"
+     # VitePress / VuePress: `[[toc]]`, and `<<< @/snippets/x.js{2}` (a code file's import) on a line of its own
+     r"|(?<![^\n])[ \t]*(?:\[\[toc\]\]|<<<[ \t]+[^\s<][^\n]{0,N}?)(?=[ \t]*(?:\n|$))").replace("N", str(MAX_TAG_CHARS)),
 )
+# VitePress: `<!--@include: ./parts/basics.md-->` (relative to the page; `@/` is the root)
+_VITEPRESS_INCLUDE = re.compile(r"<!--[ \t]*@include:[ \t]*(?P<target>[^\s>]{1,1000}?)[ \t]*-->")
 # Comment pairs (Liquid, HTML), found by scanning forward once: a regex over an unclosed comment
 # would rescan the rest of the file from every opener.
 _COMMENTS = ((re.compile(r"\{%-?[ \t]*comment[ \t]*-?%\}"), re.compile(r"\{%-?[ \t]*endcomment[ \t]*-?%\}")),
@@ -198,12 +203,15 @@ class _Render:
 def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -> str:
     segments = _segments(unwrap_containers(body))
     prose = "".join(segment for is_code, segment in segments if not is_code)
-    mdx, imported = is_mdx(path, prose), []
+    mdx = is_mdx(path, prose)
     imports = mdx_imports(prose) if mdx else {}
+    # Includes are resolved after this page's own markup is stripped: an included file is rendered
+    # once, by its own rules (its escaped `{{</* x */>}}` shows, it is not stripped again here).
+    deferred: list[tuple[str, str]] = []
 
-    def include(target: str) -> str:  # resolved after this page's own markup is stripped
-        imported.append(target)
-        return f"\x02{len(imported) - 1}\x02"
+    def defer(tag: str, args: str) -> str:
+        deferred.append((tag, args))
+        return f"\x02{len(deferred) - 1}\x02"
 
     parts = []
     for is_code, segment in segments:
@@ -211,18 +219,20 @@ def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -
             parts.append(segment)
             continue
         if mdx:
-            segment = strip_mdx(segment, imports, include if state.options.includes == "resolve" else None)
+            segment = strip_mdx(segment, imports, (lambda target: defer("include_relative", f'"{target}"'))
+                                if state.options.includes == "resolve" else None)
+        segment = _VITEPRESS_INCLUDE.sub(lambda m: _vitepress_include(m, state, defer), segment)
         for opener, closer in _COMMENTS:
             segment = _strip_pairs(segment, opener, closer)
         segment = _ALERT.sub(r"\1", segment)
-        segment = _SNIPPET.sub(lambda m: _snippet(m, path, state, chain), segment)
-        segment = _SYNTAX.sub(lambda m: _replace(m, path, state, chain), segment)
+        segment = _SNIPPET.sub(lambda m: _snippet(m, state, defer), segment)
+        segment = _SYNTAX.sub(lambda m: _replace(m, state, defer), segment)
         parts.append(drop_marked_lines(segment))
     text = "".join(parts)
-    if imported:
+    if deferred:
         text = drop_marked_lines(_INCLUDED.sub(
-            lambda m: _include("include_relative", f'"{imported[int(m.group(1))]}"', path, state, chain)
-            if int(m.group(1)) < len(imported) else m.group(0), text))  # a page's own \x02 stays
+            lambda m: _include(*deferred[int(m.group(1))], path, state, chain)
+            if int(m.group(1)) < len(deferred) else m.group(0), text))  # a page's own \x02 stays
     return text
 
 
@@ -242,7 +252,10 @@ def _strip_pairs(text: str, opener: re.Pattern, closer: re.Pattern) -> str:
     return "".join(parts) + text[position:]
 
 
-def _replace(match: re.Match, path: str, state: _Render, chain: tuple[str, ...]) -> str:
+Defer = Callable[[str, str], str]  # (include tag, its arguments) -> where the included text goes
+
+
+def _replace(match: re.Match, state: _Render, defer: Defer) -> str:
     if match.group("code"):
         return match.group(0)
     if match.group("esc"):  # {{</* x */>}} is how a page shows a literal shortcode
@@ -251,22 +264,31 @@ def _replace(match: re.Match, path: str, state: _Render, chain: tuple[str, ...])
         return "{{" + delimiter + match.group("escaped") + closing + "}}"
     resolve = state.options.includes == "resolve"
     if match.group("mdbook") == "include" and resolve:  # mdBook's paths are the page's own
-        return _include("include_relative", match.group("margs"), path, state, chain)
+        return defer("include_relative", match.group("margs"))
     if match.group("bang") and resolve:
-        return _include("include", f'"{match.group("bang").strip()}"', path, state, chain)
+        return defer("include", f'"{match.group("bang").strip()}"')
     tag = match.group("hugo") or match.group("liquid")
     args = match.group("hargs") if match.group("hugo") else match.group("largs")
     if tag and not match.group("close") and tag in state.options.include_tags and resolve:
-        return _include(tag, args or "", path, state, chain)
+        return defer(tag, args or "")
     return REMOVED
 
 
-def _snippet(match: re.Match, path: str, state: _Render, chain: tuple[str, ...]) -> str:
+def _snippet(match: re.Match, state: _Render, defer: Defer) -> str:
     if match.group("escaped"):
         return match.group(0).replace(";--8<--", "--8<--", 1)
     if state.options.includes != "resolve":
         return REMOVED
-    return _include("include", f'"{match.group("target")}"', path, state, chain)
+    return defer("include", f'"{match.group("target")}"')
+
+
+def _vitepress_include(match: re.Match, state: _Render, defer: Defer) -> str:
+    if state.options.includes != "resolve":
+        return REMOVED
+    target = match.group("target")
+    if target.startswith("@/"):
+        return defer("include", f'"{target[1:]}"')
+    return defer("include_relative", f'"{target}"')
 
 
 def _include(tag: str, args: str, path: str, state: _Render, chain: tuple[str, ...]) -> str:
@@ -330,4 +352,4 @@ def includes_fingerprint(path: str, text: str, options: MarkdownTemplating, read
 
 def _may_include(text: str, options: MarkdownTemplating) -> bool:
     return (any(tag in text for tag in options.include_tags) or "--8<--" in text or "{{#include" in text
-            or "{!" in text or bool(mdx_imports(text)))
+            or "{!" in text or "@include:" in text or bool(mdx_imports(text)))
