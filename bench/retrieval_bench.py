@@ -8,6 +8,8 @@ includes; bench/hugo_corpus.md says how to recreate it), bench/hugo_questions.ya
 included from files outside the corpus; bench/fastapi_corpus.md), bench/fastapi_questions.yaml.
 `--corpus redux`: the Redux documentation (a Docusaurus site: Markdown and MDX pages with
 admonitions and components; bench/redux_corpus.md), bench/redux_questions.yaml.
+`--corpus flask`: the Flask documentation (a Sphinx site: 76 reStructuredText pages with directives,
+cross-reference roles and autodoc; bench/flask_corpus.md), bench/flask_questions.yaml.
 Prints a table. Pass --home DIR to keep the index: a second run re-ingests incrementally
 (nothing is re-embedded) and only re-measures. --misses: for each question hybrid search does not
 answer first, the rank of its document in each mode (of 50) and the documents ranked above it."""
@@ -40,7 +42,7 @@ from dagster_project.core.search.evaluation import evaluate, load_questions  # n
 # to move it) and the files taken.
 DOCS = {name: (Path(os.environ.get(f"{name.upper()}_DOCS", PROJECT_ROOT.parent / "shared" / "corpora" / f"{name}-docs")),
                include) for name, include in (("hugo", ["**/*.md"]), ("fastapi", ["**/*.md"]),
-                                              ("redux", ["**/*.md", "**/*.mdx"]))}
+                                              ("redux", ["**/*.md", "**/*.mdx"]), ("flask", ["**/*.rst"]))}
 QUESTIONS = {name: PROJECT_ROOT / "bench" / f"{name}_questions.yaml" for name in ("peps", *DOCS)}
 LATENCY_PASSES = 3  # latency percentiles over every question asked this many times
 
