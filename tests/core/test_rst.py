@@ -206,7 +206,59 @@ def test_directives_code_admonitions_and_unknown_ones():
 .. include:: other.rst
 """
     assert blocks(rst) == [("code", [], "x = 1"), ("paragraph", [], "First line is content\nand so is this."),
-                           ("paragraph", [], "New in 3.12."), ("other", [], "A process diagram")]
+                           ("paragraph", [], "Added in version 3.12."), ("paragraph", [], "New in 3.12."),
+                           ("paragraph", [], "Superseded by PEP 292."), ("other", [], "A process diagram")]
+
+
+def test_sphinx_directive_arguments_are_text_where_sphinx_shows_them():
+    rst = """\
+:orphan:
+:tocdepth: 2
+:description: How Flask reads its settings.
+
+Configuration
+=============
+
+.. py:data:: MAX_CONTENT_LENGTH
+
+    The maximum number of bytes read from the request body.
+
+    .. versionchanged:: 2.3 Defaults to none.
+
+    .. deprecated:: 3.2
+        Use the new limit.
+
+.. admonition:: Information for the Pros
+
+    Streams are read lazily.
+
+.. container:: fancy-box
+
+    Boxed text.
+
+.. only:: html
+
+    Web only.
+
+.. function:: url_for(endpoint, **values)
+
+    Builds a URL.
+"""
+    doc = parse_document("config.rst", rst.encode())
+    assert [b.text for b in doc.blocks] == [
+        "MAX_CONTENT_LENGTH", "The maximum number of bytes read from the request body.",
+        "Changed in version 2.3: Defaults to none.", "Deprecated since version 3.2: Use the new limit.",
+        "Information for the Pros", "Streams are read lazily.", "Boxed text.", "Web only.",
+        "url_for(endpoint, **values)", "Builds a URL."]
+    # the field list before any text is the page's metadata (Sphinx's file-wide fields), not its text
+    assert doc.metadata["description"] == "How Flask reads its settings." and doc.metadata["tocdepth"] == "2"
+    assert doc.title == "Configuration"
+
+
+def test_sphinx_cross_references_read_as_names_not_paths():
+    text = texts("See :doc:`/appcontext`, :doc:`patterns/sqlite3`, :ref:`context-visibility`, "
+                 ":ref:`packaging:core-metadata`, :class:`.Request` and :doc:`the tutorial <tutorial/index>`.\n")
+    assert text == ["See appcontext, sqlite3, context visibility, core metadata, Request and the tutorial."]
 
 
 def test_comments_targets_substitutions_and_footnotes():

@@ -23,8 +23,9 @@ Severity = Literal["error", "warning"]
 # Bump when parsing changes what a file yields: every file is parsed again (v4: PDF, Word,
 # PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out;
 # v6: Markdown's HTML blocks and inline HTML as their text, headings without their attribute lists, MDX;
-# AsciiDoc and Jupyter notebooks).
-PARSER_VERSION = "parsers-v6"
+# AsciiDoc and Jupyter notebooks; v7: reST directive arguments as Sphinx shows them, cross-references
+# as names, a leading field list as metadata).
+PARSER_VERSION = "parsers-v7"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
 MAX_FRONT_MATTER_BYTES = 64 * 1024
@@ -429,7 +430,9 @@ def _parse_rst(text: str) -> ParsedDocument:
     blocks: list[Block] = []
     path: list[str] = []
     for item in parse_rst_blocks(body):
-        if item[0] == "section":
+        if item[0] == "docinfo":
+            metadata = {**_normalize_metadata({k: v for k, v in item[1].items() if v}), **metadata}
+        elif item[0] == "section":
             _, level, title = item
             headings.append({"level": level, "title": title})
             path = path[:level - 1] + [title]

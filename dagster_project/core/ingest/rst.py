@@ -34,6 +34,17 @@ _CODE = {"code", "code-block", "sourcecode"}
 _QUOTES = {"epigraph", "highlights", "pull-quote"}
 _ADMONITIONS = {"attention", "caution", "danger", "error", "hint", "important", "note", "tip", "warning",
                 "seealso"}
+# Directives whose argument is not text (a class name, a condition, a module context): only their
+# content is. Any other directive's argument is text: an admonition's or a tab's title, the
+# signature Sphinx documents (`.. py:data:: MAX_CONTENT_LENGTH`, `.. function:: url_for(endpoint)`).
+_SILENT_ARGUMENT = {"container", "only", "ifconfig", "currentmodule", "py:currentmodule", "module", "py:module",
+                    "tabularcolumns", "cssclass", "rst-class", "default-domain", "sectionauthor", "moduleauthor",
+                    "codeauthor", "compound", "line-block", "tab-set", "grid", "grid-item", "grid-item-card"}
+# Notes whose argument is a version, as Sphinx renders them (`.. versionadded:: 2.0` reads "Added
+# in version 2.0."), and the PEPs' banner (`.. superseded:: 292`).
+_VERSION_NOTES = {"versionadded": "Added in version {}.", "versionchanged": "Changed in version {}:",
+                  "deprecated": "Deprecated since version {}:", "versionremoved": "Removed in version {}:",
+                  "superseded": "Superseded by PEP {}."}
 
 
 class _Parser:
@@ -68,8 +79,23 @@ class _Parser:
                 if end:
                     i = end
                     continue
+                if _FIELD.match(line) and all(item[0] == "section" for item in items):
+                    i = self._docinfo(lines, i, items)
+                    continue
             i = self._construct(lines, i, items)
         return items
+
+    def _docinfo(self, lines: list[str], i: int, items: list[Item]) -> int:
+        """A field list before any text (around the title) is the document's metadata, not its
+        text: docutils' bibliographic fields, Sphinx's `:orphan:` or `:tocdepth: 2`."""
+        fields: dict[str, str] = {}
+        while i < len(lines) and (m := _FIELD.match(lines[i])):
+            block, i = _item_block(lines, i, m.end())
+            fields[inline_text(m.group(1)).strip().lower()] = " ".join(_astext(self.body(block)).split())
+            while i < len(lines) and not lines[i] and i + 1 < len(lines) and _FIELD.match(lines[i + 1]):
+                i += 1
+        items.append(("docinfo", fields))
+        return i
 
     def _section(self, lines: list[str], i: int, items: list[Item]) -> int:
         """A section title (or a transition) at lines[i]: the index after it, else 0."""
@@ -328,9 +354,15 @@ class _Parser:
         elif name in _ADMONITIONS:  # no argument: the first lines are content
             body = [s.strip() for s in block[:j] if s.strip()]
             items.append(("walk", self.body(body + ([""] if body else []) + content)))
+        elif name in _VERSION_NOTES and argument:
+            version, _, rest = argument.partition(" ")
+            items.append(("paragraph", _join([_VERSION_NOTES[name].format(version), inline_text(rest)]).replace("\n\n", " ")))
+            items.append(("walk", self.body(content)))
         elif name != "image":
-            # Titled containers, and directives docutils does not know (Sphinx's versionadded,
-            # c:function, the PEPs' own banners): their content is the author's text.
+            # Titled containers, and directives docutils does not know (Sphinx's c:function,
+            # py:data, tab-item, the PEPs' own banners): their argument and content are the author's text.
+            if argument and name not in _SILENT_ARGUMENT:
+                items.append(("other", inline_text(argument)))
             items.append(("walk", self.body(content)))
 
 
@@ -484,12 +516,19 @@ def _role_text(role: str, content: str) -> str:
         number = re.match(r"\d+", content)
         if number:
             return f"{role[:3].upper()} {int(number.group())}"
-    return _unescape(content.lstrip("~!"))
+    target = _unescape(content.lstrip("~!."))
+    if role in ("doc", "std:doc", "ref", "std:ref", "numref"):
+        # Sphinx shows the page's or the section's title; without it, the name or label is the
+        # nearest we have (`packaging:core-metadata`, an intersphinx label, reads "core metadata").
+        label = target.rsplit(":", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+        target = re.sub(r"[-_]+", " ", label).strip() or target
+    return target
 
 
 def parse_rst_blocks(text: str) -> list[Item]:
     """The document's items in order: ("section", level, title) and (kind, text) blocks, with
-    containers flattened. Kinds: paragraph, code, list, table, quote, other."""
+    containers flattened. Kinds: paragraph, code, list, table, quote, other; and ("docinfo",
+    {field: value}) for a field list before any text (its metadata)."""
     lines = [line.rstrip() for line in text.expandtabs(8).replace("\v", " ").replace("\f", " ").splitlines()]
     flat: list[Item] = []
 
