@@ -243,13 +243,22 @@ Configuration
 .. function:: url_for(endpoint, **values)
 
     Builds a URL.
+
+.. testcode:: setup
+
+    print(url_for("index"))
+
+.. graphviz::
+
+    digraph { a -> b }
 """
     doc = parse_document("config.rst", rst.encode())
     assert [b.text for b in doc.blocks] == [
         "MAX_CONTENT_LENGTH", "The maximum number of bytes read from the request body.",
         "Changed in version 2.3: Defaults to none.", "Deprecated since version 3.2: Use the new limit.",
         "Information for the Pros", "Streams are read lazily.", "Boxed text.", "Web only.",
-        "url_for(endpoint, **values)", "Builds a URL."]
+        "url_for(endpoint, **values)", "Builds a URL.", 'print(url_for("index"))', "digraph { a -> b }"]
+    assert [b.kind for b in doc.blocks][-2:] == ["code", "code"]
     # the field list before any text is the page's metadata (Sphinx's file-wide fields), not its text
     assert doc.metadata["description"] == "How Flask reads its settings." and doc.metadata["tocdepth"] == "2"
     assert doc.title == "Configuration"

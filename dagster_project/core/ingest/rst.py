@@ -30,7 +30,10 @@ _DROPPED = {"contents", "sectnum", "section-numbering", "header", "footer", "raw
             "literalinclude", "meta", "title", "target-notes", "default-role", "role",
             "highlight", "index", "toctree", "unicode", "date", "replace", "productionlist",
             "canonical-doc", "canonical-pypa-spec", "canonical-typing-spec"}
-_CODE = {"code", "code-block", "sourcecode"}
+# Directives whose content is code or a diagram's source (Sphinx's doctest, IPython, plots...).
+_CODE = {"code", "code-block", "sourcecode", "doctest", "testcode", "testoutput", "testsetup", "testcleanup",
+         "ipython", "jupyter-execute", "code-cell", "code-tab", "plot", "graphviz", "digraph", "graph", "mermaid",
+         "plantuml"}
 _QUOTES = {"epigraph", "highlights", "pull-quote"}
 _ADMONITIONS = {"attention", "caution", "danger", "error", "hint", "important", "note", "tip", "warning",
                 "seealso"}
