@@ -218,17 +218,21 @@ def blocks_of(path: str, text: str, files: dict[str, str] | None = None):
     return [(b.kind, b.text) for b in parse_document(path, rendered.encode()).blocks]
 
 
-def test_admonitions_tabs_and_mdx_components_keep_their_text_and_lose_their_markup():
-    blocks = blocks_of("docs/install.mdx", DIALECTS, {"docs/_intro.mdx": "import X from 'y'\n\nIntro from a partial.\n"})
+@pytest.mark.parametrize("path", ["docs/install.md", "docs/install.mdx"])
+def test_admonitions_tabs_and_mdx_components_keep_their_text_and_lose_their_markup(path):
+    blocks = blocks_of(path, DIALECTS, {"docs/_intro.mdx": "import X from 'y'\n\nIntro from a partial.\n"})
+    # An indented block is code in Markdown; MDX has no indented code blocks.
+    indented = ["an indented code block stays code"]
     prose = [text for kind, text in blocks if kind != "code"]
     assert prose == ["Intro from a partial.", "Pro tip", "Use the heron mirror when you can.", "With npm",
                      "Why immutability?", "Because reducers must be pure.", "Technical Details",
-                     "The body of a note is prose, not code.", "After the note.", "Python 3.10+", "Tab text here.",
+                     "The body of a note is prose, not code.", *(indented if path.endswith(".mdx") else []),
+                     "After the note.", "Python 3.10+", "Tab text here.",
                      "Inspired the walrus API", "Use the type hints.", "MyST note body, see `setup`.",
                      "::: fastapi.APIRouter"]  # mkdocstrings' autodoc line is not a container
     code = [text for kind, text in blocks if kind == "code"]
     assert code == ["```bash\nnpm install redux\n:::\n```",  # code as written, a marker in it too
-                    "an indented code block stays code", "```python\nimport os\n```",
+                    *([] if path.endswith(".mdx") else indented), "```python\nimport os\n```",
                     "```{code-block} python\nx = 1\n```"]
 
 
@@ -355,7 +359,8 @@ def test_mdbook_and_markdown_include_includes_and_fastapi_code_lines():
 
 def test_vitepress_containers_lose_their_markers_and_mkdocstrings_lines_stay():
     page = ("Intro.\n\n::: tip Pro tip\nUse the cache.\n:::\n\n::: details Click to see\nHidden text.\n:::\n\n"
-            "::: code-group\n```js [config.js]\nx = 1\n```\n:::\n\n::: WARNING\nCareful.\n:::\n\n::: my_pkg.module\n\n::: tipster\n")
+            "::: code-group\n```js [config.js]\nx = 1\n```\n:::\n\n::: WARNING\nCareful.\n:::\n\n"
+            "::: my_pkg.module\n\n::: tipster\n")
     text, _ = render(page)
     assert ":::" not in text.replace("::: my_pkg.module", "").replace("::: tipster", "")
     assert "Pro tip\nUse the cache." in text and "Click to see\nHidden text." in text and "Careful." in text
@@ -384,3 +389,19 @@ def test_an_included_file_is_rendered_once_by_its_own_rules():
     for include in ('{{% include "/_common/call.md" %}}', '--8<-- "_common/call.md"'):
         text, _ = render(f"Intro.\n\n{include}\n\nEnd.\n", files)
         assert '{{< img src="a.jpg" >}}' in text and "End." in text, include
+
+
+def test_mdx_components_show_their_text_attributes_and_long_exports_leave():
+    page = ("import Shared from '/snippets/shared.mdx';\n\n"
+            "export const Chart = () => {\n  const data = [1, 2];\n\n  return <div>{data}</div>;\n};\n\n"
+            "<ParamField query=\"limit\" type=\"integer\" default=\"10\">Most results to return.</ParamField>\n\n"
+            "<LinkCard title=\"Guides\" description=\"Learn the walrus basics\" href=\"/guides\" />\n\n"
+            "<Card icon={<svg><path d={{a: {b: 1}}} /></svg>} title=\"Deep\">Card body.</Card>\n\n"
+            "Use ```` ```http ```` fences. <Update label=\"v2\">Changed.</Update>\n\n<Shared />\n")
+    text, warnings = render(page, {"snippets/shared.mdx": "Shared walrus text.\n"}, path="docs/api/page.mdx")
+    assert warnings == []
+    assert "const data" not in text and "return <div>" not in text and "Chart" not in text
+    assert "limit integer 10" in text and "Most results to return." in text
+    assert "Guides Learn the walrus basics" in text and "Deep" in text and "Card body." in text
+    assert "<" not in text.replace("```` ```http ````", "") and "v2" in text and "Changed." in text
+    assert "Shared walrus text." in text  # '/snippets/...' is from the root, not the page's folder

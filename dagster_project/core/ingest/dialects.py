@@ -52,15 +52,26 @@ _BLOCK_OPTION = re.compile(r"^[ \t]+[\w-]+:[ \t].*$")  # pymdownx `    type: war
 _ESM = re.compile(r"""^(?:import[ \t]+(?:[\w*{}, \t]+[ \t]+from[ \t]+)?["'][^"'\n]+["'];?[ \t]*$"""
                   r"|import[ \t]+[\w*{}, \t]+[ \t]+from[ \t]*$|import[ \t]*\{"
                   r"|export[ \t]+(?:const|let|var|function|default|class|async|\{|\*)\b)")
+_JS_STRING = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|`[^`]*`|//.*""")
+MAX_ESM_LINES = 300  # an ESM statement longer than this with open brackets is a stray bracket
 _MDX_IMPORT = re.compile(r"""^import[ \t]+(?P<name>[A-Z]\w*)[ \t]+from[ \t]+["'](?P<path>[^"'\n]+\.mdx?)["'];?[ \t]*$""",
                          re.MULTILINE)
 # A component tag (capitalized name: lower-case tags are HTML), its attributes possibly over
-# several lines, with values in quotes or braces nested two deep.
-_ATTRS = r"""(?:[^<>{}"']|"[^"\n]*"|'[^'\n]*'|\{(?:[^{}]|\{[^{}]*\})*\}){0,4000}?"""
+# several lines, with values in quotes or braces nested four deep.
+_BRACED = r"\{[^{}]*\}"
+for _ in range(3):  # JSX expressions nested four deep: `icon={<svg><path d={{a: {b: 1}}} /></svg>}`
+    _BRACED = r"\{(?:[^{}]|" + _BRACED + r")*\}"
+_ATTRS = r"""(?:[^<>{}"']|"[^"\n]*"|'[^'\n]*'|""" + _BRACED + r"){0,4000}?"
 _COMPONENT = re.compile(rf"<(?P<close>/)?(?P<name>[A-Z][\w.]*)(?P<attrs>(?:\s{_ATTRS})?)\s*(?P<self>/)?>")
-_TITLE_ATTR = re.compile(r"""\b(?:title|label|summary)=(?:"([^"\n]+)"|'([^'\n]+)'|\{["']([^"'\n]+)["']\})""")
-_CODE_SPAN = re.compile(r"(`+)[^`]+?\1")
+# Attributes whose value the site shows as text: a card's or tab's title, a link card's description,
+# a badge's text; and an API field's name and type (Mintlify's <ParamField query="limit" type="integer">).
+_ATTR_VALUE = r"""=(?:"([^"\n]+)"|'([^'\n]+)'|\{["']([^"'\n]+)["']\})"""
+_TITLE_ATTR = re.compile(r"(?<![\w-])(?:title|label|summary|description|caption|text)" + _ATTR_VALUE)
+_FIELD_ATTR = re.compile(r"(?<![\w-])(?:path|query|body|header|name|type|default)" + _ATTR_VALUE)
+# CommonMark: a run of n backticks opens a code span, closed by the next run of exactly n.
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(?:[^`]|(?!\1(?!`))`+){1,4000}?(?<!`)\1(?!`)")
 REMOVED = "\x00"  # marks where markup was: a line left with only marks goes away whole
+HELD = "\x03"  # where an inline code span waits while the text around it changes
 
 Include = Callable[[str], str]  # an imported file's path, relative to the page's folder -> its place
 
@@ -208,29 +219,74 @@ def strip_mdx(segment: str, imports: dict[str, str], include: Include | None) ->
     """Text outside code fences of an MDX page without its ESM statements, JSX comments and
     component tags; an imported Markdown component (`<Intro />`) is `include(its path)`, or
     left out when includes are not resolved (`include` None)."""
-    kept, in_esm = [], False
+    kept: list[str] = []
+    statement: list[str] | None = None  # the open ESM statement's lines after its first
+    depth = 0
     for line in segment.split("\n"):
-        if in_esm:
-            in_esm = bool(line.strip())
+        if statement is None:
+            if _ESM.match(line):
+                statement, depth = [], _bracket_balance(line)
+            else:
+                kept.append(line)
             continue
-        if _ESM.match(line):
-            in_esm = True
-            continue
-        kept.append(line)
+        # A statement runs to a blank line once its brackets are closed: an exported component's
+        # body has blank lines inside it.
+        statement.append(line)
+        depth += _bracket_balance(line)
+        if not line.strip() and depth <= 0:
+            statement = None
+        elif len(statement) >= MAX_ESM_LINES:
+            kept += _after_first_blank(statement)
+            statement = None
+    if statement is not None:  # never closed: a stray bracket ends at the first blank line
+        kept += _after_first_blank(statement)
     text = "\n".join(kept)
 
     def component(match: re.Match) -> str:
         name, attrs = match.group("name"), match.group("attrs") or ""
         if name in imports and match.group("self"):
             return f"\n\n{include(imports[name])}\n\n" if include is not None else REMOVED
-        title = _TITLE_ATTR.search(attrs) if not match.group("close") else None
-        words = next((g for g in title.groups() if g), "") if title else ""
+        if match.group("close"):
+            return REMOVED
+        shown = _FIELD_ATTR if name.endswith("Field") else _TITLE_ATTR
+        words = " ".join(next(g for g in m.groups() if g) for m in shown.finditer(attrs))
+        if name.endswith("Field"):  # the field's description is what it encloses
+            words = " ".join(filter(None, [words, *(next(g for g in m.groups() if g) for m in _TITLE_ATTR.finditer(attrs))]))
         return f"\n\n{words}\n\n" if words else REMOVED
 
     # Inline code stays as written: `<Provider store={store}>` is what the page talks about.
     return drop_marked_lines(outside_code_spans(
         text, lambda prose: _COMPONENT.sub(component, _strip_jsx_comments(prose)) if "<" in prose or "{/*" in prose
         else prose))
+
+
+def _after_first_blank(lines: list[str]) -> list[str]:
+    """What follows an ESM statement whose brackets never close: the text after its first blank
+    line (MDX would refuse the page; a stray `{` must not take the rest of it)."""
+    blank = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+    return lines[blank:]
+
+
+def _bracket_balance(line: str) -> int:
+    """Opening minus closing brackets of a line of JavaScript, outside its string literals."""
+    code = _JS_STRING.sub("", line)
+    return sum(code.count(c) for c in "{([") - sum(code.count(c) for c in "})]")
+
+
+def code_spans_held(text: str, change: Callable[[str], str]) -> str:
+    """`text` with `change` applied to it while its inline code spans are held aside as written:
+    unlike `outside_code_spans`, markup around a span stays whole (a link whose text is code,
+    [`configureStore`](url))."""
+    if "`" not in text or HELD in text:
+        return change(text) if HELD not in text else outside_code_spans(text, change)
+    spans: list[str] = []
+
+    def hold(match: re.Match) -> str:
+        spans.append(match.group(0))
+        return f"{HELD}{len(spans) - 1}{HELD}"
+
+    changed = change(_CODE_SPAN.sub(hold, text))
+    return re.sub(f"{HELD}(\\d+){HELD}", lambda m: spans[int(m.group(1))], changed)
 
 
 def outside_code_spans(text: str, change: Callable[[str], str]) -> str:

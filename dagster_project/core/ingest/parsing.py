@@ -24,8 +24,9 @@ Severity = Literal["error", "warning"]
 # PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out;
 # v6: Markdown's HTML blocks and inline HTML as their text, headings without their attribute lists, MDX;
 # AsciiDoc and Jupyter notebooks; v7: reST directive arguments as Sphinx shows them, cross-references
-# as names, a leading field list as metadata).
-PARSER_VERSION = "parsers-v7"
+# as names, a leading field list as metadata; v8: Markdown links and images as their text, no
+# indented code in MDX).
+PARSER_VERSION = "parsers-v8"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
 MAX_FRONT_MATTER_BYTES = 64 * 1024
@@ -88,7 +89,7 @@ def parse_document(path: str, data: bytes) -> ParsedDocument:
                 "templating, component tags, admonition markers)"])
         parser = {"markdown": _parse_markdown, "rst": _parse_rst, "html": _parse_html, "text": _parse_text,
                   "notebook": _parse_notebook, "asciidoc": _parse_asciidoc}[fmt]
-        doc = parser(text)
+        doc = _parse_markdown(text, mdx=extension == ".mdx") if fmt == "markdown" else parser(text)
         doc.warnings[:0] = warnings
     doc.metadata = json_safe_metadata(doc.metadata, doc.warnings)
     for block in doc.blocks:
@@ -225,12 +226,15 @@ def _split_front_matter(text: str) -> tuple[dict, str, list[str]]:
 _HEADING_ATTRIBUTES = re.compile(r"[ \t]*\{:?[ \t]*(?:[#.][\w-]|[\w-]+=)[^{}]*\}[ \t]*$")
 
 
-def _parse_markdown(text: str) -> ParsedDocument:
+def _parse_markdown(text: str, mdx: bool = False) -> ParsedDocument:
     from markdown_it import MarkdownIt
 
     metadata, body, warnings = _split_front_matter(text)
     source_lines = body.splitlines()
-    tokens = MarkdownIt("commonmark").enable("table").parse(body)
+    parser = MarkdownIt("commonmark").enable("table")
+    if mdx:  # MDX has no indented code blocks: a component's indented body is prose (Mintlify's <Card>s)
+        parser.disable("code")
+    tokens = parser.parse(body)
     headings: list[dict] = []
     blocks: list[Block] = []
     path: list[tuple[int, str]] = []
@@ -242,7 +246,7 @@ def _parse_markdown(text: str) -> ParsedDocument:
         token = tokens[i]
         if token.type == "heading_open" and token.level == 0:
             level = int(token.tag[1])
-            title = _HEADING_ATTRIBUTES.sub("", tokens[i + 1].content).strip()
+            title = _inline_text(_HEADING_ATTRIBUTES.sub("", tokens[i + 1].content)).strip()
             headings.append({"level": level, "title": title})
             path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
             i += 3
@@ -255,12 +259,19 @@ def _parse_markdown(text: str) -> ParsedDocument:
             elif token.type in ("fence", "code_block"):
                 blocks.append(Block(kinds[token.type], raw, [t for _, t in path]))
             else:
-                blocks.append(Block(kinds[token.type], _inline_html_text(raw), [t for _, t in path]))
+                blocks.append(Block(kinds[token.type], _inline_text(raw), [t for _, t in path]))
         i += 1
     title = str(metadata.get("title") or (headings[0]["title"] if headings else ""))
     return ParsedDocument("markdown", title, metadata, headings, blocks, warnings)
 
 
+# Links and images in Markdown prose read as what the page shows: `[the guide](../guide.md#x)` as
+# "the guide", `![A diagram](img/d.png)` as "A diagram", `[text][ref]` as "text". Their addresses
+# were up to an eighth of the indexed text of real sites, and words for the embedder to read.
+_LINK_DESTINATION = (r"\((?:<[^<>\n]{0,2000}>|(?:[^()\s{}]|\([^()\s]{0,500}\)|\{\{[^{}\n]{0,200}\}\}|\{){0,2000})"
+                     r"""(?:\s+(?:"[^"\n]{0,500}"|'[^'\n]{0,500}'|\([^()\n]{0,500}\)))?\s*\)""")
+_MD_IMAGE = re.compile(r"!\[([^\[\]\n]{0,500})\]" + _LINK_DESTINATION)
+_MD_LINK = re.compile(r"\[((?:[^\[\]\n]|\[[^\[\]\n]{0,500}\]){1,1000})\](?:" + _LINK_DESTINATION + r"|\[[^\[\]\n]{0,500}\])")
 # Inline HTML in Markdown prose, outside code spans: entities are characters, the tags go, their text stays, and what an
 # <abbr>/<dfn> title or an <img> alt says is kept ("ASGI (Asynchronous Server Gateway Interface)"):
 # it is often the plain words a question uses. Only HTML's own element names: `<https://x>` is
@@ -276,12 +287,17 @@ _SPACED = {"br", "center", "details", "div", "figcaption", "figure", "li", "ol",
            "td", "tfoot", "th", "thead", "tr", "ul"}  # a break between words; other tags sit inside words
 
 
-def _inline_html_text(text: str) -> str:
-    if "<" not in text and "&" not in text:
+def _inline_text(text: str) -> str:
+    """Markdown prose as it reads: links and images as their text, inline HTML as its text (the
+    code spans as written)."""
+    if "<" not in text and "&" not in text and "](" not in text and "][" not in text:
         return text
-    from .dialects import outside_code_spans
+    from .dialects import code_spans_held
 
     def prose_text(prose: str) -> str:
+        if "](" in prose or "][" in prose:
+            prose = _MD_IMAGE.sub(lambda m: m.group(1), prose)
+            prose = _MD_LINK.sub(lambda m: m.group(1), prose)
         if "<" in prose:
             prose = _TITLED.sub(lambda m: f"{m.group(4)} ({m.group(2) or m.group(3) or ''})"
                                 if (m.group(2) or m.group(3)) else m.group(4), prose)
@@ -292,7 +308,7 @@ def _inline_html_text(text: str) -> str:
             prose = html.unescape(prose).replace("\xa0", " ")
         return prose
 
-    return outside_code_spans(text, prose_text).strip()
+    return code_spans_held(text, prose_text).strip()
 
 
 def _html_block_text(raw: str) -> list[tuple[str, str]]:

@@ -20,8 +20,9 @@ from .hashing import content_hash
 
 # Bump when preprocessing changes what a file yields: every Markdown file is parsed again
 # (v2: dialects.py; v3: mdBook and markdown-include includes, FastAPI's code-include lines,
-# VitePress `::: tip` containers, `<!--@include: file-->`, `[[toc]]` and `<<< code` lines).
-TEMPLATING_VERSION = "templating-v3"
+# VitePress `::: tip` containers, `<!--@include: file-->`, `[[toc]]` and `<<< code` lines; v4: MDX
+# components' text attributes, exports over blank lines, root-relative imports).
+TEMPLATING_VERSION = "templating-v4"
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
 MAX_INCLUDES = 500  # per page: a hostile page cannot include a big file a million times
@@ -219,8 +220,10 @@ def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -
             parts.append(segment)
             continue
         if mdx:
-            segment = strip_mdx(segment, imports, (lambda target: defer("include_relative", f'"{target}"'))
-                                if state.options.includes == "resolve" else None)
+            # An import from '/snippets/x.mdx' is from the docs root (Mintlify), else from the page's folder.
+            segment = strip_mdx(segment, imports, (lambda target: defer(
+                "include" if target.startswith("/") else "include_relative", f'"{target}"'))
+                if state.options.includes == "resolve" else None)
         segment = _VITEPRESS_INCLUDE.sub(lambda m: _vitepress_include(m, state, defer), segment)
         for opener, closer in _COMMENTS:
             segment = _strip_pairs(segment, opener, closer)
