@@ -405,3 +405,14 @@ def test_mdx_components_show_their_text_attributes_and_long_exports_leave():
     assert "Guides Learn the walrus basics" in text and "Deep" in text and "Card body." in text
     assert "<" not in text.replace("```` ```http ````", "") and "v2" in text and "Changed." in text
     assert "Shared walrus text." in text  # '/snippets/...' is from the root, not the page's folder
+
+
+def test_jekyll_highlight_blocks_are_code_and_raw_bodies_stay_as_written():
+    page = ("Intro.\n\n{% highlight diff %}{% raw %}\n- {{ site.baseurl }}/old\n+ {% post_url 2018-03-20-hello %}\n"
+            "{% endraw %}{% endhighlight %}\n\nShow {% raw %}{% include file.ext %}{% endraw %} to include; "
+            "{% if x %}kept{% endif %}.\n\n{% highlight ruby linenos %}\ndef x; end\n{% endhighlight %}\n")
+    text, _ = render(page)
+    assert "```diff\n- {{ site.baseurl }}/old\n+ {% post_url 2018-03-20-hello %}\n```" in text
+    assert "Show {% include file.ext %} to include; kept." in text and "```ruby\ndef x; end\n```" in text
+    blocks = [(b.kind, b.text) for b in parse_document("page.md", text.encode()).blocks]
+    assert [kind for kind, _ in blocks] == ["paragraph", "code", "paragraph", "code"]

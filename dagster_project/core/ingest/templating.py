@@ -21,7 +21,8 @@ from .hashing import content_hash
 # Bump when preprocessing changes what a file yields: every Markdown file is parsed again
 # (v2: dialects.py; v3: mdBook and markdown-include includes, FastAPI's code-include lines,
 # VitePress `::: tip` containers, `<!--@include: file-->`, `[[toc]]` and `<<< code` lines; v4: MDX
-# components' text attributes, exports over blank lines, root-relative imports).
+# components' text attributes, exports over blank lines, root-relative imports; Jekyll's highlight
+# blocks as code and raw bodies as written).
 TEMPLATING_VERSION = "templating-v4"
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 MAX_INCLUDE_DEPTH = 8  # nested includes deeper than this are left out (and said so): a cycle ends here
@@ -87,6 +88,14 @@ _VITEPRESS_INCLUDE = re.compile(r"<!--[ \t]*@include:[ \t]*(?P<target>[^\s>]{1,1
 # would rescan the rest of the file from every opener.
 _COMMENTS = ((re.compile(r"\{%-?[ \t]*comment[ \t]*-?%\}"), re.compile(r"\{%-?[ \t]*endcomment[ \t]*-?%\}")),
              (re.compile(r"<!--"), re.compile(r"-->")))
+# Jekyll: `{% highlight ruby %}` ... `{% endhighlight %}` is a code block (a fence here), and what
+# `{% raw %}` ... `{% endraw %}` encloses is shown as written, its Liquid too.
+_HIGHLIGHT = (re.compile(r"^[ \t]*\{%-?[ \t]*highlight[ \t]+([\w+#.-]+)[^%\n]{0,200}?-?%\}[ \t]*"
+                         r"(?:\{%-?[ \t]*raw[ \t]*-?%\})?[ \t]*\n?", re.MULTILINE),
+              re.compile(r"\n?[ \t]*(?:\{%-?[ \t]*endraw[ \t]*-?%\})?[ \t]*\{%-?[ \t]*endhighlight[ \t]*-?%\}[ \t]*$",
+                         re.MULTILINE))
+_RAW = (re.compile(r"\{%-?[ \t]*raw[ \t]*-?%\}"), re.compile(r"\{%-?[ \t]*endraw[ \t]*-?%\}"))
+_KEPT = "\x04"  # where a `{% raw %}` body waits, as written, while the page's markup is stripped
 _ALERT = re.compile(r"^([ \t]*>[ \t]*)\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\][ \t]*$", re.MULTILINE | re.IGNORECASE)
 # pymdownx.snippets (MkDocs): `--8<-- "file.md"` on a line of its own includes the file;
 # `;--8<--` shows the line itself.
@@ -202,6 +211,8 @@ class _Render:
 
 
 def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -> str:
+    if "highlight" in body:
+        body = _highlight_fences(body)
     segments = _segments(unwrap_containers(body))
     prose = "".join(segment for is_code, segment in segments if not is_code)
     mdx = is_mdx(path, prose)
@@ -224,12 +235,17 @@ def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -
             segment = strip_mdx(segment, imports, (lambda target: defer(
                 "include" if target.startswith("/") else "include_relative", f'"{target}"'))
                 if state.options.includes == "resolve" else None)
+        raw: list[str] = []
+        if "raw" in segment and _KEPT not in segment:
+            segment = _hold_pairs(segment, *_RAW, raw)
         segment = _VITEPRESS_INCLUDE.sub(lambda m: _vitepress_include(m, state, defer), segment)
         for opener, closer in _COMMENTS:
             segment = _strip_pairs(segment, opener, closer)
         segment = _ALERT.sub(r"\1", segment)
         segment = _SNIPPET.sub(lambda m: _snippet(m, state, defer), segment)
         segment = _SYNTAX.sub(lambda m: _replace(m, state, defer), segment)
+        if raw:
+            segment = re.sub(f"{_KEPT}(\\d+){_KEPT}", lambda m: raw[int(m.group(1))], segment)
         parts.append(drop_marked_lines(segment))
     text = "".join(parts)
     if deferred:
@@ -237,6 +253,33 @@ def _render_body(path: str, body: str, state: _Render, chain: tuple[str, ...]) -
             lambda m: _include(*deferred[int(m.group(1))], path, state, chain)
             if int(m.group(1)) < len(deferred) else m.group(0), text))  # a page's own \x02 stays
     return text
+
+
+def _highlight_fences(body: str) -> str:
+    """Jekyll's highlight blocks as code fences (one forward scan: an unclosed one stays)."""
+    parts, position = [], 0
+    opener, closer = _HIGHLIGHT
+    while (start := opener.search(body, position)) is not None:
+        end = closer.search(body, start.end())
+        if end is None:
+            break
+        parts += [body[position:start.start()], f"```{start.group(1)}\n{body[start.end():end.start()]}\n```"]
+        position = end.end()
+    return "".join(parts) + body[position:]
+
+
+def _hold_pairs(text: str, opener: re.Pattern, closer: re.Pattern, held: list[str]) -> str:
+    """`text` with what each opener ... closer pair encloses held aside (numbered placeholders),
+    the markers gone; an opener never closed stays as it is."""
+    parts, position = [], 0
+    while (start := opener.search(text, position)) is not None:
+        end = closer.search(text, start.end())
+        if end is None:
+            break
+        held.append(text[start.end():end.start()])
+        parts += [text[position:start.start()], f"{_KEPT}{len(held) - 1}{_KEPT}"]
+        position = end.end()
+    return "".join(parts) + text[position:]
 
 
 def _strip_pairs(text: str, opener: re.Pattern, closer: re.Pattern) -> str:
