@@ -93,11 +93,21 @@ def build_definitions(project: Project | None = None) -> dg.Definitions:
         minimum_interval_seconds=project.settings.automation_interval_seconds,
         description="Observes the corpus folders and updates the assets of the collections that changed.")
 
+    @dg.sensor(name="refinery_dead_runs", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Ends the runs whose run worker died on this machine (killed, out of memory): left "
+                           "STARTED, they held their collection's place in the run queue for good.")
+    def dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        from .pools import release_dead_runs
+
+        dead = release_dead_runs(context.instance)
+        return dg.SkipReason(f"{len(dead)} run(s) of dead workers marked failed: "
+                             + ", ".join(run.run_id[:8] for run in dead) if dead else "no run of a dead worker")
+
     return dg.Definitions(
         assets=[build_corpus_files(project), *ingestion, active_model, build_feedback_events(project), refined,
                 build_feedback_views(project), snapshots],
         schedules=[daily_metric_snapshot, reingest_all_collections],
-        sensors=[automation],
+        sensors=[automation, dead_runs],
         jobs=[
             ingest_job,
             dg.define_asset_job(REFINE_JOB, selection=dg.AssetSelection.assets(refined),

@@ -75,6 +75,30 @@ def process_tags() -> dict[str, str]:
             PROCESS_STARTED_TAG: f"{psutil.Process().create_time():.2f}"}
 
 
+def tag_run_worker(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> None:
+    """Tag a run the daemon launched with its run worker's process, once (its first step), so
+    that a later `refinery` (`refinery dev` starting again, or the daemon's dead-run sensor) can
+    prove the worker gone and end the run: killed with `refinery dev` (or by the OOM killer), it
+    stayed STARTED forever, and its collection's later runs waited behind it in the queue.
+    Steps of the multiprocess executor (the daemon's runs) run in processes the worker spawned:
+    the worker is their parent. `refinery`'s in-process runs are tagged before they start; steps
+    on Celery or Kubernetes workers are not tagged (their worker is elsewhere, or pooled)."""
+    import multiprocessing
+
+    import psutil
+
+    parent = multiprocessing.parent_process()
+    if run is None or PID_TAG in run.tags or parent is None:
+        return
+    try:
+        worker = psutil.Process(parent.pid)
+        tags = {PID_TAG: str(worker.pid), HOST_TAG: socket.gethostname(),
+                PROCESS_STARTED_TAG: f"{worker.create_time():.2f}"}
+    except psutil.Error:
+        return
+    instance.add_run_tags(run.run_id, tags)
+
+
 def process_alive(tags: Mapping[str, str]) -> bool | None:
     """Whether the process named by a run's tags still runs; None when it cannot be known here
     (another host, or a run not started by `refinery`)."""

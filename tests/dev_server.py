@@ -45,6 +45,7 @@ class Server:
 
     def __init__(self, base_url: str, log: Path, env: dict[str, str]):
         self.base_url, self.log, self.env = base_url, log, env
+        self.proc: subprocess.Popen | None = None
 
     def refinery(self, *args: str) -> subprocess.CompletedProcess:
         """A `refinery` command against this server's database and instance."""
@@ -148,14 +149,21 @@ def _wait_until_loaded(server: Server, proc: subprocess.Popen) -> None:
     server.fail(f"the Dagster UI at {server.base_url} was not ready within {STARTUP_TIMEOUT}s ({last})")
 
 
+def dev_workdir() -> Path:
+    """A folder for `refinery dev`'s home; short: PostgreSQL's socket lives in it."""
+    return enterable(Path(tempfile.mkdtemp(prefix="refinery-dev-")))
+
+
 @contextmanager
-def refinery_dev(name: str, manifest: Path = SAMPLE_MANIFEST, **settings: str):
+def refinery_dev(name: str, manifest: Path = SAMPLE_MANIFEST, workdir: Path | None = None, **settings: str):
     """`refinery dev` on a free 127.0.0.1 port against a fresh embedded PostgreSQL, the hash
     embedder and `manifest`; `settings` are further environment variables (the automation sensor
     is stopped unless AUTOMATION_SENSOR_DEFAULT says otherwise). The server log goes to
-    $ARTIFACTS_DIR/`name`/server.log."""
-    workdir = enterable(Path(tempfile.mkdtemp(prefix="refinery-dev-")))  # short: PostgreSQL's socket lives in it
-    home, log = workdir / "home", workdir / "server.log"
+    $ARTIFACTS_DIR/`name`/server.log. With `workdir` (from dev_workdir), the home there is used
+    and kept (a restart on the same instance); the caller removes it."""
+    own = workdir is None
+    workdir = dev_workdir() if own else workdir
+    home, log = workdir / "home", workdir / f"{name}.log"
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "DAGSTER_PG_URL") and not k.startswith(("EMBED_", "LLM_", "CHUNK_"))}
@@ -168,13 +176,14 @@ def refinery_dev(name: str, manifest: Path = SAMPLE_MANIFEST, **settings: str):
     )
     env.update(settings)
     # The newsletter dialog a fresh instance shows its first visitor, marked as seen.
-    (home / "dagster_home" / ".nux").mkdir(parents=True)
+    (home / "dagster_home" / ".nux").mkdir(parents=True, exist_ok=True)
     (home / "dagster_home" / ".nux" / "nux.yaml").write_text("seen: 1\n")
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", DEV, "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", log, env)
+    server.proc = proc
     try:
         _wait_until_loaded(server, proc)
         yield server
@@ -183,7 +192,8 @@ def refinery_dev(name: str, manifest: Path = SAMPLE_MANIFEST, **settings: str):
         artifacts = ARTIFACTS_ROOT / name
         artifacts.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log, artifacts / "server.log")
-        shutil.rmtree(workdir, ignore_errors=True)
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_status(server: Server, run_id: str) -> str:

@@ -26,12 +26,19 @@ RELOAD_LOCATION = """mutation($name: String!) { reloadRepositoryLocation(reposit
 def cmd_dev(args) -> int:
     import dagster as dg
 
-    from ..pools import apply_pool_limits
+    from ..pools import PID_TAG, apply_pool_limits, release_dead_runs
 
     settings = load_settings(args)
     urls = prepare_databases(settings)
     with dg.DagsterInstance.get() as instance:
         apply_pool_limits(instance, settings)
+        # Runs a killed `refinery dev` left STARTED (their worker died with it) would hold their
+        # collection's place in the queue for good.
+        for dead in release_dead_runs(instance):
+            print(f"refinery dev: run {dead.run_id[:8]} ({dead.job_name}"
+                  + (f", {dead.tags['dagster/partition']}" if "dagster/partition" in dead.tags else "")
+                  + f") was left in progress by a run worker that died (pid {dead.tags[PID_TAG]}): marked failed",
+                  file=sys.stderr, flush=True)
     # `dg dev` (Dagster's current tooling; `dagster dev` is superseded) on the same workspace.
     command = [_dg_executable(), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                "-h", args.host, "-p", str(args.port)]

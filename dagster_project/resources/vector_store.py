@@ -19,8 +19,12 @@ class PgVectorStore(dg.ConfigurableResource):
     _store: VectorStore | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from ..pools import tag_run_worker
+
         urls = resolve_database_urls(Settings.from_env())
         self._store = VectorStore(urls.vector_store)
+        if context.instance is not None:  # every asset step opens the store: its run names its worker
+            tag_run_worker(context.instance, context.dagster_run)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._store is not None:

@@ -71,7 +71,6 @@ _FIELD_ATTR = re.compile(r"(?<![\w-])(?:path|query|body|header|name|type|default
 # CommonMark: a run of n backticks opens a code span, closed by the next run of exactly n.
 _CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(?:[^`]|(?!\1(?!`))`+){1,4000}?(?<!`)\1(?!`)")
 REMOVED = "\x00"  # marks where markup was: a line left with only marks goes away whole
-HELD = "\x03"  # where an inline code span waits while the text around it changes
 
 Include = Callable[[str], str]  # an imported file's path, relative to the page's folder -> its place
 
@@ -271,22 +270,6 @@ def _bracket_balance(line: str) -> int:
     """Opening minus closing brackets of a line of JavaScript, outside its string literals."""
     code = _JS_STRING.sub("", line)
     return sum(code.count(c) for c in "{([") - sum(code.count(c) for c in "})]")
-
-
-def code_spans_held(text: str, change: Callable[[str], str]) -> str:
-    """`text` with `change` applied to it while its inline code spans are held aside as written:
-    unlike `outside_code_spans`, markup around a span stays whole (a link whose text is code,
-    [`configureStore`](url))."""
-    if "`" not in text or HELD in text:
-        return change(text) if HELD not in text else outside_code_spans(text, change)
-    spans: list[str] = []
-
-    def hold(match: re.Match) -> str:
-        spans.append(match.group(0))
-        return f"{HELD}{len(spans) - 1}{HELD}"
-
-    changed = change(_CODE_SPAN.sub(hold, text))
-    return re.sub(f"{HELD}(\\d+){HELD}", lambda m: spans[int(m.group(1))], changed)
 
 
 def outside_code_spans(text: str, change: Callable[[str], str]) -> str:

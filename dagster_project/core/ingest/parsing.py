@@ -24,8 +24,8 @@ Severity = Literal["error", "warning"]
 # PowerPoint; reST by rst.py; v5: an HTML page's navigation, sidebars, banner and footer left out;
 # v6: Markdown's HTML blocks and inline HTML as their text, headings without their attribute lists, MDX;
 # AsciiDoc and Jupyter notebooks; v7: reST directive arguments as Sphinx shows them, cross-references
-# as names, a leading field list as metadata; v8: Markdown links and images as their text, no
-# indented code in MDX).
+# as names, a leading field list as metadata; v8: no indented code in MDX, headings' inline HTML
+# as text).
 PARSER_VERSION = "parsers-v8"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
@@ -246,7 +246,7 @@ def _parse_markdown(text: str, mdx: bool = False) -> ParsedDocument:
         token = tokens[i]
         if token.type == "heading_open" and token.level == 0:
             level = int(token.tag[1])
-            title = _inline_text(_HEADING_ATTRIBUTES.sub("", tokens[i + 1].content)).strip()
+            title = _inline_html_text(_HEADING_ATTRIBUTES.sub("", tokens[i + 1].content)).strip()
             headings.append({"level": level, "title": title})
             path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
             i += 3
@@ -259,19 +259,12 @@ def _parse_markdown(text: str, mdx: bool = False) -> ParsedDocument:
             elif token.type in ("fence", "code_block"):
                 blocks.append(Block(kinds[token.type], raw, [t for _, t in path]))
             else:
-                blocks.append(Block(kinds[token.type], _inline_text(raw), [t for _, t in path]))
+                blocks.append(Block(kinds[token.type], _inline_html_text(raw), [t for _, t in path]))
         i += 1
     title = str(metadata.get("title") or (headings[0]["title"] if headings else ""))
     return ParsedDocument("markdown", title, metadata, headings, blocks, warnings)
 
 
-# Links and images in Markdown prose read as what the page shows: `[the guide](../guide.md#x)` as
-# "the guide", `![A diagram](img/d.png)` as "A diagram", `[text][ref]` as "text". Their addresses
-# were up to an eighth of the indexed text of real sites, and words for the embedder to read.
-_LINK_DESTINATION = (r"\((?:<[^<>\n]{0,2000}>|(?:[^()\s{}]|\([^()\s]{0,500}\)|\{\{[^{}\n]{0,200}\}\}|\{){0,2000})"
-                     r"""(?:\s+(?:"[^"\n]{0,500}"|'[^'\n]{0,500}'|\([^()\n]{0,500}\)))?\s*\)""")
-_MD_IMAGE = re.compile(r"!\[([^\[\]\n]{0,500})\]" + _LINK_DESTINATION)
-_MD_LINK = re.compile(r"\[((?:[^\[\]\n]|\[[^\[\]\n]{0,500}\]){1,1000})\](?:" + _LINK_DESTINATION + r"|\[[^\[\]\n]{0,500}\])")
 # Inline HTML in Markdown prose, outside code spans: entities are characters, the tags go, their text stays, and what an
 # <abbr>/<dfn> title or an <img> alt says is kept ("ASGI (Asynchronous Server Gateway Interface)"):
 # it is often the plain words a question uses. Only HTML's own element names: `<https://x>` is
@@ -287,17 +280,14 @@ _SPACED = {"br", "center", "details", "div", "figcaption", "figure", "li", "ol",
            "td", "tfoot", "th", "thead", "tr", "ul"}  # a break between words; other tags sit inside words
 
 
-def _inline_text(text: str) -> str:
-    """Markdown prose as it reads: links and images as their text, inline HTML as its text (the
-    code spans as written)."""
-    if "<" not in text and "&" not in text and "](" not in text and "][" not in text:
+def _inline_html_text(text: str) -> str:
+    """Markdown prose with its inline HTML as text (the code spans as written). Links and images
+    stay as written: read as their text alone, they cost the Hugo set (docs/architecture.md)."""
+    if "<" not in text and "&" not in text:
         return text
-    from .dialects import code_spans_held
+    from .dialects import outside_code_spans
 
     def prose_text(prose: str) -> str:
-        if "](" in prose or "][" in prose:
-            prose = _MD_IMAGE.sub(lambda m: m.group(1), prose)
-            prose = _MD_LINK.sub(lambda m: m.group(1), prose)
         if "<" in prose:
             prose = _TITLED.sub(lambda m: f"{m.group(4)} ({m.group(2) or m.group(3) or ''})"
                                 if (m.group(2) or m.group(3)) else m.group(4), prose)
@@ -308,7 +298,7 @@ def _inline_text(text: str) -> str:
             prose = html.unescape(prose).replace("\xa0", " ")
         return prose
 
-    return code_spans_held(text, prose_text).strip()
+    return outside_code_spans(text, prose_text).strip()
 
 
 def _html_block_text(raw: str) -> list[tuple[str, str]]:
