@@ -75,6 +75,33 @@ def process_tags() -> dict[str, str]:
             PROCESS_STARTED_TAG: f"{psutil.Process().create_time():.2f}"}
 
 
+LAUNCHER_TAG = "refinery/launcher"  # host:pid:start time of the process that launched a daemon run
+
+
+def launcher_tags() -> dict[str, str]:
+    """The tag naming this process as a run's launcher (launcher.RefineryRunLauncher)."""
+    import psutil
+
+    return {LAUNCHER_TAG: f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}"}
+
+
+def _launcher_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process that launched a run still runs; None when it cannot be known here."""
+    host, _, rest = tags.get(LAUNCHER_TAG, "").partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid:
+        return None
+    return process_alive({PID_TAG: pid, HOST_TAG: host, PROCESS_STARTED_TAG: started})
+
+
+def run_is_dead(tags: Mapping[str, str]) -> bool:
+    """A run in progress whose process is gone: the process named by its `refinery/pid` (the
+    command, or the daemon run's worker), or, before its worker tagged it, its launcher."""
+    if PID_TAG in tags:
+        return process_alive(tags) is False
+    return _launcher_alive(tags) is False
+
+
 def tag_run_worker(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> None:
     """Tag a run the daemon launched with its run worker's process, once (its first step), so
     that a later `refinery` (`refinery dev` starting again, or the daemon's dead-run sensor) can
@@ -126,12 +153,10 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     slots of every run that has ended (however it ended); returns the runs marked failed."""
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-    dead = [run for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS,
-                                                                   tags={HOST_TAG: socket.gethostname()}))
-            if process_alive(run.tags) is False]
+    dead = [run for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS)) if run_is_dead(run.tags)]
     for run in dead:
-        instance.report_run_failed(run, message=f"The refinery process that ran it (pid {run.tags[PID_TAG]}) "
-                                                "died without ending it; marked failed by a later refinery.")
+        instance.report_run_failed(run, message=f"The process that ran it ({dead_process(run.tags)}) died without "
+                                                "ending it; marked failed by a later refinery.")
     storage = instance.event_log_storage
     holders = storage.get_concurrency_run_ids()
     if holders:
@@ -142,6 +167,13 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
         for run_id in holders - {r.run_id for r in instance.get_runs(filters=dg.RunsFilter(run_ids=list(holders)))}:
             storage.free_concurrency_slots_for_run(run_id)
     return dead
+
+
+def dead_process(tags: Mapping[str, str]) -> str:
+    """The process a dead run names, for messages: "pid 123" or "launcher pid 123"."""
+    if PID_TAG in tags:
+        return f"pid {tags[PID_TAG]}"
+    return f"launcher pid {tags.get(LAUNCHER_TAG, '::').split(':')[1]}"
 
 
 def waiting_for(instance: dg.DagsterInstance, run_id: str, pools: Collection[str] = (EMBEDDING_POOL, LLM_POOL)

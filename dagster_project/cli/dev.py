@@ -26,7 +26,7 @@ RELOAD_LOCATION = """mutation($name: String!) { reloadRepositoryLocation(reposit
 def cmd_dev(args) -> int:
     import dagster as dg
 
-    from ..pools import PID_TAG, apply_pool_limits, release_dead_runs
+    from ..pools import apply_pool_limits, dead_process, release_dead_runs
 
     settings = load_settings(args)
     urls = prepare_databases(settings)
@@ -37,7 +37,7 @@ def cmd_dev(args) -> int:
         for dead in release_dead_runs(instance):
             print(f"refinery dev: run {dead.run_id[:8]} ({dead.job_name}"
                   + (f", {dead.tags['dagster/partition']}" if "dagster/partition" in dead.tags else "")
-                  + f") was left in progress by a run worker that died (pid {dead.tags[PID_TAG]}): marked failed",
+                  + f") was left in progress by a process that died ({dead_process(dead.tags)}): marked failed",
                   file=sys.stderr, flush=True)
     # `dg dev` (Dagster's current tooling; `dagster dev` is superseded) on the same workspace.
     command = [_dg_executable(), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
