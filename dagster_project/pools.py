@@ -85,10 +85,16 @@ def launcher_tags() -> dict[str, str]:
     return {LAUNCHER_TAG: f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}"}
 
 
-def _launcher_alive(tags: Mapping[str, str]) -> bool | None:
-    """Whether the process that launched a run still runs; None when it cannot be known here."""
+def _launcher(tags: Mapping[str, str]) -> tuple[str, str, str]:
+    """(host, pid, start time) of the process a run's `refinery/launcher` names; '' where absent."""
     host, _, rest = tags.get(LAUNCHER_TAG, "").partition(":")
     pid, _, started = rest.partition(":")
+    return host, pid, started
+
+
+def _launcher_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process that launched a run still runs; None when it cannot be known here."""
+    host, pid, started = _launcher(tags)
     if host != socket.gethostname() or not pid:
         return None
     return process_alive({PID_TAG: pid, HOST_TAG: host, PROCESS_STARTED_TAG: started})
@@ -173,7 +179,7 @@ def dead_process(tags: Mapping[str, str]) -> str:
     """The process a dead run names, for messages: "pid 123" or "launcher pid 123"."""
     if PID_TAG in tags:
         return f"pid {tags[PID_TAG]}"
-    return f"launcher pid {tags.get(LAUNCHER_TAG, '::').split(':')[1]}"
+    return f"launcher pid {_launcher(tags)[1]}"
 
 
 def waiting_for(instance: dg.DagsterInstance, run_id: str, pools: Collection[str] = (EMBEDDING_POOL, LLM_POOL)
