@@ -1,16 +1,19 @@
 """What `refinery ingest` pays before and around its run: the supervisor process of a job command
 loads no library (the child loads them once)."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, new_database, write_manifest
 
 HEAVY = ("dagster", "psycopg", "openai", "numpy", "pydantic", "sqlalchemy")
 
 SUPERVISOR = f"""
 import sys
+from pathlib import Path
 from dagster_project.cli.main import main
 code = main(["ingest", "--help"])
 print("HEAVY", sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r}), "CODE", code)
@@ -56,3 +59,29 @@ def test_fork_server_loads_no_binary_format_library_for_a_text_corpus(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout, done.stdout
+
+
+def test_a_job_command_run_beside_another_checkout_runs_the_installed_code(pg_server, tmp_path):
+    """`refinery ingest` started in a folder that holds another `dagster_project/` (an old clone,
+    a worktree) runs the installed package, in its child and in its parse workers: `python -m`
+    put the current folder first on sys.path, and the index flipped between parser versions by
+    the folder it was run from (QA)."""
+    decoy = tmp_path / "checkout" / "dagster_project"
+    decoy.mkdir(parents=True)
+    marker = tmp_path / "decoy-imported"
+    (decoy / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('imported\\n')\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):  # enough files for the pool of parse workers
+        (docs / f"page{i}.md").write_text(f"# Page {i}\n\nThe walrus counts invoice number {i}.\n")
+    manifest = write_manifest(tmp_path, {"pages": {"root": str(docs)}})
+    env = {k: v for k, v in os.environ.items() if k not in ("REFINERY_SUPERVISED", "PYTHONPATH")}
+    env.update(DATABASE_URL=new_database(pg_server), DAGSTER_PG_URL=new_database(pg_server, template="template1"),
+               DAGSTER_HOME=str(tmp_path / "dagster_home"), REFINERY_HOME=str(tmp_path / "home"),
+               EMBED_PROVIDER="hash", CORPUS_MANIFEST=str(manifest))
+    refinery = Path(sys.executable).with_name("refinery")  # the installed console script
+    done = subprocess.run([str(refinery), "ingest", "--json"], env=env, cwd=decoy.parent, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), "the copy in the current folder was imported"
+    assert json.loads(done.stdout)["documents"]["new"] == 30

@@ -368,3 +368,24 @@ def test_eval_cli_names_a_question_with_no_word_the_embedder_can_use(sample_inde
                                "REFINERY_HOME": str(tmp_path / "home")})
     assert proc.returncode == 2 and proc.stdout == ""
     assert f"{questions}, question 31 ('-'): the query has no words the embedder can use" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["vector", "text", "hybrid"])
+def test_k_documents_when_one_long_page_holds_every_chunk_of_the_legs_depth(store, mode):
+    """A long page whose 60 sections all repeat the question's words and lie nearest to it holds
+    every one of a leg's 50 chunks: the search reads deeper and still returns k documents, the
+    long page first (QA: text mode gave one document for "async await coroutine" --k 5)."""
+    rng = np.random.default_rng(23)
+    query = normalize(rng.normal(size=(1, 16)).astype(np.float32))[0]
+    model_id = store.ensure_model(EmbeddingModel("test", "long-page", 16))
+    add_chunks(store, "long", [(f"walrus invoice walrus invoice section {i}", unit_near(rng, query, 0.99 - i * 0.001))
+                               for i in range(60)], model_id)
+    for i in range(6):
+        add_chunks(store, f"other-{i}", [(f"a walrus invoice note {i} among other words about the weather",
+                                          unit_near(rng, query, 0.8 - i * 0.05))], model_id)
+    found = store.search_documents(model_id, 16, query, k=5, mode=mode, query_text="walrus invoice", passages=2)
+    paths = [d.path for d in found]
+    assert paths[0] == "long.md" and len(set(paths[1:])) == 4 and all(p.startswith("other-") for p in paths[1:])
+    if mode == "vector":  # the further documents in their order, after the long page's chunks
+        assert paths[1:] == [f"other-{i}.md" for i in range(4)]
+    assert len(found[0].passages) == 2

@@ -20,6 +20,7 @@ from ..core.db.pg import (
 )
 from ..core.settings import Settings
 from .common import CliError, emit, load_settings, prepare_databases
+from .main import refinery_command
 
 
 def cmd_db_url(args) -> int:
@@ -78,7 +79,7 @@ def cmd_db_start(args) -> int:
         home.mkdir(parents=True, exist_ok=True)
         (home / DB_KEEPER_PID).unlink(missing_ok=True)
         with open(home / "db-start.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "db", "start", "--foreground"],
+            proc = subprocess.Popen(refinery_command("db", "start", "--foreground"),
                                     env=dict(os.environ, REFINERY_HOME=str(home)), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + DB_START_TIMEOUT

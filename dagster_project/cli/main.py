@@ -45,6 +45,14 @@ JOB_COMMANDS = ("ingest", "refine", "snapshot")
 SUPERVISED = "REFINERY_SUPERVISED"
 
 
+def refinery_command(*argv: str) -> list[str]:
+    """The command line of a `refinery` child process. `-P`: `python -m` would put the current
+    folder first on sys.path, so run from a folder that holds another `dagster_project/` (an old
+    clone, a worktree) the child and its parse workers imported that copy: the index flipped
+    between parser versions by the folder it was run from (QA). The flag passes on to the workers."""
+    return [sys.executable, "-P", "-m", "dagster_project.cli", *argv]
+
+
 def _run_supervised(argv: list[str]) -> int:
     import signal
 
@@ -59,7 +67,7 @@ def _run_supervised(argv: list[str]) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        child.append(subprocess.Popen([sys.executable, "-m", "dagster_project.cli", *argv],
+        child.append(subprocess.Popen(refinery_command(*argv),
                                       env={**os.environ, SUPERVISED: str(os.getpid())}, start_new_session=True))
         while True:
             try:

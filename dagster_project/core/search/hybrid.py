@@ -49,6 +49,13 @@ OUTSIZED_DOCUMENT_CHUNKS = 10
 BM25_POSTINGS_PER_TERM = 3000
 FILTER_COLUMNS = ("collection", "category", "doc_type", "status")
 REPEATED_TEXT_ONCE = True  # see search_sql
+# A search that finds fewer than k documents (one long page whose every section is near the
+# question held 46 of the vector leg's 50 chunks on the PEPs, and all 50 of the text leg's for
+# "async await coroutine") runs again once, each leg reading this many times its depth and adding
+# the best chunk of each further document until it holds k: the chunks within the depth, their
+# ranks and so every fused score stay as they were; the added documents rank after them. Not on
+# every search: the deeper HNSW walk doubled the vector leg's time (PEP p50 5.1 -> 10.1 ms).
+DOCUMENT_POOL_FACTOR = 4
 
 # BM25 (sql/0006_bm25.sql): idf from the per-collection document frequencies (N from the
 # planner's row count, exact for small tables), then the sum of idf * weight over the query's
@@ -170,7 +177,12 @@ class SearchQueries:
                     conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
                 cursor = conn.execute(self.search_sql(dims, where, exact, mode, model_id=model_id, k=k,
                                                       passages=passages), params)
-            return cursor.fetchall()
+            rows = cursor.fetchall()
+            found = len({(r[0], r[1]) for r in rows}) if passages is not None else len(rows)
+            if found < k and DOCUMENT_POOL_FACTOR > 1:  # see DOCUMENT_POOL_FACTOR
+                rows = conn.execute(self.search_sql(dims, where, exact, mode, model_id=model_id, k=k, passages=passages,
+                                                    pool_factor=DOCUMENT_POOL_FACTOR), params).fetchall()
+            return rows
 
     @staticmethod
     def _search_filters(filters: dict[str, str] | None) -> tuple[list[str], dict]:
@@ -184,10 +196,12 @@ class SearchQueries:
         return where, params
 
     def search_sql(self, dims: int, where: list[str], exact: bool, mode: str = "vector", *,
-                   model_id: int | None, k: int, passages: int | None = None) -> str:
+                   model_id: int | None, k: int, passages: int | None = None, pool_factor: int = 1) -> str:
         """One statement per mode; columns: collection, path, title, heading_path, text, chunk id,
         score, vector rank, text rank, document score, first and last page, format. `passages` set:
-        the k best documents, each with at most that many chunks; else the k best chunks. The model, k and the fusion constants are literals, the query
+        the k best documents, each with at most that many chunks; else the k best chunks. `pool_factor`
+        above 1: each leg reads that many times its depth for documents beyond it (DOCUMENT_POOL_FACTOR).
+        The model, k and the fusion constants are literals, the query
         and the filter values parameters, so the generic plan of the prepared statement is the
         custom plan (a parameter for the model would hide the model's partial HNSW index from it):
         a search is not planned afresh each time, which cost 1.2 ms of a hybrid search."""
@@ -199,16 +213,30 @@ class SearchQueries:
         distance = f"(e.embedding::{vtype}) <=> %(q)s::{vtype}"
         order = f"({distance}) + 0" if exact else distance  # "+ 0": keep the planner off the index
         filters = "".join(f" AND {w}" for w in where)
-        # A text repeated across documents (an included snippet, a generated block) counts once in
-        # a leg, where it ranks best: its copies would push other documents out of the depth.
-        once = "WHERE v.copy = 1" if REPEATED_TEXT_ONCE else ""
+        pool = depth * int(pool_factor)
+
+        def within_depth(ranked: str, key: str) -> str:
+            """The leg's rows from `ranked` (its pool of chunks: id, document_id, text, score...,
+            best first by `key`): a text repeated across documents (an included snippet, a
+            generated block) counts once, where it ranks best, as its copies would push other
+            documents out of the depth; the chunks within the depth, then the best chunk of each
+            further document of the pool until the leg holds k documents. Adds `rank`."""
+            once = "WHERE r.copy = 1" if REPEATED_TEXT_ONCE else ""
+            return (
+                f"SELECT r.*, row_number() OVER (ORDER BY {key}, r.id) AS rank FROM ("
+                " SELECT r.*, CASE WHEN r.nth = 1 THEN row_number() OVER (PARTITION BY r.nth = 1"
+                f"  ORDER BY {key}, r.id) END AS document FROM ("
+                f"  SELECT r.*, row_number() OVER (PARTITION BY r.document_id ORDER BY {key}, r.id) AS nth FROM ("
+                f"   SELECT r.*, row_number() OVER (ORDER BY {key}, r.id) AS position,"
+                f"    row_number() OVER (PARTITION BY md5(r.text) ORDER BY {key}, r.id) AS copy FROM ({ranked}) r) r {once}) r) r"
+                f" WHERE r.position <= {depth} OR r.document <= {k}")
         vector_leg = (
-            "SELECT v.id, v.document_id, row_number() OVER (ORDER BY v.distance) AS rank, 1 - v.distance AS score, v.card"
-            " FROM (SELECT v.*, row_number() OVER (PARTITION BY md5(v.text) ORDER BY v.distance, v.id) AS copy"
-            f" FROM (SELECT c.id, c.document_id, c.text, c.card, {distance} AS distance"
-            "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
-            "   JOIN documents d ON d.id = c.document_id"
-            f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {depth}) v) v {once}")
+            "SELECT r.id, r.document_id, r.rank, 1 - r.distance AS score, r.card FROM ("
+            + within_depth(f"SELECT c.id, c.document_id, c.text, c.card, {distance} AS distance"
+                           "   FROM embeddings e JOIN chunks c ON c.content_hash = e.content_hash"
+                           "   JOIN documents d ON d.id = c.document_id"
+                           f"  WHERE e.model_id = {model}{filters} ORDER BY {order} LIMIT {pool}", "r.distance")
+            + ") r")
         if where:
             postings = ("stats s JOIN chunk_terms p ON p.term = s.term JOIN chunks c ON c.id = p.chunk_id"
                         f" JOIN documents d ON d.id = c.document_id WHERE {' AND '.join(where)}")
@@ -216,12 +244,12 @@ class SearchQueries:
             postings = ("stats s CROSS JOIN LATERAL (SELECT p.chunk_id, p.weight FROM chunk_terms p"
                         f" WHERE p.term = s.term ORDER BY p.weight DESC LIMIT {BM25_POSTINGS_PER_TERM}) p")
         text_leg = (
-            "SELECT t.id, row_number() OVER (ORDER BY t.score DESC, t.id) AS rank, t.score FROM ("
-            " SELECT t.*, row_number() OVER (PARTITION BY md5(c.text) ORDER BY t.score DESC, t.id) AS copy"
-            " FROM ("
-            f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
-            f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {depth}"
-            f") t JOIN chunks c ON c.id = t.id) t {once.replace('v.', 't.')}")
+            "SELECT r.id, r.document_id, r.rank, r.score FROM ("
+            + within_depth(f"SELECT t.*, c.document_id, c.text FROM ("
+                           f"  {BM25_STATS} SELECT p.chunk_id AS id, sum(p.weight * s.idf) AS score FROM {postings}"
+                           f"   GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT {pool}"
+                           ") t JOIN chunks c ON c.id = t.id", "r.score DESC")
+            + ") r")
         # One leg alone ranks documents by their best chunk: scored like hybrid's legs, a page's
         # further chunks cost the Hugo set text MRR@10 0.550 -> 0.534 (docs/architecture.md).
         per_document = ("row_number() OVER (PARTITION BY document_id ORDER BY rank) AS nth,"
@@ -231,13 +259,12 @@ class SearchQueries:
                     f" FROM ({vector_leg}) x")
         elif mode == "text":
             legs = (f"SELECT id, document_id, {per_document}, NULL::bigint AS vector_rank, rank AS text_rank"
-                    f" FROM (SELECT t.*, c.document_id FROM ({text_leg}) t JOIN chunks c ON c.id = t.id) x")
+                    f" FROM ({text_leg}) x")
         else:
             legs = (
                 f"WITH v AS ({vector_leg}),"
                 " legs AS (SELECT id, document_id, rank, 'v' AS leg FROM v"
-                f"              UNION ALL SELECT t.id, c.document_id, t.rank, 't'"
-                f"              FROM ({text_leg}) t JOIN chunks c ON c.id = t.id"
+                f"              UNION ALL SELECT id, document_id, rank, 't' FROM ({text_leg}) t"
                 "              UNION ALL SELECT id, document_id, rank, 'c' FROM (SELECT id, document_id,"
                 f"              row_number() OVER (ORDER BY rank) AS rank FROM v WHERE card) k WHERE rank <= {int(RRF_CARD_DEPTH)}),"
                 # nth: the chunk's place in its document, in its leg; drank: the document's rank
