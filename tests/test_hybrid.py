@@ -141,6 +141,7 @@ def test_a_page_whose_card_matches_outranks_a_slightly_closer_passage(store):
     paths = [d.path for d in found]
     assert paths[0] == "reference.md" and paths.index("described.md") < paths.index("guide.md")
     assert found[0].score == pytest.approx(1 / (RRF_K + 2) + 1 / (RRF_K + 1))
+    assert found[0].passages[0].legs == {"vector": 2, "card": 1}  # the card leg is shown (QA)
     # the card leg ranks documents, not passages: the passage the vector leg ranks above the card comes first
     assert [p.text for p in found[1].passages] == ["its example", "Describes another function."]
 

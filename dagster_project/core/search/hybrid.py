@@ -81,7 +81,9 @@ class SearchHit:
     text: str
     score: float
     chunk_id: str
-    legs: dict[str, int] = field(default_factory=dict)  # leg -> rank at which it found this chunk
+    # leg -> rank at which it found this chunk: vector, text, and card (hybrid: the chunk is its
+    # document's card, at this rank among the cards of the vector leg)
+    legs: dict[str, int] = field(default_factory=dict)
     pages: tuple[int, int] | None = None  # first and last page (slide, for PowerPoint) of the text
     format: str = ""
 
@@ -152,7 +154,7 @@ class SearchQueries:
     @staticmethod
     def _hit(r) -> SearchHit:
         return SearchHit(r[0], r[1], r[2], list(r[3]), r[4], float(r[6]), str(r[5]),
-                         {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8])) if rank is not None},
+                         {leg: rank for leg, rank in (("vector", r[7]), ("text", r[8]), ("card", r[13])) if rank is not None},
                          (r[10], r[11]) if r[10] is not None else None, r[12])
 
     def _run_search(self, model_id, dims, query, k, filters, ef_search, mode, query_text, text_search_config,
@@ -198,7 +200,7 @@ class SearchQueries:
     def search_sql(self, dims: int, where: list[str], exact: bool, mode: str = "vector", *,
                    model_id: int | None, k: int, passages: int | None = None, pool_factor: int = 1) -> str:
         """One statement per mode; columns: collection, path, title, heading_path, text, chunk id,
-        score, vector rank, text rank, document score, first and last page, format. `passages` set:
+        score, vector rank, text rank, document score, first and last page, format, card rank. `passages` set:
         the k best documents, each with at most that many chunks; else the k best chunks. `pool_factor`
         above 1: each leg reads that many times its depth for documents beyond it (DOCUMENT_POOL_FACTOR).
         The model, k and the fusion constants are literals, the query
@@ -255,10 +257,10 @@ class SearchQueries:
         per_document = ("row_number() OVER (PARTITION BY document_id ORDER BY rank) AS nth,"
                         " max(score) OVER (PARTITION BY document_id) AS score, score AS chunk_score")
         if mode == "vector":
-            legs = (f"SELECT id, document_id, {per_document}, rank AS vector_rank, NULL::bigint AS text_rank"
+            legs = (f"SELECT id, document_id, {per_document}, rank AS vector_rank, NULL::bigint AS text_rank, NULL::bigint AS card_rank"
                     f" FROM ({vector_leg}) x")
         elif mode == "text":
-            legs = (f"SELECT id, document_id, {per_document}, NULL::bigint AS vector_rank, rank AS text_rank"
+            legs = (f"SELECT id, document_id, {per_document}, NULL::bigint AS vector_rank, rank AS text_rank, NULL::bigint AS card_rank"
                     f" FROM ({text_leg}) x")
         else:
             legs = (
@@ -286,12 +288,13 @@ class SearchQueries:
                 # the card leg ranks documents, not passages: it leaves a card the passage shown last
                 f"           coalesce(sum(1.0 / ({int(RRF_K)} + p.rank)) FILTER (WHERE p.leg <> 'c'), 0) AS chunk_score,"
                 "           max(p.rank) FILTER (WHERE p.leg = 'v') AS vector_rank,"
-                "           max(p.rank) FILTER (WHERE p.leg = 't') AS text_rank"
+                "           max(p.rank) FILTER (WHERE p.leg = 't') AS text_rank,"
+                "           max(p.rank) FILTER (WHERE p.leg = 'c') AS card_rank"
                 "           FROM per p JOIN sized USING (document_id) GROUP BY p.id, p.document_id)"
                 # every document's best chunk first, then the second-best ones...: k hits show the
                 # k best documents, not one document's k passages
                 " SELECT id, document_id, row_number() OVER (PARTITION BY document_id ORDER BY chunk_score DESC, id) AS nth,"
-                "        score, chunk_score, vector_rank, text_rank FROM fused")
+                "        score, chunk_score, vector_rank, text_rank, card_rank FROM fused")
         if passages is not None:
             top = ("SELECT * FROM (SELECT hits.*, dense_rank() OVER (ORDER BY score DESC, document_id) AS doc_rank"
                    f" FROM hits) x WHERE doc_rank <= {k} AND nth <= {int(passages)}")
@@ -303,6 +306,6 @@ class SearchQueries:
         return (f"WITH hits AS MATERIALIZED ({legs}),"
                 f" top AS MATERIALIZED ({top}) "  # text of the hits returned only
                 f"SELECT d.collection, d.path, d.title, c.heading_path, c.text, c.id, {hit_score}, h.vector_rank, "
-                "h.text_rank, h.score, c.first_page, c.last_page, d.format FROM top h JOIN chunks c ON c.id = h.id "
+                "h.text_rank, h.score, c.first_page, c.last_page, d.format, h.card_rank FROM top h JOIN chunks c ON c.id = h.id "
                 "JOIN documents d ON d.id = c.document_id "
                 f"ORDER BY {', '.join('h.' + o for o in order.split(', '))}")
