@@ -65,6 +65,19 @@ def test_folder_symlinks_without_follow_external_symlinks(store, tmp_path):
     assert report.counts["failed"] == 2 and report.counts["skipped"] == 1
 
 
+def test_a_link_to_the_roots_parent_is_outside_the_root_not_a_loop(store, tmp_path):
+    """QA: `up -> ..` in the root was reported as a loop (a warning); it leads outside the root, so
+    without follow_external_symlinks it is refused like any outside folder (an error)."""
+    root = build(tmp_path)
+    (root / "up").symlink_to("..", target_is_directory=True)
+    ingest(store, tmp_path)
+    kind, reason = state(store)[1]["up/"]
+    assert kind == "errors" and "outside the collection root: refused" in reason
+    ingest(store, tmp_path, follow_external_symlinks=True)  # allowed out, it is a loop: not entered
+    kind, reason = state(store)[1]["up/"]
+    assert kind == "warnings" and "loops back" in reason
+
+
 def test_folder_symlinks_with_follow_external_symlinks(store, tmp_path):
     root = build(tmp_path)
     ingest(store, tmp_path, follow_external_symlinks=True)

@@ -52,7 +52,7 @@ ERRORS = {
     "loop-b.md": "symlink loop",
     "binary.txt": "NUL",
     "big.md": "MAX_FILE_BYTES",
-    "pipe.md": "regular file",
+    "pipe.md": "not a regular file (device, socket or pipe): exclude it",
     # 9^4 strings from 200 bytes: enough to show aliases are refused (the real bomb is in test_parsing).
     "alias-bomb.md": "alias",
     "outside-link.md": "outside the collection root",
@@ -226,22 +226,64 @@ def test_symlink_out_of_the_root_is_refused_unless_the_manifest_allows_it(store,
     root = tmp_path / "kb"
     root.mkdir()
     (root / "inside.md").write_text("# Inside\n\nHeron audits run monthly.\n")
-    (root / "alias.md").symlink_to(root / "inside.md")  # inside the root: fine
+    (root / "alias.md").symlink_to(root / "inside.md")  # inside the root: indexed once, under inside.md
     (tmp_path / "secret.md").write_text(OUTSIDE_SECRET)
     (root / "outside-link.md").symlink_to(tmp_path / "secret.md")
     embedder = HashEmbedder()
 
     allowed = load_manifest(write_manifest(tmp_path, {"kb": {"root": "kb", "follow_external_symlinks": True}}))
     ingest(store, allowed.collection("kb"), embedder)
-    assert document_paths(store) == {"inside.md", "alias.md", "outside-link.md"}
+    assert document_paths(store) == {"inside.md", "outside-link.md"}
 
     # Switched off (the default), the link is refused, and what it published before leaves the index.
     refused = load_manifest(write_manifest(tmp_path, {"kb": {"root": "kb"}}))
     reports = ingest(store, refused.collection("kb"), embedder)
-    assert document_paths(store) == {"inside.md", "alias.md"}
+    assert document_paths(store) == {"inside.md"}
     assert reports["documents"].counts["deleted"] == 1
     [reason] = issues(store, embedder)["errors"]["outside-link.md"]
     assert "outside the collection root" in reason and "follow_external_symlinks" in reason
+    with store.reading() as conn:
+        assert conn.execute("SELECT count(*) FROM chunks WHERE text LIKE '%%hunter2%%'").fetchone()[0] == 0
+
+
+def test_a_file_symlink_inside_the_root_is_indexed_once_unless_it_is_the_only_way_in(store, tmp_path):
+    """QA: a file link inside the root was indexed a second time under its own path, with no word.
+    Like a folder link inside the root, it now says its file is indexed under the file's path; a
+    link to a file the globs do not select is that file's only way in, and stays indexed."""
+    root = tmp_path / "kb"
+    (root / "drafts").mkdir(parents=True)
+    (root / "a.md").write_text("# A\n\nHeron audits run monthly.\n")
+    (root / "link-in.md").symlink_to("a.md")
+    (root / "drafts" / "x.md").write_text("# X\n\nOcelot releases ship weekly.\n")
+    (root / "published.md").symlink_to("drafts/x.md")
+    embedder = HashEmbedder()
+    collection = load_manifest(write_manifest(tmp_path, {"kb": {"root": "kb", "exclude": ["drafts/**"]}})).collection("kb")
+    ingest(store, collection, embedder)
+    assert document_paths(store) == {"a.md", "published.md"}
+    [reason] = issues(store, embedder)["warnings"]["link-in.md"]
+    assert "indexed under a.md" in reason and "exclude the link" in reason
+
+
+def test_an_include_of_a_refused_file_says_why_not_that_it_is_missing(store, tmp_path):
+    """QA: including a symlink refused for leading out of the root said "not found in the collection
+    ... add the file", though the file is there. The warning now names the refusal, and nothing of
+    the outside file is indexed; an include of a file the globs exclude says so too."""
+    root = tmp_path / "kb"
+    (root / "drafts").mkdir(parents=True)
+    (tmp_path / "secret.md").write_text(OUTSIDE_SECRET)
+    (root / "snip-link.md").symlink_to(tmp_path / "secret.md")
+    (root / "drafts" / "wip.md").write_text("Draft words.\n")
+    (root / "page.md").write_text("# Page\n\nHeron audits.\n\n{% include_relative snip-link.md %}\n\n"
+                                  "{% include_relative drafts/wip.md %}\n")
+    embedder = HashEmbedder()
+    collection = load_manifest(write_manifest(tmp_path, {"kb": {"root": "kb", "exclude": ["drafts/**"]}})).collection("kb")
+    ingest(store, collection, embedder)
+    warnings = issues(store, embedder)["warnings"]["page.md"]
+    assert any("'snip-link.md' left out: snip-link.md is a symlink out of the collection root: refused" in w
+               for w in warnings), warnings
+    assert any("'drafts/wip.md' left out: drafts/wip.md is not selected by the collection's include/exclude globs"
+               in w for w in warnings), warnings
+    assert not any("not found" in w for w in warnings)
     with store.reading() as conn:
         assert conn.execute("SELECT count(*) FROM chunks WHERE text LIKE '%%hunter2%%'").fetchone()[0] == 0
 

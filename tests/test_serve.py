@@ -121,10 +121,15 @@ def test_search_and_documents_over_http_see_only_the_tokens_tenant(served):
                                                                 "mode": mode}, token=acme)
         assert status == 200, body
         assert {h["collection"] for h in body["hits"]} <= {"product"} and body["mode"] == mode
-    # a filter naming another tenant's collection finds nothing, it does not widen the search
-    status, body, _ = served.request("POST", "/v1/search", {"query": "pricing", "filters": {"collection": "sales"}},
-                                     token=acme)
-    assert status == 200 and body["hits"] == []
+    # a filter naming another tenant's collection does not widen the search: it is answered exactly
+    # like a collection that does not exist (a 404 that says to check the name, not an empty 200)
+    other = served.request("POST", "/v1/search", {"query": "pricing", "filters": {"collection": "sales"}}, token=acme)
+    typo = served.request("GET", "/v1/search?q=pricing&collection=prodcut", token=acme)
+    assert other[0] == typo[0] == 404 and other[1]["error"]["code"] == typo[1]["error"]["code"] == "no_collection"
+    assert "'prodcut'" in typo[1]["error"]["message"] and "corpus.yaml" in typo[1]["error"]["message"]
+    assert "sales" not in str(typo[1]) and "globex" not in str(other[1])
+    status, body, _ = served.request("GET", "/v1/search?q=zzzqqq&collection=product&mode=text", token=acme)
+    assert status == 200 and body["hits"] == []  # a real collection with no match stays an empty 200
     status, body, _ = served.request("POST", "/v1/search", {"query": "sync offline", "filters": {"category": "product"}},
                                      token=acme)
     assert status == 200 and body["hits"] and all(h["collection"] == "product" for h in body["hits"])

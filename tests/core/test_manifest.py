@@ -67,7 +67,13 @@ def test_collection_that_is_not_a_mapping(tmp_path, docs):
 def test_unknown_key_is_named(tmp_path, docs):
     path = write_manifest(tmp_path, {"kb": {"root": "docs", "inlcude": ["**/*.md"]}})
     message = manifest_error(path)
-    assert "'kb'" in message and "inlcude" in message
+    assert "'kb'" in message and "unknown key 'inlcude' (did you mean 'include'?)" in message
+    assert "Extra inputs" not in message  # pydantic's words (QA)
+
+
+def test_a_setting_indented_as_a_collection_says_so(tmp_path, docs):
+    message = manifest_error(write_raw(tmp_path, "collections:\n  kb:\n    root: docs\n  include: ['**/*.md']\n"))
+    assert "'include' is a collection's setting, not a collection" in message and "indent it" in message
 
 
 def test_missing_root_is_named(tmp_path):

@@ -118,6 +118,8 @@ def test_broken_front_matter_is_an_error_so_what_it_protects_is_never_published(
         parse_document("broken.md", data)
     assert info.value.severity == "error"
     assert "front matter" in info.value.reason and "YAML" in info.value.reason and "line" in info.value.reason
+    # a file's first version may be the broken one: no promise of a "last good version" (QA)
+    assert "a version indexed earlier, if any, stays indexed" in info.value.reason
 
 
 def test_unclosed_front_matter_is_read_as_text_with_a_warning():

@@ -326,3 +326,14 @@ def test_nesting_deeper_than_any_document_is_kept_as_text_without_overflowing_th
 
 def all_words(doc) -> list[str]:
     return " ".join(b.text for b in doc.blocks).split()
+
+
+def test_an_include_says_it_is_not_resolved_and_an_include_only_page_is_not_told_to_check_its_markup():
+    """QA: Flask's changes.rst (`.. include:: ../CHANGES.rst`) got "check its markup"."""
+    only = parse_document("changes.rst", b".. include:: ../CHANGES.rst\n")
+    assert only.blocks == []
+    assert any(".. include:: ../CHANGES.rst is not resolved" in w for w in only.warnings), only.warnings
+    assert not any("check its markup" in w for w in only.warnings)
+    nested = parse_document("page.rst", b"Title\n=====\n\n.. note::\n\n   Read this.\n\n   .. literalinclude:: ../LICENSE.txt\n")
+    assert [b.text for b in nested.blocks] == ["Read this."]  # the warning is not text
+    assert any(".. literalinclude:: ../LICENSE.txt is not resolved" in w for w in nested.warnings)

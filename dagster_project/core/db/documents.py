@@ -126,6 +126,12 @@ class DocumentTables:
         with self.reading() as conn:
             return {(c, p) for c, p in conn.execute("SELECT collection, path FROM documents")}
 
+    def holds_collection(self, collection: str, tenant: str | None = None) -> bool:
+        """Whether the collection has a document the tenant may read (any tenant's: None)."""
+        with self.reading(tenant) as conn:
+            return conn.execute("SELECT EXISTS (SELECT 1 FROM documents WHERE collection = %s)",
+                                (collection,)).fetchone()[0]
+
     def document_ids(self, collection: str, paths: Sequence[str]) -> list[uuid.UUID]:
         with self.reading() as conn:
             return [r[0] for r in conn.execute(

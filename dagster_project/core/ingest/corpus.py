@@ -245,6 +245,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _setting_problem(err: dict) -> str:
+    """One validation error of a collection in the manifest's words: an unknown key is named with
+    the setting it most likely means, not as pydantic's "Extra inputs are not permitted"."""
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        import difflib
+
+        known = Collection.model_fields if len(err["loc"]) == 1 else ()
+        close = difflib.get_close_matches(str(err["loc"][-1]), [k for k in known if k != "name"], n=1)
+        return f"unknown key {where!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return f"{where}: {err['msg']}"
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate corpus.yaml; every problem raises ManifestError before any write."""
     path = Path(path).expanduser().resolve()
@@ -267,15 +280,16 @@ def load_manifest(path: str | Path) -> Manifest:
     collections = {}
     for name, entry in raw["collections"].items():
         if not isinstance(entry, dict):
+            if name in Collection.model_fields:  # QA: `include:` indented as if it were a collection
+                raise ManifestError(f"manifest {path}: {name!r} is a collection's setting, not a collection: "
+                                    "indent it under its collection's name, beside `root:`")
             raise ManifestError(f"manifest {path}: collection {name!r} must be a mapping with a `root`")
         if "name" in entry:
             raise ManifestError(f"manifest {path}: collection {name!r}: remove `name:`; the key above it is the name")
         try:
             collection = Collection(name=str(name), **entry)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
+            problems = "; ".join(_setting_problem(err) for err in exc.errors())
             raise ManifestError(f"manifest {path}: collection {name!r}: {problems}") from None
         if collection.name in collections:  # e.g. `1:` and `"1":`
             raise ManifestError(f"manifest {path}: collection {collection.name!r} is listed twice: "
@@ -439,6 +453,12 @@ def scan_collection(collection: Collection, max_file_bytes: int,
             if shard is not None and not shard.holds(rel):
                 continue
             abs_path = root / rel
+            twin = _indexed_twin(abs_path, collection) if is_link else None
+            if twin is not None:
+                found.append(SourceFile(rel, abs_path, withdrawn=True, severity="warning", problem=(
+                    f"symlink to {twin}, a file of the collection: indexed under {twin}, not again under this "
+                    "path (exclude the link to silence this)")))
+                continue
             if _undecodable(rel):
                 # PostgreSQL text cannot hold the name: reported under a readable one, never stored.
                 found.append(SourceFile(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), abs_path,
@@ -460,6 +480,21 @@ def scan_collection(collection: Collection, max_file_bytes: int,
     return found
 
 
+def _indexed_twin(link: Path, collection: Collection) -> str | None:
+    """The path under which the collection indexes the file a symlink inside it points at (the
+    rule for folder links: a file is indexed once, under its own path); None when the target is
+    outside the root or not selected, and the link is the only way in."""
+    root = collection.root.resolve()
+    try:
+        target = link.resolve()
+    except (OSError, RuntimeError):  # a loop: _read reports it
+        return None
+    if not target.is_relative_to(root) or not target.is_file():
+        return None
+    twin = target.relative_to(root).as_posix()
+    return twin if matches_globs(twin, collection.include) and not matches_globs(twin, collection.exclude) else None
+
+
 class _FolderLinks:
     """Which symlinked folders a scan enters. One inside the root is not: its target is scanned
     under its own path already, and entering would index every file twice. One outside is entered
@@ -477,17 +512,18 @@ class _FolderLinks:
     def refusal(self, rel: str, holder: str, target: Path) -> tuple[Literal["error", "warning"], str] | None:
         """None: enter the link at `rel` (in the folder whose real path is `holder`), else
         (severity, reason)."""
-        if Path(holder).is_relative_to(target) or self.root.is_relative_to(target):
-            return "warning", (f"symlinked folder loops back to {target}, which holds it: not entered "
-                               "(exclude the link to silence this)")
-        if target.is_relative_to(self.root):
-            where = target.relative_to(self.root).as_posix()
-            return "warning", (f"symlinked folder to {where}/ inside the collection root: not entered, its files "
-                               f"are indexed under {where}/ (exclude the link to silence this)")
-        if not self.follow_external:
+        inside = target.is_relative_to(self.root)
+        if not inside and not self.follow_external:  # `up -> ..` too: outside first, then a loop (QA)
             return "error", (f"symlink to folder {target}, outside the collection root: refused (move the folder "
                              "into the root, exclude the link, or set follow_external_symlinks: true on the "
                              "collection)")
+        if Path(holder).is_relative_to(target) or self.root.is_relative_to(target):
+            return "warning", (f"symlinked folder loops back to {target}, which holds it: not entered "
+                               "(exclude the link to silence this)")
+        if inside:
+            where = target.relative_to(self.root).as_posix()
+            return "warning", (f"symlinked folder to {where}/ inside the collection root: not entered, its files "
+                               f"are indexed under {where}/ (exclude the link to silence this)")
         if target in self.entered:
             return "warning", (f"symlinked folder to {target}: not entered again, its files are indexed under "
                                f"{self.entered[target]} (exclude the link to silence this)")
@@ -562,7 +598,7 @@ def _read(rel: str, abs_path: Path, max_file_bytes: int, started_ns: int, known:
             f"symlink to {abs_path.resolve()}, outside the collection root: refused (move the file into "
             "the root, exclude the link, or set follow_external_symlinks: true on the collection)"))
     if not stat.S_ISREG(info.st_mode):
-        return SourceFile(rel, abs_path, problem="not a regular file (device, socket or pipe)")
+        return SourceFile(rel, abs_path, problem="not a regular file (device, socket or pipe): exclude it in corpus.yaml")
     if info.st_size > max_file_bytes:
         return SourceFile(
             rel, abs_path, size=info.st_size,

@@ -95,9 +95,9 @@ def parse_document(path: str, data: bytes) -> ParsedDocument:
     for block in doc.blocks:
         block.text = _strip_data_uris(block.text)
     doc.blocks = [b for b in doc.blocks if b.text.strip()]
-    if not doc.blocks:
+    if not doc.blocks:  # with a warning that says why (an include not resolved), no advice
         doc.warnings.append("the file yields no text (only markup, comments or headings?): nothing of it "
-                            "is searchable but its title; check its markup")
+                            "is searchable but its title" + ("" if doc.warnings else "; check its markup"))
     title = doc.title.replace("\0", "")  # a title from front matter (PostgreSQL text refuses NUL)
     if not title.strip():
         title = posixpath.splitext(posixpath.basename(path))[0]
@@ -145,7 +145,7 @@ def json_safe_metadata(meta: dict, warnings: list[str]) -> dict:
     size = len(json.dumps(safe, ensure_ascii=False).encode())
     if size > MAX_METADATA_BYTES:
         raise ParseError(f"metadata is {size} bytes, over the {MAX_METADATA_BYTES}-byte limit: keep long text "
-                         "out of front matter and <meta> tags (the last good version stays indexed)")
+                         "out of front matter and <meta> tags (a version indexed earlier, if any, stays indexed)")
     return safe
 
 
@@ -198,7 +198,7 @@ def _split_front_matter(text: str) -> tuple[dict, str, list[str]]:
             body = "".join(lines[end + 1:])
             if len(header.encode()) > MAX_FRONT_MATTER_BYTES:
                 raise ParseError(f"front matter is over {MAX_FRONT_MATTER_BYTES} bytes: keep it to a few keys "
-                                 "(the last good version stays indexed)")
+                                 "(a version indexed earlier, if any, stays indexed)")
             try:
                 meta = yaml.load(header, Loader=_FrontMatterLoader)
             except yaml.YAMLError as exc:
@@ -211,12 +211,12 @@ def _split_front_matter(text: str) -> tuple[dict, str, list[str]]:
                 # Front matter may say embed_mode: skip or pricing_sensitive: true; ignoring it
                 # would publish what it protects. The file keeps its last good version instead.
                 raise ParseError(f"front matter is not valid YAML{where}: fix the YAML between the --- lines "
-                                 "(the last good version stays indexed)") from None
+                                 "(a version indexed earlier, if any, stays indexed)") from None
             if meta is None:
                 return {}, body, []
             if not isinstance(meta, dict):
                 raise ParseError("front matter is not a mapping of key: value: fix it "
-                                 "(the last good version stays indexed)")
+                                 "(a version indexed earlier, if any, stays indexed)")
             return _normalize_metadata(meta), body, []
     return {}, text, ["front matter has no closing --- line: it was read as text"]
 
@@ -365,7 +365,7 @@ def _parse_notebook(text: str) -> ParsedDocument:
                          "(exclude it in corpus.yaml)") from None
     except json.JSONDecodeError as exc:
         raise ParseError(f"not a readable notebook: invalid JSON at line {exc.lineno}, column {exc.colno}; "
-                         "open and save it in Jupyter (the last good version stays indexed)") from None
+                         "open and save it in Jupyter (a version indexed earlier, if any, stays indexed)") from None
     if not isinstance(notebook, dict):
         raise ParseError("not a Jupyter notebook (the JSON is not an object with `cells`): exclude it in corpus.yaml")
     cells = notebook.get("cells")
@@ -435,9 +435,13 @@ def _parse_rst(text: str) -> ParsedDocument:
     headings: list[dict] = []
     blocks: list[Block] = []
     path: list[str] = []
+    warnings: list[str] = []
     for item in parse_rst_blocks(body):
         if item[0] == "docinfo":
             metadata = {**_normalize_metadata({k: v for k, v in item[1].items() if v}), **metadata}
+        elif item[0] == "warning":
+            if item[1] not in warnings and len(warnings) < 10:
+                warnings.append(item[1])
         elif item[0] == "section":
             _, level, title = item
             headings.append({"level": level, "title": title})
@@ -445,7 +449,7 @@ def _parse_rst(text: str) -> ParsedDocument:
         else:
             blocks.append(Block(item[0], item[1].strip(), path))
     title = str(metadata.get("title") or (headings[0]["title"] if headings else ""))
-    return ParsedDocument("rst", title, metadata, headings, blocks)
+    return ParsedDocument("rst", title, metadata, headings, blocks, warnings)
 
 
 # ---------------------------------------------------------------- HTML

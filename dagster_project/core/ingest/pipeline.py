@@ -128,14 +128,24 @@ class _CollectionFiles:
         self._hashes = {f.path: f.content_hash for f in files if f.problem is None}
         self._texts: dict[str, str | None] = {}
 
-    def _read(self, path: str) -> bytes | None:
+    def refusal(self, path: str) -> str | None:
+        """Why the file at `path`, which exists, is not read for an include; None when it is read
+        or there is no such file."""
         c = self._collection
-        if path not in self._hashes and (not matches_globs(path, c.include) or matches_globs(path, c.exclude)):
-            return None
         target = c.root / path
+        if not os.path.lexists(target):
+            return None
+        if path not in self._hashes and (not matches_globs(path, c.include) or matches_globs(path, c.exclude)):
+            return "not selected by the collection's include/exclude globs"
         # Never through a link out of the root (scan_collection's rule for what it reads).
         if not (c.follow_external_symlinks or target.resolve().is_relative_to(c.root.resolve())):
+            return "a symlink out of the collection root: refused"
+        return None
+
+    def _read(self, path: str) -> bytes | None:
+        if self.refusal(path) is not None:
             return None
+        target = self._collection.root / path
         try:
             return target.read_bytes() if target.is_file() else None
         except OSError:
@@ -178,7 +188,7 @@ def preprocess(collection: Collection, source: SourceFile, files: _CollectionFil
         text, warnings = decode(source.data)  # the parser sees valid UTF-8 now: it cannot warn itself
     except ParseError:
         return source, []  # binary: the parser refuses it
-    text, rendered = render_markdown(source.path, text, collection.markdown, files.text)
+    text, rendered = render_markdown(source.path, text, collection.markdown, files.text, files.refusal)
     return replace(source, data=text.encode("utf-8")), warnings + rendered
 
 

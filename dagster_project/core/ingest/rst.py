@@ -8,7 +8,8 @@ import csv
 import re
 
 # An item is (kind, text) for a block, ("walk", items) for a container whose blocks are read one
-# by one (admonitions, footnotes), ("section", level, title) for a heading.
+# by one (admonitions, footnotes), ("section", level, title) for a heading, ("warning", text) for
+# what the reader should know (an include left out).
 Item = tuple
 
 _ADORNMENT = re.compile(r"([!-/:-@\[-`{-~])\1* *$")
@@ -313,6 +314,9 @@ class _Parser:
         return end
 
     def _directive(self, name: str, block: list[str], items: list[Item]) -> None:
+        if name in ("include", "literalinclude"):  # QA: an include-only page was told to check its markup
+            items.append(("warning", f".. {name}:: {block[0].strip()} is not resolved in reStructuredText: the "
+                                     "included text is not indexed with this page (index that file itself)"))
         if name in _DROPPED:
             return
         # Arguments run to the first blank line or option; the content follows a blank line.
@@ -431,7 +435,8 @@ def _join(parts: list[str]) -> str:
 
 
 def _astext(items: list[Item]) -> str:
-    return _join([_astext(item[1]) if item[0] == "walk" else item[1] for item in items if item[0] != "section"])
+    return _join([_astext(item[1]) if item[0] == "walk" else item[1] for item in items
+                  if item[0] not in ("section", "warning")])
 
 
 # ---------------------------------------------------------------- inline markup
@@ -530,8 +535,8 @@ def _role_text(role: str, content: str) -> str:
 
 def parse_rst_blocks(text: str) -> list[Item]:
     """The document's items in order: ("section", level, title) and (kind, text) blocks, with
-    containers flattened. Kinds: paragraph, code, list, table, quote, other; and ("docinfo",
-    {field: value}) for a field list before any text (its metadata)."""
+    containers flattened. Kinds: paragraph, code, list, table, quote, other; ("docinfo",
+    {field: value}) for a field list before any text (its metadata); ("warning", text)."""
     lines = [line.rstrip() for line in text.expandtabs(8).replace("\v", " ").replace("\f", " ").splitlines()]
     flat: list[Item] = []
 

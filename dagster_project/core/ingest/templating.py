@@ -184,13 +184,15 @@ def candidate_paths(target: str, including: str, tag: str, options: MarkdownTemp
 Reader = Callable[[str], "str | None"]  # collection-relative path -> its text, None when absent
 
 
-def render_markdown(path: str, text: str, options: MarkdownTemplating, read: Reader) -> tuple[str, list[str]]:
+def render_markdown(path: str, text: str, options: MarkdownTemplating, read: Reader,
+                    refusal: Callable[[str], str | None] = lambda _: None) -> tuple[str, list[str]]:
     """The file's text with templating stripped and includes resolved; warnings say what could
-    not be included. Front matter and fenced code are left as written."""
+    not be included (`refusal(path)`: why a file that exists is not read, if it is not). Front
+    matter and fenced code are left as written."""
     if options.templates == "keep":
         return text, []
     header, body = _split_front_matter(text)
-    state = _Render(options, read)
+    state = _Render(options, read, refusal)
     rendered = header + _render_body(path, body, state, (path,))
     return rendered, state.warnings
 
@@ -201,6 +203,7 @@ class _Render:
 
     options: MarkdownTemplating
     read: Reader
+    refusal: Callable[[str], str | None]
     includes: int = 0
     included_chars: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -351,6 +354,9 @@ def _include(tag: str, args: str, path: str, state: _Render, chain: tuple[str, .
             continue
         text = state.read(candidate)
         if text is None:
+            if (why := state.refusal(candidate)) is not None:  # QA: a refused link was "not found"
+                state.warn(f"include {target!r} left out: {candidate} is {why}")
+                return REMOVED
             continue
         if candidate in chain or len(chain) > MAX_INCLUDE_DEPTH:
             state.warn(f"include {target!r} left out: it includes itself (through {' -> '.join(chain)})"

@@ -354,6 +354,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "bad_query", str(exc)) from None
         except TenantError as exc:
             raise ApiError(503, "tenant_not_ready", str(exc)) from None
+        # A misspelt collection read as "no results" (QA). Another tenant's is answered the same way.
+        if not hits and filters.get("collection") and not self.state.store.holds_collection(filters["collection"], tenant):
+            raise ApiError(404, "no_collection", f"no collection {filters['collection'][:60]!r} with documents for "
+                                                 f"tenant {tenant}: check its name in corpus.yaml")
         return {"tenant": tenant, "mode": mode, "k": k, "passages": passages, "filters": filters,
                 "ms": round((time.perf_counter() - started) * 1000, 2), "hits": [hit_record(h) for h in hits]}
 
