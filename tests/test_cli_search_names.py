@@ -38,5 +38,7 @@ def test_control_characters_in_a_file_name_are_escaped_in_search_output(pg_serve
         assert lines[0].startswith("1. ") and "fake\\n2. [9.999] evil.md: Injected\\x1b[31m\\u202etxt.md" in lines[0]
         assert not any(line.startswith("2.") for line in lines)  # one result, not a forged second one
         assert not any(c in done.stdout for c in "\x1b\u202e")
+        # fewer results than --k (5) are said to be all there is (QA: a short list said nothing)
+        assert lines[-1] == f"1 of the 5 asked for: no further {'chunk' if args else 'document'} matches"
     hits = json.loads(refinery(env, "search", "walrus tickets", "--json").stdout)
     assert [h["path"] for h in hits] == [NAME]

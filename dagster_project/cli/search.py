@@ -61,6 +61,9 @@ def cmd_search(args) -> int:
     else:
         text = "\n\n".join(f"{i + 1}. [{d.score:.3f}] {printable(f'{d.collection}/{d.path}: {d.title}')}\n"
                            + "\n".join(show(h, "   ") for h in d.passages) for i, d in enumerate(found))
+    if text and len(found) < args.k:  # say it: a short list is not a display slip
+        text += (f"\n\n{len(found)} of the {args.k} asked for: no further "
+                 f"{'chunk' if args.chunks else 'document'} matches")
     emit(rows, args.json, text or "no results")
     return 0
 

@@ -686,3 +686,24 @@ def test_asciidoc_attribute_references_cannot_multiply_a_page():
 def test_html_entities_are_characters_and_a_page_of_them_has_no_chunk():
     doc = parse_document("p.md", b"&nbsp;\n\n# API\n\nUse &lt;div&gt; &amp; `&amp;` here &#8212; ok.\n")
     assert [b.text for b in doc.blocks] == ["Use <div> & `&amp;` here \u2014 ok."]
+
+
+def test_an_image_in_an_html_block_reads_as_its_alt_text():
+    """Inline HTML kept an <img>'s alt; an HTML block (a <div> or <Frame> around it) lost it (audit #11)."""
+    doc = parse_document("p.md", b'# Support\n\n<div class="frame">\n  <img src="/b.png" alt="Support button in the '
+                                 b'top right of the dashboard." />\n</div>\n\n<p align="center"><img src="x.svg"></p>\n')
+    assert [b.text for b in doc.blocks] == ["Support button in the top right of the dashboard."]
+
+
+def test_a_home_page_made_of_front_matter_is_carded_by_its_hero_and_features():
+    """A VitePress `layout: home` page has no body: its hero and features are what it shows (audit #9)."""
+    from dagster_project.core.ingest.corpus import DEFAULT_DOCUMENT_FIELDS
+    from dagster_project.core.ingest.pipeline import document_card
+
+    page = (b"---\nlayout: home\nhero:\n  name: VitePress\n  text: Vite & Vue Powered Static Site Generator\n"
+            b"  tagline: Markdown to beautiful docs in minutes\n  actions:\n    - text: Get started\n"
+            b"features:\n  - title: Focus on your content\n    details: Effortlessly create documentation sites\n"
+            b"  - icon: x\n    title: Enjoy the Vite DX\n---\n")
+    card = document_card(parse_document("index.md", page), DEFAULT_DOCUMENT_FIELDS).splitlines()
+    assert card == ["VitePress", "Vite & Vue Powered Static Site Generator", "Markdown to beautiful docs in minutes",
+                    "Focus on your content", "Enjoy the Vite DX", "Effortlessly create documentation sites"]

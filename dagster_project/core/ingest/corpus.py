@@ -40,8 +40,10 @@ DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.mdx", "**/*.rst", "**/*.txt
 
 # Metadata keys (front matter, <meta> tags, header fields) whose text describes the whole document:
 # indexed and embedded as the document's own passage, so a page that says what it is only in
-# its front matter is still found.
-DEFAULT_DOCUMENT_FIELDS = ["description", "summary", "abstract", "subtitle", "excerpt", "keywords", "tags"]
+# its front matter is still found. A dotted key reads nested front matter, through lists item by
+# item: a VitePress or Starlight home page is its `hero` and `features` (the audit's #9).
+DEFAULT_DOCUMENT_FIELDS = ["description", "summary", "abstract", "subtitle", "excerpt", "keywords", "tags",
+                           "hero.name", "hero.title", "hero.text", "hero.tagline", "features.title", "features.details"]
 
 
 # Collection settings added after the first release (see Collection.fingerprint).

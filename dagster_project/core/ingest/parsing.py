@@ -26,7 +26,7 @@ Severity = Literal["error", "warning"]
 # AsciiDoc and Jupyter notebooks; v7: reST directive arguments as Sphinx shows them, cross-references
 # as names, a leading field list as metadata; v8: no indented code in MDX, headings' inline HTML
 # as text).
-PARSER_VERSION = "parsers-v8"
+PARSER_VERSION = "parsers-v9"
 # Front matter is a handful of keys; PyYAML needs ~100x its size in memory, so a bound keeps a
 # hostile header from costing gigabytes.
 MAX_FRONT_MATTER_BYTES = 64 * 1024
@@ -314,6 +314,9 @@ def _html_block_text(raw: str) -> list[tuple[str, str]]:
         tag.decompose()
     for comment in soup.find_all(string=lambda s: isinstance(s, Comment)):
         comment.extract()
+    for image in soup.find_all("img"):  # what the image shows, in words, as inline HTML keeps it (_ALT)
+        alt = image.get("alt")
+        image.replace_with(f" {alt} " if isinstance(alt, str) and alt.strip() else "")
     out = []
     for element in soup.find_all(["table", "pre"]):
         if not element.decomposed and element.find_parent(["table", "pre"]) is None:

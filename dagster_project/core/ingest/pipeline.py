@@ -192,17 +192,37 @@ def preprocess(collection: Collection, source: SourceFile, files: _CollectionFil
     return replace(source, data=text.encode("utf-8")), warnings + rendered
 
 
+def _field_values(value, keys: list[str]) -> list:
+    """The values at a dotted field (`hero.tagline`, `features.details`) of front matter: through
+    mappings by key (lower case, `_` for `-`, as top-level keys are stored) and through lists item
+    by item, at most MAX_CARD_ITEMS of them."""
+    if not keys:
+        return [value]
+    if isinstance(value, dict):
+        key = keys[0]
+        for k, v in value.items():
+            if str(k).strip().lower().replace("-", "_") == key:
+                return _field_values(v, keys[1:])
+        return []
+    if isinstance(value, list):
+        return [found for item in value[:MAX_CARD_ITEMS] if isinstance(item, dict) for found in _field_values(item, keys)]
+    return []
+
+
+MAX_CARD_ITEMS = 50
+
+
 def document_card(parsed: ParsedDocument, fields: list[str]) -> str:
     """What the document says of itself in its metadata (description, summary, ...), one line a
     field; the title its metadata gives, for a document with no body text, so a page of front
     matter alone can still be found (an emptied file has none: it leaves search)."""
     lines = []
     for name in fields:
-        value = parsed.metadata.get(name)
-        if isinstance(value, (list, tuple)):
-            value = ", ".join(str(v) for v in value if isinstance(v, (str, int, float)) and str(v).strip())
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
-            lines.append(" ".join(str(value).split()))
+        for value in _field_values(parsed.metadata, name.split(".")):
+            if isinstance(value, (list, tuple)):
+                value = ", ".join(str(v) for v in value if isinstance(v, (str, int, float)) and str(v).strip())
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
+                lines.append(" ".join(str(value).split()))
     if not lines and not parsed.blocks and str(parsed.metadata.get("title") or "").strip():
         lines.append(parsed.title)
     return "\n".join(dict.fromkeys(lines))
