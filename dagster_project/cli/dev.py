@@ -21,6 +21,10 @@ MANIFEST_POLL_SECONDS = 5.0
 LOCATION_NAME = "corpus_refinery"  # workspace.yaml
 RELOAD_LOCATION = """mutation($name: String!) { reloadRepositoryLocation(repositoryLocationName: $name) {
     __typename ... on PythonError { message } } }"""
+LOCATION_STATE = """{ workspaceOrError { ... on Workspace { locationEntries { name
+    locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+# The code location is checked this often; unreachable twice in a row, it is reloaded.
+LOCATION_CHECK_SECONDS = 15.0
 
 
 def cmd_dev(args) -> int:
@@ -45,6 +49,7 @@ def cmd_dev(args) -> int:
     stops = "it and the embedded database" if urls.embedded else "it (the databases are your servers')"
     print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops {stops})", flush=True)
     watcher = ManifestWatcher(Path(settings.corpus_manifest), f"http://{args.host}:{args.port}/graphql")
+    threading.Thread(target=watcher.watch_code_server, name="code-server-watcher", daemon=True).start()
     threading.Thread(target=watcher.run, name="manifest-watcher", daemon=True).start()
     return _run_until_stopped(command, cwd=os.environ["DAGSTER_HOME"])
 
@@ -55,7 +60,7 @@ class ManifestWatcher:
     collection added while `refinery dev` runs would never be built, and runs would use the
     settings loaded then. An edit that leaves the manifest unusable is reported and waits for the
     next one; the loaded code location keeps running meanwhile. A problem is printed once, not
-    every poll."""
+    every poll. Also reloads it when its code server died (watch_code_server)."""
 
     def __init__(self, manifest: Path, graphql_url: str) -> None:
         self.manifest, self.graphql_url = manifest, graphql_url
@@ -91,17 +96,49 @@ class ManifestWatcher:
         print(f"refinery dev: {self.manifest.name} changed: code location reloaded", file=sys.stderr, flush=True)
         return True
 
+    def watch_code_server(self) -> None:
+        unreachable = 0
+        while True:
+            time.sleep(LOCATION_CHECK_SECONDS)
+            unreachable = unreachable + 1 if self.code_server_unreachable() else 0
+            if unreachable >= 2:
+                unreachable = 0
+                self.restart_code_server()
+
+    def code_server_unreachable(self) -> bool:
+        """Whether the code location's server is gone (killed, out of memory). `dg dev` starts a
+        new one only on a reload, so until then no run starts and no sensor or schedule ticks,
+        the automation and the dead-run sensor included (QA). A load error of the code itself is
+        not this: reloading would not mend it."""
+        try:
+            entries = self._graphql(LOCATION_STATE, {})["workspaceOrError"].get("locationEntries") or []
+        except (OSError, ValueError, KeyError, TypeError):  # the webserver is not up, or stopping
+            return False
+        return any(e["name"] == LOCATION_NAME and (e["locationOrLoadError"] or {}).get("__typename") == "PythonError"
+                   and "DagsterUserCodeUnreachableError" in e["locationOrLoadError"].get("message", "") for e in entries)
+
+    def restart_code_server(self) -> None:
+        try:
+            self._reload()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._report(f"the code server is unreachable and could not be restarted yet: {type(exc).__name__}: {exc}")
+            return
+        print("refinery dev: the code server was unreachable (it died): started a new one; runs its death left in "
+              "progress are marked failed within a minute", file=sys.stderr, flush=True)
+
     def _reload(self) -> None:
+        result = self._graphql(RELOAD_LOCATION, {"name": LOCATION_NAME})["reloadRepositoryLocation"]
+        if result["__typename"] != "WorkspaceLocationEntry":
+            raise ValueError(f"{result['__typename']} {result.get('message', '')}".strip())
+
+    def _graphql(self, query: str, variables: dict) -> dict:
         import json
         import urllib.request
 
-        request = urllib.request.Request(
-            self.graphql_url, headers={"Content-Type": "application/json"},
-            data=json.dumps({"query": RELOAD_LOCATION, "variables": {"name": LOCATION_NAME}}).encode())
+        request = urllib.request.Request(self.graphql_url, headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"query": query, "variables": variables}).encode())
         with urllib.request.urlopen(request, timeout=120) as response:
-            result = json.load(response)["data"]["reloadRepositoryLocation"]
-        if result["__typename"] != "WorkspaceLocationEntry":
-            raise ValueError(f"{result['__typename']} {result.get('message', '')}".strip())
+            return json.load(response)["data"]
 
     def run(self) -> None:
         while True:

@@ -200,10 +200,10 @@ class SearchQueries:
     def search_sql(self, dims: int, where: list[str], exact: bool, mode: str = "vector", *,
                    model_id: int | None, k: int, passages: int | None = None, pool_factor: int = 1) -> str:
         """One statement per mode; columns: collection, path, title, heading_path, text, chunk id,
-        score, vector rank, text rank, document score, first and last page, format, card rank. `passages` set:
-        the k best documents, each with at most that many chunks; else the k best chunks. `pool_factor`
-        above 1: each leg reads that many times its depth for documents beyond it (DOCUMENT_POOL_FACTOR).
-        The model, k and the fusion constants are literals, the query
+        score, vector rank, text rank, document score, first and last page, format, card rank.
+        `passages` set: the k best documents, each with at most that many chunks; else the k best
+        chunks. `pool_factor` above 1: each leg reads that many times its depth for documents
+        beyond it (DOCUMENT_POOL_FACTOR). The model, k and the fusion constants are literals, the query
         and the filter values parameters, so the generic plan of the prepared statement is the
         custom plan (a parameter for the model would hide the model's partial HNSW index from it):
         a search is not planned afresh each time, which cost 1.2 ms of a hybrid search."""
@@ -257,11 +257,11 @@ class SearchQueries:
         per_document = ("row_number() OVER (PARTITION BY document_id ORDER BY rank) AS nth,"
                         " max(score) OVER (PARTITION BY document_id) AS score, score AS chunk_score")
         if mode == "vector":
-            legs = (f"SELECT id, document_id, {per_document}, rank AS vector_rank, NULL::bigint AS text_rank, NULL::bigint AS card_rank"
-                    f" FROM ({vector_leg}) x")
+            legs = (f"SELECT id, document_id, {per_document}, rank AS vector_rank, NULL::bigint AS text_rank,"
+                    f" NULL::bigint AS card_rank FROM ({vector_leg}) x")
         elif mode == "text":
-            legs = (f"SELECT id, document_id, {per_document}, NULL::bigint AS vector_rank, rank AS text_rank, NULL::bigint AS card_rank"
-                    f" FROM ({text_leg}) x")
+            legs = (f"SELECT id, document_id, {per_document}, NULL::bigint AS vector_rank, rank AS text_rank,"
+                    f" NULL::bigint AS card_rank FROM ({text_leg}) x")
         else:
             legs = (
                 f"WITH v AS ({vector_leg}),"
