@@ -182,6 +182,13 @@ def dead_process(tags: Mapping[str, str]) -> str:
     return f"launcher pid {_launcher(tags)[1]}"
 
 
+def dead_run_line(run: dg.DagsterRun, process: str = "a process") -> str:
+    """One line for a run release_dead_runs marked failed, as `refinery` and `refinery dev` print it."""
+    partition = f", {run.tags['dagster/partition']}" if "dagster/partition" in run.tags else ""
+    return (f"run {run.run_id[:8]} ({run.job_name}{partition}) was left in progress by {process} that died "
+            f"({dead_process(run.tags)}): marked failed")
+
+
 def waiting_for(instance: dg.DagsterInstance, run_id: str, pools: Collection[str] = (EMBEDDING_POOL, LLM_POOL)
                 ) -> str | None:
     """What the run's steps wait for, as one line (the pool, its limit, the runs holding it and

@@ -150,7 +150,7 @@ def run_job(project, job_name: str, names: list[str | None], run_config: dict | 
 
     from ..core.progress import ProgressDisplay, watching
     from ..definitions import build_definitions
-    from ..pools import apply_pool_limits, dead_process, release_dead_runs
+    from ..pools import apply_pool_limits, dead_run_line, release_dead_runs
 
     job = build_definitions(project).resolve_job_def(job_name)
     runs: dict[str, dict] = {}
@@ -158,10 +158,8 @@ def run_job(project, job_name: str, names: list[str | None], run_config: dict | 
     with dagster_instance() as instance, watching(display):
         apply_pool_limits(instance, project.settings)
         for dead in release_dead_runs(instance):
-            print(f"refinery: run {dead.run_id[:8]} ({dead.job_name}"
-                  + (f", {dead.tags['dagster/partition']}" if "dagster/partition" in dead.tags else "")
-                  + f") was left in progress by a refinery process that died ({dead_process(dead.tags)}): "
-                  "marked failed, its pool slots freed", file=sys.stderr, flush=True)
+            print(f"refinery: {dead_run_line(dead, 'a refinery process')}, its pool slots freed", file=sys.stderr,
+                  flush=True)
         for name in names:
             display.label = name or ""
             started = time.perf_counter()

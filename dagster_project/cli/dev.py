@@ -30,7 +30,7 @@ LOCATION_CHECK_SECONDS = 15.0
 def cmd_dev(args) -> int:
     import dagster as dg
 
-    from ..pools import apply_pool_limits, dead_process, release_dead_runs
+    from ..pools import apply_pool_limits, dead_run_line, release_dead_runs
 
     settings = load_settings(args)
     urls = prepare_databases(settings)
@@ -39,10 +39,7 @@ def cmd_dev(args) -> int:
         # Runs a killed `refinery dev` left STARTED (their worker died with it) would hold their
         # collection's place in the queue for good.
         for dead in release_dead_runs(instance):
-            print(f"refinery dev: run {dead.run_id[:8]} ({dead.job_name}"
-                  + (f", {dead.tags['dagster/partition']}" if "dagster/partition" in dead.tags else "")
-                  + f") was left in progress by a process that died ({dead_process(dead.tags)}): marked failed",
-                  file=sys.stderr, flush=True)
+            print(f"refinery dev: {dead_run_line(dead)}", file=sys.stderr, flush=True)
     # `dg dev` (Dagster's current tooling; `dagster dev` is superseded) on the same workspace.
     command = [_dg_executable(), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                "-h", args.host, "-p", str(args.port)]

@@ -328,6 +328,12 @@ def _html_block_text(raw: str) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------- AsciiDoc
 
+def _add_warning(warnings: list[str], warning: str) -> None:
+    """A block parser's warning, once, and at most 10 for a file (reST, AsciiDoc)."""
+    if warning not in warnings and len(warnings) < 10:
+        warnings.append(warning)
+
+
 def _parse_asciidoc(text: str) -> ParsedDocument:
     from .asciidoc import parse_asciidoc_blocks
 
@@ -347,8 +353,7 @@ def _parse_asciidoc(text: str) -> ParsedDocument:
             headings.append({"level": level, "title": name})
             path = path[:level - 1] + [name]
         elif item[0] == "warning":
-            if item[1] not in warnings and len(warnings) < 10:
-                warnings.append(item[1])
+            _add_warning(warnings, item[1])
         else:
             blocks.append(Block(item[0], item[1].strip(), list(path)))
     title = title or (headings[0]["title"] if headings else "")
@@ -443,8 +448,7 @@ def _parse_rst(text: str) -> ParsedDocument:
         if item[0] == "docinfo":
             metadata = {**_normalize_metadata({k: v for k, v in item[1].items() if v}), **metadata}
         elif item[0] == "warning":
-            if item[1] not in warnings and len(warnings) < 10:
-                warnings.append(item[1])
+            _add_warning(warnings, item[1])
         elif item[0] == "section":
             _, level, title = item
             headings.append({"level": level, "title": title})

@@ -192,6 +192,9 @@ def preprocess(collection: Collection, source: SourceFile, files: _CollectionFil
     return replace(source, data=text.encode("utf-8")), warnings + rendered
 
 
+MAX_CARD_ITEMS = 50  # items of a list a dotted document field reads (`features.details`)
+
+
 def _field_values(value, keys: list[str]) -> list:
     """The values at a dotted field (`hero.tagline`, `features.details`) of front matter: through
     mappings by key (lower case, `_` for `-`, as top-level keys are stored) and through lists item
@@ -207,9 +210,6 @@ def _field_values(value, keys: list[str]) -> list:
     if isinstance(value, list):
         return [found for item in value[:MAX_CARD_ITEMS] if isinstance(item, dict) for found in _field_values(item, keys)]
     return []
-
-
-MAX_CARD_ITEMS = 50
 
 
 def document_card(parsed: ParsedDocument, fields: list[str]) -> str:
